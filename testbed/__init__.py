@@ -1,0 +1,1 @@
+"""Testbed harness: topology, PKI, bus supervision, scenario runner, results and CLI."""
