@@ -1,0 +1,1 @@
+"""Broker configurations: the topology files and the Mosquitto configuration generator."""

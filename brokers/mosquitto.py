@@ -1,0 +1,147 @@
+"""Mosquitto configurations and ACLs generated from a :class:`~testbed.topology.Topology`.
+
+One broker, one directory: ``mosquitto.conf`` and ``acl``. Every listener is mutual TLS with
+the identity taken from the certificate's CN, anonymous access is off, a CRL is checked, and
+each identity gets only the topics its role needs (``testbed.topics``). Data-centre brokers
+persist with an explicit autosave policy; edge brokers keep nothing on disk. Field brokers
+open mutual-TLS MQTT v5 bridges to their data-centre counterpart, carrying only the profiles
+of their plane that a device on the other side reads, in the direction it needs them.
+
+Paths are parameters, so the same generator serves local processes and containers (where
+certificates are mounted at ``/certs``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePath
+
+from testbed.topics import PROFILES, ROLES, topic
+from testbed.topology import BrokerSpec, Topology
+
+__all__ = ["BrokerFiles", "render_acl", "render_broker", "render_conf"]
+
+
+@dataclass(frozen=True)
+class BrokerFiles:
+    """Where one broker finds its files (paths as the broker process sees them)."""
+
+    certs: PurePath  # the PKI directory (ca/ca.pem, crl.pem, servers/, clients/)
+    directory: PurePath  # mosquitto.conf, acl and the persistence data/ folder
+    log: PurePath | None  # None: log to stdout (containers)
+    bind: str = "127.0.0.1"
+    user: str | None = None  # run as this user (None: Mosquitto's default privilege drop)
+    peer_hosts: dict[str, str] | None = None  # broker name -> host for bridges
+
+
+def render_broker(topology: Topology, broker: BrokerSpec, files: BrokerFiles) -> dict[str, str]:
+    """The files of one broker: ``{"mosquitto.conf": ..., "acl": ...}``."""
+    return {"mosquitto.conf": render_conf(topology, broker, files), "acl": render_acl(topology, broker)}
+
+
+def render_conf(topology: Topology, broker: BrokerSpec, files: BrokerFiles) -> str:
+    certs, here = files.certs, files.directory
+    lines = [
+        f"# {broker.name}: {broker.plane} plane of site {broker.site!r}. Generated from",
+        f"# {topology.path}; edit the topology, not this file.",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"acl_file {here / 'acl'}",
+        f"message_size_limit {topology.message_size_limit}",
+        f"max_queued_messages {topology.max_queued_messages}",
+        "set_tcp_nodelay true",
+        "connection_messages true",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "log_type information",
+        "log_timestamp true",
+        "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+        f"log_dest file {files.log}" if files.log else "log_dest stdout",
+    ]
+    if files.user:
+        lines.append(f"user {files.user}")
+    if broker.persistent:
+        lines += [
+            "# Persistent queues: sessions and queued QoS>0 messages survive a restart. The",
+            "# database is written on clean exit, on SIGUSR1 and every autosave_interval: a",
+            "# kill -9 loses what arrived since the last save (see the recovery benchmark).",
+            "persistence true",
+            f"persistence_location {here / 'data'}/",
+            f"autosave_interval {broker.autosave_interval_s}",
+            "autosave_on_changes false",
+        ]
+    else:
+        lines += ["# Edge broker: nothing on disk; devices re-synchronise from the data centre.",
+                  "persistence false"]
+    lines += [
+        "",
+        f"listener {broker.port} {files.bind}",
+        f"cafile {certs / 'ca' / 'ca.pem'}",
+        f"certfile {certs / 'servers' / (broker.name + '.pem')}",
+        f"keyfile {certs / 'servers' / (broker.name + '.key')}",
+        f"crlfile {certs / 'crl.pem'}",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "tls_version tlsv1.2",
+    ]
+    for bridge in topology.bridges:
+        if bridge.local != broker.name:
+            continue
+        remote = topology.broker(bridge.remote)
+        host = (files.peer_hosts or {}).get(remote.name, remote.host)
+        directions = topology.bridge_directions(bridge)
+        # One connection per direction. Mosquitto 2.0 does not set TCP_NODELAY on a bridge's
+        # own socket, so a bridge that both sends PUBLISHes and PUBACKs what it receives
+        # holds the next PUBLISH behind a small unacknowledged PUBACK until the peer's delayed
+        # ACK fires (~40 ms, Nagle). A connection that only sends, or only receives, has no
+        # such stall.
+        for way, profiles in topology.bridge_connections(bridge).items():
+            lines += [
+                "",
+                f"# Bridge to {remote.name} ({way}ward), mutual TLS as identity {bridge.name}.",
+                f"connection {bridge.name}-{way}",
+                f"address {host}:{remote.port}",
+                f"remote_clientid {bridge.name}-{way}",
+                f"local_clientid {bridge.name}-{way}.local",
+                "bridge_protocol_version mqttv50",
+                "cleansession false",
+                "try_private true",
+                "notifications false",
+                "restart_timeout 1 5",
+                "keepalive_interval 10",
+                f"bridge_cafile {certs / 'ca' / 'ca.pem'}",
+                f"bridge_certfile {certs / 'clients' / (bridge.name + '.pem')}",
+                f"bridge_keyfile {certs / 'clients' / (bridge.name + '.key')}",
+                "bridge_tls_version tlsv1.2",
+            ]
+            lines += [f"topic {topic(topology.root, p, '+')} {directions[p]} {topology.qos}"
+                      for p in profiles]
+    return "\n".join(lines) + "\n"
+
+
+def render_acl(topology: Topology, broker: BrokerSpec) -> str:
+    """Least-privilege ACL of one broker: only identities that connect to it, only its plane."""
+    out = [f"# ACL of {broker.name}, derived from testbed.topics. Anything not listed is denied."]
+    identities: list[tuple[str, str]] = [
+        (d.id, d.role) for d in topology.devices if d.site == broker.site
+    ] + [("recorder", "recorder"), ("operator", "operator")]
+    for ident, role in identities:
+        rights = ROLES[role]
+        entries = [
+            (access, topic(topology.root, g.profile, ident if g.scope == "own" else "+"))
+            for access, grants in (("write", rights.publishes), ("read", rights.reads))
+            for g in grants
+            if PROFILES[g.profile].plane == broker.plane
+        ]
+        if entries:  # an identity with no right on this plane is simply not listed: denied
+            out += ["", f"user {ident}"] + [f"topic {a} {t}" for a, t in entries]
+    access = {"out": "write", "in": "read", "both": "readwrite"}
+    for bridge in topology.bridges:
+        if bridge.remote == broker.name:
+            directions = topology.bridge_directions(bridge)
+            if directions:
+                out += ["", f"user {bridge.name}"] + [
+                    f"topic {access[d]} {topic(topology.root, p, '+')}" for p, d in directions.items()
+                ]
+    return "\n".join(out) + "\n"

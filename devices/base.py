@@ -1,0 +1,221 @@
+"""What every device shares: configuration, the two planes' MQTT v5 clients, publishing.
+
+A device connects to the delivery-plane and the control-plane broker of its site, subscribes
+to what its role reads (``testbed.topics.ROLES``) on the plane each profile travels on,
+validates every payload (rejecting bad ones with a logged error, never crashing), and
+publishes versioned JSON with a per-device sequence number and a W3C ``traceparent``.
+
+Configuration (environment; ``--help`` of any device prints this list):
+
+    FMB_DEVICE_ID        the device's mRID, also its certificate's CN      (required)
+    FMB_DELIVERY         host:port of the site's delivery-plane broker     (required)
+    FMB_CONTROL          host:port of the site's control-plane broker      (required)
+    FMB_CA, FMB_CERT, FMB_KEY   CA, certificate and key files              (required)
+    FMB_ROOT             topic root                                       (default fmb)
+    FMB_QOS              QoS of publications and subscriptions            (default 1)
+    FMB_SESSION_EXPIRY   seconds; > 0 keeps a persistent session          (default 0)
+    FMB_READY_FILE       touched once both planes are connected and subscribed
+    FMB_LOG_LEVEL        DEBUG, INFO, ...                                 (default INFO)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import paho.mqtt.client as paho
+
+from testbed.mqtt import Endpoint, TLSIdentity, connect, publish_properties, user_properties
+from testbed.payloads import Message, PayloadError, child_traceparent, decode, encode
+from testbed.topics import PROFILES, ROLES, Plane, Profile, parse_topic, topic
+
+__all__ = ["Device", "DeviceConfig", "main"]
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """A device's settings, read from ``FMB_*`` environment variables."""
+
+    device_id: str
+    delivery: Endpoint
+    control: Endpoint
+    tls: TLSIdentity
+    root: str = "fmb"
+    qos: int = 1
+    session_expiry_s: int = 0
+    ready_file: Path | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> DeviceConfig:
+        def need(name: str) -> str:
+            value = env.get(name, "")
+            if not value:
+                raise SystemExit(f"error: set {name} (see --help)")
+            return value
+
+        try:
+            delivery = Endpoint.parse(need("FMB_DELIVERY"))
+            control = Endpoint.parse(need("FMB_CONTROL"))
+            qos = int(env.get("FMB_QOS", "1"))
+            expiry = int(env.get("FMB_SESSION_EXPIRY", "0"))
+        except ValueError as e:
+            raise SystemExit(f"error: {e}; FMB_DELIVERY/FMB_CONTROL are host:port, FMB_QOS 0-2") from None
+        tls = TLSIdentity(Path(need("FMB_CA")), Path(need("FMB_CERT")), Path(need("FMB_KEY")))
+        for p in (tls.ca, tls.cert, tls.key):
+            if not p.is_file():
+                raise SystemExit(f"error: {p} does not exist; create the PKI with `fmb certs init`")
+        ready = env.get("FMB_READY_FILE")
+        return cls(
+            device_id=need("FMB_DEVICE_ID"), delivery=delivery, control=control, tls=tls,
+            root=env.get("FMB_ROOT", "fmb"), qos=qos, session_expiry_s=expiry,
+            ready_file=Path(ready) if ready else None,
+            extra={k: v for k, v in env.items() if k.startswith("FMB_")},
+        )
+
+
+class Device:
+    """Base of every role: override :meth:`handle` and, if needed, :meth:`on_started`."""
+
+    role: ClassVar[str]
+
+    def __init__(self, config: DeviceConfig) -> None:
+        self.config = config
+        self.id = config.device_id
+        self.log = logging.getLogger(f"{self.role}.{self.id}")
+        self.rejected = 0
+        self._seq = 0
+        self._lock = threading.RLock()  # one message handled at a time, whichever plane
+        self._stopped = threading.Event()
+        self._clients: dict[Plane, paho.Client] = {}
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect both planes (blocking until each has subscribed), then :meth:`on_started`."""
+        persistent = self.config.session_expiry_s > 0
+        for plane, endpoint in (("control", self.config.control), ("delivery", self.config.delivery)):
+            subscribed = threading.Event()
+            self._clients[plane] = connect(
+                f"{self.id}-{plane}", self.config.tls, endpoint,
+                on_message=self._on_message,
+                on_connect=lambda c, plane=plane, ev=subscribed: self._subscribe(c, plane, ev),
+                clean_start=not persistent, session_expiry_s=self.config.session_expiry_s,
+                wait_s=None,
+            )
+            if not subscribed.wait(30):
+                raise SystemExit(f"error: {self.id} could not connect and subscribe to the "
+                                 f"{plane} broker at {endpoint.host}:{endpoint.port} in 30 s")
+        self.on_started()
+        if self.config.ready_file:
+            self.config.ready_file.write_text(str(os.getpid()))
+        self.log.info("ready (delivery %s:%d, control %s:%d)", self.config.delivery.host,
+                      self.config.delivery.port, self.config.control.host, self.config.control.port)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        for c in self._clients.values():
+            c.disconnect()
+            c.loop_stop()
+        if self.config.ready_file:
+            self.config.ready_file.unlink(missing_ok=True)
+
+    def run(self) -> None:
+        """Start, then serve until SIGTERM or SIGINT."""
+        signal.signal(signal.SIGTERM, lambda *_: self._stopped.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stopped.set())
+        self.start()
+        while not self._stopped.wait(0.5):
+            self.tick()
+        self.stop()
+
+    def on_started(self) -> None:
+        """Called once both planes are up: publish initial status here."""
+
+    def tick(self) -> None:
+        """Called about twice a second from the main thread (periodic work)."""
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def _subscribe(self, client: paho.Client, plane: Plane, done: threading.Event) -> None:
+        topics = [
+            (topic(self.config.root, g.profile, self.id if g.scope == "own" else "+"), self.config.qos)
+            for g in ROLES[self.role].reads
+            if PROFILES[g.profile].plane == plane
+        ]
+
+        def on_subscribe(c: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+            failed = [str(r) for r in reasons if r.is_failure]
+            if failed:
+                self.log.error("subscription refused on the %s plane: %s", plane, failed)
+            done.set()
+
+        if not topics:
+            done.set()
+            return
+        client.on_subscribe = on_subscribe
+        client.subscribe(topics)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        self.log.debug("received %s (%d bytes)", msg.topic, len(msg.payload))
+        try:
+            profile, mrid = parse_topic(self.config.root, msg.topic)
+            # A status or reading is published by the device the topic names; a command names
+            # its target in the topic and its sender in the payload.
+            source = None if profile.kind == "command" else mrid
+            message = decode(msg.payload, profile.name, source)
+        except (ValueError, PayloadError) as e:
+            self.rejected += 1
+            self.log.error("rejected payload on %s: %s (rejected so far: %d)", msg.topic, e, self.rejected)
+            return
+        traceparent = user_properties(msg).get("traceparent")
+        with self._lock:
+            try:
+                self.handle(profile, mrid, message, traceparent)
+            except Exception:  # a bug in one handler must not take the device off the bus
+                self.log.exception("failed to handle %s from %s", profile.name, message.source)
+
+    def handle(self, profile: Profile, mrid: str, message: Message, traceparent: str | None) -> None:
+        """React to one valid message (called with the device lock held)."""
+
+    def publish(self, profile: str, mrid: str, body: dict[str, Any], cause: str | None = None) -> Message:
+        """Publish ``body`` on ``profile``/``mrid``, on the profile's plane, in ``cause``'s trace."""
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+        message = Message(profile, self.id, seq, time.time_ns(), body)
+        payload = encode(profile, self.id, seq, body, ts_ns=message.ts_ns)
+        props = publish_properties(child_traceparent(cause))
+        client = self._clients[PROFILES[profile].plane]
+        info = client.publish(topic(self.config.root, profile, mrid), payload, self.config.qos,
+                              properties=props)
+        self.log.debug("published %s/%s seq %d: rc %s", profile, mrid, seq, info.rc)
+        if info.rc != paho.MQTT_ERR_SUCCESS and info.rc != paho.MQTT_ERR_NO_CONN:
+            self.log.error("publish of %s failed: %s", profile, paho.error_string(info.rc))
+        return message
+
+
+def main(device_class: type[Device], doc: str = "") -> None:
+    """Entry point of ``python -m devices.<role>``."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m devices.{device_class.role}",
+        description=(doc or device_class.__doc__ or "").strip() + "\n\n" + (__doc__ or "").split(
+            "Configuration", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.parse_args()
+    logging.basicConfig(
+        stream=sys.stderr, level=os.environ.get("FMB_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    config = DeviceConfig.from_env(os.environ)
+    device_class(config).run()
