@@ -187,7 +187,8 @@ class Device:
     def handle(self, profile: Profile, mrid: str, message: Message, traceparent: str | None) -> None:
         """React to one valid message (called with the device lock held)."""
 
-    def publish(self, profile: str, mrid: str, body: dict[str, Any], cause: str | None = None) -> Message:
+    def publish(self, profile: str, mrid: str, body: dict[str, Any], cause: str | None = None,
+                retain: bool = False) -> Message:
         """Publish ``body`` on ``profile``/``mrid``, on the profile's plane, in ``cause``'s trace."""
         with self._lock:
             self._seq += 1
@@ -197,7 +198,7 @@ class Device:
         props = publish_properties(child_traceparent(cause))
         client = self._clients[PROFILES[profile].plane]
         info = client.publish(topic(self.config.root, profile, mrid), payload, self.config.qos,
-                              properties=props)
+                              retain=retain, properties=props)
         self.log.debug("published %s/%s seq %d: rc %s", profile, mrid, seq, info.rc)
         if info.rc != paho.MQTT_ERR_SUCCESS and info.rc != paho.MQTT_ERR_NO_CONN:
             self.log.error("publish of %s failed: %s", profile, paho.error_string(info.rc))

@@ -8,8 +8,9 @@ C84.1 service-voltage range A, 114-126 V on a 120 V base:
 * the cap bank reports closed after such a low-voltage event: command the supply back to 120 V;
 * a reading above 126 V with the cap bank closed: command it open.
 
-After every accepted update it publishes the single-line diagram
-(``SingleLineDiagramProfile/<own mRID>``) that the tablet UI displays.
+Whenever its model of a feeder changes it publishes the single-line diagram
+(``SingleLineDiagramProfile/<own mRID>``) that the tablet UI displays, retained, so that a
+tablet that (re)connects sees the current diagram at once.
 Extra setting: ``FMB_FEEDERS``, a JSON list of feeders (``id``, ``supply``, ``capbank``, ``meter``).
 """
 
@@ -75,6 +76,7 @@ class DistributionManagementSystem(Device):
         if feeder is None:
             self.log.warning("%s from %s, a device on no feeder I manage", profile.name, mrid)
             return
+        before = feeder.view()
         body = message.body
         if profile.name == "MeterReadingProfile":
             feeder.meter_v = float(body["voltage_v"])
@@ -89,9 +91,8 @@ class DistributionManagementSystem(Device):
                 self.publish("SupplyControlProfile", feeder.supply, {"setpoint_v": NOMINAL_V}, traceparent)
         elif profile.name == "SupplyStatusProfile":
             feeder.supply_v = float(body["output_v"])
-        # Every accepted update refreshes the diagram, changed or not: an HMI that joins late
-        # or a restore that changed nothing still sees the current state promptly.
-        self._publish_diagram(traceparent)
+        if feeder.view() != before:
+            self._publish_diagram(traceparent)
 
     def _regulate(self, feeder: FeederState, cause: str | None) -> None:
         if feeder.pending is not None:
@@ -108,7 +109,7 @@ class DistributionManagementSystem(Device):
     def _publish_diagram(self, cause: str | None) -> None:
         self.diagram_version += 1
         body = {"version": self.diagram_version, "feeders": {f.id: f.view() for f in self.feeders}}
-        self.publish("SingleLineDiagramProfile", self.id, body, cause)
+        self.publish("SingleLineDiagramProfile", self.id, body, cause, retain=True)
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ class _Handler(socketserver.StreamRequestHandler):
         seen = -1
         while True:
             with model.changed:
-                model.changed.wait_for(lambda: model.version != seen, timeout=1.0)
+                model.changed.wait_for(lambda seen=seen: model.version != seen, timeout=1.0)
                 state = model.state()
             if state["version"] != seen:
                 seen = state["version"]

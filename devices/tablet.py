@@ -1,9 +1,9 @@
 """Tablet UI: the operator's console of Appendix A.
 
 Displays the single-line diagram the DMS publishes, and acknowledges each diagram it has
-displayed with ``DisplayStatusProfile/<own mRID>`` (so the end of a scenario is observable on
-the bus). The operator's input arrives on a local Unix socket (``FMB_UI_SOCKET``), one JSON
-request a line:
+displayed with ``DisplayStatusProfile/<own mRID>``, retained (so what the screen shows, and the
+end of a scenario, are observable on the bus). The operator's input arrives on a local Unix
+socket (``FMB_UI_SOCKET``), one JSON request a line:
 
     {"op": "set_supply", "target": "supply-1", "volts": 114}  -> publishes SupplyControlProfile
     {"op": "display"}                                          -> the diagram on screen now
@@ -41,7 +41,7 @@ class TabletUI(Device):
         displayed_ns = time.time_ns()
         self.display = {"dms": message.source, "diagram_seq": message.seq,
                         "displayed_ns": displayed_ns, "feeders": message.body["feeders"]}
-        self.publish("DisplayStatusProfile", self.id, self.display, traceparent)
+        self.publish("DisplayStatusProfile", self.id, self.display, traceparent, retain=True)
 
     def set_supply(self, target: str, volts: float) -> Message:
         """What the operator's voltage control does: command the supply on the control plane."""

@@ -10,6 +10,7 @@ bus; processes are stopped by the pid recorded, after checking the pid is still 
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -263,10 +264,8 @@ class LocalBus:
             return False  # gone, or the pid now belongs to someone else
         state = Path(f"/proc/{record.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         if state == "Z":
-            try:
+            with contextlib.suppress(ChildProcessError):  # reap our own child
                 os.waitpid(record.pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
             return False
         return True
 

@@ -150,6 +150,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _run(args, "appendix-a")
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from testbed.bench.latency import run_latency, summary
+    from testbed.scenario import load_scenario
+
+    if args.name != "latency":
+        raise TestbedError(f"unknown benchmark {args.name!r}; available: latency")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else ROOT / "runs" / f"bench-{args.name}-{stamp}"
+    with _bus(args) as bus:
+        scenario = load_scenario("appendix-a", {d.id: d.role for d in bus.topology.devices})
+        result = run_latency(bus, scenario, args.repeat, args.warmup, args.hops, out,
+                             progress=_progress(args.repeat))
+    print(summary(result))
+    print(f"result: {out}/bench-latency.json")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     _, state = _paths(args)
     bus = LocalBus.attach(state)
@@ -180,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("scenario", help="scenario name (scenarios/<name>.toml) or file path")
         p.add_argument("--repeat", type=int, default=1, help="repetitions (default 1)")
         p.add_argument("--out", help="result directory (default runs/<scenario>-<time>)")
+    bench = add("bench", cmd_bench, "run a benchmark (not a test): figures as JSON with their conditions")
+    bench.add_argument("name", choices=["latency"], help="which benchmark")
+    bench.add_argument("--repeat", type=int, default=100, help="scenario repetitions (default 100)")
+    bench.add_argument("--warmup", type=int, default=5, help="warm-up repetitions (default 5)")
+    bench.add_argument("--hops", type=int, default=1000, help="one-hop baseline messages (default 1000)")
+    bench.add_argument("--out", help="result directory (default runs/bench-<name>-<time>)")
     add("up", cmd_up, "start brokers and devices and leave them running")
     add("down", cmd_down, "stop the running bus")
     add("status", cmd_status, "show the running bus's processes")

@@ -7,6 +7,7 @@ import platform
 import ssl
 import subprocess
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from testbed.topology import Topology
@@ -34,7 +35,7 @@ def _version(package: str) -> str | None:
 
 def _cpu_model() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
@@ -44,7 +45,7 @@ def _cpu_model() -> str:
 
 def _memory_gib() -> float | None:
     try:
-        for line in open("/proc/meminfo"):
+        for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal"):
                 return round(int(line.split()[1]) / 2**20, 1)
     except OSError:

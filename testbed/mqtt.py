@@ -8,6 +8,7 @@ MQTT v5 with an explicit session expiry, and a bounded reconnect backoff.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -62,10 +63,8 @@ def tls_context(identity: TLSIdentity) -> ssl.SSLContext:
 
 
 def _nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
-    try:
+    with contextlib.suppress(OSError):  # not a TCP socket (not with our transports); never fatal
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:  # not a TCP socket (cannot happen with our transports); never fatal
-        pass
 
 
 def connect(

@@ -38,6 +38,7 @@ class Observation:
     raw: bytes
     traceparent: str | None
     qos: int
+    retain: bool
     first_recv_ns: int
     sightings: list[tuple[str, str, int]] = field(default_factory=list)  # (broker, plane, recv_ns)
     error: str | None = None
@@ -48,7 +49,7 @@ class Observation:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "index": self.index, "topic": self.topic, "qos": self.qos,
+            "index": self.index, "topic": self.topic, "qos": self.qos, "retain": self.retain,
             "first_recv_ns": self.first_recv_ns, "traceparent": self.traceparent,
             "sightings": [{"broker": b, "plane": p, "recv_ns": t} for b, p, t in self.sightings],
             "payload": self.message.as_dict() if self.message else self.raw.decode("utf-8", "replace"),
@@ -112,7 +113,8 @@ class Recorder:
             obs = self._by_key.get(key) if key else None
             if obs is None:
                 obs = Observation(len(self.observations), msg.topic, mrid, message, bytes(msg.payload),
-                                  user_properties(msg).get("traceparent"), msg.qos, now, error=error)
+                                  user_properties(msg).get("traceparent"), msg.qos, bool(msg.retain), now,
+                                  error=error)
                 self.observations.append(obs)
                 if key:
                     self._by_key[key] = obs

@@ -279,7 +279,7 @@ def _latest(observations: list[Observation], device: str, profile: str,
     best = None
     for o in observations:
         m = o.message
-        if m and m.source == device and m.profile == profile and (until_ns is None or m.ts_ns <= until_ns):
-            if best is None or m.ts_ns > best.message.ts_ns:
-                best = o
+        fits = m and m.source == device and m.profile == profile and (until_ns is None or m.ts_ns <= until_ns)
+        if fits and (best is None or m.ts_ns > best.message.ts_ns):
+            best = o
     return best
