@@ -203,7 +203,7 @@ class _Validator:
         return value
 
     def array(self, data: dict[str, Any], key: str, where: str, required: bool = False) -> list[Any]:
-        value = data.get(key, None)
+        value = data.get(key)
         if value is None:
             if required:
                 raise self.fail(where, "is missing", f"add [[{where}]] tables")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from testbed.mqtt import Endpoint, TLSIdentity, tls_context
 from testbed.payloads import encode

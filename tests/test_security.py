@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from testbed.pki import PKI
-
 from tests.probes import client_context, try_mqtt
 
 
