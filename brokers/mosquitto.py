@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 
 from testbed.topics import PROFILES, ROLES, topic
-from testbed.topology import BrokerSpec, Topology
+from testbed.topology import HARNESS_IDENTITIES, BrokerSpec, Topology
 
 __all__ = ["BrokerFiles", "render_acl", "render_broker", "render_conf"]
 
@@ -32,6 +32,7 @@ class BrokerFiles:
     bind: str = "127.0.0.1"
     user: str | None = None  # run as this user (None: Mosquitto's default privilege drop)
     peer_hosts: dict[str, str] | None = None  # broker name -> host for bridges
+    data: PurePath | None = None  # persistence folder (None: <directory>/data)
 
 
 def render_broker(topology: Topology, broker: BrokerSpec, files: BrokerFiles) -> dict[str, str]:
@@ -67,7 +68,7 @@ def render_conf(topology: Topology, broker: BrokerSpec, files: BrokerFiles) -> s
             "# database is written on clean exit, on SIGUSR1 and every autosave_interval: a",
             "# kill -9 loses what arrived since the last save (see the recovery benchmark).",
             "persistence true",
-            f"persistence_location {here / 'data'}/",
+            f"persistence_location {files.data or here / 'data'}/",
             f"autosave_interval {broker.autosave_interval_s}",
             "autosave_on_changes false",
         ]
@@ -125,7 +126,7 @@ def render_acl(topology: Topology, broker: BrokerSpec) -> str:
     out = [f"# ACL of {broker.name}, derived from testbed.topics. Anything not listed is denied."]
     identities: list[tuple[str, str]] = [
         (d.id, d.role) for d in topology.devices if d.site == broker.site
-    ] + [("recorder", "recorder"), ("operator", "operator")]
+    ] + [(name, name) for name in HARNESS_IDENTITIES]
     for ident, role in identities:
         rights = ROLES[role]
         entries = [

@@ -60,6 +60,11 @@ PROFILES: dict[str, Profile] = {
         Profile("CapBankStatusProfile", "capbankmodule", DELIVERY, "status"),
         Profile("SingleLineDiagramProfile", "dmsmodule", DELIVERY, "diagram"),
         Profile("DisplayStatusProfile", "hmimodule", DELIVERY, "status"),
+        # Harness profiles of the benchmarks: a command and its acknowledgement on the control
+        # plane, a flood on the delivery plane. No device reads or writes them.
+        Profile("BenchCommandProfile", "benchmodule", CONTROL, "command"),
+        Profile("BenchAckProfile", "benchmodule", CONTROL, "status"),
+        Profile("BenchFloodProfile", "benchmodule", DELIVERY, "telemetry"),
     )
 }
 
@@ -111,10 +116,16 @@ ROLES: dict[str, RoleRights] = {
     ),
     # Harness identities: the recorder reads everything and writes nothing; the operator
     # sets initial states by publishing commands, as a control-room engineer would.
-    "recorder": RoleRights(publishes=(), reads=tuple(Grant(p, "any") for p in PROFILES)),
+    "recorder": RoleRights(publishes=(), reads=tuple(Grant(p, "any") for p in PROFILES if not p.startswith("Bench"))),
     "operator": RoleRights(
-        publishes=tuple(Grant(p.name, "any") for p in PROFILES.values() if p.kind == "command"),
+        publishes=tuple(Grant(p.name, "any") for p in PROFILES.values()
+                        if p.kind == "command" and not p.name.startswith("Bench")),
         reads=(),
+    ),
+    # The benchmarks' load generators and probes, confined to the Bench* profiles.
+    "bench": RoleRights(
+        publishes=tuple(Grant(p, "any") for p in PROFILES if p.startswith("Bench")),
+        reads=tuple(Grant(p, "any") for p in PROFILES if p.startswith("Bench")),
     ),
 }
 
