@@ -1,0 +1,367 @@
+"""``fmb bench prioritization``: does a segregated control plane keep commands fast under flood?
+
+A flood of ``BenchFloodProfile`` messages (C ``mosquitto_pub`` processes, payload size and QoS
+configurable) hits the delivery plane at stepped rates, up to and past what one broker can take,
+while commands go at a steady rate to a responder on the control plane and their round trip
+(command publish -> acknowledgement received) is recorded. Three configurations, same rates,
+same run:
+
+* ``segregated``: the control plane has a broker of its own (as the testbed is built);
+* ``shared``: both planes on one broker;
+* ``segregated+priority``: segregated, and the delivery plane's processes (broker, flood
+  publishers and subscriber) run at nice +15, so that on a machine with few cores the
+  scheduler favours the control plane (no root needed; the relative weight is what counts).
+
+Everything runs on loopback over mutual TLS with the project's PKI, on brokers configured by
+the same generator as the testbed's (``brokers.mosquitto``), with nothing on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from brokers.mosquitto import BrokerFiles, render_acl, render_conf
+from testbed.bus import mosquitto_binary
+from testbed.environment import environment
+from testbed.errors import TestbedError
+from testbed.mqtt import Endpoint, TLSIdentity, connect
+from testbed.pki import PKI
+from testbed.stats import percentiles
+from testbed.topics import topic
+from testbed.topology import SiteSpec, Topology
+
+__all__ = ["CONFIGS", "RESULT_SCHEMA", "run_prioritization", "summary"]
+
+RESULT_SCHEMA = "fmb.bench-prioritization/1"
+CONFIGS = ("segregated", "shared", "segregated+priority")
+FLOOD_NICE = 15
+ACK_TIMEOUT_S = 2.0
+
+
+class _Processes:
+    """Processes this benchmark started, stopped by their pid (never by name)."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, nice: int = 0,
+              stdout: Path | None = None) -> subprocess.Popen[bytes]:
+        out = open(stdout or self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT if stdout is None else out,
+                                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+                                start_new_session=True, preexec_fn=(lambda: os.nice(nice)) if nice else None)
+        out.close()
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, procs: list[subprocess.Popen[bytes]] | None = None) -> None:
+        group = list(self.procs if procs is None else procs)
+        for p in group:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in group:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if p in self.procs:
+                self.procs.remove(p)
+
+
+@dataclasses.dataclass
+class _Setup:
+    control: Endpoint
+    delivery: Endpoint
+    procs: list[subprocess.Popen[bytes]]
+
+
+def _bench_topology(root: str, qos: int, ports: tuple[int, int]) -> Topology:
+    return Topology(path="(prioritization benchmark)", name="bench", root=root, qos=qos,
+                    message_size_limit=1 << 20, max_queued_messages=1000,
+                    sites=(SiteSpec("bench", "edge", ports[0], ports[1]),), devices=(), feeders=())
+
+
+def _start_brokers(config: str, topology: Topology, pki: PKI, work: Path, procs: _Processes) -> _Setup:
+    """The brokers of one configuration, ready to accept connections."""
+    mosquitto = mosquitto_binary()
+    delivery, control = topology.broker("bench-delivery"), topology.broker("bench-control")
+    started = []
+    wanted = [delivery] if config == "shared" else [delivery, control]
+    for broker in wanted:
+        directory = work / config / broker.name
+        directory.mkdir(parents=True, exist_ok=True)
+        log = directory / "mosquitto.log"
+        files = BrokerFiles(certs=pki.directory.resolve(), directory=directory, log=log,
+                            user=_current_user())
+        (directory / "mosquitto.conf").write_text(render_conf(topology, broker, files))
+        acl = render_acl(topology, broker)
+        if config == "shared":  # one broker carries both planes: both planes' rights
+            acl += render_acl(topology, control)
+        (directory / "acl").write_text(acl)
+        nice = FLOOD_NICE if (config == "segregated+priority" and broker is delivery) else 0
+        proc = procs.start(f"{config}-{broker.name}", [mosquitto, "-c", str(directory / "mosquitto.conf")],
+                           nice=nice)
+        _wait_for_log(log, " running", proc)
+        started.append(proc)
+    d = Endpoint(delivery.host, delivery.port)
+    return _Setup(control=d if config == "shared" else Endpoint(control.host, control.port), delivery=d,
+                  procs=started)
+
+
+def _current_user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+def _wait_for_log(log: Path, needle: str, proc: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if log.exists() and needle in log.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    raise TestbedError(f"benchmark broker did not start: see {log}")
+
+
+class _Commander:
+    """Publishes commands at a steady rate and times each until its acknowledgement arrives."""
+
+    def __init__(self, identity: TLSIdentity, endpoint: Endpoint, root: str, qos: int, target: str) -> None:
+        self.qos, self.sent, self.rtts = qos, {}, {}
+        self.lock = threading.Lock()
+        self.command_topic = topic(root, "BenchCommandProfile", target)
+        subscribed = threading.Event()
+
+        def on_message(c: Any, u: Any, msg: Any) -> None:
+            now = time.perf_counter_ns()
+            seq = int(msg.payload.split(b",", 1)[0])
+            with self.lock:
+                if seq in self.sent and seq not in self.rtts:
+                    self.rtts[seq] = (now - self.sent[seq]) / 1e6
+
+        def on_connect(c: Any) -> None:
+            c.on_subscribe = lambda *a: subscribed.set()
+            c.subscribe(topic(root, "BenchAckProfile", target), qos)
+
+        self.client = connect(f"bench-commander-{os.getpid()}", identity, endpoint, on_message=on_message,
+                              on_connect=on_connect)
+        if not subscribed.wait(10):
+            raise TestbedError("the benchmark commander could not subscribe to acknowledgements")
+        self.seq = 0
+
+    def send(self) -> None:
+        self.seq += 1
+        with self.lock:
+            self.sent[self.seq] = time.perf_counter_ns()
+        self.client.publish(self.command_topic, f"{self.seq},{'c' * 64}".encode(), self.qos)
+
+    def window(self, rate: float, seconds: float) -> dict[str, Any]:
+        """Send at ``rate`` for ``seconds``; the round trips of this window (ms)."""
+        first = self.seq + 1
+        period = 1.0 / rate
+        start = time.perf_counter()
+        for i in range(int(rate * seconds)):
+            delay = start + i * period - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            self.send()
+        last = self.seq
+        deadline = time.monotonic() + ACK_TIMEOUT_S
+        while time.monotonic() < deadline:
+            with self.lock:
+                if all(s in self.rtts for s in range(first, last + 1)):
+                    break
+            time.sleep(0.01)
+        with self.lock:
+            samples = [self.rtts[s] for s in range(first, last + 1) if s in self.rtts]
+        lost = (last - first + 1) - len(samples)
+        stats = percentiles(samples) if samples else {}
+        return {"sent": last - first + 1, "acked": len(samples), "unacked_within_s": ACK_TIMEOUT_S,
+                "lost": lost, **{k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()}}
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _flood(procs: _Processes, pki: PKI, endpoint: Endpoint, root: str, rate: float | None, seconds: float,
+           payload_bytes: int, qos: int, publishers: int, nice: int, tag: str) -> list[subprocess.Popen[bytes]]:
+    """Start ``publishers`` mosquitto_pub processes offering ``rate`` msg/s in all (None: as fast as they can)."""
+    client = pki.client("bench")
+    base = ["mosquitto_pub", "-V", "5", "-h", endpoint.host, "-p", str(endpoint.port), "--cafile",
+            str(pki.ca_cert), "--cert", str(client.cert), "--key", str(client.key), "-q", str(qos),
+            "-m", "f" * payload_bytes]
+    started = []
+    for i in range(publishers):
+        if rate is None:
+            count, delay = 10**9, 0.0
+        else:
+            count, delay = int(rate * seconds / publishers) + 1, publishers / rate
+        argv = base + ["-i", f"flood-{tag}-{i}", "-t", topic(root, "BenchFloodProfile", f"flood-{i}"),
+                       "--repeat", str(count), "--repeat-delay", f"{delay:.6f}"]
+        started.append(procs.start(f"flood-{tag}-{i}", argv, nice=nice))
+    return started
+
+
+def run_prioritization(pki: PKI, root: str, rates: list[float | None], seconds: float, settle_s: float,
+                       command_rate: float, payload_bytes: int, flood_qos: int, command_qos: int,
+                       publishers: int, out: Path, configs: tuple[str, ...] = CONFIGS,
+                       progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The whole benchmark; writes ``out/bench-prioritization.json`` and returns it."""
+    for tool in ("mosquitto_pub", "mosquitto_sub"):
+        if shutil.which(tool) is None:
+            raise TestbedError(f"{tool} is not installed: run `sudo apt-get install mosquitto-clients`")
+    topology = _bench_topology(root, command_qos, (_free_port(), _free_port()))
+    pki.init({b.name: [] for b in topology.brokers}, ["bench"])
+    identity = TLSIdentity(pki.ca_cert, pki.client("bench").cert, pki.client("bench").key)
+    results: dict[str, list[dict[str, Any]]] = {}
+    tls_version = None
+    with tempfile.TemporaryDirectory(prefix="fmb-bench-prio-") as tmp:
+        work = Path(tmp)
+        procs = _Processes(work)
+        try:
+            for config in configs:
+                setup = _start_brokers(config, topology, pki, work, procs)
+                nice = FLOOD_NICE if config == "segregated+priority" else 0
+                responder = procs.start(f"{config}-responder", [sys.executable, "-m", "testbed.bench.responder"], {
+                    "FMB_CONTROL": f"{setup.control.host}:{setup.control.port}", "FMB_CA": str(pki.ca_cert),
+                    "FMB_CERT": str(identity.cert), "FMB_KEY": str(identity.key), "FMB_ROOT": root,
+                    "FMB_QOS": str(command_qos), "FMB_DEVICE_ID": "responder-1"})
+                commander = _Commander(identity, setup.control, root, command_qos, "responder-1")
+                flood_log = work / f"{config}-flood-sub.out"
+                subscriber = procs.start(f"{config}-flood-sub", [
+                    "mosquitto_sub", "-V", "5", "-h", setup.delivery.host, "-p", str(setup.delivery.port),
+                    "--cafile", str(pki.ca_cert), "--cert", str(identity.cert), "--key", str(identity.key),
+                    "-q", str(flood_qos), "-i", f"flood-sub-{config}", "-t", topic(root, "BenchFloodProfile", "+"),
+                    "-F", "x"], nice=nice, stdout=flood_log)
+                try:
+                    _wait_for_ack(commander)
+                    if tls_version is None:
+                        sock = commander.client.socket()
+                        tls_version = sock.version() if sock is not None and hasattr(sock, "version") else None
+                    rows = []
+                    for rate in rates:
+                        flood = [] if rate == 0 else _flood(
+                            procs, pki, setup.delivery, root, rate, seconds + settle_s + 1, payload_bytes,
+                            flood_qos, publishers, nice, f"{config}-{rate}")
+                        time.sleep(settle_s if flood else 0.2)
+                        before, t0 = _size(flood_log), time.monotonic()
+                        control = commander.window(command_rate, seconds)
+                        achieved = (_size(flood_log) - before) / 2 / (time.monotonic() - t0)  # "x\n" a message
+                        procs.stop(flood)
+                        rows.append({"offered_rate": rate if rate is not None else "max",
+                                     "achieved_rate": round(achieved, 1), "control_ms": control})
+                        if progress:
+                            progress(f"  {config:20} flood {str(rate if rate is not None else 'max'):>6} msg/s: "
+                                     f"delivered {achieved:8.0f} msg/s, control p50 {control.get('p50', 0):.2f} "
+                                     f"p99 {control.get('p99', 0):.2f} ms, unacked {control['lost']}")
+                        time.sleep(0.5)  # let the broker drain before the next step
+                    results[config] = rows
+                finally:
+                    commander.close()
+                    procs.stop([responder, subscriber, *setup.procs])
+        finally:
+            procs.stop()
+    result = _summarise(results, rates, dict(
+        rates=["max" if r is None else r for r in rates], seconds_per_step=seconds, settle_s=settle_s,
+        command_rate=command_rate, command_qos=command_qos, flood_qos=flood_qos, payload_bytes=payload_bytes,
+        flood_publishers=publishers, flood_client=_mosquitto_pub_version(), flood_nice_priority=FLOOD_NICE,
+        command_payload_bytes=len(b"1," + b"c" * 64), tls_version=tls_version,
+        commander="paho-mqtt, MQTT v5, TCP_NODELAY; responder a separate process",
+        placement="all processes on this machine, loopback"), topology, tls_version)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench-prioritization.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _summarise(results: dict[str, list[dict[str, Any]]], rates: list[float | None], conditions: dict[str, Any],
+               topology: Topology, tls_version: str | None) -> dict[str, Any]:
+    def p99(config: str, index: int) -> float | None:
+        rows = results.get(config)
+        return rows[index]["control_ms"].get("p99") if rows else None
+
+    top = len(rates) - 1
+    headline: dict[str, Any] = {}
+    for config in results:
+        idle, sat = p99(config, 0), p99(config, top)
+        headline[config] = {"idle_p99_ms": idle, "saturation_p99_ms": sat,
+                            "saturation_over_idle": round(sat / idle, 2) if idle and sat else None,
+                            "saturation_achieved_rate": results[config][top]["achieved_rate"]}
+    seg, shared = p99("segregated", top), p99("shared", top)
+    ratio = round(shared / seg, 2) if seg and shared else None
+    targets = {
+        "segregated_saturation_over_idle_max": 2.0,
+        "segregated_met": bool(headline.get("segregated", {}).get("saturation_over_idle")
+                               and headline["segregated"]["saturation_over_idle"] <= 2.0),
+        "shared_over_segregated_min": 10.0,
+        "shared_over_segregated": ratio,
+        "shared_over_segregated_met": bool(ratio and ratio >= 10.0),
+    }
+    return {"schema": RESULT_SCHEMA, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "conditions": conditions, "results": results, "headline": headline, "targets": targets,
+            "environment": environment(topology, tls_version, "local")}
+
+
+def _wait_for_ack(commander: _Commander) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        window = commander.window(20, 0.25)
+        if window["acked"]:
+            return
+    raise TestbedError("the benchmark responder never acknowledged a command")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _mosquitto_pub_version() -> str | None:
+    try:
+        out = subprocess.run(["mosquitto_pub", "--help"], capture_output=True, text=True, timeout=5)
+        return (out.stdout or out.stderr).splitlines()[0].strip()
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def summary(result: dict[str, Any]) -> str:
+    lines = ["prioritization benchmark: control round trip (ms) under a delivery-plane flood",
+             f"{'config':22}{'flood offered':>14}{'delivered':>11}{'ctl p50':>9}{'ctl p99':>9}{'unacked':>9}"]
+    for config, rows in result["results"].items():
+        for row in rows:
+            c = row["control_ms"]
+            lines.append(f"{config:22}{str(row['offered_rate']):>14}{row['achieved_rate']:>11.0f}"
+                         f"{c.get('p50', float('nan')):>9.2f}{c.get('p99', float('nan')):>9.2f}{c['lost']:>9}")
+    t = result["targets"]
+    lines.append(f"shared / segregated p99 at saturation: {t['shared_over_segregated']} "
+                 f"(target >= 10: {'met' if t['shared_over_segregated_met'] else 'NOT met'}); "
+                 f"segregated saturation/idle p99: {result['headline'].get('segregated', {}).get('saturation_over_idle')}"
+                 f" (target <= 2: {'met' if t['segregated_met'] else 'NOT met'})")
+    return "\n".join(lines)
