@@ -9,8 +9,9 @@ same run:
 * ``segregated``: the control plane has a broker of its own (as the testbed is built);
 * ``shared``: both planes on one broker;
 * ``segregated+priority``: segregated, and the delivery plane's processes (broker, flood
-  publishers and subscriber) run at nice +15, so that on a machine with few cores the
-  scheduler favours the control plane (no root needed; the relative weight is what counts).
+  publishers and subscriber) run at nice +15 and, on a machine with two cores or more, pinned
+  to the last core while the control plane (broker, responder, commander) is pinned to the
+  others: the scheduler then favours the control plane (no root needed).
 
 Everything runs on loopback over mutual TLS with the project's PKI, on brokers configured by
 the same generator as the testbed's (``brokers.mosquitto``), with nothing on disk.
@@ -51,6 +52,16 @@ FLOOD_NICE = 15
 ACK_TIMEOUT_S = 2.0
 
 
+def _placement(config: str) -> tuple[dict[str, object], dict[str, object]]:
+    """(control-plane placement, delivery-plane placement) of a configuration."""
+    if config != "segregated+priority":
+        return {}, {}
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return {}, {"nice": FLOOD_NICE}
+    return {"cpus": set(cpus[:-1])}, {"nice": FLOOD_NICE, "cpus": {cpus[-1]}}
+
+
 class _Processes:
     """Processes this benchmark started, stopped by their pid (never by name)."""
 
@@ -59,11 +70,17 @@ class _Processes:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, nice: int = 0,
-              stdout: Path | None = None) -> subprocess.Popen[bytes]:
+              stdout: Path | None = None, cpus: set[int] | None = None) -> subprocess.Popen[bytes]:
+        def placement() -> None:
+            if nice:
+                os.nice(nice)
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+
         out = open(stdout or self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT if stdout is None else out,
                                 stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
-                                start_new_session=True, preexec_fn=(lambda: os.nice(nice)) if nice else None)
+                                start_new_session=True, preexec_fn=placement if (nice or cpus) else None)
         out.close()
         self.procs.append(proc)
         return proc
@@ -113,9 +130,10 @@ def _start_brokers(config: str, topology: Topology, pki: PKI, work: Path, procs:
         if config == "shared":  # one broker carries both planes: both planes' rights
             acl += render_acl(topology, control)
         (directory / "acl").write_text(acl)
-        nice = FLOOD_NICE if (config == "segregated+priority" and broker is delivery) else 0
+        control_place, delivery_place = _placement(config)
+        place = delivery_place if broker is delivery else control_place
         proc = procs.start(f"{config}-{broker.name}", [mosquitto, "-c", str(directory / "mosquitto.conf")],
-                           nice=nice)
+                           **place)  # type: ignore[arg-type]
         _wait_for_log(log, " running", proc)
         started.append(proc)
     d = Endpoint(delivery.host, delivery.port)
@@ -202,7 +220,8 @@ class _Commander:
 
 
 def _flood(procs: _Processes, pki: PKI, endpoint: Endpoint, root: str, rate: float | None, seconds: float,
-           payload_bytes: int, qos: int, publishers: int, nice: int, tag: str) -> list[subprocess.Popen[bytes]]:
+           payload_bytes: int, qos: int, publishers: int, place: dict[str, object],
+           tag: str) -> list[subprocess.Popen[bytes]]:
     """Start ``publishers`` mosquitto_pub processes offering ``rate`` msg/s in all (None: as fast as they can)."""
     client = pki.client("bench")
     base = ["mosquitto_pub", "-V", "5", "-h", endpoint.host, "-p", str(endpoint.port), "--cafile",
@@ -216,7 +235,7 @@ def _flood(procs: _Processes, pki: PKI, endpoint: Endpoint, root: str, rate: flo
             count, delay = int(rate * seconds / publishers) + 1, publishers / rate
         argv = base + ["-i", f"flood-{tag}-{i}", "-t", topic(root, "BenchFloodProfile", f"flood-{i}"),
                        "--repeat", str(count), "--repeat-delay", f"{delay:.6f}"]
-        started.append(procs.start(f"flood-{tag}-{i}", argv, nice=nice))
+        started.append(procs.start(f"flood-{tag}-{i}", argv, **place))  # type: ignore[arg-type]
     return started
 
 
@@ -239,18 +258,22 @@ def run_prioritization(pki: PKI, root: str, rates: list[float | None], seconds: 
         try:
             for config in configs:
                 setup = _start_brokers(config, topology, pki, work, procs)
-                nice = FLOOD_NICE if config == "segregated+priority" else 0
+                control_place, delivery_place = _placement(config)
+                own_cpus = os.sched_getaffinity(0)
+                if control_place.get("cpus"):
+                    os.sched_setaffinity(0, control_place["cpus"])  # the commander is this process
                 responder = procs.start(f"{config}-responder", [sys.executable, "-m", "testbed.bench.responder"], {
                     "FMB_CONTROL": f"{setup.control.host}:{setup.control.port}", "FMB_CA": str(pki.ca_cert),
                     "FMB_CERT": str(identity.cert), "FMB_KEY": str(identity.key), "FMB_ROOT": root,
-                    "FMB_QOS": str(command_qos), "FMB_DEVICE_ID": "responder-1"})
+                    "FMB_QOS": str(command_qos), "FMB_DEVICE_ID": "responder-1"},
+                    **control_place)  # type: ignore[arg-type]
                 commander = _Commander(identity, setup.control, root, command_qos, "responder-1")
                 flood_log = work / f"{config}-flood-sub.out"
                 subscriber = procs.start(f"{config}-flood-sub", [
                     "mosquitto_sub", "-V", "5", "-h", setup.delivery.host, "-p", str(setup.delivery.port),
                     "--cafile", str(pki.ca_cert), "--cert", str(identity.cert), "--key", str(identity.key),
                     "-q", str(flood_qos), "-i", f"flood-sub-{config}", "-t", topic(root, "BenchFloodProfile", "+"),
-                    "-F", "x"], nice=nice, stdout=flood_log)
+                    "-F", "x"], stdout=flood_log, **delivery_place)  # type: ignore[arg-type]
                 try:
                     _wait_for_ack(commander)
                     if tls_version is None:
@@ -260,7 +283,7 @@ def run_prioritization(pki: PKI, root: str, rates: list[float | None], seconds: 
                     for rate in rates:
                         flood = [] if rate == 0 else _flood(
                             procs, pki, setup.delivery, root, rate, seconds + settle_s + 1, payload_bytes,
-                            flood_qos, publishers, nice, f"{config}-{rate}")
+                            flood_qos, publishers, delivery_place, f"{config}-{rate}")
                         time.sleep(settle_s if flood else 0.2)
                         before, t0 = _size(flood_log), time.monotonic()
                         control = commander.window(command_rate, seconds)
@@ -277,12 +300,15 @@ def run_prioritization(pki: PKI, root: str, rates: list[float | None], seconds: 
                 finally:
                     commander.close()
                     procs.stop([responder, subscriber, *setup.procs])
+                    os.sched_setaffinity(0, own_cpus)
         finally:
             procs.stop()
     result = _summarise(results, rates, dict(
         rates=["max" if r is None else r for r in rates], seconds_per_step=seconds, settle_s=settle_s,
         command_rate=command_rate, command_qos=command_qos, flood_qos=flood_qos, payload_bytes=payload_bytes,
         flood_publishers=publishers, flood_client=_mosquitto_pub_version(), flood_nice_priority=FLOOD_NICE,
+        priority_placement={k: {kk: sorted(vv) if isinstance(vv, set) else vv for kk, vv in v.items()}
+                            for k, v in zip(("control", "delivery"), _placement("segregated+priority"), strict=True)},
         command_payload_bytes=len(b"1," + b"c" * 64), tls_version=tls_version,
         commander="paho-mqtt, MQTT v5, TCP_NODELAY; responder a separate process",
         placement="all processes on this machine, loopback"), topology, tls_version)
