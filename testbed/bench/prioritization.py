@@ -386,8 +386,8 @@ def summary(result: dict[str, Any]) -> str:
             lines.append(f"{config:22}{str(row['offered_rate']):>14}{row['achieved_rate']:>11.0f}"
                          f"{c.get('p50', float('nan')):>9.2f}{c.get('p99', float('nan')):>9.2f}{c['lost']:>9}")
     t = result["targets"]
+    seg = result["headline"].get("segregated", {}).get("saturation_over_idle")
     lines.append(f"shared / segregated p99 at saturation: {t['shared_over_segregated']} "
                  f"(target >= 10: {'met' if t['shared_over_segregated_met'] else 'NOT met'}); "
-                 f"segregated saturation/idle p99: {result['headline'].get('segregated', {}).get('saturation_over_idle')}"
-                 f" (target <= 2: {'met' if t['segregated_met'] else 'NOT met'})")
+                 f"segregated saturation/idle p99: {seg} (target <= 2: {'met' if t['segregated_met'] else 'NOT met'})")
     return "\n".join(lines)
