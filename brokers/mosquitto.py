@@ -28,7 +28,7 @@ class BrokerFiles:
 
     certs: PurePath  # the PKI directory (ca/ca.pem, crl.pem, servers/, clients/)
     directory: PurePath  # mosquitto.conf, acl and the persistence data/ folder
-    log: PurePath | None  # None: log to stdout (containers)
+    log: PurePath | None  # None: log to stderr (containers)
     bind: str = "127.0.0.1"
     user: str | None = None  # run as this user (None: Mosquitto's default privilege drop)
     peer_hosts: dict[str, str] | None = None  # broker name -> host for bridges
@@ -58,7 +58,9 @@ def render_conf(topology: Topology, broker: BrokerSpec, files: BrokerFiles) -> s
         "log_type information",
         "log_timestamp true",
         "log_timestamp_format %Y-%m-%dT%H:%M:%S",
-        f"log_dest file {files.log}" if files.log else "log_dest stdout",
+        # stderr, not stdout: Mosquitto does not flush stdout, so in a container (a pipe) the
+        # log would appear in blocks, minutes late.
+        f"log_dest file {files.log}" if files.log else "log_dest stderr",
     ]
     if files.user:
         lines.append(f"user {files.user}")

@@ -15,12 +15,16 @@ Configuration (environment; ``--help`` of any device prints this list):
     FMB_QOS              QoS of publications and subscriptions            (default 1)
     FMB_SESSION_EXPIRY   seconds; > 0 keeps a persistent session          (default 0)
     FMB_READY_FILE       touched once both planes are connected and subscribed
+    FMB_SIGNING_KEY      Ed25519 key that signs this device's commands (issuers: tablet, DMS)
+    FMB_SIGNING_DIR      directory of the signers' public keys (<name>.pub)
+    FMB_SIGNERS          comma-separated signers whose commands this device executes
     FMB_LOG_LEVEL        DEBUG, INFO, ...                                 (default INFO)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -36,6 +40,7 @@ import paho.mqtt.client as paho
 
 from testbed.mqtt import Endpoint, TLSIdentity, connect, publish_properties, user_properties
 from testbed.payloads import Message, PayloadError, child_traceparent, decode, encode
+from testbed.signing import CommandRejected, CommandSigner, CommandVerifier, load_trusted
 from testbed.topics import PROFILES, ROLES, Plane, Profile, parse_topic, topic
 
 __all__ = ["Device", "DeviceConfig", "main"]
@@ -97,6 +102,26 @@ class Device:
         self._lock = threading.RLock()  # one message handled at a time, whichever plane
         self._stopped = threading.Event()
         self._clients: dict[Plane, paho.Client] = {}
+        extra = config.extra
+        self.signer = CommandSigner(self.id, Path(extra["FMB_SIGNING_KEY"])) if extra.get("FMB_SIGNING_KEY") else None
+        self.verifier: CommandVerifier | None = None
+        if any(PROFILES[g.profile].kind == "command" for g in ROLES[self.role].reads):
+            self.verifier = self._load_verifier(extra)
+
+    def _load_verifier(self, extra: Mapping[str, str]) -> CommandVerifier | None:
+        directory, names = extra.get("FMB_SIGNING_DIR"), extra.get("FMB_SIGNERS", "")
+        if not directory:
+            self.log.warning("FMB_SIGNING_DIR is not set: command signatures are NOT checked")
+            return None
+        keys = {}
+        for name in filter(None, (n.strip() for n in names.split(","))):
+            path = Path(directory) / f"{name}.pub"
+            if not path.is_file():
+                raise SystemExit(f"error: no public key {path} for signer {name}; run `fmb certs init`")
+            keys[name] = path.read_text().strip()
+        if not keys:
+            raise SystemExit("error: FMB_SIGNERS names no signer: this device would refuse every command")
+        return CommandVerifier(load_trusted(json.dumps(keys)))
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -177,7 +202,15 @@ class Device:
             self.rejected += 1
             self.log.error("rejected payload on %s: %s (rejected so far: %d)", msg.topic, e, self.rejected)
             return
-        traceparent = user_properties(msg).get("traceparent")
+        props = user_properties(msg)
+        traceparent = props.get("traceparent")
+        if profile.kind == "command" and self.verifier is not None:
+            try:
+                self.verifier.verify(msg.topic, msg.payload, props, message)
+            except CommandRejected as e:
+                self.log.error("rejected command on %s: %s (rejected commands so far: %d)", msg.topic, e,
+                               self.verifier.rejected)
+                return
         with self._lock:
             try:
                 self.handle(profile, mrid, message, traceparent)
@@ -195,10 +228,12 @@ class Device:
             seq = self._seq
         message = Message(profile, self.id, seq, time.time_ns(), body)
         payload = encode(profile, self.id, seq, body, ts_ns=message.ts_ns)
-        props = publish_properties(child_traceparent(cause))
+        name = topic(self.config.root, profile, mrid)
+        signed = self.signer is not None and PROFILES[profile].kind == "command"
+        signature = self.signer.properties(name, payload) if signed else None  # type: ignore[union-attr]
+        props = publish_properties(child_traceparent(cause), signature)
         client = self._clients[PROFILES[profile].plane]
-        info = client.publish(topic(self.config.root, profile, mrid), payload, self.config.qos,
-                              retain=retain, properties=props)
+        info = client.publish(name, payload, self.config.qos, retain=retain, properties=props)
         self.log.debug("published %s/%s seq %d: rc %s", profile, mrid, seq, info.rc)
         if info.rc != paho.MQTT_ERR_SUCCESS and info.rc != paho.MQTT_ERR_NO_CONN:
             self.log.error("publish of %s failed: %s", profile, paho.error_string(info.rc))

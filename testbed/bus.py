@@ -26,6 +26,7 @@ from brokers.mosquitto import BrokerFiles, render_broker
 from testbed.errors import BrokerError, DeviceError, TestbedError
 from testbed.mqtt import Endpoint, TLSIdentity
 from testbed.pki import PKI
+from testbed.topics import PROFILES, ROLES
 from testbed.topology import DeviceSpec, Topology, load_topology
 
 __all__ = ["LocalBus", "ProcessRecord", "device_environment", "mosquitto_binary"]
@@ -80,6 +81,13 @@ def device_environment(topology: Topology, device: DeviceSpec, certs: Path, run_
         "FMB_QOS": str(topology.qos),
         "FMB_READY_FILE": str(run_dir / f"{device.id}.ready"),
     }
+    signers = topology.command_signers()
+    if device.id in signers:
+        env["FMB_SIGNING_KEY"] = str(certs / "signing" / f"{device.id}.key")
+    trusted = topology.command_signers(device)
+    if any(PROFILES[g.profile].kind == "command" for g in ROLES[device.role].reads):
+        env["FMB_SIGNING_DIR"] = str(certs / "signing")
+        env["FMB_SIGNERS"] = ",".join(trusted)
     if device.role == "dms":
         env["FMB_SESSION_EXPIRY"] = str(topology.site(device.site).session_expiry_s)
         env["FMB_FEEDERS"] = json.dumps([asdict(f) for f in topology.feeders])
@@ -277,6 +285,26 @@ class LocalBus:
         record = self._record(name)
         if self._alive(record):
             os.kill(record.pid, sig)
+
+    def restart(self, name: str, timeout_s: float = 10) -> None:
+        """Stop process ``name`` if it still runs, start it as at start-up, wait until ready."""
+        record = self._record(name)
+        if self._alive(record):
+            os.kill(record.pid, signal.SIGCONT)  # a frozen process would not see the SIGTERM
+            os.kill(record.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            while self._alive(record) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if self._alive(record):
+                os.kill(record.pid, signal.SIGKILL)
+        self.processes.remove(record)
+        if record.kind == "broker":
+            self._start_broker(mosquitto_binary(), name)
+        elif record.kind == "feeder":
+            self._start_feeder(name)
+        else:
+            self._start_device(self.topology.device(name))
+        self._save()
 
     def reload_brokers(self) -> int:
         """SIGHUP every running broker (re-reads the CRL and ACL); returns how many."""

@@ -18,6 +18,7 @@ from typing import Any
 from testbed.bus import LocalBus
 from testbed.errors import TestbedError
 from testbed.pki import PKI
+from testbed.signing import SigningKeys
 from testbed.topology import Topology, load_topology
 
 __all__ = ["main"]
@@ -38,6 +39,7 @@ def ensure_pki(topology: Topology, certs: Path) -> PKI:
     """The PKI in ``certs`` with every identity of ``topology`` (created where missing)."""
     pki = PKI(certs)
     created = pki.init({b.name: [b.host] for b in topology.brokers}, topology.client_identities())
+    created += [f"signing key {n}" for n in SigningKeys(certs).ensure(topology.command_signers())]
     if created:
         print(f"PKI in {certs}: created {', '.join(created)}")
     return pki
@@ -129,13 +131,19 @@ def _run(args: argparse.Namespace, scenario_name: str) -> int:
 
     if args.repeat < 1:
         raise TestbedError(f"--repeat is {args.repeat}; give 1 or more")
-    with _bus(args) as bus:
+    if args.backend == "docker":
+        from testbed.docker_backend import compose_bus
+        buses = compose_bus(topology_path=args.topology)
+    else:
+        buses = _bus(args)
+    with buses as bus:
         topology = bus.topology
         scenario = load_scenario(scenario_name, {d.id: d.role for d in topology.devices})
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path(args.out) if args.out else ROOT / "runs" / f"{scenario.name}-{stamp}"
         with ScenarioRunner(bus, scenario) as runner:
-            result = runner.run(args.repeat, out, progress=_progress(args.repeat))
+            result = runner.run(args.repeat, out, backend=args.backend,
+                                progress=_progress(args.repeat))
         print(summary_table(result))
         print(f"results: {out}/ (result.json, messages.jsonl, timeline.png, summary.txt)")
     return 0 if result["passed"] else 1
@@ -150,21 +158,159 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _run(args, "appendix-a")
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from testbed.bench.latency import run_latency, summary
+def _bench_latency(args: argparse.Namespace, out: Path) -> int:
+    from testbed.bench.latency import RESULT_FILE, local_buses, parse_qos_levels, run_latency, summary
+    from testbed.reporting import render_run
     from testbed.scenario import load_scenario
 
-    if args.name != "latency":
-        raise TestbedError(f"unknown benchmark {args.name!r}; available: latency")
+    certs, state = _paths(args)
+    qos_levels = parse_qos_levels(args.qos)
+    if LocalBus.attach(state) is not None:
+        # Its brokers and devices would share the cores with the measured ones and skew the figures.
+        raise TestbedError(f"a bus is running from {state}: the latency benchmark starts its own buses "
+                           "and needs the machine to itself; `fmb down` first")
+    topology = load_topology(args.topology)
+    scenario = load_scenario("appendix-a", {d.id: d.role for d in topology.devices})
+    result = run_latency(local_buses(topology, ensure_pki(topology, certs)), topology, scenario, qos_levels,
+                         args.repeat, args.warmup, args.hops, out)
+    print(summary(result))
+    render_run(out)
+    print(f"result: {out}/{RESULT_FILE}; figures and report.md beside it")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else ROOT / "runs" / f"bench-{args.name}-{stamp}"
-    with _bus(args) as bus:
-        scenario = load_scenario("appendix-a", {d.id: d.role for d in bus.topology.devices})
-        result = run_latency(bus, scenario, args.repeat, args.warmup, args.hops, out,
-                             progress=_progress(args.repeat))
+    if args.name == "latency":
+        return _bench_latency(args, out)
+    if args.name == "prioritization":
+        return _bench_prioritization(args, out)
+    raise TestbedError(f"unknown benchmark {args.name!r}; available: latency, prioritization")
+
+
+def _bench_prioritization(args: argparse.Namespace, out: Path) -> int:
+    from testbed.bench.prioritization import CONFIGS, run_prioritization, summary
+
+    def rate(text: str) -> float | None:
+        if text == "max":
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            raise TestbedError(f"--rates has {text!r}; give numbers of msg/s or 'max'") from None
+        if value < 0:
+            raise TestbedError(f"--rates has {text}; rates are >= 0")
+        return value
+
+    rates = [rate(r.strip()) for r in args.rates.split(",") if r.strip()]
+    if not rates or rates[0] != 0:
+        raise TestbedError("--rates must start with 0 (the idle baseline), e.g. 0,5000,20000,max")
+    configs = tuple(c.strip() for c in args.configs.split(","))
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        raise TestbedError(f"--configs has {', '.join(unknown)}; use {', '.join(CONFIGS)}")
+    certs, _ = _paths(args)
+    pki = ensure_pki(load_topology(args.topology), certs)
+    print(f"prioritization benchmark: {len(configs)} configurations x {len(rates)} flood rates x "
+          f"{args.step_seconds:g} s", flush=True)
+    result = run_prioritization(pki, load_topology(args.topology).root, rates, args.step_seconds, 1.0,
+                                args.command_rate, args.payload, args.flood_qos, args.command_qos,
+                                args.publishers, out, configs, progress=lambda line: print(line, flush=True))
     print(summary(result))
-    print(f"result: {out}/bench-latency.json")
+    print(f"result: {out}/bench-prioritization.json")
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from testbed.reporting import render_run
+
+    report = render_run(Path(args.run_dir))
+    for skipped in report.skipped:
+        print(f"fmb: not rendered: {skipped}", file=sys.stderr)
+    print(f"report: {report.path} ({len(report.figures)} figures beside the result files)")
+    return 0 if report.figures or not report.skipped else 1
+
+
+def cmd_inventory(args: argparse.Namespace) -> int:
+    import json
+
+    from testbed.inventory import build_inventory, plot_data_flows
+
+    certs, state = _paths(args)
+    running = LocalBus.attach(state)
+    topology = running.topology if running else load_topology(args.topology)
+    inventory = build_inventory(topology, PKI(certs))
+    out = Path(args.out) if args.out else ROOT / "runs" / "inventory"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "inventory.json").write_text(json.dumps(inventory, indent=2) + "\n")
+    plot_data_flows(inventory, out / "data-flows.png")
+    revoked = [c["name"] for c in inventory["certificates"] if c.get("revoked")]
+    names = f": {', '.join(revoked)}" if revoked else ""
+    print(f"{len(inventory['brokers'])} brokers, {len(inventory['devices'])} devices, "
+          f"{len(inventory['bridges'])} bridges, {len(inventory['data_flows'])} data flows, "
+          f"{len(inventory['certificates'])} certificates ({len(revoked)} revoked{names})")
+    print(f"inventory: {out}/inventory.json, data-flows.png")
+    return 0
+
+
+def _verify(args: argparse.Namespace, what: str) -> int:
+    """Recovery is verified, not assumed: run Appendix A once and say whether it passed."""
+    args.repeat, args.out, args.backend = 1, None, "local"
+    print(f"verifying {what}: running the Appendix A scenario", flush=True)
+    code = _run(args, "appendix-a")
+    print(f"{what}: {'verified, the scenario passes' if code == 0 else 'NOT verified, the scenario fails'}")
+    return code
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from testbed.recover import recover
+
+    certs, state = _paths(args)
+    bus = LocalBus.attach(state)
+    if bus is None:
+        if not (state / "brokers").exists():
+            raise TestbedError(f"nothing to recover in {state}: no bus ran there; start one with `fmb up`")
+        print(f"no bus running from {state}: starting it again from the brokers' persisted state")
+        topology = load_topology(args.topology)
+        bus = LocalBus(topology, ensure_pki(topology, certs), state)
+        bus.start()
+        print(f"bus up ({topology.name}); it stays up (`fmb down` to stop)")
+    else:
+        restarted = recover(bus)
+        print(f"restarted: {', '.join(restarted)}" if restarted else "every process was running")
+    return _verify(args, "recovery")
+
+
+def cmd_certs_reissue(args: argparse.Namespace) -> int:
+    from testbed.recover import reissue
+
+    certs, state = _paths(args)
+    pki = PKI(certs)
+    bus = LocalBus.attach(state)
+    cert = reissue(pki, args.name, bus)
+    print(f"reissued {args.name}: {cert}" + (f"; restarted {args.name}" if bus else ""))
+    return _verify(args, f"reissue of {args.name}") if bus else 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from testbed.recover import backup
+
+    certs, state = _paths(args)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    archive = Path(args.file) if args.file else ROOT / "var" / "backups" / f"fmb-backup-{stamp}.tar.gz"
+    members = backup(certs, state, archive, LocalBus.attach(state))
+    print(f"backed up {len(members)} files (PKI and broker persistence) to {archive} (mode 0600: it holds keys)")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from testbed.recover import restore
+
+    certs, state = _paths(args)
+    restored = restore(Path(args.file), certs, state)
+    print(f"restored {len(restored)} files into {certs} and {state / 'brokers'}")
+    return _verify(args, "restore")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -197,15 +343,44 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("scenario", help="scenario name (scenarios/<name>.toml) or file path")
         p.add_argument("--repeat", type=int, default=1, help="repetitions (default 1)")
         p.add_argument("--out", help="result directory (default runs/<scenario>-<time>)")
+        p.add_argument("--backend", choices=["local", "docker"], default="local",
+                       help="local processes (default), or the Compose bus of compose/ (the "
+                            "project $COMPOSE_PROJECT_NAME or fmb; started for the run if not up)")
     bench = add("bench", cmd_bench, "run a benchmark (not a test): figures as JSON with their conditions")
-    bench.add_argument("name", choices=["latency"], help="which benchmark")
-    bench.add_argument("--repeat", type=int, default=100, help="scenario repetitions (default 100)")
-    bench.add_argument("--warmup", type=int, default=5, help="warm-up repetitions (default 5)")
-    bench.add_argument("--hops", type=int, default=1000, help="one-hop baseline messages (default 1000)")
+    bench.add_argument("name", choices=["latency", "prioritization"], help="which benchmark")
+    bench.description += (
+        ". latency: for each --qos level a fresh bus of local processes is started on free ports in a "
+        "temporary state directory (PKI from --certs), the Appendix A scenario is repeated after a warm-up, "
+        "then a one-hop baseline runs on the same brokers; it refuses to run beside a bus already up from "
+        "--state, which would compete for the cores.")
+    bench.add_argument("--repeat", type=int, default=200, help="latency: scenario repetitions per QoS (default 200)")
+    bench.add_argument("--warmup", type=int, default=5, help="latency: warm-up repetitions per QoS (default 5)")
+    bench.add_argument("--hops", type=int, default=1000,
+                       help="latency: one-hop baseline messages per QoS (default 1000)")
+    bench.add_argument("--qos", default="0,1,2", help="latency: QoS levels, comma-separated (default 0,1,2)")
+    bench.add_argument("--rates", default="0,5000,20000,40000,max",
+                       help="prioritization: flood rates in msg/s, from 0, 'max' = as fast as the publishers can")
+    bench.add_argument("--configs", default="segregated,shared,segregated+priority",
+                       help="prioritization: configurations to compare")
+    bench.add_argument("--step-seconds", type=float, default=10.0,
+                       help="prioritization: measuring time per flood rate (default 10)")
+    bench.add_argument("--command-rate", type=float, default=50.0,
+                       help="prioritization: control commands per second (default 50)")
+    bench.add_argument("--payload", type=int, default=256, help="prioritization: flood payload bytes (default 256)")
+    bench.add_argument("--flood-qos", type=int, choices=[0, 1, 2], default=1, help="prioritization: flood QoS")
+    bench.add_argument("--command-qos", type=int, choices=[0, 1, 2], default=1, help="prioritization: command QoS")
+    bench.add_argument("--publishers", type=int, default=3, help="prioritization: flood publisher processes")
     bench.add_argument("--out", help="result directory (default runs/bench-<name>-<time>)")
+    report = sub.add_parser("report", help="render every result JSON of a run directory to PNG and report.md",
+                            description="Render every result JSON in RUN_DIR (scenario result.json, bench-*.json) "
+                                        "to PNG figures and a Markdown summary, report.md. Nothing is re-measured.")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="directory holding result JSON files")
+    report.set_defaults(func=cmd_report)
     add("up", cmd_up, "start brokers and devices and leave them running")
     add("down", cmd_down, "stop the running bus")
     add("status", cmd_status, "show the running bus's processes")
+    inventory = add("inventory", cmd_inventory, "assets, certificates, rights and data flows as JSON and a diagram")
+    inventory.add_argument("--out", help="output directory (default runs/inventory)")
     certs = add("certs", lambda a: certs.print_help() or 2, "manage the PKI")
     csub = certs.add_subparsers(dest="certs_command", metavar="ACTION")
     init = csub.add_parser("init", parents=[common], help="create the CA and every certificate")
@@ -213,6 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = csub.add_parser("revoke", parents=[common], help="revoke an identity's certificate")
     revoke.add_argument("name", help="identity (certificate CN), e.g. meter-1")
     revoke.set_defaults(func=cmd_certs_revoke)
+    reissue = csub.add_parser("reissue", parents=[common], help="a fresh certificate for a revoked identity")
+    reissue.add_argument("name", help="identity (certificate CN), e.g. meter-1")
+    reissue.set_defaults(func=cmd_certs_reissue)
+    add("recover", cmd_recover, "restart what is down (or the whole recorded bus), then verify with Appendix A")
+    backup_p = add("backup", cmd_backup, "archive the PKI and the brokers' persistence")
+    backup_p.add_argument("--file", help="archive path (default var/backups/fmb-backup-<time>.tar.gz)")
+    restore_p = add("restore", cmd_restore, "bring back a backup (bus down), then verify with Appendix A")
+    restore_p.add_argument("file", help="archive made by `fmb backup`")
     return parser
 
 

@@ -120,12 +120,12 @@ def connect(
     return client
 
 
-def publish_properties(traceparent: str | None, **extra: str) -> Properties:
-    """PUBLISH properties: JSON content type and the trace context as a user property."""
+def publish_properties(traceparent: str | None, extra: list[tuple[str, str]] | None = None) -> Properties:
+    """PUBLISH properties: JSON content type, the trace context and ``extra`` as user properties."""
     props = Properties(PacketTypes.PUBLISH)
     props.ContentType = "application/json"
     pairs = [("traceparent", traceparent)] if traceparent else []
-    pairs += list(extra.items())
+    pairs += extra or []
     if pairs:
         props.UserProperty = pairs
     return props

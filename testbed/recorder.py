@@ -37,6 +37,7 @@ class Observation:
     message: Message | None  # None: the payload did not decode
     raw: bytes
     traceparent: str | None
+    signer: str | None  # the Ed25519 signer a command claims (checked by the actuator, not here)
     qos: int
     retain: bool
     first_recv_ns: int
@@ -50,7 +51,7 @@ class Observation:
     def as_json(self) -> dict[str, Any]:
         return {
             "index": self.index, "topic": self.topic, "qos": self.qos, "retain": self.retain,
-            "first_recv_ns": self.first_recv_ns, "traceparent": self.traceparent,
+            "first_recv_ns": self.first_recv_ns, "traceparent": self.traceparent, "signer": self.signer,
             "sightings": [{"broker": b, "plane": p, "recv_ns": t} for b, p, t in self.sightings],
             "payload": self.message.as_dict() if self.message else self.raw.decode("utf-8", "replace"),
             "error": self.error,
@@ -112,8 +113,9 @@ class Recorder:
             key = (message.source, message.profile, message.seq) if message else None
             obs = self._by_key.get(key) if key else None
             if obs is None:
+                props = user_properties(msg)
                 obs = Observation(len(self.observations), msg.topic, mrid, message, bytes(msg.payload),
-                                  user_properties(msg).get("traceparent"), msg.qos, bool(msg.retain), now,
+                                  props.get("traceparent"), props.get("signer"), msg.qos, bool(msg.retain), now,
                                   error=error)
                 self.observations.append(obs)
                 if key:

@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-__all__ = ["plot_timeline", "summary_table"]
+__all__ = ["plot_timeline", "summary_table", "timeline_figure"]
 
 Result = Mapping[str, Any]
 
@@ -287,6 +287,11 @@ def _timeline_figure(result: Result) -> Figure:
     figure.suptitle(headline, fontsize=14, fontweight="bold")
     axes.set_title(conditions, fontsize=9.5, color="#4d5656", pad=10)
     return figure
+
+
+def timeline_figure(result: Result) -> Figure:
+    """Return the swimlane sequence diagram of ``result`` as an Agg-backed figure (for notebooks)."""
+    return _timeline_figure(result)
 
 
 def plot_timeline(result: Result, path: Path) -> Path:

@@ -30,6 +30,7 @@ from testbed.mqtt import Endpoint, TLSIdentity, connect, publish_properties
 from testbed.payloads import encode, new_traceparent
 from testbed.recorder import Observation, Recorder
 from testbed.scenario import Expectation, Scenario
+from testbed.signing import CommandSigner, SigningKeys
 from testbed.stats import percentiles
 from testbed.topics import PROFILES, ROLES, topic
 from testbed.topology import Topology
@@ -67,6 +68,9 @@ class ScenarioRunner:
         self.recorder = Recorder(self.topology, bus.identity("recorder"), endpoints)
         self._operator: dict[str, paho.Client] = {}
         self._operator_seq = 0
+        pki = getattr(bus, "pki", None)
+        key = SigningKeys(pki.directory).key_path("operator") if pki is not None else None
+        self._signer = CommandSigner("operator", key) if key is not None and key.exists() else None
 
     def __enter__(self) -> ScenarioRunner:
         self.recorder.start()
@@ -92,9 +96,10 @@ class ScenarioRunner:
             for device in self.topology.devices_matching(cmd.device):
                 self._operator_seq += 1
                 payload = encode(cmd.profile, "operator", self._operator_seq, cmd.body)
+                name = topic(self.topology.root, cmd.profile, device.id)
+                signature = self._signer.properties(name, payload) if self._signer else None
                 info = self._operator[device.site].publish(
-                    topic(self.topology.root, cmd.profile, device.id), payload, 1,
-                    properties=publish_properties(new_traceparent()))
+                    name, payload, 1, properties=publish_properties(new_traceparent(), signature))
                 info.wait_for_publish(5)
         reached = self.recorder.wait_for(lambda obs: not self._unmet(obs, start_ns), timeout_s)
         if not reached:

@@ -192,6 +192,15 @@ class Topology:
         """Every certificate identity a client presents: devices, bridges, harness."""
         return [d.id for d in self.devices] + [b.name for b in self.bridges] + list(HARNESS_IDENTITIES)
 
+    def command_signers(self, device: DeviceSpec | None = None) -> list[str]:
+        """Who signs commands (every issuer, with the harness's operator); with ``device``, only
+        those whose commands that device reads: its authorised signers."""
+        commands = {g.profile for g in ROLES[device.role].reads} if device else set(PROFILES)
+        issuers = [d.id for d in self.devices
+                   if any(g.profile in commands and PROFILES[g.profile].kind == "command"
+                          for g in ROLES[d.role].publishes)]
+        return [*issuers, "operator"]
+
     def identity_role(self, ident: str) -> str | None:
         if ident in HARNESS_IDENTITIES:
             return ident

@@ -1,37 +1,94 @@
-"""``fmb bench latency``: Appendix A end to end against one plain broker hop, same brokers.
+"""``fmb bench latency``: Appendix A end to end against one plain broker hop, per QoS level.
 
-After a warm-up, the scenario is repeated and its end-to-end latency recorded; then, on the
-same running brokers, a plain publish -> broker -> subscriber hop is timed (one publisher, one
-subscriber, one message in flight, TLS, the topology's QoS, a payload the size of a meter
-reading). The overhead ratio is end-to-end p50 / (broker traversals on the critical path x
-one-hop p50): what the devices, the feeder model and the harness add to the bus itself.
+For each QoS level a fresh bus is started whose devices publish and subscribe at that QoS (the
+caller supplies the buses: :func:`local_buses` starts local processes on free ports). On it,
+after a warm-up, the scenario is repeated and every repetition's end-to-end and per-step times
+are kept; then, on the same running brokers, a plain publish -> broker -> subscriber hop is timed
+(one publisher, one subscriber, one message in flight, TLS, the same QoS, a payload the size of a
+supply command). The overhead ratio is end-to-end p50 / (broker traversals on the critical path x
+one-hop p50): what the devices, the feeder model and the bridge add to the bus itself.
+
+The result (``bench-latency.json``, schema :data:`RESULT_SCHEMA`) keeps the raw end-to-end and
+one-hop samples so that CDFs can be drawn from it; nothing is re-measured to draw a figure.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import json
+import os
+import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from testbed.environment import environment
+from testbed.errors import ScenarioError, TestbedError
 from testbed.mqtt import connect, publish_properties
 from testbed.payloads import encode
+from testbed.pki import PKI
 from testbed.runner import Bus, ScenarioRunner
 from testbed.scenario import Scenario
 from testbed.stats import percentiles
 from testbed.topics import topic
+from testbed.topology import Topology
 
-__all__ = ["RESULT_SCHEMA", "critical_path_traversals", "one_hop", "run_latency"]
+__all__ = [
+    "PERCENTILES",
+    "RESULT_FILE",
+    "RESULT_SCHEMA",
+    "TARGET_RATIO",
+    "critical_path_traversals",
+    "local_buses",
+    "measure_qos",
+    "one_hop",
+    "parse_qos_levels",
+    "run_latency",
+    "source_revision",
+    "step_traversals",
+    "summary",
+]
 
-RESULT_SCHEMA = "fmb.bench-latency/1"
+RESULT_SCHEMA = "fmb.bench-latency/2"
+RESULT_FILE = "bench-latency.json"
 TARGET_RATIO = 1.3
+PERCENTILES = (50, 90, 99)
+_DIGITS = 4  # 0.1 µs: below the clock's useful resolution for these hops, keeps the JSON small
+
+BusFactory = Callable[[int], AbstractContextManager[Bus]]
+Log = Callable[[str], None]
+
+
+def _rounded(stats: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, _DIGITS) if isinstance(v, float) else v for k, v in stats.items()}
+
+
+def _stats(samples: Sequence[float]) -> dict[str, float]:
+    return _rounded(percentiles(samples, PERCENTILES))
+
+
+def parse_qos_levels(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; raises TestbedError naming the fix on anything else."""
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        levels = []
+    if not levels or any(q not in (0, 1, 2) for q in levels) or len(set(levels)) != len(levels):
+        raise TestbedError(f"--qos is {text!r}; give distinct levels from 0, 1, 2 separated by commas, e.g. 0,1,2")
+    return levels
 
 
 def one_hop(bus: Bus, count: int, broker: str = "field-control", warmup: int = 50) -> dict[str, Any]:
-    """Time ``count`` sequential publish -> subscriber hops on ``broker`` (ms)."""
+    """Time ``count`` sequential publish -> subscriber hops on ``broker`` at the bus's QoS.
+
+    Returns the broker, the payload size, the counts and the raw samples in ms.
+    """
     t = bus.topology
     name = topic(t.root, "SupplyControlProfile", "bench-probe")  # no device has this mRID
     received = threading.Event()
@@ -49,7 +106,7 @@ def one_hop(bus: Bus, count: int, broker: str = "field-control", warmup: int = 5
     pub = connect(f"bench-pub-{time.monotonic_ns() % 10**9}", bus.identity("operator"), bus.endpoint(broker))
     try:
         if not subscribed.wait(10):
-            raise TimeoutError("the one-hop subscriber could not subscribe")
+            raise ScenarioError("the one-hop subscriber could not subscribe in 10 s")
         samples = []
         payload = encode("SupplyControlProfile", "operator", 0, {"setpoint_v": 120.0})
         for i in range(warmup + count):
@@ -57,7 +114,7 @@ def one_hop(bus: Bus, count: int, broker: str = "field-control", warmup: int = 5
             sent = time.perf_counter_ns()
             pub.publish(name, payload, t.qos, properties=publish_properties(None))
             if not received.wait(5):
-                raise TimeoutError(f"one-hop message {i} not received in 5 s")
+                raise ScenarioError(f"one-hop message {i} on {broker} not received in 5 s")
             if i >= warmup:
                 samples.append((stamps["recv"] - sent) / 1e6)
     finally:
@@ -65,74 +122,182 @@ def one_hop(bus: Bus, count: int, broker: str = "field-control", warmup: int = 5
             c.disconnect()
             c.loop_stop()
     return {"broker": broker, "payload_bytes": len(payload), "count": count, "warmup": warmup,
-            "ms": percentiles(samples, (50, 90, 99))}
+            "samples_ms": samples}
 
 
-def critical_path_traversals(bus: Bus, scenario: Scenario, steps: list[dict[str, Any]]) -> dict[str, Any]:
+def critical_path_traversals(topology: Topology, scenario: Scenario, steps: list[dict[str, Any]]) -> dict[str, Any]:
     """Broker traversals from the trigger to the end, following each step's ``after`` link back.
 
     A step whose receivers sit at its publisher's site crosses one broker; one whose receivers
     sit at another site crosses two (the local broker and, over the bridge, the remote one).
     """
-    t = bus.topology
     chain, n = [], len(steps)
     while n:
         chain.append(n)
         n = scenario.steps[n - 1].after
     chain.reverse()
-    per_step = {}
-    for n in chain:
-        step = steps[n - 1]
-        here = t.device(step["device"]).site
-        crosses = any(t.device(r).site != here for r in step["receivers"])
-        per_step[n] = 2 if crosses else 1
+    per_step = {str(n): step_traversals(topology, steps[n - 1]) for n in chain}
     return {"path": chain, "per_step": per_step, "total": sum(per_step.values())}
 
 
-def run_latency(bus: Bus, scenario: Scenario, repeat: int, warmup: int, hops: int, out: Path,
-                progress: Any = None) -> dict[str, Any]:
-    """The whole benchmark; writes ``out/bench-latency.json`` and returns it."""
+def step_traversals(topology: Topology, step: dict[str, Any]) -> int:
+    """Brokers a step's message crosses: 1 to receivers at its publisher's site, 2 over the bridge."""
+    here = topology.device(step["device"]).site
+    return 2 if any(topology.device(r).site != here for r in step["receivers"]) else 1
+
+
+def _repetitions(runner: ScenarioRunner, count: int, qos: int, phase: str, log: Log) -> list[dict[str, Any]]:
+    """``count`` repetitions; stops at the first failure (a benchmark of a broken bus is no figure)."""
+    reps = []
+    every = max(1, count // 10)
+    for i in range(1, count + 1):
+        rep = runner.run_once(i)
+        if not rep["passed"]:
+            raise ScenarioError(f"QoS {qos}: {phase} repetition {i} failed: {rep['failure']}")
+        reps.append(rep)
+        if phase == "measured" and (i % every == 0 or i == count):
+            so_far = percentiles([r["e2e_ms"] for r in reps], (50,))["p50"]
+            log(f"  QoS {qos}: repetition {i}/{count}, end-to-end p50 so far {so_far:.2f} ms")
+    return reps
+
+
+def measure_qos(bus: Bus, scenario: Scenario, repeat: int, warmup: int, hops: int,
+                log: Log = print) -> dict[str, Any]:
+    """One QoS level on one running bus: the scenario repetitions, then the one-hop baseline."""
+    qos = bus.topology.qos
     with ScenarioRunner(bus, scenario) as runner:
-        runner.run(warmup)
-        scenario_result = runner.run(repeat, progress=progress)
+        _repetitions(runner, warmup, qos, "warm-up", log)
+        reps = _repetitions(runner, repeat, qos, "measured", log)
         tls = runner.recorder.tls_version
-    if not scenario_result["passed"]:
-        raise RuntimeError(f"the scenario failed during the benchmark: {scenario_result['failure']}")
+    log(f"  QoS {qos}: one-hop baseline, {hops} messages")
     hop = one_hop(bus, hops)
-    traversals = critical_path_traversals(bus, scenario, scenario_result["steps"])
-    e2e = scenario_result["e2e_stats"] if repeat > 1 else percentiles([scenario_result["e2e_ms"]])
-    ratio = e2e["p50"] / (traversals["total"] * hop["ms"]["p50"])
+    shown = reps[-1]["steps"]
+    traversals = critical_path_traversals(bus.topology, scenario, shown)
+    e2e_samples = [r["e2e_ms"] for r in reps]
+    steps = []
+    for i, step in enumerate(shown):
+        key = str(step["n"])
+        steps.append({
+            "n": step["n"], "name": step["name"], "device": step["device"], "receivers": step["receivers"],
+            "plane": step["plane"], "after": step["after"],
+            "on_critical_path": key in traversals["per_step"], "traversals": step_traversals(bus.topology, step),
+            "hop_ms": _stats([r["steps"][i]["hop_ms"] for r in reps]),
+        })
+    # The last leg, from the diagram's publish to the tablet's display, belongs to no step.
+    display = _stats([r["e2e_ms"] - r["steps"][-1]["t_ms"] for r in reps])
+    e2e, hop_stats = _stats(e2e_samples), _stats(hop["samples_ms"])
+    expected = traversals["total"] * hop_stats["p50"]
+    ratio = e2e["p50"] / expected
+    return {
+        "qos": qos,
+        "tls_version": tls,
+        "e2e_ms": e2e,
+        "steps": steps,
+        "display_ms": display,
+        "one_hop_ms": hop_stats,
+        "one_hop": {k: hop[k] for k in ("broker", "payload_bytes", "count", "warmup")},
+        "critical_path": traversals,
+        "critical_path_one_hop_ms": round(expected, _DIGITS),
+        "overhead_ratio": round(ratio, 3),
+        "meets_target": ratio <= TARGET_RATIO,
+        "samples": {"e2e_ms": [round(v, _DIGITS) for v in e2e_samples],
+                    "one_hop_ms": [round(v, _DIGITS) for v in hop["samples_ms"]]},
+    }
+
+
+@contextlib.contextmanager
+def _local_bus(topology: Topology, pki: PKI, qos: int, log: Log) -> Iterator[Bus]:
+    from testbed.bus import LocalBus
+
+    variant = dataclasses.replace(topology, qos=qos).with_free_ports()
+    with tempfile.TemporaryDirectory(prefix=f"fmb-bench-qos{qos}-") as state:
+        bus = LocalBus(variant, pki, Path(state))
+        log(f"QoS {qos}: starting {len(variant.brokers)} brokers and {len(variant.devices)} devices "
+            f"on free ports (state {state})")
+        bus.start()
+        try:
+            yield bus
+        finally:
+            bus.stop()
+
+
+def local_buses(topology: Topology, pki: PKI, log: Log = print) -> BusFactory:
+    """A factory of fresh local buses of ``topology`` at a given QoS, each stopped after use."""
+    return lambda qos: _local_bus(topology, pki, qos, log)
+
+
+def source_revision() -> str | None:
+    """The checkout's commit, ``+dirty`` with uncommitted changes; None outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+dirty" if dirty else head
+
+
+def run_latency(buses: BusFactory, topology: Topology, scenario: Scenario, qos_levels: Iterable[int],
+                repeat: int, warmup: int, hops: int, out: Path, log: Log = print) -> dict[str, Any]:
+    """The whole benchmark, one fresh bus per QoS level; writes ``out/bench-latency.json``."""
+    if repeat < 2:
+        raise TestbedError(f"--repeat is {repeat}; percentiles need 2 or more repetitions")
+    if warmup < 0 or hops < 2:
+        raise TestbedError(f"--warmup is {warmup} and --hops {hops}; give warmup >= 0 and hops >= 2")
+    levels = list(qos_levels)
+    by_qos = []
+    started, load_before = time.monotonic(), os.getloadavg()
+    for qos in levels:
+        with buses(qos) as bus:
+            by_qos.append(measure_qos(bus, scenario, repeat, warmup, hops, log))
+    env = environment(topology, by_qos[0]["tls_version"], "local")
+    env["qos"] = levels
     result = {
         "schema": RESULT_SCHEMA,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "conditions": {"scenario": scenario.name, "repetitions": repeat, "warmup_repetitions": warmup,
-                       "one_hop_messages": hops, "qos": bus.topology.qos, "tls_version": tls,
-                       "one_hop_payload_bytes": hop["payload_bytes"], "one_hop_broker": hop["broker"],
-                       "client": "paho-mqtt, MQTT v5, TCP_NODELAY, one message in flight"},
-        "scenario_e2e_ms": e2e,
-        "scenario_hop_ms": scenario_result.get("hop_stats"),
-        "one_hop_ms": hop["ms"],
-        "critical_path": traversals,
-        "overhead_ratio": round(ratio, 3),
+        "conditions": {
+            "scenario": scenario.name, "topology": topology.name, "qos_levels": levels,
+            "repetitions": repeat, "warmup_repetitions": warmup,
+            "one_hop_messages": hops, "one_hop_warmup_messages": by_qos[0]["one_hop"]["warmup"],
+            "one_hop_broker": by_qos[0]["one_hop"]["broker"],
+            "one_hop_payload_bytes": by_qos[0]["one_hop"]["payload_bytes"],
+            "tls_version": by_qos[0]["tls_version"],
+            "bus": "a fresh bus per QoS level (every device at that QoS), on free loopback ports; "
+                   "the one-hop baseline runs on the same brokers right after the repetitions",
+            "client": "paho-mqtt, MQTT v5, TCP_NODELAY, one message in flight",
+            "percentile_method": "linear interpolation between closest ranks (numpy 'linear')",
+            "duration_s": round(time.monotonic() - started, 1),
+            "source_revision": source_revision(),  # the devices and harness code that was measured
+            # Other work on the machine shares the cores with the bus: say how busy it was.
+            "load_average_before": [round(v, 2) for v in load_before],
+            "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        },
         "target_ratio": TARGET_RATIO,
-        "meets_target": ratio <= TARGET_RATIO,
-        "environment": environment(bus.topology, tls, "local"),
+        "by_qos": by_qos,
+        "environment": env,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench-latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / RESULT_FILE).write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
 def summary(result: dict[str, Any]) -> str:
-    c, e, h = result["conditions"], result["scenario_e2e_ms"], result["one_hop_ms"]
-    return "\n".join([
-        f"latency benchmark: {c['scenario']} x{c['repetitions']} (after {c['warmup_repetitions']} warm-up), "
-        f"QoS {c['qos']}, {c['tls_version']}",
-        f"  scenario end to end  p50 {e['p50']:.2f}  p90 {e['p90']:.2f}  p99 {e['p99']:.2f}  max {e['max']:.2f} ms",
-        f"  one broker hop       p50 {h['p50']:.3f}  p90 {h['p90']:.3f}  p99 {h['p99']:.3f}  max {h['max']:.3f} ms "
-        f"({c['one_hop_messages']} messages, {c['one_hop_payload_bytes']} B)",
-        f"  critical path: steps {result['critical_path']['path']}, "
-        f"{result['critical_path']['total']} broker traversals",
-        f"  overhead ratio {result['overhead_ratio']:.2f} (target <= {result['target_ratio']}): "
-        f"{'met' if result['meets_target'] else 'NOT met'}",
-    ])
+    """The headline table of a latency result, for a terminal."""
+    c = result["conditions"]
+    lines = [
+        f"latency benchmark: {c['scenario']} x{c['repetitions']} (after {c['warmup_repetitions']} warm-up) per QoS, "
+        f"{c['tls_version']}; one hop: {c['one_hop_messages']} messages of {c['one_hop_payload_bytes']} B "
+        f"on {c['one_hop_broker']}",
+        f"{'QoS':>3}  {'e2e p50':>8} {'p90':>7} {'p99':>7} {'max':>7}  {'hop p50':>8} {'p99':>6}  "
+        f"{'trav.':>5}  {'ratio':>5}  target <= {result['target_ratio']}",
+    ]
+    for q in result["by_qos"]:
+        e, h = q["e2e_ms"], q["one_hop_ms"]
+        lines.append(
+            f"{q['qos']:>3}  {e['p50']:8.2f} {e['p90']:7.2f} {e['p99']:7.2f} {e['max']:7.2f}  "
+            f"{h['p50']:8.3f} {h['p99']:6.3f}  {q['critical_path']['total']:>5}  {q['overhead_ratio']:5.2f}  "
+            f"{'met' if q['meets_target'] else 'NOT met'}")
+    lines.append("(milliseconds; ratio = e2e p50 / (broker traversals on the critical path x one-hop p50))")
+    return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""Recover: restart what crashed, reissue what was revoked, restore a backup, and verify each.
+
+Each test runs a bus of its own (it kills and restores things), on free ports in tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import _free_port_topology
+
+
+def _fmb(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "testbed", *args], capture_output=True, text=True,
+                          timeout=180, env=dict(os.environ))
+
+
+@pytest.fixture
+def bus_dirs(tmp_path: Path):  # type: ignore[no-untyped-def]
+    topo = _free_port_topology(tmp_path)
+    dirs = ["--topology", str(topo), "--certs", str(tmp_path / "certs"), "--state", str(tmp_path / "state")]
+    up = _fmb("up", *dirs)
+    assert up.returncode == 0, up.stderr
+    try:
+        yield tmp_path, dirs
+    finally:
+        _fmb("down", *dirs)
+
+
+def _pid(tmp_path: Path, name: str) -> int:
+    state = json.loads((tmp_path / "state" / "bus.json").read_text())
+    return next(p["pid"] for p in state["processes"] if p["name"] == name)
+
+
+def _wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        if "zombie" in Path(f"/proc/{pid}/status").read_text():
+            break
+        time.sleep(0.02)
+
+
+def test_recover_restarts_crashed_broker_and_dms_and_verifies(bus_dirs) -> None:
+    tmp_path, dirs = bus_dirs
+    for name in ("dc-delivery", "dms-1"):
+        pid = _pid(tmp_path, name)
+        os.kill(pid, signal.SIGKILL)  # a crash: no clean exit, no save
+        _wait_gone(pid)
+    out = _fmb("recover", *dirs)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "restarted: dc-delivery, dms-1" in out.stdout
+    assert "recovery: verified, the scenario passes" in out.stdout
+
+
+def test_reissue_after_revocation_and_verify(bus_dirs) -> None:
+    tmp_path, dirs = bus_dirs
+    old = (tmp_path / "certs" / "clients" / "meter-1.pem").read_bytes()
+    revoke = _fmb("certs", "revoke", "meter-1", *dirs)
+    assert revoke.returncode == 0, revoke.stderr
+    early = _fmb("certs", "reissue", "dms-1", *dirs)  # not revoked: refused, one line
+    assert early.returncode == 1 and "revoke it first" in early.stderr
+    out = _fmb("certs", "reissue", "meter-1", *dirs)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (tmp_path / "certs" / "clients" / "meter-1.pem").read_bytes() != old
+    assert "reissue of meter-1: verified, the scenario passes" in out.stdout
+
+
+def test_backup_and_restore_bring_back_the_same_pki_and_verify(bus_dirs) -> None:
+    tmp_path, dirs = bus_dirs
+    archive = tmp_path / "backup.tar.gz"
+    out = _fmb("backup", "--file", str(archive), *dirs)
+    assert out.returncode == 0, out.stderr
+    assert archive.stat().st_mode & 0o077 == 0
+    ca = (tmp_path / "certs" / "ca" / "ca.pem").read_bytes()
+    assert _fmb("down", *dirs).returncode == 0
+    shutil.rmtree(tmp_path / "certs")
+    shutil.rmtree(tmp_path / "state" / "brokers")
+    out = _fmb("restore", str(archive), *dirs)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (tmp_path / "certs" / "ca" / "ca.pem").read_bytes() == ca  # the same CA, not a new one
+    assert (tmp_path / "certs" / "ca" / "ca.key").stat().st_mode & 0o077 == 0
+    assert "restore: verified, the scenario passes" in out.stdout
+    assert list((tmp_path / "state" / "brokers").glob("dc-*/data/mosquitto.db"))
+
+
+def test_restore_refuses_a_foreign_archive(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.tar.gz"
+    import tarfile
+
+    evil = tmp_path / "evil"
+    evil.write_text("x")
+    with tarfile.open(bad, "w:gz") as tar:
+        tar.add(evil, arcname="certs/../../evil")
+    out = _fmb("restore", str(bad), "--certs", str(tmp_path / "c"), "--state", str(tmp_path / "s"))
+    assert out.returncode == 1 and "unexpected entry" in out.stderr
+    assert not (tmp_path.parent / "evil").exists()
