@@ -313,6 +313,26 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return _verify(args, "restore")
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from testbed.profile import build_profile, render_markdown
+
+    evidence = Path(args.evidence or os.environ.get("FMB_EVIDENCE") or ROOT / "var" / "evidence" / "test-results.json")
+    if not evidence.exists():
+        print(f"no test evidence in {evidence} yet: run scripts/test first; every subcategory shows 'not run'")
+    profile = build_profile(evidence)
+    out = Path(args.out) if args.out else ROOT / "runs" / "profile"
+    out.mkdir(parents=True, exist_ok=True)
+    import json
+
+    (out / "profile.json").write_text(json.dumps(profile, indent=2) + "\n")
+    (out / "profile.md").write_text(render_markdown(profile))
+    s, t = profile["summary"], profile["tier"]
+    print(f"{s['verified']}/{s['technical']} technical subcategories implemented and verified, "
+          f"{len(s['gaps'])} gaps, {s['out_of_scope']} out of scope; tier {t['level']} ({t['name']})")
+    print(f"profile: {out}/profile.md, profile.json")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     _, state = _paths(args)
     bus = LocalBus.attach(state)
@@ -379,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("up", cmd_up, "start brokers and devices and leave them running")
     add("down", cmd_down, "stop the running bus")
     add("status", cmd_status, "show the running bus's processes")
+    profile = add("profile", cmd_profile, "the NIST CSF profile of the testbed, backed by the last test run")
+    profile.add_argument("--out", help="output directory (default runs/profile)")
+    profile.add_argument("--evidence", help="test outcomes file (default var/evidence/test-results.json)")
     inventory = add("inventory", cmd_inventory, "assets, certificates, rights and data flows as JSON and a diagram")
     inventory.add_argument("--out", help="output directory (default runs/inventory)")
     certs = add("certs", lambda a: certs.print_help() or 2, "manage the PKI")

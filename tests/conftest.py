@@ -65,3 +65,33 @@ def run_scenario(bus: LocalBus, appendix_a: Scenario):  # type: ignore[no-untype
         with ScenarioRunner(bus, appendix_a) as runner:
             return runner.run(repeat, out)
     return run
+
+
+# -- evidence for `fmb profile`: the last outcome of every test, by node id --------------------
+
+_OUTCOMES: dict[str, str] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        _OUTCOMES[report.nodeid] = report.outcome
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Merge this run's outcomes into var/evidence/test-results.json (read by `fmb profile`)."""
+    import datetime as dt
+    import json
+
+    if not _OUTCOMES:
+        return
+    path = Path(os.environ.get("FMB_EVIDENCE", Path(__file__).resolve().parent.parent / "var" / "evidence"
+                               / "test-results.json"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        old = json.loads(path.read_text()) if path.exists() else {}
+        results = old.get("results", {})
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        results.update({node: {"outcome": outcome, "at": now} for node, outcome in _OUTCOMES.items()})
+        path.write_text(json.dumps({"schema": "fmb.test-evidence/1", "updated": now, "results": results}, indent=1))
+    except OSError:
+        pass  # evidence is a convenience for the profile; never fail a test run over it

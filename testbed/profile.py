@@ -1,0 +1,285 @@
+"""The MQTT cybersecurity framework profile of this testbed, backed by evidence.
+
+Every function / category / subcategory of section 2 of *MQTT and the NIST Cybersecurity
+Framework v1.0* is listed once (:data:`SUBCATEGORIES`), with what the testbed does about it: the
+tests that prove it (their last outcome is read from ``var/evidence/test-results.json``, which
+every test run writes), or why it is out of scope for a testbed, or why it is a gap. The
+current profile is what the evidence shows now; the target profile is every technical
+subcategory implemented and verified. CSF 2.0 identifiers stand next to the seed's names where
+the mapping is clear.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PROFILE_SCHEMA", "SUBCATEGORIES", "Subcategory", "build_profile", "render_markdown"]
+
+PROFILE_SCHEMA = "fmb.profile/1"
+IMPLEMENTED, OUT_OF_SCOPE, GAP = "implemented", "out of scope", "gap"
+
+
+@dataclass(frozen=True)
+class Subcategory:
+    """One row of the seed's section 2 tables and the testbed's answer to it."""
+
+    function: str
+    category: str
+    name: str
+    status: str  # implemented, out of scope, gap
+    how: str  # what the testbed does, or why not
+    evidence: tuple[str, ...] = ()  # test node ids (prefixes) that prove it
+    csf2: str = ""
+
+
+def _s(function: str, category: str, name: str, status: str, how: str, evidence: tuple[str, ...] = (),
+       csf2: str = "") -> Subcategory:
+    return Subcategory(function, category, name, status, how, evidence, csf2)
+
+
+T = "tests/"
+SUBCATEGORIES: tuple[Subcategory, ...] = (
+    # -- Identify -------------------------------------------------------------------------------
+    _s("Identify", "Asset Management", "List of hardware devices", IMPLEMENTED,
+       "`fmb inventory` lists brokers, devices, bridges and harness identities from the topology",
+       (T + "test_inventory.py",), "ID.AM-01"),
+    _s("Identify", "Asset Management", "Software inventory", IMPLEMENTED,
+       "every result records Python, Mosquitto, paho-mqtt, gmqtt and OpenSSL versions",
+       (T + "test_scenario.py::test_result_files_are_written",), "ID.AM-02"),
+    _s("Identify", "Asset Management", "Network mapping", IMPLEMENTED,
+       "inventory: endpoints, planes, sites, bridges; data-flow diagram",
+       (T + "test_inventory.py",), "ID.AM-03"),
+    _s("Identify", "Asset Management", "Lifecycle tracking", IMPLEMENTED,
+       "inventory: every certificate's serial, expiry, days left and revocation",
+       (T + "test_inventory.py",), "ID.AM-08"),
+    _s("Identify", "Risk Management", "Defining Risk Tolerance", OUT_OF_SCOPE,
+       "an organisational decision; the benchmarks give the figures it needs", (), "GV.RM-02"),
+    _s("Identify", "Risk Management", "Risk Identification", OUT_OF_SCOPE,
+       "organisational; the attack scenarios are a starting catalogue", (), "ID.RA-03"),
+    _s("Identify", "Risk Management", "Risk Assessment", OUT_OF_SCOPE,
+       "organisational; likelihood and impact are the operator's to judge", (), "ID.RA-04"),
+    _s("Identify", "Risk Management", "Authentication of the Server by the Clients", IMPLEMENTED,
+       "every client verifies the broker's certificate against the project CA and its hostname",
+       (T + "test_security.py::test_valid_certificate_is_accepted",), "PR.AA-03"),
+    _s("Identify", "Risk Management", "Analysis of Alternatives", IMPLEMENTED,
+       "the prioritization benchmark compares segregated, shared and prioritised control planes",
+       (T + "test_bench_prioritization.py",), "ID.RA-06"),
+    _s("Identify", "Compliance", "Business Requirements", OUT_OF_SCOPE, "organisational", (), "GV.OC-01"),
+    _s("Identify", "Compliance", "Legislative and Regulatory", OUT_OF_SCOPE,
+       "organisational (e.g. NERC CIP for a utility)", (), "GV.OC-03"),
+    _s("Identify", "Compliance", "Contractual Requirements", OUT_OF_SCOPE, "organisational", (), "GV.OC-03"),
+    _s("Identify", "Compliance", "Technology Certification", OUT_OF_SCOPE,
+       "certification of products is outside a testbed", ()),
+    _s("Identify", "Information Sharing and Communications", "Understand Data Flows", IMPLEMENTED,
+       "inventory data flows per profile, plane and site, derived from the topic tree; every message "
+       "recorded with its trace context", (T + "test_inventory.py", T + "test_scenario.py"), "ID.AM-03"),
+    _s("Identify", "Information Sharing and Communications", "Internal Communications", OUT_OF_SCOPE,
+       "organisational", ()),
+    _s("Identify", "Information Sharing and Communications", "External Communications", OUT_OF_SCOPE,
+       "organisational", ()),
+    _s("Identify", "Information Sharing and Communications",
+       "Cryptographic suites versioning and implementation how-to", IMPLEMENTED,
+       "TLS >= 1.2 on every listener and bridge; negotiated version and OpenSSL recorded in every result",
+       (T + "test_security.py::test_generated_configs", T + "test_scenario.py::test_result_files"), "PR.DS-02"),
+    _s("Identify", "Environmental Awareness", "Location of (client-side) end-devices", IMPLEMENTED,
+       "each device belongs to a site in the topology and the inventory", (T + "test_inventory.py",), "ID.AM-01"),
+    _s("Identify", "Environmental Awareness", "Location of end-to-end communication infrastructures",
+       IMPLEMENTED, "bridges and which profiles cross them, in the inventory", (T + "test_inventory.py",),
+       "ID.AM-03"),
+    _s("Identify", "Environmental Awareness", "Location of (server-side) brokers and vicinity", IMPLEMENTED,
+       "brokers by site and plane; field and data-centre networks in the Compose demo",
+       (T + "test_inventory.py",), "ID.AM-01"),
+    # -- Protect --------------------------------------------------------------------------------
+    _s("Protect", "Security Awareness", "User Awareness Training", OUT_OF_SCOPE, "organisational", (), "PR.AT-01"),
+    _s("Protect", "Security Awareness", "Formal Training", OUT_OF_SCOPE, "organisational", (), "PR.AT-02"),
+    _s("Protect", "Security Awareness", "Exercise and Evaluation", IMPLEMENTED,
+       "the attack scenarios are runnable exercises with expected detections", (T + "test_signed_commands.py",),
+       "ID.IM-02"),
+    _s("Protect", "Identity, Credential and Access Management", "Use of PKI (e.g. TLS, VPN)", IMPLEMENTED,
+       "project CA, a certificate per broker, device, bridge and harness identity; mutual TLS everywhere",
+       (T + "test_pki.py", T + "test_security.py"), "PR.AA-01"),
+    _s("Protect", "Identity, Credential and Access Management", "Choose a well-known Certificate Authority",
+       OUT_OF_SCOPE, "a closed OT bus is better served by a private CA it controls; the testbed makes one", ()),
+    _s("Protect", "Identity, Credential and Access Management", "Authentication of Clients by the Server",
+       IMPLEMENTED, "require_certificate, identity from the CN, no anonymous access, CRL checked",
+       (T + "test_security.py::test_tls_without", T + "test_security.py::test_certificate_from_another_ca",
+        T + "test_security.py::test_revoked"), "PR.AA-03"),
+    _s("Protect", "Identity, Credential and Access Management", "Authentication of the Server by the Clients",
+       IMPLEMENTED, "clients check the broker certificate and hostname", (T + "test_security.py",), "PR.AA-03"),
+    _s("Protect", "Identity, Credential and Access Management", "Authorization of Clients by the Server",
+       IMPLEMENTED, "least-privilege ACLs generated from one topic tree; MQTT v5 reason codes on denial",
+       (T + "test_acl.py", T + "test_topics_and_acl.py::test_acl_is_least_privilege"), "PR.AA-05"),
+    _s("Protect", "Information Protection", "Use of cryptographic suites (e.g. TLS, VPN)", IMPLEMENTED,
+       "TLS 1.2+ on every hop including bridges", (T + "test_security.py",), "PR.DS-02"),
+    _s("Protect", "Information Protection", "Integrity of Application Messages and Control Packets",
+       IMPLEMENTED, "TLS per hop; commands signed end to end (Ed25519) and checked by the actuator",
+       (T + "test_signed_commands.py",), "PR.DS-02"),
+    _s("Protect", "Information Protection", "Privacy of Application Messages and Control Packets",
+       IMPLEMENTED, "TLS per hop; no plaintext listener", (T + "test_security.py::test_plaintext",), "PR.DS-02"),
+    _s("Protect", "Information Protection", "Non-repudiation of message transmission", IMPLEMENTED,
+       "commands carry the issuer's Ed25519 signature, recorded with the message",
+       (T + "test_signed_commands.py::test_scenario_commands_are_signed",), "PR.DS-02"),
+    _s("Protect", "Information Protection", "Secure Random Number Generation for all involved devices",
+       IMPLEMENTED, "keys, serials and trace ids from the OS CSPRNG (cryptography, os.urandom)",
+       (T + "test_pki.py",), "PR.DS-02"),
+    _s("Protect", "Server-side Protection", "Compliance with MQTT specification", IMPLEMENTED,
+       "Mosquitto 2.0 rejects malformed packets; MQTT v5 throughout", (T + "test_attacks.py",), "PR.PS-01"),
+    _s("Protect", "Server-side Protection", "Automatic Client disconnect mechanisms", IMPLEMENTED,
+       "keep-alive timeouts; `fmb respond revoke` evicts live sessions", (T + "test_respond.py",), "RS.MI-01"),
+    _s("Protect", "Server-side Protection", "Suspicious behavior detection", IMPLEMENTED,
+       "the monitor's alerts", (T + "test_monitor.py",), "DE.AE-02"),
+    _s("Protect", "Server-side Protection", "Dynamic Access Control Listing (e.g. IP address or Client ID)",
+       IMPLEMENTED, "`fmb respond block` changes the live brokers' access control", (T + "test_respond.py",),
+       "PR.AA-05"),
+    _s("Protect", "Server-side Protection", "Rate limiting and/or blocking (e.g. IP address)", IMPLEMENTED,
+       "message_size_limit and max_queued_messages on every broker; blocking by identity or topic",
+       (T + "test_security.py::test_generated_configs", T + "test_respond.py"), "PR.IR-01"),
+    _s("Protect", "Server-side Protection", "Data-at-rest encryption", GAP,
+       "the data-centre brokers' persistence file is plaintext on disk (keys are 0600); an encrypted "
+       "volume is the deployment's job, not exercised here", (), "PR.DS-01"),
+    _s("Protect", "Server-side Protection",
+       "Frequent session renegotiation to establish new cryptographic parameters (e.g. replace session keys "
+       "or change cipher suites)", GAP,
+       "TLS 1.3 sessions are not renegotiated; certificate rotation without stopping the bus is not built yet",
+       (), "PR.DS-02"),
+    _s("Protect", "Client-side Protection", "Tamper proof end-devices", OUT_OF_SCOPE,
+       "simulated devices have no hardware", ()),
+    _s("Protect", "Client-side Protection", "Proper storage of the client certificate (key management considerations)",
+       IMPLEMENTED, "private keys 0600 from creation, never in git; one key per identity",
+       (T + "test_security.py::test_private_keys_are_owner_only", T + "test_pki.py"), "PR.AA-01"),
+    _s("Protect", "Client-side Protection", "Two-factor authentication", OUT_OF_SCOPE,
+       "machine-to-machine: the certificate is the factor; the command signature is a second, independent key",
+       ()),
+    # -- Detect ---------------------------------------------------------------------------------
+    _s("Detect", "Network Monitoring", "Repeated connection attempts", IMPLEMENTED,
+       "the monitor alerts on repeated connections / TLS handshake failures from one source",
+       (T + "test_monitor.py", T + "test_attacks.py"), "DE.CM-01"),
+    _s("Detect", "Network Monitoring", "Abnormal termination of connections", IMPLEMENTED,
+       "the monitor alerts on socket errors and keep-alive timeouts", (T + "test_monitor.py",), "DE.CM-01"),
+    _s("Detect", "Physical Monitoring", "Client availability verification", IMPLEMENTED,
+       "the scenario runner's initial-state check and the monitor's silent-client alert",
+       (T + "test_scenario.py", T + "test_monitor.py"), "DE.CM-09"),
+    _s("Detect", "Physical Monitoring", "End-devices and their vicinity physical inspection", OUT_OF_SCOPE,
+       "physical", (), "DE.CM-02"),
+    _s("Detect", "Intrusion Detection", "Repeated authentication attempts", IMPLEMENTED,
+       "the monitor alerts on repeated certificate failures", (T + "test_monitor.py", T + "test_attacks.py"),
+       "DE.CM-01"),
+    _s("Detect", "Intrusion Detection", "Topic scanning (attempts to send or subscribe to many topics)",
+       IMPLEMENTED, "the monitor alerts on denials across many topics", (T + "test_attacks.py",), "DE.CM-01"),
+    _s("Detect", "Intrusion Detection", "Sending undeliverable messages (no subscribers to the topics)",
+       IMPLEMENTED, "the monitor alerts on topics no role reads", (T + "test_monitor.py",), "DE.AE-02"),
+    _s("Detect", "Intrusion Detection", "Clients that connect but do not send data", IMPLEMENTED,
+       "the monitor alerts on silent clients", (T + "test_monitor.py",), "DE.CM-01"),
+    # -- Respond --------------------------------------------------------------------------------
+    _s("Respond", "Response Planning", "Revoke lost and/or compromised certificates", IMPLEMENTED,
+       "`fmb certs revoke` / `fmb respond revoke`: CRL, broker reload", (T + "test_security.py::test_revoked",
+                                                                       T + "test_respond.py"), "RS.MI-01"),
+    _s("Respond", "Response Planning", "Revoke lost and/or compromised Client or Server authentication credentials",
+       IMPLEMENTED, "the same, for every identity (devices, bridges, harness, brokers)",
+       (T + "test_pki.py", T + "test_respond.py"), "RS.MI-01"),
+    _s("Respond", "Response Planning", "Disconnect suspicious or compromised end-devices", IMPLEMENTED,
+       "`fmb respond revoke` evicts live sessions", (T + "test_respond.py",), "RS.MI-01"),
+    _s("Respond", "Response Planning", "Block compromised telemetry channels", IMPLEMENTED,
+       "`fmb respond block TOPIC`", (T + "test_respond.py",), "RS.MI-01"),
+    _s("Respond", "Response Planning", "Increase Firewall policies", GAP,
+       "network-level blocking (nftables on the broker hosts) is not automated", (), "RS.MI-01"),
+    _s("Respond", "Response Planning", "Shutdown compromised brokers and servers", IMPLEMENTED,
+       "the fault API and `fmb down` stop a broker by its pid", (T + "test_recover.py",), "RS.MI-02"),
+    # -- Recover --------------------------------------------------------------------------------
+    _s("Recover", "Recover Planning",
+       "Perform information system recovery (e.g. restart broker, create new telemetry channels, etc.)",
+       IMPLEMENTED, "`fmb recover` restarts what is down from persisted state, then verifies with Appendix A",
+       (T + "test_recover.py::test_recover",), "RC.RP-01"),
+    _s("Recover", "Recover Planning", "Perform reconstitution activities", IMPLEMENTED,
+       "`fmb restore` brings back PKI and broker persistence, verified", (T + "test_recover.py::test_backup",),
+       "RC.RP-05"),
+    _s("Recover", "Recover Planning", "Provide alternate work site to recover work activities", OUT_OF_SCOPE,
+       "organisational", ()),
+    _s("Recover", "Recover Planning", "Review Firewall policies", OUT_OF_SCOPE, "no firewall is managed", ()),
+    _s("Recover", "Recover Planning", "Reissue certificates and authentication credentials", IMPLEMENTED,
+       "`fmb certs reissue` after a revocation, verified", (T + "test_recover.py::test_reissue",), "RC.RP-01"),
+    _s("Recover", "Recover Planning", "Inspect end-devices", OUT_OF_SCOPE, "physical", ()),
+    _s("Recover", "Recover Planning", "Review Key Management and cryptographic deployments", IMPLEMENTED,
+       "inventory of certificates with expiry and revocation", (T + "test_inventory.py",), "ID.AM-08"),
+    _s("Recover", "Recover Planning", "Backup systems", IMPLEMENTED,
+       "`fmb backup` (mode 0600) and a verified restore", (T + "test_recover.py::test_backup",), "PR.DS-11"),
+    _s("Recover", "Recover Planning", "Updated contingency plan", OUT_OF_SCOPE, "organisational", (), "RC.RP-06"),
+)
+
+
+def _outcome(evidence: tuple[str, ...], results: dict[str, dict[str, str]]) -> tuple[str, list[dict[str, str]]]:
+    """(verified | failing | not run, the matching test results) for one subcategory."""
+    found = []
+    for prefix in evidence:
+        matches = {node: r for node, r in results.items() if node.startswith(prefix)}
+        if not matches:
+            return "not run", found
+        found += [{"test": node, **r} for node, r in sorted(matches.items())]
+    if any(r["outcome"] == "failed" for r in found):
+        return "failing", found
+    if all(r["outcome"] == "skipped" for r in found):
+        return "not run", found
+    return "verified", found
+
+
+def build_profile(results_file: Path) -> dict[str, Any]:
+    """The profile as a JSON-ready dict, from the last test outcomes in ``results_file``."""
+    results = json.loads(results_file.read_text())["results"] if results_file.exists() else {}
+    rows = []
+    for s in SUBCATEGORIES:
+        row: dict[str, Any] = {"function": s.function, "category": s.category, "subcategory": s.name,
+                               "csf2": s.csf2, "how": s.how, "target": IMPLEMENTED if s.status != OUT_OF_SCOPE
+                               else OUT_OF_SCOPE}
+        if s.status == IMPLEMENTED:
+            verdict, found = _outcome(s.evidence, results)
+            row["current"] = "implemented and verified" if verdict == "verified" else f"implemented, {verdict}"
+            row["evidence"] = found or list(s.evidence)
+        else:
+            row["current"] = s.status
+        rows.append(row)
+    technical = [r for r in rows if r["target"] == IMPLEMENTED]
+    verified = [r for r in technical if r["current"] == "implemented and verified"]
+    share = len(verified) / len(technical)
+    tier = (3 if share >= 0.9 else 2 if share >= 0.6 else 1)
+    tier_names = {1: "Partial", 2: "Risk Informed", 3: "Repeatable"}
+    return {
+        "schema": PROFILE_SCHEMA, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "source": "MQTT and the NIST Cybersecurity Framework v1.0, section 2",
+        "evidence_file": str(results_file), "subcategories": rows,
+        "summary": {"total": len(rows), "technical": len(technical), "verified": len(verified),
+                    "gaps": [r["subcategory"] for r in rows if r["current"] == GAP],
+                    "out_of_scope": sum(r["current"] == OUT_OF_SCOPE for r in rows),
+                    "not_verified": [r["subcategory"] for r in technical
+                                     if r["current"] not in ("implemented and verified", GAP)]},
+        "tier": {"level": tier, "name": tier_names[tier],
+                 "why": f"{len(verified)} of {len(technical)} technical subcategories are implemented and verified "
+                        "by regression tests that run on every change (Tier 3 needs at least 90 %); Tier 4 "
+                        "(Adaptive) would need lessons learned fed back continuously, which a testbed cannot show"},
+    }
+
+
+def render_markdown(profile: dict[str, Any]) -> str:
+    s, t = profile["summary"], profile["tier"]
+    lines = [
+        "# MQTT cybersecurity framework profile of the testbed", "",
+        f"Source: {profile['source']}. Generated {profile['created']} from the test outcomes in "
+        f"`{profile['evidence_file']}`.", "",
+        f"**Implementation tier supported by the evidence: {t['level']} ({t['name']}).** {t['why']}.", "",
+        f"{s['verified']} of {s['technical']} technical subcategories implemented and verified; "
+        f"{len(s['gaps'])} gaps; {s['out_of_scope']} out of scope for a testbed.", "",
+        "| function | category | subcategory | CSF 2.0 | current | target | how / why | evidence |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in profile["subcategories"]:
+        ev = r.get("evidence") or []
+        evidence = "<br>".join(f"`{e['test']}` {e['outcome']}" if isinstance(e, dict) else f"`{e}` not run"
+                               for e in ev[:4]) + (f"<br>(+{len(ev) - 4} more)" if len(ev) > 4 else "")
+        lines.append(f"| {r['function']} | {r['category']} | {r['subcategory']} | {r['csf2']} | {r['current']} | "
+                     f"{r['target']} | {r['how']} | {evidence} |")
+    if s["not_verified"]:
+        lines += ["", "Implemented but not verified by the last test run: " + "; ".join(s["not_verified"]) + "."]
+    return "\n".join(lines) + "\n"
