@@ -19,7 +19,13 @@ from pathlib import PurePath
 from testbed.topics import PROFILES, ROLES, topic
 from testbed.topology import HARNESS_IDENTITIES, BrokerSpec, Topology
 
-__all__ = ["BrokerFiles", "render_acl", "render_broker", "render_conf"]
+__all__ = ["DYNSEC_TOPIC", "BrokerFiles", "render_acl", "render_broker", "render_conf"]
+
+DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
+# The plugin's own state: no clients and no roles, since the acl_file decides access; the
+# responder creates a client on demand only to disable (evict) it.
+DYNSEC_STATE = ('{"clients": [], "groups": [], "roles": [], "defaultACLAccess": {"publishClientSend": false, '
+                '"publishClientReceive": false, "subscribe": false, "unsubscribe": false}}\n')
 
 
 @dataclass(frozen=True)
@@ -33,11 +39,23 @@ class BrokerFiles:
     user: str | None = None  # run as this user (None: Mosquitto's default privilege drop)
     peer_hosts: dict[str, str] | None = None  # broker name -> host for bridges
     data: PurePath | None = None  # persistence folder (None: <directory>/data)
+    # Detect and Respond (devices/monitor.py, testbed/respond.py): debug logging (the only level at
+    # which Mosquitto logs denied and oversize publishes; costs broker CPU), the dynamic-security
+    # plugin (loaded beside the acl_file only to evict live sessions), and the responder's blocks.
+    debug_log: bool = False
+    dynsec_plugin: PurePath | None = None
+    blocked_identities: tuple[str, ...] = ()
+    blocked_topics: tuple[str, ...] = ()
 
 
 def render_broker(topology: Topology, broker: BrokerSpec, files: BrokerFiles) -> dict[str, str]:
-    """The files of one broker: ``{"mosquitto.conf": ..., "acl": ...}``."""
-    return {"mosquitto.conf": render_conf(topology, broker, files), "acl": render_acl(topology, broker)}
+    """The files of one broker: ``{"mosquitto.conf": ..., "acl": ...}`` (and the dynamic-security
+    plugin's state file when the plugin is loaded)."""
+    out = {"mosquitto.conf": render_conf(topology, broker, files),
+           "acl": render_acl(topology, broker, files.blocked_identities, files.blocked_topics)}
+    if files.dynsec_plugin:
+        out["dynamic-security.json"] = DYNSEC_STATE
+    return out
 
 
 def render_conf(topology: Topology, broker: BrokerSpec, files: BrokerFiles) -> str:
@@ -56,6 +74,11 @@ def render_conf(topology: Topology, broker: BrokerSpec, files: BrokerFiles) -> s
         "log_type warning",
         "log_type notice",
         "log_type information",
+        # Subscriptions are rare and cheap to log; the monitor needs them to see topic scanning
+        # and messages nobody reads without the cost of debug logging.
+        "log_type subscribe",
+        "log_type unsubscribe",
+        *(["log_type debug"] if files.debug_log else []),
         "log_timestamp true",
         "log_timestamp_format %Y-%m-%dT%H:%M:%S",
         # stderr, not stdout: Mosquitto does not flush stdout, so in a container (a pipe) the
@@ -64,6 +87,13 @@ def render_conf(topology: Topology, broker: BrokerSpec, files: BrokerFiles) -> s
     ]
     if files.user:
         lines.append(f"user {files.user}")
+    if files.dynsec_plugin:
+        lines += [
+            "# Loaded beside acl_file, which stays authoritative for access (checked on 2.0.11): the",
+            "# plugin only gives the responder `disableClient`, which evicts an identity's live sessions.",
+            f"plugin {files.dynsec_plugin}",
+            f"plugin_opt_config_file {here / 'dynamic-security.json'}",
+        ]
     if broker.persistent:
         lines += [
             "# Persistent queues: sessions and queued QoS>0 messages survive a restart. The",
@@ -123,9 +153,17 @@ def render_conf(topology: Topology, broker: BrokerSpec, files: BrokerFiles) -> s
     return "\n".join(lines) + "\n"
 
 
-def render_acl(topology: Topology, broker: BrokerSpec) -> str:
-    """Least-privilege ACL of one broker: only identities that connect to it, only its plane."""
+def render_acl(topology: Topology, broker: BrokerSpec, blocked_identities: tuple[str, ...] = (),
+               blocked_topics: tuple[str, ...] = ()) -> str:
+    """Least-privilege ACL of one broker: only identities that connect to it, only its plane.
+
+    A blocked identity loses every right; a blocked topic is denied to everyone (``topic deny``
+    is checked before the grants, and a SIGHUP applies it to connected clients too).
+    """
     out = [f"# ACL of {broker.name}, derived from testbed.topics. Anything not listed is denied."]
+    deny = [f"topic deny {t}" for t in blocked_topics]
+    if blocked_identities:
+        out.append(f"# Blocked by the responder (no rights at all): {', '.join(blocked_identities)}")
     identities: list[tuple[str, str]] = [
         (d.id, d.role) for d in topology.devices if d.site == broker.site
     ] + [(name, name) for name in HARNESS_IDENTITIES]
@@ -137,14 +175,16 @@ def render_acl(topology: Topology, broker: BrokerSpec) -> str:
             for g in grants
             if PROFILES[g.profile].plane == broker.plane
         ]
-        if entries:  # an identity with no right on this plane is simply not listed: denied
-            out += ["", f"user {ident}"] + [f"topic {a} {t}" for a, t in entries]
+        if ident == "responder":  # evictions through the dynamic-security plugin, nothing else
+            entries = [("write", DYNSEC_TOPIC), ("read", DYNSEC_TOPIC + "/response")]
+        if entries and ident not in blocked_identities:  # an identity not listed is denied everything
+            out += ["", f"user {ident}", *deny] + [f"topic {a} {t}" for a, t in entries]
     access = {"out": "write", "in": "read", "both": "readwrite"}
     for bridge in topology.bridges:
         if bridge.remote == broker.name:
             directions = topology.bridge_directions(bridge)
             if directions:
-                out += ["", f"user {bridge.name}"] + [
+                out += ["", f"user {bridge.name}", *deny] + [
                     f"topic {access[d]} {topic(topology.root, p, '+')}" for p, d in directions.items()
                 ]
     return "\n".join(out) + "\n"

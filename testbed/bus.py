@@ -26,12 +26,15 @@ from brokers.mosquitto import BrokerFiles, render_broker
 from testbed.errors import BrokerError, DeviceError, TestbedError
 from testbed.mqtt import Endpoint, TLSIdentity
 from testbed.pki import PKI
+from testbed.respond import Blocklist
 from testbed.topics import PROFILES, ROLES
 from testbed.topology import DeviceSpec, Topology, load_topology
 
 __all__ = ["LocalBus", "ProcessRecord", "device_environment", "mosquitto_binary"]
 
 START_ORDER = ("dms", "tablet", "supply", "capbank", "meter")
+# Loaded beside the acl_file when installed (Debian's mosquitto): how the responder evicts sessions.
+DYNSEC_PLUGIN = os.environ.get("FMB_DYNSEC_PLUGIN", "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,9 @@ def device_environment(topology: Topology, device: DeviceSpec, certs: Path, run_
 class LocalBus:
     """Brokers and devices of one topology as local processes, with state in ``state_dir``."""
 
-    def __init__(self, topology: Topology, pki: PKI, state_dir: Path) -> None:
+    def __init__(self, topology: Topology, pki: PKI, state_dir: Path, monitor: bool = True) -> None:
         self.topology = topology
+        self.monitor = monitor  # start devices/monitor.py after the devices (Detect; see devices/README-monitor.md)
         self.pki = pki
         self.state_dir = state_dir.resolve()
         self.run_dir = self.state_dir / "run"
@@ -184,6 +188,8 @@ class LocalBus:
             for role in START_ORDER:
                 for device in (d for d in self.topology.devices if d.role == role):
                     self._start_device(device)
+            if self.monitor:
+                self._start_monitor()
         except BaseException:
             self.stop()
             raise
@@ -207,8 +213,15 @@ class LocalBus:
         directory = self.state_dir / "brokers" / name
         (directory / "data").mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
+        blocks = Blocklist.load(self.state_dir)
+        dynsec = Path(DYNSEC_PLUGIN)
+        # Debug logging on the control plane only: it is how Mosquitto reports denied and oversize
+        # publishes, and commands are few; on the delivery plane it would cost ~10 us of broker CPU
+        # and ~350 bytes of log per message (devices/README-monitor.md).
         files = BrokerFiles(certs=self.pki.directory.resolve(), directory=directory, log=log,
-                            user=getpass.getuser())
+                            user=getpass.getuser(), debug_log=broker.plane == "control",
+                            dynsec_plugin=dynsec if dynsec.exists() else None,
+                            blocked_identities=tuple(blocks.identities), blocked_topics=tuple(blocks.topics))
         for filename, text in render_broker(self.topology, broker, files).items():
             (directory / filename).write_text(text)
         offset = log.stat().st_size if log.exists() else 0
@@ -222,6 +235,16 @@ class LocalBus:
         record = self._spawn(feeder_id, "feeder", [sys.executable, "-m", "devices.feeder"], {
             "FMB_FEEDER": json.dumps(asdict(spec)), "FMB_FEEDER_SOCKET": str(sock)})
         self._wait_for(lambda: sock.exists(), record, f"feeder {feeder_id}", 10)
+
+    def _start_monitor(self) -> None:
+        from devices.monitor import monitor_environment
+
+        env = monitor_environment(self.topology, self.pki.directory.resolve(), self.state_dir, self.log_dir,
+                                  self.run_dir)
+        ready = Path(env["FMB_READY_FILE"])
+        ready.unlink(missing_ok=True)
+        record = self._spawn("monitor", "monitor", [sys.executable, "-m", "devices.monitor"], env)
+        self._wait_for(ready.exists, record, "monitor", 60)
 
     def _start_device(self, device: DeviceSpec) -> None:
         env = device_environment(self.topology, device, self.pki.directory.resolve(), self.run_dir)
@@ -302,6 +325,8 @@ class LocalBus:
             self._start_broker(mosquitto_binary(), name)
         elif record.kind == "feeder":
             self._start_feeder(name)
+        elif record.kind == "monitor":
+            self._start_monitor()
         else:
             self._start_device(self.topology.device(name))
         self._save()
@@ -317,7 +342,7 @@ class LocalBus:
 
     def stop(self, timeout_s: float = 10) -> None:
         """Stop devices, feeders, then brokers (so the data-centre brokers save last)."""
-        order = {"device": 0, "feeder": 1, "broker": 2}
+        order = {"monitor": 0, "device": 1, "feeder": 2, "broker": 3}
         for kind in sorted(order, key=order.get):  # type: ignore[arg-type]
             group = [p for p in self.processes if p.kind == kind and self._alive(p)]
             for p in group:

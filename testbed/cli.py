@@ -186,7 +186,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _bench_latency(args, out)
     if args.name == "prioritization":
         return _bench_prioritization(args, out)
-    raise TestbedError(f"unknown benchmark {args.name!r}; available: latency, prioritization")
+    if args.name == "recovery":
+        return _bench_recovery(args, out)
+    raise TestbedError(f"unknown benchmark {args.name!r}; available: latency, prioritization, recovery")
+
+
+def _bench_recovery(args: argparse.Namespace, out: Path) -> int:
+    from testbed.bench.recovery import run_recovery, summary
+    from testbed.reporting import render_run
+
+    certs, state = _paths(args)
+    if LocalBus.attach(state) is not None:
+        raise TestbedError(f"a bus is running from {state}: stop it (`fmb down`) so that the benchmark has the cores")
+    try:
+        autosaves = [int(x) for x in args.autosave.split(",") if x.strip()]
+    except ValueError:
+        raise TestbedError(f"--autosave is {args.autosave!r}; give seconds, e.g. 1,5,30") from None
+    topology = load_topology(args.topology)
+    pki = ensure_pki(topology, certs)
+    reps = args.repeat if args.repeat != 200 else 3  # --repeat's default belongs to the latency benchmark
+    print(f"recovery benchmark: {reps} trials per fault, {args.rate:g} msg/s, autosave sweep {autosaves} s", flush=True)
+    result = run_recovery(pki, certs, topology.root, reps, args.rate, args.payload, autosaves, out,
+                          progress=lambda line: print(line, flush=True))
+    render_run(out)
+    print(summary(result))
+    print(f"result: {out}/bench-recovery.json; figures and report.md beside it")
+    return 0
 
 
 def _bench_prioritization(args: argparse.Namespace, out: Path) -> int:
@@ -344,6 +369,58 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _running(args: argparse.Namespace) -> LocalBus:
+    _, state = _paths(args)
+    bus = LocalBus.attach(state)
+    if bus is None:
+        raise TestbedError(f"no bus running from {state}; start one with `fmb up`")
+    return bus
+
+
+def cmd_respond(args: argparse.Namespace) -> int:
+    import json
+
+    from testbed.respond import Responder
+
+    if args.action == "measure":
+        from testbed.cutoff import measure_cutoff, write_result
+
+        result = measure_cutoff(_running(args), repeat=args.repeat)
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = write_result(result, Path(args.out) if args.out else ROOT / "runs" / f"bench-respond-{stamp}")
+        for action, r in result["results"].items():
+            c = r["cutoff_ms"]
+            print(f"{action:12} alert to cut-off: " + (f"median {c['p50']:.1f} ms, max {c['max']:.1f} ms (n={c['n']})"
+                                                     if c else "never cut off") + f", not cut off: {r['not_cut_off']}")
+        print(f"result: {path}")
+        return 0
+    if not args.target:
+        raise TestbedError(f"`fmb respond {args.action}` needs a target: an identity (e.g. meter-1) or a topic")
+    responder = Responder(_running(args))
+    outcome = {"revoke": responder.revoke, "block": responder.block, "unblock": responder.unblock,
+               "evict": lambda t: {"action": "evict", "identity": t, "evicted_on": responder.evict(t)}}[args.action](
+        args.target)
+    print(json.dumps(outcome, indent=2))
+    return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    import json
+
+    bus = _running(args)
+    path = bus.state_dir / "alerts.jsonl"
+    alerts = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    alerts = [a for a in alerts if not args.kind or a["kind"] == args.kind][-args.last:]
+    for a in alerts:
+        who = a.get("identity") or a.get("address") or "-"
+        r = a.get("response")
+        response = f"  -> {r.get('action')} {r.get('error', 'done')}" if r else ""
+        print(f"{a['time']}  {a['kind']:20} {who:16} {a.get('broker') or '-':15} "
+              f"{json.dumps(a['evidence'])[:100]}{response}")
+    print(f"{len(alerts)} alerts shown; all in {path} (monitor log: {bus.log_dir / 'monitor.log'})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fmb", description="Field Message Bus testbed")
     common = argparse.ArgumentParser(add_help=False)
@@ -367,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local processes (default), or the Compose bus of compose/ (the "
                             "project $COMPOSE_PROJECT_NAME or fmb; started for the run if not up)")
     bench = add("bench", cmd_bench, "run a benchmark (not a test): figures as JSON with their conditions")
-    bench.add_argument("name", choices=["latency", "prioritization"], help="which benchmark")
+    bench.add_argument("name", choices=["latency", "prioritization", "recovery"], help="which benchmark")
     bench.description += (
         ". latency: for each --qos level a fresh bus of local processes is started on free ports in a "
         "temporary state directory (PKI from --certs), the Appendix A scenario is repeated after a warm-up, "
@@ -390,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--flood-qos", type=int, choices=[0, 1, 2], default=1, help="prioritization: flood QoS")
     bench.add_argument("--command-qos", type=int, choices=[0, 1, 2], default=1, help="prioritization: command QoS")
     bench.add_argument("--publishers", type=int, default=3, help="prioritization: flood publisher processes")
+    bench.add_argument("--rate", type=float, default=200.0, help="recovery: producer messages per second (default 200)")
+    bench.add_argument("--autosave", default="1,5,30", help="recovery: autosave intervals to sweep, seconds")
     bench.add_argument("--out", help="result directory (default runs/bench-<name>-<time>)")
     report = sub.add_parser("report", help="render every result JSON of a run directory to PNG and report.md",
                             description="Render every result JSON in RUN_DIR (scenario result.json, bench-*.json) "
@@ -419,6 +498,17 @@ def build_parser() -> argparse.ArgumentParser:
     backup_p.add_argument("--file", help="archive path (default var/backups/fmb-backup-<time>.tar.gz)")
     restore_p = add("restore", cmd_restore, "bring back a backup (bus down), then verify with Appendix A")
     restore_p.add_argument("file", help="archive made by `fmb backup`")
+    respond = add("respond", cmd_respond, "Respond: revoke, block or evict an identity, block a topic, "
+                  "or measure alert-to-cut-off")
+    respond.add_argument("action", choices=["revoke", "block", "unblock", "evict", "measure"],
+                         help="revoke: CRL + reload + evict; block: no rights (identity) or denied to all (topic); "
+                              "evict: drop live sessions; measure: alert-to-cut-off benchmark (JSON)")
+    respond.add_argument("target", nargs="?", help="an identity (certificate CN) or, for block, a topic")
+    respond.add_argument("--repeat", type=int, default=5, help="measure: repetitions per action (default 5)")
+    respond.add_argument("--out", help="measure: result directory (default runs/bench-respond-<time>)")
+    monitor = add("monitor", cmd_monitor, "Detect: the monitor's alerts on the running bus")
+    monitor.add_argument("--kind", help="only alerts of this kind (e.g. topic_scan)")
+    monitor.add_argument("--last", type=int, default=50, help="show the last N alerts (default 50)")
     return parser
 
 

@@ -26,8 +26,9 @@ from testbed.errors import TestbedError
 
 __all__ = ["Endpoint", "TLSIdentity", "connect", "publish_properties", "tls_context", "user_properties"]
 
-RECONNECT_MIN_S = 0.25
+RECONNECT_MIN_S = 0.25  # paho's defaults are 1 s and 120 s: see `fmb bench recovery`
 RECONNECT_MAX_S = 5.0
+PAHO_DEFAULT_RECONNECT_S = (1.0, 120.0)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def connect(
     session_expiry_s: int = 0,
     wait_s: float | None = 10.0,
     keepalive_s: int = 30,
+    reconnect_s: tuple[float, float] = (RECONNECT_MIN_S, RECONNECT_MAX_S),
 ) -> paho.Client:
     """A started paho client; with ``wait_s`` it blocks until the first CONNACK succeeds.
 
@@ -89,7 +91,7 @@ def connect(
     )
     client.tls_set_context(tls_context(identity))
     client.on_socket_open = _nodelay
-    client.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)  # type: ignore[arg-type]
+    client.reconnect_delay_set(min_delay=reconnect_s[0], max_delay=reconnect_s[1])  # type: ignore[arg-type]
     connected = threading.Event()
     refused: list[str] = []
 

@@ -48,6 +48,7 @@ _BODIES: dict[str, dict[str, tuple[Any, ...]]] = {
     "SingleLineDiagramProfile": {"feeders": ("dict",), "version": ("int",)},
     "DisplayStatusProfile": {"diagram_seq": ("int",), "dms": ("str",), "displayed_ns": ("int",),
                              "feeders": ("dict",)},
+    "AlertProfile": {"kind": ("str",), "evidence": ("dict",), "time_ns": ("int",)},
 }
 
 

@@ -13,6 +13,7 @@ these two tables, so a device can publish only its own topics and read only what
     CapBankStatusProfile       capbankmodule    delivery  capbank (own)  dms
     SingleLineDiagramProfile   dmsmodule        delivery  dms (own)      tablet
     DisplayStatusProfile       hmimodule        delivery  tablet (own)   (recorder only)
+    AlertProfile               securitymodule   control   monitor (own)  (recorder, operators)
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class Profile:
     name: str
     module: str
     plane: Plane
-    kind: Literal["command", "telemetry", "status", "diagram"]
+    kind: Literal["command", "telemetry", "status", "diagram", "alert"]
 
 
 PROFILES: dict[str, Profile] = {
@@ -60,6 +61,8 @@ PROFILES: dict[str, Profile] = {
         Profile("CapBankStatusProfile", "capbankmodule", DELIVERY, "status"),
         Profile("SingleLineDiagramProfile", "dmsmodule", DELIVERY, "diagram"),
         Profile("DisplayStatusProfile", "hmimodule", DELIVERY, "status"),
+        # Detect: the monitor's alerts (devices/monitor.py), on the control plane.
+        Profile("AlertProfile", "securitymodule", CONTROL, "alert"),
         # Harness profiles of the benchmarks: a command and its acknowledgement on the control
         # plane, a flood on the delivery plane. No device reads or writes them.
         Profile("BenchCommandProfile", "benchmodule", CONTROL, "command"),
@@ -122,6 +125,14 @@ ROLES: dict[str, RoleRights] = {
                         if p.kind == "command" and not p.name.startswith("Bench")),
         reads=(),
     ),
+    # Detect and Respond: the monitor reads every profile of the tree (rates, plausibility,
+    # messages nobody reads) and publishes only its alerts; the responder has no topic of the
+    # tree at all, only the dynamic-security control topic (brokers.mosquitto adds it).
+    "monitor": RoleRights(
+        publishes=(Grant("AlertProfile", "own"),),
+        reads=tuple(Grant(p, "any") for p in PROFILES if not p.startswith("Bench") and p != "AlertProfile"),
+    ),
+    "responder": RoleRights(publishes=(), reads=()),
     # The benchmarks' load generators and probes, confined to the Bench* profiles.
     "bench": RoleRights(
         publishes=tuple(Grant(p, "any") for p in PROFILES if p.startswith("Bench")),

@@ -30,7 +30,7 @@ __all__ = [
 
 DEFAULT_TOPOLOGY = Path(__file__).resolve().parent.parent / "brokers" / "topologies" / "appendix-a.toml"
 DEVICE_ROLES = ("tablet", "supply", "meter", "capbank", "dms")
-HARNESS_IDENTITIES = ("recorder", "operator", "bench")
+HARNESS_IDENTITIES = ("recorder", "operator", "bench", "monitor", "responder")
 
 
 @dataclass(frozen=True)

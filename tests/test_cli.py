@@ -37,7 +37,7 @@ def test_up_run_status_down(tmp_path: Path) -> None:
         assert "bus up" in up.stdout and "field-control" in up.stdout
         state = json.loads((tmp_path / "state" / "bus.json").read_text())
         pids = [p["pid"] for p in state["processes"]]
-        assert len(pids) == 4 + 1 + 5  # brokers, feeder, devices
+        assert len(pids) == 4 + 1 + 5 + 1  # brokers, feeder, devices, monitor
 
         again = _fmb("up", "--topology", str(topo), *dirs)
         assert again.returncode == 1 and "already running" in again.stderr
@@ -51,7 +51,7 @@ def test_up_run_status_down(tmp_path: Path) -> None:
         assert result["passed"] and result["repetitions"] == 3
 
         status = _fmb("status", *dirs)
-        assert status.returncode == 0 and status.stdout.count(" up ") == 10
+        assert status.returncode == 0 and status.stdout.count(" up ") == 11
     finally:
         down = _fmb("down", *dirs)
     assert down.returncode == 0 and "bus stopped" in down.stdout

@@ -24,7 +24,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,15 +33,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from brokers.mosquitto import BrokerFiles, render_acl, render_conf
-from testbed.bus import mosquitto_binary
+from brokers.mosquitto import render_acl
+from testbed.bench.common import Processes, bench_topology, free_port, start_broker
 from testbed.environment import environment
 from testbed.errors import TestbedError
 from testbed.mqtt import Endpoint, TLSIdentity, connect
 from testbed.pki import PKI
 from testbed.stats import percentiles
 from testbed.topics import topic
-from testbed.topology import SiteSpec, Topology
+from testbed.topology import Topology
 
 __all__ = ["CONFIGS", "RESULT_SCHEMA", "run_prioritization", "summary"]
 
@@ -62,44 +61,6 @@ def _placement(config: str) -> tuple[dict[str, object], dict[str, object]]:
     return {"cpus": set(cpus[:-1])}, {"nice": FLOOD_NICE, "cpus": {cpus[-1]}}
 
 
-class _Processes:
-    """Processes this benchmark started, stopped by their pid (never by name)."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, nice: int = 0,
-              stdout: Path | None = None, cpus: set[int] | None = None) -> subprocess.Popen[bytes]:
-        def placement() -> None:
-            if nice:
-                os.nice(nice)
-            if cpus:
-                os.sched_setaffinity(0, cpus)
-
-        out = open(stdout or self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT if stdout is None else out,
-                                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
-                                start_new_session=True, preexec_fn=placement if (nice or cpus) else None)
-        out.close()
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, procs: list[subprocess.Popen[bytes]] | None = None) -> None:
-        group = list(self.procs if procs is None else procs)
-        for p in group:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in group:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-            if p in self.procs:
-                self.procs.remove(p)
-
-
 @dataclasses.dataclass
 class _Setup:
     control: Endpoint
@@ -107,55 +68,18 @@ class _Setup:
     procs: list[subprocess.Popen[bytes]]
 
 
-def _bench_topology(root: str, qos: int, ports: tuple[int, int]) -> Topology:
-    return Topology(path="(prioritization benchmark)", name="bench", root=root, qos=qos,
-                    message_size_limit=1 << 20, max_queued_messages=1000,
-                    sites=(SiteSpec("bench", "edge", ports[0], ports[1]),), devices=(), feeders=())
-
-
-def _start_brokers(config: str, topology: Topology, pki: PKI, work: Path, procs: _Processes) -> _Setup:
+def _start_brokers(config: str, topology: Topology, pki: PKI, work: Path, procs: Processes) -> _Setup:
     """The brokers of one configuration, ready to accept connections."""
-    mosquitto = mosquitto_binary()
     delivery, control = topology.broker("bench-delivery"), topology.broker("bench-control")
-    started = []
-    wanted = [delivery] if config == "shared" else [delivery, control]
-    for broker in wanted:
-        directory = work / config / broker.name
-        directory.mkdir(parents=True, exist_ok=True)
-        log = directory / "mosquitto.log"
-        files = BrokerFiles(certs=pki.directory.resolve(), directory=directory, log=log,
-                            user=_current_user())
-        (directory / "mosquitto.conf").write_text(render_conf(topology, broker, files))
-        acl = render_acl(topology, broker)
-        if config == "shared":  # one broker carries both planes: both planes' rights
-            acl += render_acl(topology, control)
-        (directory / "acl").write_text(acl)
-        control_place, delivery_place = _placement(config)
-        place = delivery_place if broker is delivery else control_place
-        proc = procs.start(f"{config}-{broker.name}", [mosquitto, "-c", str(directory / "mosquitto.conf")],
-                           **place)  # type: ignore[arg-type]
-        _wait_for_log(log, " running", proc)
-        started.append(proc)
-    d = Endpoint(delivery.host, delivery.port)
-    return _Setup(control=d if config == "shared" else Endpoint(control.host, control.port), delivery=d,
-                  procs=started)
-
-
-def _current_user() -> str:
-    import getpass
-
-    return getpass.getuser()
-
-
-def _wait_for_log(log: Path, needle: str, proc: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if log.exists() and needle in log.read_text(errors="replace"):
-            return
-        if proc.poll() is not None:
-            break
-        time.sleep(0.02)
-    raise TestbedError(f"benchmark broker did not start: see {log}")
+    control_place, delivery_place = _placement(config)
+    # One broker carries both planes when shared: it gets both planes' rights.
+    extra = render_acl(topology, control) if config == "shared" else ""
+    d_proc, d = start_broker(procs, topology, delivery, pki, work / config / delivery.name, extra,
+                             **delivery_place)
+    if config == "shared":
+        return _Setup(control=d, delivery=d, procs=[d_proc])
+    c_proc, c = start_broker(procs, topology, control, pki, work / config / control.name, **control_place)
+    return _Setup(control=c, delivery=d, procs=[d_proc, c_proc])
 
 
 class _Commander:
@@ -219,7 +143,7 @@ class _Commander:
         self.client.loop_stop()
 
 
-def _flood(procs: _Processes, pki: PKI, endpoint: Endpoint, root: str, rate: float | None, seconds: float,
+def _flood(procs: Processes, pki: PKI, endpoint: Endpoint, root: str, rate: float | None, seconds: float,
            payload_bytes: int, qos: int, publishers: int, place: dict[str, object],
            tag: str) -> list[subprocess.Popen[bytes]]:
     """Start ``publishers`` mosquitto_pub processes offering ``rate`` msg/s in all (None: as fast as they can)."""
@@ -247,14 +171,14 @@ def run_prioritization(pki: PKI, root: str, rates: list[float | None], seconds: 
     for tool in ("mosquitto_pub", "mosquitto_sub"):
         if shutil.which(tool) is None:
             raise TestbedError(f"{tool} is not installed: run `sudo apt-get install mosquitto-clients`")
-    topology = _bench_topology(root, command_qos, (_free_port(), _free_port()))
+    topology = bench_topology(root, command_qos, (free_port(), free_port()))
     pki.init({b.name: [] for b in topology.brokers}, ["bench"])
     identity = TLSIdentity(pki.ca_cert, pki.client("bench").cert, pki.client("bench").key)
     results: dict[str, list[dict[str, Any]]] = {}
     tls_version = None
     with tempfile.TemporaryDirectory(prefix="fmb-bench-prio-") as tmp:
         work = Path(tmp)
-        procs = _Processes(work)
+        procs = Processes(work)
         try:
             for config in configs:
                 setup = _start_brokers(config, topology, pki, work, procs)
@@ -359,14 +283,6 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _mosquitto_pub_version() -> str | None:

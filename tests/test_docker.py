@@ -1,0 +1,368 @@
+"""The Compose bus: images build with no registry, the demo passes, faults and recovery.
+
+One Compose project per test session, under a unique name and on free loopback ports, so it
+runs beside a developer's own `docker compose up`; it is removed (containers, networks,
+volumes) when the session ends, and the teardown fails if anything of it is left. Without
+Docker these tests skip; with ``CI`` set they fail instead. The last test is the same fault
+API on the local backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from testbed.report import summary_table
+from testbed.runner import ScenarioRunner
+from testbed.scenario import Scenario, load_scenario
+from testbed.topology import load_topology
+from tests.conftest import require
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = ("fmb-broker", "fmb-device")
+
+
+def _docker_problem() -> str | None:
+    """Why the docker tests cannot run here, or None."""
+    if shutil.which("docker") is None:
+        return "docker is not installed"
+    try:
+        from testbed.docker_backend import compose_command, docker_client
+
+        docker_client()
+        compose_command()
+    except Exception as e:
+        return str(e)
+    return None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def images() -> dict[str, float]:
+    """Build the images (cached); the wall time of the build and of a second, cached one."""
+    problem = _docker_problem()
+    require(problem is None, f"docker tests need a Docker engine and Compose: {problem}")
+    times = {}
+    # A third run only if the sources changed under the second (someone edited meanwhile).
+    for run in ("first", "cached", "cached"):
+        start = time.monotonic()
+        done = subprocess.run([str(ROOT / "scripts" / "images")], capture_output=True, text=True,
+                              timeout=1200)
+        times[run] = time.monotonic() - start
+        assert done.returncode == 0, done.stderr[-3000:]
+        times[f"{run}_log"] = done.stderr  # type: ignore[assignment]
+        if run == "cached" and "building" not in done.stderr:
+            break
+    return times
+
+
+@pytest.fixture(scope="session")
+def compose(images: dict[str, float]) -> Iterator:  # type: ignore[type-arg]
+    """The whole Compose bus, scenario service included, up under a unique project name."""
+    from testbed.docker_backend import ComposeProject
+
+    name = f"fmbtest-{os.getpid()}-{secrets.token_hex(3)}"
+    ports = {b.name: _free_port() for b in load_topology().brokers}
+    project = ComposeProject(name, ports=ports)
+    try:
+        start = time.monotonic()
+        project.compose("up", "-d")
+        project.demo_exit_code = project.wait_exit("scenario", timeout_s=180)  # type: ignore[attr-defined]
+        project.demo_seconds = time.monotonic() - start  # type: ignore[attr-defined]
+        project.demo_log = project.container("scenario").logs().decode()  # type: ignore[attr-defined]
+        yield project
+    finally:
+        project.down()
+        left = project.leftovers()
+        assert not left, f"left behind by the docker tests: {left}"
+
+
+@pytest.fixture
+def docker_bus(compose):  # type: ignore[no-untyped-def]
+    from testbed.docker_backend import DockerBus
+
+    compose.wait_healthy()  # a previous test may have restarted something
+    bus = DockerBus(compose)
+    try:
+        yield bus
+    finally:
+        bus.close()
+
+
+@pytest.fixture
+def patient_scenario(docker_bus) -> Scenario:  # type: ignore[no-untyped-def]
+    """Appendix A with room for a broker restart or a partition inside its time-out."""
+    scenario = load_scenario("appendix-a", {d.id: d.role for d in docker_bus.topology.devices})
+    return dataclasses.replace(scenario, timeout_s=40.0)
+
+
+@pytest.mark.docker
+def test_images_build_and_a_rebuild_is_cached(images: dict[str, float]) -> None:
+    import docker
+
+    client = docker.from_env()
+    for image in IMAGES:
+        assert client.images.get(f"{image}:latest").attrs["Config"]["User"] == "fmb"
+    cached_log = str(images["cached_log"])
+    for image in IMAGES:
+        assert f"{image}:" in cached_log and f"building {image}" not in cached_log, cached_log
+    assert images["cached"] < 30, images
+
+
+@pytest.mark.docker
+def test_compose_demo_scenario_passes_with_nine_steps(compose) -> None:  # type: ignore[no-untyped-def]
+    assert compose.demo_exit_code == 0, compose.demo_log
+    verdict = json.loads(compose.demo_log.strip().splitlines()[-1])
+    assert verdict["passed"] and verdict["steps"] == 9, compose.demo_log
+    # The bus stays up after the scenario service has exited.
+    running = {c.labels["com.docker.compose.service"] for c in compose.containers(all=False)}
+    assert {"dc-delivery", "dc-control", "field-delivery", "field-control", "tablet-1",
+            "supply-1", "meter-1", "capbank-1", "dms-1", "feeder-1"} <= running
+
+
+@pytest.mark.docker
+def test_containers_are_hardened_and_see_only_their_own_key(compose) -> None:  # type: ignore[no-untyped-def]
+    for c in compose.containers(all=False):
+        host = c.attrs["HostConfig"]
+        assert host["ReadonlyRootfs"] and host["Init"], c.name
+        assert c.attrs["Config"]["User"] in ("fmb", ""), c.name  # the images' non-root user
+        for binding in (c.attrs["NetworkSettings"]["Ports"] or {}).values():
+            assert all(b["HostIp"] == "127.0.0.1" for b in binding or []), c.name
+    keys = compose.container("dms-1").exec_run(["sh", "-c", "id -u; find / -name '*.key' "
+                                                            "-not -path '/proc/*' 2>/dev/null"])
+    uid, *found = keys.output.decode().split()
+    # Its TLS key and its command-signing key; no other identity's, no CA key.
+    assert uid == "10001" and found and {Path(f).name for f in found} == {"dms-1.key"}, found
+
+
+def _reach(container, *targets: tuple[str, int]) -> list[str]:  # type: ignore[no-untyped-def]
+    """From inside ``container``, try a TCP connection to each (host, port), all at once."""
+    probe = ("import json, socket, sys, concurrent.futures as cf\n"
+             "def reach(t):\n"
+             "    try:\n"
+             "        socket.create_connection(tuple(t), timeout=2).close(); return 'ok'\n"
+             "    except OSError as e:\n"
+             "        return type(e).__name__\n"
+             "with cf.ThreadPoolExecutor(16) as pool:\n"
+             "    print(json.dumps(list(pool.map(reach, json.loads(sys.argv[1])))))\n")
+    out = container.exec_run(["python", "-c", probe, json.dumps(targets)]).output.decode()
+    return list(json.loads(out.strip().splitlines()[-1]))
+
+
+@pytest.mark.docker
+def test_a_field_device_cannot_reach_a_data_centre_broker(compose) -> None:  # type: ignore[no-untyped-def]
+    topology = load_topology()
+    tablet, dms = compose.container("tablet-1"), compose.container("dms-1")
+    dc_net = compose.network("dc").name
+    port = {b.name: b.port for b in topology.brokers}
+    # Positive controls: each reaches its own site's broker.
+    assert _reach(tablet, ("field-delivery", port["field-delivery"])) == ["ok"]
+    assert _reach(dms, ("dc-delivery", port["dc-delivery"])) == ["ok"]
+    # Neither the data-centre brokers' names nor any of their addresses, from the field.
+    targets = [(name, port[name]) for name in ("dc-delivery", "dc-control")]
+    targets += [(net["IPAddress"], port[name]) for name in ("dc-delivery", "dc-control")
+                for net in compose.container(name).attrs["NetworkSettings"]["Networks"].values()]
+    results = _reach(tablet, *targets)
+    seen = list(zip(targets, results, strict=True))
+    assert results[:2] == ["gaierror", "gaierror"] and "ok" not in results, seen
+    # The data centre reaches no field broker address but the one its bridges leave from (a
+    # field broker listens on all its addresses; its ACL gives data-centre identities nothing).
+    targets = [(net["IPAddress"], port[name]) for name in ("field-delivery", "field-control")
+               for net_name, net in compose.container(name).attrs["NetworkSettings"][
+                   "Networks"].items() if net_name != dc_net]
+    results = _reach(dms, *targets)
+    assert "ok" not in results, list(zip(targets, results, strict=True))
+    networks = {c.labels["com.docker.compose.service"]: set(c.attrs["NetworkSettings"]["Networks"])
+                for c in compose.containers(all=False)}
+    access = {site: compose.network(f"{site}-access").name for site in ("field", "dc")}
+    field_net = compose.network("field").name
+    for device in ("tablet-1", "supply-1", "meter-1", "capbank-1"):
+        assert networks[device] == {field_net}
+    assert networks["dms-1"] == {dc_net}
+    assert networks["dc-delivery"] == networks["dc-control"] == {dc_net, access["dc"]}
+    assert networks["field-delivery"] == networks["field-control"] == {
+        field_net, dc_net, access["field"]}
+    assert networks["feeder-1"] == {"none"}
+    assert compose.network("field").attrs["Internal"] and compose.network("dc").attrs["Internal"]
+
+
+@pytest.mark.docker
+def test_fmb_run_with_the_docker_backend(compose, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    env = {**os.environ, "COMPOSE_PROJECT_NAME": compose.name}
+    done = subprocess.run([sys.executable, "-m", "testbed.cli", "run", "appendix-a", "--backend",
+                           "docker", "--repeat", "3", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "starting the Compose bus" not in done.stdout  # it used the running one
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["passed"] and len(result["steps"]) == 9
+    assert result["environment"]["backend"] == "docker"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_killed_data_centre_delivery_broker_restarts_and_the_scenario_completes(
+        compose, docker_bus, patient_scenario) -> None:  # type: ignore[no-untyped-def]
+    from testbed.faults import DockerFaults
+
+    faults = DockerFaults(compose, docker_bus.topology)
+    broker = compose.container("dc-delivery")
+    restarts, pid = broker.attrs["RestartCount"], broker.attrs["State"]["Pid"]
+
+    class KillingRunner(ScenarioRunner):
+        def trigger(self) -> int:
+            faults.kill("dc-delivery")  # after the initial state, before the trigger
+            return super().trigger()
+
+    with KillingRunner(docker_bus, patient_scenario) as runner:
+        result = runner.run(1)
+    assert result["passed"], summary_table(result)
+    broker.reload()
+    assert broker.attrs["RestartCount"] == restarts + 1
+    assert broker.status == "running" and broker.attrs["State"]["Pid"] != pid
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_field_to_data_centre_partition_heals_and_no_qos1_message_is_lost(
+        compose, docker_bus, patient_scenario) -> None:  # type: ignore[no-untyped-def]
+    from testbed.faults import DockerFaults
+
+    topology = docker_bus.topology
+    faults = DockerFaults(compose, topology)
+    partition_s = 4.0
+    healed_ns: list[int] = []
+
+    def heal() -> None:
+        faults.heal("field")
+        healed_ns.append(time.time_ns())
+
+    class PartitioningRunner(ScenarioRunner):
+        def trigger(self) -> int:
+            faults.partition("field")
+            threading.Timer(partition_s, heal).start()
+            return super().trigger()
+
+    try:
+        with PartitioningRunner(docker_bus, patient_scenario) as runner:
+            result = runner.run_once(1)
+            assert result["passed"], summary_table(result)
+            # Every QoS 1 message that must cross a bridge was seen on both sides of it.
+            crossing = _crossing(topology)
+            first = result["first_index"]
+
+            def unmatched(observations):  # type: ignore[no-untyped-def]
+                missing = []
+                for obs in observations[first:]:
+                    m = obs.message
+                    key = (m.profile, _site(topology, m.source)) if m else None
+                    if m is None or obs.qos < 1 or key not in crossing:
+                        continue
+                    seen = {b for b, _, _ in obs.sightings}
+                    if not crossing[key] <= seen:
+                        missing.append(f"{m.source} {m.profile} {m.seq}: seen on {sorted(seen)}")
+                return missing
+
+            assert runner.recorder.wait_for(lambda obs: not unmatched(obs), 15) is not None
+            left = unmatched(runner.recorder.snapshot())
+            assert not left, left
+            # The partition did hold messages back: the low-voltage reading crossed after the heal.
+            reading = next(o for o in runner.recorder.snapshot(first)
+                           if o.message and o.message.profile == "MeterReadingProfile"
+                           and o.message.body["voltage_v"] < 114)
+            dc_seen = [t for b, _, t in reading.sightings if b == "dc-delivery"]
+            assert healed_ns and dc_seen and dc_seen[0] >= healed_ns[0] - 50_000_000
+    finally:
+        if not healed_ns:
+            faults.heal("field")
+
+
+def _site(topology, device_id: str) -> str | None:  # type: ignore[no-untyped-def]
+    return next((d.site for d in topology.devices if d.id == device_id), None)
+
+
+def _crossing(topology) -> dict[tuple[str, str], set[str]]:  # type: ignore[no-untyped-def]
+    """(profile, publisher's site) -> the brokers a message of it must be seen on."""
+    need: dict[tuple[str, str], set[str]] = {}
+    for bridge in topology.bridges:
+        local, remote = topology.broker(bridge.local), topology.broker(bridge.remote)
+        for profile, way in topology.bridge_directions(bridge).items():
+            if way in ("out", "both"):
+                need.setdefault((profile, local.site), set()).update({local.name, remote.name})
+            if way in ("in", "both"):
+                need.setdefault((profile, remote.site), set()).update({local.name, remote.name})
+    return need
+
+
+@pytest.mark.docker
+def test_link_faults_reach_the_container_namespace(compose, docker_bus) -> None:  # type: ignore[no-untyped-def]
+    from testbed.faults import DockerFaults
+
+    require(os.geteuid() == 0 and shutil.which("nsenter") is not None,
+            "link faults need root and nsenter on the host")
+    faults = DockerFaults(compose, docker_bus.topology)
+    pid = compose.container("dc-control").attrs["State"]["Pid"]
+    with faults.impaired("dc-control", loss_pct=100):
+        dms = compose.container("dms-1")
+        # dc-control drops everything it sends: no TCP handshake completes.
+        port = docker_bus.topology.broker("dc-control").port
+        assert _reach(dms, ("dc-control", port)) != ["ok"]
+    state = subprocess.run(["nsenter", "-t", str(pid), "-n", "iptables", "-S", "OUTPUT"],
+                           capture_output=True, text=True).stdout
+    assert "fmb-impair" not in state
+
+
+@pytest.mark.docker
+def test_everything_is_removed_even_when_the_run_fails(images) -> None:  # type: ignore[no-untyped-def]
+    from testbed.docker_backend import ComposeProject
+
+    name = f"fmbtest-{os.getpid()}-fail-{secrets.token_hex(3)}"
+    with pytest.raises(RuntimeError, match="simulated"), ComposeProject(name) as project:
+        project.compose("up", "-d", "init")
+        assert project.leftovers()
+        raise RuntimeError("simulated failure")
+    assert ComposeProject(name).leftovers() == []
+
+
+def test_local_backend_faults_kill_freeze_restart(bus) -> None:  # type: ignore[no-untyped-def]
+    """The same fault API on local processes: by recorded pid, never by name."""
+    from testbed.faults import FaultError, LocalFaults
+
+    faults = LocalFaults(bus)
+    record = next(p for p in bus.processes if p.name == "meter-1")
+    def state() -> str:
+        return Path(f"/proc/{record.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+    with faults.frozen("meter-1"):
+        deadline = time.monotonic() + 5
+        while state() != "T" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert state() == "T"
+    faults.kill("meter-1")
+    deadline = time.monotonic() + 5
+    while bus.alive("meter-1") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not bus.alive("meter-1")
+    faults.start("meter-1")
+    assert bus.alive("meter-1")
+    assert next(p for p in bus.processes if p.name == "meter-1").pid != record.pid
+    with pytest.raises(FaultError, match="docker"):
+        faults.partition("field")
