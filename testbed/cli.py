@@ -318,6 +318,28 @@ def cmd_certs_reissue(args: argparse.Namespace) -> int:
     return _verify(args, f"reissue of {args.name}") if bus else 0
 
 
+def cmd_certs_rotate(args: argparse.Namespace) -> int:
+    """New keys and certificates without stopping the bus: brokers reload theirs on SIGHUP, devices
+    restart one at a time with theirs, bridges take theirs at their broker's next restart."""
+    certs, state = _paths(args)
+    pki = PKI(certs)
+    bus = LocalBus.attach(state)
+    topology = bus.topology if bus else load_topology(args.topology)
+    bridges = {b.name for b in topology.bridges}
+    names = args.names or [b.name for b in topology.brokers] + topology.client_identities()
+    for name in names:
+        old, new = pki.rotate(name, revoke_old=args.revoke_old and name not in bridges)
+        print(f"rotated {name}: serial {old:x} -> {new:x}" + (" (old revoked)" if args.revoke_old and
+                                                              name not in bridges else ""))
+    if bus is None:
+        return 0
+    print(f"reloaded {bus.reload_brokers()} brokers (server certificates and CRL)")
+    for p in [p for p in bus.processes if p.kind in ("device", "monitor") and p.name in names]:
+        bus.restart(p.name)
+        print(f"restarted {p.name} with its new certificate")
+    return _verify(args, "rotation")
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
     from testbed.recover import backup
 
@@ -493,6 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
     reissue = csub.add_parser("reissue", parents=[common], help="a fresh certificate for a revoked identity")
     reissue.add_argument("name", help="identity (certificate CN), e.g. meter-1")
     reissue.set_defaults(func=cmd_certs_reissue)
+    rotate = csub.add_parser("rotate", parents=[common], help="new keys and certificates without stopping the bus")
+    rotate.add_argument("names", nargs="*", help="identities to rotate (default: every broker and client)")
+    rotate.add_argument("--revoke-old", action="store_true",
+                        help="put the old certificates on the CRL (bridges keep theirs until their broker restarts)")
+    rotate.set_defaults(func=cmd_certs_rotate)
     add("recover", cmd_recover, "restart what is down (or the whole recorded bus), then verify with Appendix A")
     backup_p = add("backup", cmd_backup, "archive the PKI and the brokers' persistence")
     backup_p.add_argument("--file", help="archive path (default var/backups/fmb-backup-<time>.tar.gz)")

@@ -152,6 +152,33 @@ class PKI:
             self._save_index(index)
         return self._paths("client", name)
 
+    def rotate(self, name: str, revoke_old: bool = False) -> tuple[int, int]:
+        """A new key and certificate for `name` (client or server), keeping its hostnames; the old
+        certificate stays valid unless `revoke_old`. Returns (old serial, new serial)."""
+        _check_name(name)
+        with self._locked():
+            self._require_ca()
+            index = self._load_index()
+            entry = index.get(name)
+            if entry is None or entry["revoked"]:
+                raise PKIError(f"{name!r} has no valid certificate to rotate; after a revocation use "
+                               f"`fmb certs reissue {name}`")
+            hosts: list[str] = []
+            if entry["kind"] == "server":
+                old_cert = _load_cert(self._paths("server", name).cert)
+                sans = old_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                hosts = [h for h in sans.get_values_for_type(x509.DNSName) if h not in ("localhost", name)]
+                hosts += [str(ip) for ip in sans.get_values_for_type(x509.IPAddress) if str(ip) != "127.0.0.1"]
+            old = int(entry["serial"])
+            cert = self._issue(name, entry["kind"], hosts)
+            index[name] = {"kind": entry["kind"], "serial": cert.serial_number, "revoked": False}
+            if revoke_old:
+                entries, number, _ = self._read_crl()
+                entries[old] = _now()
+                self._sign_crl(entries, number + 1)
+            self._save_index(index)
+        return old, cert.serial_number
+
     def revoke(self, name: str) -> int:
         """Put the current certificate of `name` on the CRL and return its serial. Brokers see
         the change on their next CRL load (SIGHUP); revoking twice changes nothing."""

@@ -103,3 +103,19 @@ def test_restore_refuses_a_foreign_archive(tmp_path: Path) -> None:
     out = _fmb("restore", str(bad), "--certs", str(tmp_path / "c"), "--state", str(tmp_path / "s"))
     assert out.returncode == 1 and "unexpected entry" in out.stderr
     assert not (tmp_path.parent / "evil").exists()
+
+
+def test_rotation_without_stopping_the_bus(bus_dirs) -> None:
+    tmp_path, dirs = bus_dirs
+    before = {n: (tmp_path / "certs" / sub / f"{n}.pem").read_bytes()
+              for sub, n in (("servers", "field-control"), ("clients", "capbank-1"), ("clients", "dms-1"))}
+    pids = {n: _pid(tmp_path, n) for n in ("field-control", "dc-delivery")}
+    run = _fmb("run", "appendix-a", *dirs)
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = _fmb("certs", "rotate", "--revoke-old", *dirs)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "rotation: verified, the scenario passes" in out.stdout
+    after = {n: (tmp_path / "certs" / sub / f"{n}.pem").read_bytes()
+             for sub, n in (("servers", "field-control"), ("clients", "capbank-1"), ("clients", "dms-1"))}
+    assert all(before[n] != after[n] for n in before)
+    assert {n: _pid(tmp_path, n) for n in pids} == pids  # the brokers kept running throughout

@@ -61,6 +61,7 @@ class _Producer:
         self.disconnects: list[int] = []
         self.connects: list[int] = []
         self.seq = 0
+        self.first = 1  # the first message the consumer was subscribed for
 
         def on_publish(c: Any, u: Any, mid: int, reason: Any, props: Any) -> None:
             with self.lock:
@@ -167,6 +168,19 @@ class _Harness:
         return topic(self.root, "BenchFloodProfile", "recovery")
 
     @staticmethod
+    def await_subscription(producer: _Producer, records: Path, timeout_s: float = 15) -> None:
+        """Probe until the consumer receives: only what is published from then on is expected."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            producer.publish_one()
+            time.sleep(0.1)
+            got = _read_consumer(records)
+            if got:
+                producer.first = min(s for s, _ in got)
+                return
+        raise RuntimeError("the benchmark consumer never received a message")
+
+    @staticmethod
     def wait_records(path: Path, count: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and len({s for s, _ in _read_consumer(path)}) < count:
@@ -174,8 +188,8 @@ class _Harness:
 
     def measure(self, producer: _Producer, records_path: Path, fault_ns: int, back_ns: int) -> dict[str, Any]:
         records = _read_consumer(records_path)
-        acked = sorted(producer.acked)
-        counts = count_loss_and_duplicates(acked, [s for s, _ in records if s in producer.acked])
+        acked = sorted(s for s in producer.acked if s >= producer.first)
+        counts = count_loss_and_duplicates(acked, [s for s, _ in records if s >= producer.first])
         lost = set(counts["lost_seqs"]) if counts["lost"] <= 100 else set(acked) - {s for s, _ in records}
         whole = _whole_at(records, acked, producer.sent_ns, back_ns, lost)
         detect = next((t for t in producer.disconnects if t >= fault_ns), None)
@@ -193,8 +207,7 @@ class _Harness:
         consumer = self.consumer(endpoint, qos, records, reconnect)
         producer = _Producer(self.identity, endpoint, self.topic(), qos, self.payload_bytes, reconnect)
         try:
-            producer.publish_one()
-            self.wait_records(records, 1, 10)
+            self.await_subscription(producer, records)
             producer.run(self.rate)
             time.sleep(1.0)
             broker = _broker_proc(self.procs, directory)
@@ -205,7 +218,7 @@ class _Harness:
             _, back_ns = self.restart(topology, spec, directory)
             time.sleep(max(2.0, reconnect[0] * 2 + 1))
             producer.finish()
-            self.wait_records(records, len(producer.acked), 15)
+            self.wait_records(records, len(producer.acked) - producer.first + 1, 15)
             return self.measure(producer, records, fault_ns, back_ns)
         finally:
             producer.close()
@@ -218,8 +231,7 @@ class _Harness:
         consumer = self.consumer(endpoint, qos, records, TUNED)
         producer = _Producer(self.identity, endpoint, self.topic(), qos, self.payload_bytes, TUNED)
         try:
-            producer.publish_one()
-            self.wait_records(records, 1, 10)
+            self.await_subscription(producer, records)
             producer.run(self.rate)
             time.sleep(1.0)
             fault_ns = time.time_ns()
@@ -229,7 +241,7 @@ class _Harness:
             consumer = self.consumer(endpoint, qos, records, TUNED)
             time.sleep(1.5)
             producer.finish()
-            self.wait_records(records, len(producer.acked), 15)
+            self.wait_records(records, len(producer.acked) - producer.first + 1, 15)
             trial = self.measure(producer, records, fault_ns, back_ns)
             first_after = min((r for _, r in _read_consumer(records) if r >= back_ns), default=None)
             trial["detect_s"] = None  # the broker sees the dead socket; the producer sees nothing
@@ -246,8 +258,7 @@ class _Harness:
         consumer = self.consumer(endpoint, qos, records, TUNED)
         producer = _Producer(self.identity, endpoint, self.topic(), qos, self.payload_bytes, TUNED)
         try:
-            producer.publish_one()
-            self.wait_records(records, 1, 10)
+            self.await_subscription(producer, records)
             self.procs.stop([consumer])  # offline: from now on messages queue in its session
             producer.run(self.rate)
             time.sleep(seconds)
@@ -256,7 +267,7 @@ class _Harness:
             deadline = time.monotonic() + 5
             while len(producer.acked) < producer.seq and time.monotonic() < deadline:
                 time.sleep(0.02)
-            acked = set(producer.acked)
+            acked = {s for s in producer.acked if s >= producer.first}
             self.procs.kill(_broker_proc(self.procs, directory))
             self.restart(topology, spec, directory)
             consumer = self.consumer(endpoint, qos, records, TUNED)
@@ -274,8 +285,7 @@ class _Harness:
         consumer = self.consumer(endpoint, qos, records, TUNED)
         producer = _Producer(self.identity, endpoint, self.topic(), qos, self.payload_bytes, TUNED)
         try:
-            producer.publish_one()
-            self.wait_records(records, 1, 10)
+            self.await_subscription(producer, records)
             self.procs.stop([consumer])
             start = time.perf_counter()
             for _ in range(count):
