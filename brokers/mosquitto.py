@@ -4,8 +4,9 @@ One broker, one directory: ``mosquitto.conf`` and ``acl``. Every listener is mut
 the identity taken from the certificate's CN, anonymous access is off, a CRL is checked, and
 each identity gets only the topics its role needs (``testbed.topics``). Data-centre brokers
 persist with an explicit autosave policy; edge brokers keep nothing on disk. Field brokers
-open mutual-TLS MQTT v5 bridges to their data-centre counterpart, carrying only the profiles
-of their plane that a device on the other side reads, in the direction it needs them.
+are bridged to their data-centre counterpart over mutual TLS (MQTT v5), carrying only the
+profiles of their plane that a device on the other side reads, one connection per direction,
+opened by the side that sends.
 
 Paths are parameters, so the same generator serves local processes and containers (where
 certificates are mounted at ``/certs``).
@@ -119,36 +120,41 @@ def render_conf(topology: Topology, broker: BrokerSpec, files: BrokerFiles) -> s
         "tls_version tlsv1.2",
     ]
     for bridge in topology.bridges:
-        if bridge.local != broker.name:
-            continue
-        remote = topology.broker(bridge.remote)
-        host = (files.peer_hosts or {}).get(remote.name, remote.host)
         directions = topology.bridge_directions(bridge)
-        # One connection per direction. Mosquitto 2.0 does not set TCP_NODELAY on a bridge's
-        # own socket, so a bridge that both sends PUBLISHes and PUBACKs what it receives
-        # holds the next PUBLISH behind a small unacknowledged PUBACK until the peer's delayed
-        # ACK fires (~40 ms, Nagle). A connection that only sends, or only receives, has no
+        # One connection per direction, opened by the side that sends (see
+        # Topology.bridge_endpoints for the queueing reason). And Mosquitto 2.0 does not set
+        # TCP_NODELAY on a bridge's own socket, so a connection that both sent PUBLISHes and
+        # PUBACKed received ones would hold the next PUBLISH behind a small unacknowledged PUBACK
+        # until the peer's delayed ACK fires (~40 ms, Nagle); a connection that only sends has no
         # such stall.
         for way, profiles in topology.bridge_connections(bridge).items():
+            host, peer_name = topology.bridge_endpoints(bridge, way)
+            if host != broker.name:
+                continue
+            peer = topology.broker(peer_name)
+            address = (files.peer_hosts or {}).get(peer.name, peer.host)
             lines += [
                 "",
-                f"# Bridge to {remote.name} ({way}ward), mutual TLS as identity {bridge.name}.",
+                f"# Bridge to {peer.name}, carrying {way}ward traffic, mutual TLS as identity {bridge.name}.",
                 f"connection {bridge.name}-{way}",
-                f"address {host}:{remote.port}",
+                f"address {address}:{peer.port}",
                 f"remote_clientid {bridge.name}-{way}",
                 f"local_clientid {bridge.name}-{way}.local",
                 "bridge_protocol_version mqttv50",
                 "cleansession false",
                 "try_private true",
                 "notifications false",
-                "restart_timeout 1 5",
+                "restart_timeout 1",
                 "keepalive_interval 10",
                 f"bridge_cafile {certs / 'ca' / 'ca.pem'}",
                 f"bridge_certfile {certs / 'clients' / (bridge.name + '.pem')}",
                 f"bridge_keyfile {certs / 'clients' / (bridge.name + '.key')}",
                 "bridge_tls_version tlsv1.2",
             ]
-            lines += [f"topic {topic(topology.root, p, '+')} {directions[p]} {topology.qos}"
+            # Directions are the host's: traffic a data-centre-hosted connection carries inward
+            # leaves that broker ("out").
+            flip = {"in": "out", "out": "out", "both": "both"}
+            lines += [f"topic {topic(topology.root, p, '+')} {flip[directions[p]]} {topology.qos}"
                       for p in profiles]
     return "\n".join(lines) + "\n"
 
@@ -179,12 +185,15 @@ def render_acl(topology: Topology, broker: BrokerSpec, blocked_identities: tuple
             entries = [("write", DYNSEC_TOPIC), ("read", DYNSEC_TOPIC + "/response")]
         if entries and ident not in blocked_identities:  # an identity not listed is denied everything
             out += ["", f"user {ident}", *deny] + [f"topic {a} {t}" for a, t in entries]
-    access = {"out": "write", "in": "read", "both": "readwrite"}
+    # A bridge connecting *to* this broker writes what it carries here (readwrite if both ways).
     for bridge in topology.bridges:
-        if bridge.remote == broker.name:
-            directions = topology.bridge_directions(bridge)
-            if directions:
-                out += ["", f"user {bridge.name}", *deny] + [
-                    f"topic {access[d]} {topic(topology.root, p, '+')}" for p, d in directions.items()
-                ]
+        directions = topology.bridge_directions(bridge)
+        entries = [
+            f"topic {'readwrite' if directions[p] == 'both' else 'write'} {topic(topology.root, p, '+')}"
+            for way, profiles in topology.bridge_connections(bridge).items()
+            if topology.bridge_endpoints(bridge, way)[1] == broker.name
+            for p in profiles
+        ]
+        if entries:
+            out += ["", f"user {bridge.name}", *deny, *entries]
     return "\n".join(out) + "\n"

@@ -182,7 +182,8 @@ class LocalBus:
             for bridge in self.topology.bridges:
                 for way in self.topology.bridge_connections(bridge):
                     name = f"{bridge.name}-{way}"
-                    self._wait_log(bridge.remote, f" as {name} ", f"bridge {name}")
+                    self._wait_log(self.topology.bridge_endpoints(bridge, way)[1], f" as {name} ",
+                                   f"bridge {name}")
             for feeder in self.topology.feeders:
                 self._start_feeder(feeder.id)
             for role in START_ORDER:

@@ -117,7 +117,8 @@ def _fill(target: Path, pki: PKI, clients: list[str] = (), servers: list[str] = 
 
 
 def _fill_broker(topology: Topology, broker: BrokerSpec, pki: PKI, target: Path) -> None:
-    bridges = [b.name for b in topology.bridges if b.local == broker.name]
+    bridges = [b.name for b in topology.bridges
+               if any(topology.bridge_endpoints(b, way)[0] == broker.name for way in topology.bridge_connections(b))]
     _fill(target / "certs", pki, clients=[*bridges, health_identity(broker.name)],
           servers=[broker.name])
     files = BrokerFiles(certs=CONFIG_DIR / "certs", directory=CONFIG_DIR, log=None, bind="0.0.0.0",

@@ -163,9 +163,9 @@ class Detector:
         self._feeder_state: dict[str, dict[str, Any]] = {}
         self._permanent: dict[str, list[str]] = defaultdict(list)  # broker -> bridge (out) patterns
         for bridge in topology.bridges:
-            for profile, way in topology.bridge_directions(bridge).items():
-                if way in ("out", "both"):
-                    self._permanent[bridge.local].append(topic(topology.root, profile, "+"))
+            for way, profiles in topology.bridge_connections(bridge).items():
+                host = topology.bridge_endpoints(bridge, way)[0]
+                self._permanent[host] += [topic(topology.root, p, "+") for p in profiles]
 
     # -- rights, as the generated ACL gives them -----------------------------------------------
 
@@ -176,10 +176,10 @@ class Detector:
             return []
         if identity == "responder":
             return [DYNSEC_TOPIC + "/response"]
-        bridge = next((b for b in self.topology.bridges if b.name == identity and b.remote == broker), None)
-        if bridge:
+        bridge = next((b for b in self.topology.bridges if b.name == identity), None)
+        if bridge:  # a bridge only publishes to the broker it connects to; both-way profiles are read too
             return [topic(self.topology.root, p, "+") for p, d in self.topology.bridge_directions(bridge).items()
-                    if d in ("in", "both")]
+                    if d == "both"]
         role = self.topology.identity_role(identity)
         if role is None:
             return []

@@ -165,12 +165,25 @@ class Topology:
         """The bridge's connections, ``{"out": [profiles], "in": [profiles]}``, empty ones left out.
 
         One connection per direction (profiles crossing both ways ride the inward one): see
-        ``brokers.mosquitto`` for why a connection that only sends or only receives is faster.
+        ``brokers.mosquitto`` for why a connection that only sends is faster, and
+        :meth:`bridge_endpoints` for which broker opens each.
         """
         ways: dict[str, list[str]] = {}
         for profile, d in self.bridge_directions(bridge).items():
             ways.setdefault("out" if d == "out" else "in", []).append(profile)
         return ways
+
+    def bridge_endpoints(self, bridge: BridgeSpec, way: str) -> tuple[str, str]:
+        """(broker that opens the connection, broker it connects to) for one way of a bridge.
+
+        Each side opens the connection that carries what it sends: the field broker pushes its
+        outward traffic to the data centre, and the data-centre broker pushes the inward
+        traffic to the field. So whatever crosses during a partition waits in the queue of the
+        broker that sends it, and the data centre's queue is persistent: Mosquitto 2.0 gives an
+        MQTT v5 bridge no session expiry, so a data-centre session *for* a field bridge would
+        not outlive the link (measured: messages published while it was down were gone).
+        """
+        return (bridge.local, bridge.remote) if way == "out" else (bridge.remote, bridge.local)
 
     def site(self, name: str) -> SiteSpec:
         return next(s for s in self.sites if s.name == name)

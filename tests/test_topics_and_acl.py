@@ -46,6 +46,8 @@ def test_acl_is_least_privilege() -> None:
     field_delivery = _acl("field-delivery")
     assert field_delivery["meter-1"] == {"write fmb/metermodule/MeterReadingProfile/meter-1"}
     assert all(e.startswith("read ") for e in field_delivery["recorder"])
+    assert field_control["bridge-field-control"] == {"write fmb/supplymodule/SupplyControlProfile/+",
+                                                     "write fmb/capbankmodule/CapBankControlProfile/+"}
     dc_delivery = _acl("dc-delivery")
     assert "meter-1" not in dc_delivery  # field devices have no rights on data-centre brokers
     assert dc_delivery["dms-1"] >= {"read fmb/metermodule/MeterReadingProfile/+",
@@ -59,13 +61,19 @@ def test_bridges_carry_only_what_the_other_side_reads() -> None:
         "SupplyStatusProfile": "out", "MeterReadingProfile": "out", "CapBankStatusProfile": "out",
         "SingleLineDiagramProfile": "in"}
     assert T.bridge_directions(control) == {"SupplyControlProfile": "in", "CapBankControlProfile": "in"}
-    conf = render_conf(T, T.broker("field-delivery"), BrokerFiles(PurePath("/c"), PurePath("/d"), None))
-    assert "connection bridge-field-delivery-out" in conf and "connection bridge-field-delivery-in" in conf
-    assert "topic fmb/dmsmodule/SingleLineDiagramProfile/+ in 1" in conf
+    files = BrokerFiles(PurePath("/c"), PurePath("/d"), None)
+    conf = render_conf(T, T.broker("field-delivery"), files)
+    # Each side opens the connection that carries what it sends, so what waits during a
+    # partition waits in the sender's queue (the data centre's is persistent).
+    assert "connection bridge-field-delivery-out" in conf and "connection bridge-field-delivery-in" not in conf
+    assert "topic fmb/metermodule/MeterReadingProfile/+ out 1" in conf
     assert "DisplayStatusProfile" not in conf  # nobody in the data centre reads it
     assert "persistence false" in conf
-    dc = render_conf(T, T.broker("dc-delivery"), BrokerFiles(PurePath("/c"), PurePath("/d"), None))
-    assert "persistence true" in dc and "autosave_interval 60" in dc and "connection " not in dc
+    dc = render_conf(T, T.broker("dc-delivery"), files)
+    assert "persistence true" in dc and "autosave_interval 60" in dc
+    assert "connection bridge-field-delivery-in" in dc and "topic fmb/dmsmodule/SingleLineDiagramProfile/+ out 1" in dc
+    assert "connection bridge-field-control-in" in render_conf(T, T.broker("dc-control"), files)
+    assert "connection " not in render_conf(T, T.broker("field-control"), files)  # nothing goes up on control
 
 
 def test_payload_round_trip_and_rejections() -> None:
