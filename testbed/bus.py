@@ -332,14 +332,17 @@ class LocalBus:
             self._start_device(self.topology.device(name))
         self._save()
 
-    def reload_brokers(self) -> int:
-        """SIGHUP every running broker (re-reads the CRL and ACL); returns how many."""
-        count = 0
-        for p in self.processes:
-            if p.kind == "broker" and self._alive(p):
-                os.kill(p.pid, signal.SIGHUP)
-                count += 1
-        return count
+    def reload_brokers(self, timeout_s: float = 10) -> int:
+        """SIGHUP every running broker (re-reads certificates, CRL and ACL) and wait until each has
+        logged the reload, so that what follows meets the new configuration; returns how many."""
+        brokers = [p for p in self.processes if p.kind == "broker" and self._alive(p)]
+        offsets = {p.name: Path(p.log).stat().st_size for p in brokers}
+        for p in brokers:
+            os.kill(p.pid, signal.SIGHUP)
+        for p in brokers:
+            self._wait_log(p.name, "Reloading config", f"broker {p.name} reload", offset=offsets[p.name],
+                           record=p, timeout_s=timeout_s)
+        return len(brokers)
 
     def stop(self, timeout_s: float = 10) -> None:
         """Stop devices, feeders, then brokers (so the data-centre brokers save last)."""

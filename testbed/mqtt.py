@@ -77,7 +77,7 @@ def connect(
     on_connect: Callable[[paho.Client], None] | None = None,
     clean_start: bool = True,
     session_expiry_s: int = 0,
-    wait_s: float | None = 10.0,
+    wait_s: float | None = 20.0,
     keepalive_s: int = 30,
     reconnect_s: tuple[float, float] = (RECONNECT_MIN_S, RECONNECT_MAX_S),
 ) -> paho.Client:
