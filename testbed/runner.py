@@ -27,7 +27,7 @@ import paho.mqtt.client as paho
 from testbed.environment import environment
 from testbed.errors import ScenarioError
 from testbed.mqtt import Endpoint, TLSIdentity, connect, publish_properties
-from testbed.payloads import encode, new_traceparent
+from testbed.payloads import decode, encode, new_traceparent
 from testbed.recorder import Observation, Recorder
 from testbed.scenario import Expectation, Scenario
 from testbed.signing import CommandSigner, SigningKeys
@@ -119,8 +119,11 @@ class ScenarioRunner:
         return unmet
 
     def trigger(self) -> int:
-        """Send the trigger through the device's UI input; returns the command's publish time."""
+        """Send the trigger; returns the publish time of the message that starts the scenario."""
         trig = self.scenario.trigger
+        time.sleep(trig.delay_s)
+        if trig.action == "publish":
+            return self._publish_as(trig.device, trig.args)
         devices = self.topology.devices_matching(trig.device)
         if not devices:
             raise ScenarioError(f"no device {trig.device!r} in the topology to trigger")
@@ -136,6 +139,44 @@ class ScenarioRunner:
         if not reply.get("ok"):
             raise ScenarioError(f"{devices[0].id} refused the trigger: {reply.get('error')}")
         return int(reply["ts_ns"])
+
+    def _publish_as(self, identity: str, args: dict[str, Any]) -> int:
+        """Publish with ``identity``'s own certificate (and signing key, unless told to forge or
+        not to sign) where that identity connects (a device: its own site's broker; a harness
+        identity: the target's), ``repeat`` times the same bytes."""
+        import base64
+
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        profile, target = args["profile"], args["target"]
+        publisher = next((d for d in self.topology.devices if d.id == identity), None)
+        device = next((d for d in self.topology.devices if d.id == target), None)
+        site = (publisher or device or self.topology.devices[0]).site
+        broker = self.topology.broker_for(site, PROFILES[profile].plane)
+        self._operator_seq += 1
+        payload = encode(profile, identity, self._operator_seq, args["body"])
+        name = topic(self.topology.root, profile, target)
+        signature = None
+        if PROFILES[profile].kind == "command" and args.get("sign", "valid") != "none":
+            if args.get("sign") == "forged":  # right claim, wrong key: what a stolen credential can do
+                sig = Ed25519PrivateKey.generate().sign(name.encode() + b"\n" + payload)
+                signature = [("signer", identity), ("sig", base64.b64encode(sig).decode())]
+            else:
+                pki = getattr(self.bus, "pki", None)
+                key = SigningKeys(pki.directory).key_path(identity) if pki else None
+                if key is None or not key.exists():
+                    raise ScenarioError(f"{identity} has no signing key to sign the trigger with")
+                signature = CommandSigner(identity, key).properties(name, payload)
+        client = connect(f"trigger-{identity}-{time.monotonic_ns() % 10**9}", self.bus.identity(identity),
+                         self.bus.endpoint(broker.name))
+        try:
+            for _ in range(int(args.get("repeat", 1))):
+                info = client.publish(name, payload, 1, properties=publish_properties(new_traceparent(), signature))
+                info.wait_for_publish(5)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        return decode(payload).ts_ns
 
     def run_once(self, rep: int = 1) -> dict[str, Any]:
         """Restore, trigger and check one repetition; the result as a dict."""
@@ -189,7 +230,9 @@ class ScenarioRunner:
             used.add(found.index)
         end = None
         if len(matched) == len(self.scenario.steps):
-            last_ns = max(m.obs.message.ts_ns for m in matched)
+            after = self.scenario.end.after
+            last_ns = matched[after - 1].obs.message.ts_ns if 0 < after < len(matched) else max(
+                m.obs.message.ts_ns for m in matched)
             end = next((o for o in ordered if o.message.ts_ns > last_ns and self._fits(self.scenario.end, o)),
                        None)
         self._last_progress = (matched, end)
@@ -199,7 +242,8 @@ class ScenarioRunner:
         msg = obs.message
         assert msg is not None
         return (msg.profile == exp.profile
-                and any(d.id == msg.source for d in self.topology.devices_matching(exp.device))
+                and (msg.source == exp.device
+                     or any(d.id == msg.source for d in self.topology.devices_matching(exp.device)))
                 and obs.planes == {exp.plane}
                 and exp.matches(msg.body))
 

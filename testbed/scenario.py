@@ -8,11 +8,12 @@ validates everything and raises :class:`ConfigError` naming the file, the field 
 
 Steps are causal, not a total order: each follows the step named by its ``after`` (by
 default the one before it; 0 is the trigger), so two effects of one cause, such as the supply's
-status and the meter's new reading, may arrive in either order.
+status and the meter's new reading, may arrive in either order. The end condition follows the
+last step unless its own ``after`` names an earlier one.
 
 A predicate maps a dotted path into the message body (``*`` matches any key) to a condition:
 a bare value means equality, or a table of ``eq``, ``ne``, ``lt``, ``le``, ``gt``, ``ge``,
-``between = [lo, hi]`` or ``in = [...]``. With ``*`` the condition holds if any match does.
+``between = [lo, hi]``, ``in = [...]`` or ``contains = "text"``. With ``*`` the condition holds if any match does.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from typing import Any
 
 from testbed.errors import ConfigError
 from testbed.topics import PLANES, PROFILES
+from testbed.topology import HARNESS_IDENTITIES
 
 __all__ = ["SCENARIO_DIR", "Expectation", "Scenario", "Step", "find_scenario", "load_scenario", "matches"]
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+TRIGGER_ACTIONS = ("set_supply", "publish")
 _OPS = {
     "eq": lambda v, a: v == a,
     "ne": lambda v, a: v != a,
@@ -37,6 +40,7 @@ _OPS = {
     "ge": lambda v, a: _num(v) and v >= a,
     "between": lambda v, a: _num(v) and a[0] <= v <= a[1],
     "in": lambda v, a: v in a,
+    "contains": lambda v, a: isinstance(v, str) and a in v,
 }
 
 
@@ -54,7 +58,7 @@ class Expectation:
     plane: str | None = None
     name: str = ""
     fresh: bool = True  # only messages published after the phase began count
-    after: int = 0  # steps: the step (1-based) this one must follow; 0 is the trigger
+    after: int = 0  # steps and end: the step (1-based) this one must follow; 0 is the trigger
 
     def matches(self, body: dict[str, Any]) -> bool:
         return matches(self.where, body)
@@ -74,11 +78,13 @@ class Command:
 
 @dataclass(frozen=True)
 class Trigger:
-    """The operator's input on a device's UI that starts the scenario."""
+    """What starts the scenario: an operator's input on a device's UI (``set_supply``), or a
+    message an identity publishes with its own certificate (``publish``: an attack, say)."""
 
-    device: str
+    device: str  # set_supply: the device whose UI takes the input; publish: the identity (CN)
     action: str
     args: dict[str, Any]
+    delay_s: float = 0.0  # wait this long after the initial state holds, then trigger
 
 
 @dataclass(frozen=True)
@@ -157,11 +163,27 @@ def load_scenario(name_or_path: str | Path, devices: dict[str, str] | None = Non
     expect = tuple(v.expectation(t, f"initial.expect[{i}]")
                    for i, t in enumerate(v.array(initial, "expect", "initial.expect")))
     trig = v.table(data, "trigger")
-    v.known(trig, "trigger", {"device", "action", "args"})
+    v.known(trig, "trigger", {"device", "action", "args", "delay_s"})
+    delay = trig.get("delay_s", 0.0)
+    if not _num(delay) or delay < 0:
+        raise ConfigError(path, "trigger.delay_s", f"is {delay!r}", "give a number of seconds >= 0")
     trigger = Trigger(v.device(trig, "trigger"), v.string(trig, "action", "trigger"),
-                      trig.get("args", {}))
-    if trigger.action != "set_supply":
-        raise ConfigError(path, "trigger.action", f"is {trigger.action!r}", "use 'set_supply'")
+                      trig.get("args", {}), float(delay))
+    if trigger.action not in TRIGGER_ACTIONS:
+        raise ConfigError(path, "trigger.action", f"is {trigger.action!r}", f"use one of: {', '.join(TRIGGER_ACTIONS)}")
+    if trigger.action == "publish":
+        args = trigger.args
+        profile = args.get("profile")
+        if profile not in PROFILES:
+            raise ConfigError(path, "trigger.args.profile", f"is {profile!r}", f"use one of: {', '.join(PROFILES)}")
+        if not isinstance(args.get("target"), str) or not isinstance(args.get("body"), dict):
+            raise ConfigError(path, "trigger.args", "needs target (an mRID) and body (a table)",
+                              'write args = { profile = "...", target = "supply-1", body = { ... } }')
+        if args.get("sign", "valid") not in ("valid", "none", "forged"):
+            raise ConfigError(path, "trigger.args.sign", f"is {args.get('sign')!r}", "use valid, none or forged")
+        if not isinstance(args.get("repeat", 1), int) or args.get("repeat", 1) < 1:
+            raise ConfigError(path, "trigger.args.repeat", f"is {args.get('repeat')!r}",
+                              "give how many times to send the same bytes (1 or more)")
     steps = tuple(v.expectation(t, f"steps[{i}]", step=i + 1)
                   for i, t in enumerate(v.array(data, "steps", "steps", required=True)))
     if not steps:
@@ -175,7 +197,7 @@ def load_scenario(name_or_path: str | Path, devices: dict[str, str] | None = Non
         initial_expect=expect,
         trigger=trigger,
         steps=steps,
-        end=v.expectation(v.table(data, "end"), "end"),
+        end=v.expectation(v.table(data, "end"), "end", step=len(steps) + 1),
         final=tuple(v.expectation(t, f"final[{i}]") for i, t in enumerate(v.array(data, "final", "final"))),
     )
 
@@ -183,7 +205,8 @@ def load_scenario(name_or_path: str | Path, devices: dict[str, str] | None = Non
 class _Validator:
     def __init__(self, path: Path, devices: dict[str, str] | None) -> None:
         self.path = path
-        self.names = set(devices or {}) | set((devices or {}).values()) if devices else None
+        # Harness identities (the monitor, the operator, ...) may publish and be expected too.
+        self.names = set(devices) | set(devices.values()) | set(HARNESS_IDENTITIES) if devices else None
 
     def fail(self, field_: str, problem: str, fix: str) -> ConfigError:
         return ConfigError(self.path, field_, problem, fix)

@@ -63,10 +63,16 @@ class _Producer:
         self.seq = 0
         self.first = 1  # the first message the consumer was subscribed for
 
+        self.early: dict[int, bool] = {}  # acknowledgements that came before publish() returned
+
         def on_publish(c: Any, u: Any, mid: int, reason: Any, props: Any) -> None:
             with self.lock:
-                if mid in self.mids and not reason.is_failure:
-                    self.acked.add(self.mids.pop(mid))
+                if mid in self.mids:
+                    seq = self.mids.pop(mid)
+                    if not reason.is_failure:
+                        self.acked.add(seq)
+                else:
+                    self.early[mid] = not reason.is_failure
 
         def on_disconnect(c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
             self.disconnects.append(time.time_ns())
@@ -79,11 +85,17 @@ class _Producer:
         self.thread: threading.Thread | None = None
 
     def publish_one(self) -> None:
+        # paho's publish() takes paho's own lock, which its network thread holds while it runs
+        # on_publish: calling it under self.lock would deadlock against on_publish.
         self.seq += 1
+        self.sent_ns[self.seq] = time.time_ns()
+        info = self.client.publish(self.topic, f"{self.seq:08d}".encode() + b"," + self.padding, self.qos)
         with self.lock:
-            self.sent_ns[self.seq] = time.time_ns()
-            info = self.client.publish(self.topic, f"{self.seq:08d}".encode() + b"," + self.padding, self.qos)
-            self.mids[info.mid] = self.seq
+            if info.mid in self.early:
+                if self.early.pop(info.mid):
+                    self.acked.add(self.seq)
+            else:
+                self.mids[info.mid] = self.seq
 
     def run(self, rate: float) -> None:
         def loop() -> None:
