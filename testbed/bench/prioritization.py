@@ -288,7 +288,8 @@ def _size(path: Path) -> int:
 def _mosquitto_pub_version() -> str | None:
     try:
         out = subprocess.run(["mosquitto_pub", "--help"], capture_output=True, text=True, timeout=5)
-        return (out.stdout or out.stderr).splitlines()[0].strip()
+        lines = (out.stdout or out.stderr).splitlines()
+        return next((ln.strip() for ln in lines if "version" in ln), lines[0].strip())
     except (OSError, IndexError, subprocess.SubprocessError):
         return None
 
