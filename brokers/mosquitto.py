@@ -144,7 +144,7 @@ def render_conf(topology: Topology, broker: BrokerSpec, files: BrokerFiles) -> s
                 "cleansession false",
                 "try_private true",
                 "notifications false",
-                "restart_timeout 1",
+                "restart_timeout 1 2",
                 "keepalive_interval 10",
                 f"bridge_cafile {certs / 'ca' / 'ca.pem'}",
                 f"bridge_certfile {certs / 'clients' / (bridge.name + '.pem')}",

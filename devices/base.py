@@ -166,12 +166,24 @@ class Device:
     def on_started(self) -> None:
         """Called once both planes are up: publish initial status here."""
 
+    def _resync(self, plane: Plane) -> None:
+        with self._lock:
+            try:
+                self.on_reconnected(plane)
+            except Exception:  # never let a re-synchronisation take the device down
+                self.log.exception("re-synchronisation after reconnecting the %s plane failed", plane)
+
+    def on_reconnected(self, plane: Plane) -> None:
+        """Called after a reconnection: an edge broker keeps nothing, so report current state."""
+
     def tick(self) -> None:
         """Called about twice a second from the main thread (periodic work)."""
 
     # -- messages -----------------------------------------------------------------------------
 
     def _subscribe(self, client: paho.Client, plane: Plane, done: threading.Event) -> None:
+        if done.is_set():  # a reconnection: the broker may have restarted with nothing on disk
+            threading.Thread(target=self._resync, args=(plane,), daemon=True).start()
         topics = [
             (topic(self.config.root, g.profile, self.id if g.scope == "own" else "+"), self.config.qos)
             for g in ROLES[self.role].reads

@@ -36,6 +36,10 @@ class CapBankController(Device):
         body = {"state": "closed" if state["capbank_closed"] else "open"}
         self.publish("CapBankStatusProfile", self.id, body, cause)
 
+    def on_reconnected(self, plane: str) -> None:
+        if plane == "delivery":
+            self._report(self.feeder.request(op="state"), None)
+
 
 if __name__ == "__main__":
     main(CapBankController, __doc__ or "")

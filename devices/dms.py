@@ -17,6 +17,7 @@ Extra setting: ``FMB_FEEDERS``, a JSON list of feeders (``id``, ``supply``, ``ca
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from testbed.payloads import NOMINAL_V, Message
 from testbed.topics import Profile
 
 RANGE_A_V = (114.0, 126.0)
+DIAGRAM_REFRESH_S = 0.5
 
 
 @dataclass
@@ -58,6 +60,7 @@ class DistributionManagementSystem(Device):
     """The central DMS of Appendix A."""
 
     role = "dms"
+    _last_diagram = 0.0  # monotonic time of the last diagram published
 
     def on_started(self) -> None:
         try:
@@ -91,7 +94,10 @@ class DistributionManagementSystem(Device):
                 self.publish("SupplyControlProfile", feeder.supply, {"setpoint_v": NOMINAL_V}, traceparent)
         elif profile.name == "SupplyStatusProfile":
             feeder.supply_v = float(body["output_v"])
-        if feeder.view() != before:
+        # On change; and, unchanged, at most every DIAGRAM_REFRESH_S: a field broker that
+        # restarted has lost the retained diagram, and the devices' re-synchronising reports
+        # (unchanged values) then bring it back to the tablet.
+        if feeder.view() != before or time.monotonic() - self._last_diagram > DIAGRAM_REFRESH_S:
             self._publish_diagram(traceparent)
 
     def _regulate(self, feeder: FeederState, cause: str | None) -> None:
@@ -107,6 +113,7 @@ class DistributionManagementSystem(Device):
             self.publish("CapBankControlProfile", feeder.capbank, {"action": "open"}, cause)
 
     def _publish_diagram(self, cause: str | None) -> None:
+        self._last_diagram = time.monotonic()
         self.diagram_version += 1
         body = {"version": self.diagram_version, "feeders": {f.id: f.view() for f in self.feeders}}
         self.publish("SingleLineDiagramProfile", self.id, body, cause, retain=True)

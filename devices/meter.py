@@ -50,6 +50,10 @@ class SmartMeter(Device):
         self.publish("MeterReadingProfile", self.id, {"voltage_v": self.measured_v, "reason": reason},
                      cause)
 
+    def on_reconnected(self, plane: str) -> None:
+        if plane == "delivery" and hasattr(self, "measured_v"):
+            self._report("periodic", None)
+
 
 if __name__ == "__main__":
     main(SmartMeter, __doc__ or "")

@@ -38,6 +38,10 @@ class PowerSupply(Device):
         self.publish("SupplyStatusProfile", self.id,
                      {"setpoint_v": self.setpoint_v, "output_v": state["supply_v"]}, cause)
 
+    def on_reconnected(self, plane: str) -> None:
+        if plane == "delivery":
+            self._report(self.feeder.request(op="state"), None)
+
 
 if __name__ == "__main__":
     main(PowerSupply, __doc__ or "")
