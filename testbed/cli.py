@@ -188,13 +188,58 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _bench_prioritization(args, out)
     if args.name == "recovery":
         return _bench_recovery(args, out)
-    raise TestbedError(f"unknown benchmark {args.name!r}; available: latency, prioritization, recovery")
+    if args.name == "wan":
+        return _bench_wan(args, out)
+    raise TestbedError(f"unknown benchmark {args.name!r}; available: latency, prioritization, recovery, wan")
+
+
+def _bench_wan(args: argparse.Namespace, out: Path) -> int:
+    from testbed.bench.wan import parse_wan, run_wan, summary
+    from testbed.docker_backend import compose_bus
+    from testbed.reporting import render_run
+
+    rate_bps, delay_ms = parse_wan(args.wan)
+    command_rate = args.command_rate if args.command_rate != 50.0 else 10.0  # 50/s would take a third of 1 Mbit/s
+    print(f"WAN benchmark on the Compose bus: link {rate_bps / 1e6:g} Mbit/s (DC -> field), "
+          f"{args.step_seconds:g} s per step", flush=True)
+    with compose_bus(topology_path=args.topology) as bus:
+        result = run_wan(bus, rate_bps, delay_ms, args.step_seconds, command_rate, args.payload,
+                         args.publishers, out, progress=lambda line: print(line, flush=True))
+    render_run(out)
+    print(summary(result))
+    print(f"result: {out}/bench-wan.json; figures and report.md beside it")
+    return 0
+
+
+def _bench_recovery_docker(args: argparse.Namespace, out: Path) -> int:
+    from testbed.bench.partition import run_partition_recovery
+    from testbed.bench.recovery import summary
+    from testbed.docker_backend import compose_bus
+    from testbed.reporting import render_run
+
+    try:
+        durations = [float(x) for x in args.partitions.split(",") if x.strip()]
+    except ValueError:
+        raise TestbedError(f"--partitions is {args.partitions!r}; give seconds, e.g. 5,30") from None
+    reps = args.repeat if args.repeat != 200 else 1
+    rate = args.rate if args.rate != 200.0 else 20.0  # a steady stream, not a load test
+    print(f"recovery benchmark (docker): partitions {durations} s, {reps} trial(s) each, {rate:g} msg/s "
+          "each way", flush=True)
+    with compose_bus(topology_path=args.topology) as bus:
+        result = run_partition_recovery(bus, durations, reps, rate, out,
+                                        progress=lambda line: print(line, flush=True))
+    render_run(out)
+    print(summary(result))
+    print(f"result: {out}/bench-recovery.json; figures and report.md beside it")
+    return 0
 
 
 def _bench_recovery(args: argparse.Namespace, out: Path) -> int:
     from testbed.bench.recovery import run_recovery, summary
     from testbed.reporting import render_run
 
+    if args.backend == "docker":
+        return _bench_recovery_docker(args, out)
     certs, state = _paths(args)
     if LocalBus.attach(state) is not None:
         raise TestbedError(f"a bus is running from {state}: stop it (`fmb down`) so that the benchmark has the cores")
@@ -466,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local processes (default), or the Compose bus of compose/ (the "
                             "project $COMPOSE_PROJECT_NAME or fmb; started for the run if not up)")
     bench = add("bench", cmd_bench, "run a benchmark (not a test): figures as JSON with their conditions")
-    bench.add_argument("name", choices=["latency", "prioritization", "recovery"], help="which benchmark")
+    bench.add_argument("name", choices=["latency", "prioritization", "recovery", "wan"], help="which benchmark")
     bench.description += (
         ". latency: for each --qos level a fresh bus of local processes is started on free ports in a "
         "temporary state directory (PKI from --certs), the Appendix A scenario is repeated after a warm-up, "
@@ -482,15 +527,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--configs", default="segregated,shared,segregated+priority",
                        help="prioritization: configurations to compare")
     bench.add_argument("--step-seconds", type=float, default=10.0,
-                       help="prioritization: measuring time per flood rate (default 10)")
+                       help="prioritization, wan: measuring time per step (default 10)")
     bench.add_argument("--command-rate", type=float, default=50.0,
-                       help="prioritization: control commands per second (default 50)")
-    bench.add_argument("--payload", type=int, default=256, help="prioritization: flood payload bytes (default 256)")
+                       help="prioritization: control commands per second (default 50; wan: 10)")
+    bench.add_argument("--payload", type=int, default=256,
+                       help="prioritization, wan: flood payload bytes (default 256)")
     bench.add_argument("--flood-qos", type=int, choices=[0, 1, 2], default=1, help="prioritization: flood QoS")
     bench.add_argument("--command-qos", type=int, choices=[0, 1, 2], default=1, help="prioritization: command QoS")
-    bench.add_argument("--publishers", type=int, default=3, help="prioritization: flood publisher processes")
-    bench.add_argument("--rate", type=float, default=200.0, help="recovery: producer messages per second (default 200)")
+    bench.add_argument("--publishers", type=int, default=3, help="prioritization, wan: flood publisher processes")
+    bench.add_argument("--rate", type=float, default=200.0,
+                       help="recovery: producer messages per second (default 200; docker: 20)")
     bench.add_argument("--autosave", default="1,5,30", help="recovery: autosave intervals to sweep, seconds")
+    bench.add_argument("--backend", choices=["local", "docker"], default="local",
+                       help="recovery: local processes (default), or field <-> data-centre partitions on the "
+                            "Compose bus (started for the run if not up); wan always runs on docker")
+    bench.add_argument("--partitions", default="5,30",
+                       help="recovery --backend docker: partition lengths in seconds (default 5,30)")
+    bench.add_argument("--wan", default="1mbit",
+                       help="wan: the DC -> field link, RATE[,DELAY] (default 1mbit; a delay needs netem, "
+                            "which this kernel lacks)")
     bench.add_argument("--out", help="result directory (default runs/bench-<name>-<time>)")
     report = sub.add_parser("report", help="render every result JSON of a run directory to PNG and report.md",
                             description="Render every result JSON in RUN_DIR (scenario result.json, bench-*.json) "

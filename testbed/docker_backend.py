@@ -176,6 +176,7 @@ class DockerBus:
     def __init__(self, project: ComposeProject, topology: Topology | None = None) -> None:
         self.project = project
         base = topology or load_topology()
+        self.container_topology = base  # ports inside the Compose networks, as the brokers listen
         published = {b.name: self._published(b.name, b.port) for b in base.brokers}
         self.topology = base.with_ports({
             s.name: (published[f"{s.name}-delivery"], published[f"{s.name}-control"])
@@ -195,9 +196,22 @@ class DockerBus:
                 return int(b["HostPort"])
         raise TestbedError(f"broker {broker} publishes no port on 127.0.0.1 (is it running?)")
 
+    def borrow_identity(self, device_id: str) -> TLSIdentity:
+        """A device's own certificate and key, copied out of its volume beside the harness's.
+
+        For benchmarks that must publish what only that device may (a profile that crosses a
+        bridge, under the device's ACL); the copy goes when the bus is closed."""
+        if device_id not in {d.id for d in self.topology.devices}:
+            raise TestbedError(f"no device {device_id!r} in the topology")
+        self._copy_volume(f"certs-{device_id}")
+        return self.identity(device_id)
+
     def _copy_harness_identities(self) -> None:
-        """Copy the harness's volume out through a container that never runs."""
-        volume = self.project.volume("certs-harness").name
+        self._copy_volume("certs-harness")
+
+    def _copy_volume(self, name: str) -> None:
+        """Copy a certificate volume out through a container that never runs."""
+        volume = self.project.volume(name).name
         box = self.project.client.containers.create(
             "fmb-device:latest", ["true"], network_mode="none",
             volumes={volume: {"bind": "/certs", "mode": "ro"}})

@@ -37,6 +37,7 @@ __all__ = [
     "register",
     "render_run",
     "scenario_markdown",
+    "wan_markdown",
 ]
 
 Result = Mapping[str, Any]
@@ -191,7 +192,8 @@ def recovery_markdown(result: Result) -> str:
         for key, _ in plots.RECOVERY_TIMES:
             values = [t[key] for t in f["trials"] if t.get(key) is not None]
             times.append(f"{percentiles(values, (50,))['p50']:.3f} / {max(values):.3f}" if values else None)
-        rows.append([f["name"], f.get("qos"), len(f["trials"]), *times, sum(t.get("lost", 0) for t in f["trials"]),
+        name = f"{f['name']} ({f['direction']})" if f.get("direction") else f["name"]
+        rows.append([name, f.get("qos"), len(f["trials"]), *times, sum(t.get("lost", 0) for t in f["trials"]),
                      sum(t.get("duplicated", 0) for t in f["trials"]), _met(f)])
     out = [markdown_table(["fault", "QoS", "trials", "detect s (median / worst)", "reconnect s", "whole s",
                            "lost (all trials)", "duplicated", "target met"], rows)]
@@ -214,6 +216,29 @@ register(Renderer("fmb.bench-prioritization/1", "Control-plane prioritisation be
 register(Renderer("fmb.bench-recovery/1", "Recovery benchmark",
                   lambda r: {"times": plots.recovery_times(r), "autosave": plots.recovery_autosave(r)},
                   recovery_markdown))
+
+
+# -- WAN link (fmb.bench-wan/1) -----------------------------------------------------------------
+
+def wan_markdown(result: Result) -> str:
+    """Control p50 / p99 and what crossed the link, per configuration and step."""
+    rows = []
+    for name, steps in result["results"].items():
+        for s in steps:
+            c = s["control_ms"]
+            rows.append([name, s["step"], s["offered_rate"], s["delivered_rate"],
+                         round(sum(s["link_bits_per_s"].values()) / 1e3, 1), c.get("p50"), c.get("p99"),
+                         c.get("max"), c.get("missing")])
+    out = [markdown_table(["configuration", "step", "flood offered /s", "delivered /s", "link kbit/s",
+                           "control p50 ms", "p99 ms", "max ms", "missing"], rows)]
+    out.append(f"\nNo priority ÷ priority, control p99 under flood: "
+               f"{_cell(result.get('no_priority_over_priority_p99'))}. Delay: {result['conditions'].get('delay')}.\n")
+    return "".join(out)
+
+
+register(Renderer("fmb.bench-wan/1", "WAN link benchmark (control across a constrained bridge)",
+                  lambda r: {"control": plots.wan_control_latency(r), "throughput": plots.wan_throughput(r)},
+                  wan_markdown))
 
 
 # -- a whole run directory ----------------------------------------------------------------------

@@ -331,6 +331,50 @@ def test_link_faults_reach_the_container_namespace(compose, docker_bus) -> None:
 
 
 @pytest.mark.docker
+def test_wan_benchmark_smoke_shapes_the_bridge_link(docker_bus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`fmb bench wan` in miniature: one 1 s step each, the schema, sane figures, nothing left."""
+    from testbed.bench.wan import RESULT_SCHEMA, run_wan
+    from testbed.reporting import render_run
+
+    require(os.geteuid() == 0 and all(shutil.which(t) for t in ("tc", "ip", "nsenter", "mosquitto_pub")),
+            "the WAN benchmark needs root, iproute2, nsenter and mosquitto-clients on the host")
+    result = run_wan(docker_bus, 1_000_000, 0, 1.0, 10, 256, 1, tmp_path)
+    assert result["schema"] == RESULT_SCHEMA and result["conditions"]["delay"].startswith("not available")
+    assert set(result["results"]) == {"no-priority", "priority"}
+    for rows in result["results"].values():
+        assert [r["step"] for r in rows] == ["idle", "flood"]
+        idle, flood = rows
+        assert idle["offered_rate"] == 0 and flood["offered_rate"] > 0
+        assert 0 < sum(flood["link_bits_per_s"].values()) <= 1_100_000  # the link is the limit
+        for row in rows:
+            c = row["control_ms"]
+            assert c["sent"] == 10 and c["received"] + c["missing"] == c["sent"] and c["received"] >= 9
+            assert 0 < c["min"] <= c["p50"] <= c["p99"] <= c["max"]
+    assert "priority" in result["headline"]
+    assert subprocess.run(["ip", "link", "show", f"fmbw{os.getpid() % 100000}"], capture_output=True).returncode
+    report = render_run(tmp_path)
+    assert not report.skipped and len(report.figures) == 2
+
+
+@pytest.mark.docker
+def test_partition_recovery_benchmark_smoke(docker_bus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`fmb bench recovery --backend docker` in miniature: one 3 s partition, both directions."""
+    from testbed.bench.partition import run_partition_recovery
+    from testbed.bench.recovery import RESULT_SCHEMA
+
+    result = run_partition_recovery(docker_bus, [3.0], 1, 20, tmp_path, settle_s=1.0, whole_timeout_s=30)
+    assert result["schema"] == RESULT_SCHEMA and result["conditions"]["backend"] == "docker"
+    assert [(f["name"], f["direction"]) for f in result["faults"]] == [("partition-3s", "field->dc"),
+                                                                        ("partition-3s", "dc->field")]
+    for fault in result["faults"]:
+        (trial,) = fault["trials"]
+        assert trial["published_during_partition"] > 20, trial  # the cut held messages back
+        assert trial["lost"] == 0 and trial["duplicated"] >= 0, trial
+        assert trial["reconnect_s"] is not None and 0 <= trial["reconnect_s"] <= trial["whole_s"] < 30, trial
+    assert json.loads((tmp_path / "bench-recovery.json").read_text())["faults"] == result["faults"]
+
+
+@pytest.mark.docker
 def test_everything_is_removed_even_when_the_run_fails(images) -> None:  # type: ignore[no-untyped-def]
     from testbed.docker_backend import ComposeProject
 

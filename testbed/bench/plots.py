@@ -28,6 +28,8 @@ __all__ = [
     "prioritization_throughput",
     "recovery_autosave",
     "recovery_times",
+    "wan_control_latency",
+    "wan_throughput",
 ]
 
 Result = Mapping[str, Any]
@@ -224,7 +226,9 @@ def recovery_times(result: Result) -> Figure:
             axes.barh(y, stats["p50"], height, color=colour, alpha=0.8, label=label if row == 0 else None)
             axes.errorbar(stats["p50"], y, xerr=[[0], [stats["max"] - stats["p50"]]], fmt="none",
                           ecolor="#17202a", capsize=2, linewidth=1)
-    axes.set_yticks(range(len(faults)), [f"{f['name']} (QoS {f.get('qos', '?')})" for f in faults], fontsize=8)
+    axes.set_yticks(range(len(faults)), [f"{f['name']} (QoS {f.get('qos', '?')}"
+                                         + (f", {f['direction']})" if f.get("direction") else ")") for f in faults],
+                    fontsize=8)
     axes.invert_yaxis()
     axes.set_xlabel("seconds after the fault (bar median, whisker worst trial)")
     axes.grid(True, axis="x", alpha=0.3)
@@ -249,3 +253,55 @@ def recovery_autosave(result: Result) -> Figure:
     axes.set_ylabel("messages lost per kill -9 (median, range)")
     axes.grid(True, alpha=0.3)
     return _finish(figure, "Data-centre broker kill -9: loss window vs save cost", result)
+
+
+# -- WAN link (fmb.bench-wan/1) ------------------------------------------------------------------
+
+def _wan_rows(result: Result) -> tuple[list[str], list[tuple[str, list[Mapping[str, Any]]]]]:
+    series = list(result["results"].items())
+    steps = [row["step"] for row in series[0][1]] if series else []
+    return steps, series
+
+
+def wan_control_latency(result: Result) -> Figure:
+    """Control one-way latency across the constrained bridge: p50 and p99 per step, with and
+    without the priority class (grouped bars, log scale)."""
+    figure = _figure(8, 4.6)
+    axes: Axes = figure.add_subplot()
+    steps, series = _wan_rows(result)
+    width = 0.8 / max(1, 2 * len(series))
+    for j, ((colour, _, _), (name, rows)) in enumerate(zip(_SERIES, series, strict=False)):
+        for k, (key, alpha, hatch) in enumerate((("p50", 0.45, ""), ("p99", 0.9, "//"))):
+            offset = (2 * j + k - (2 * len(series) - 1) / 2) * width
+            axes.bar([x + offset for x in range(len(rows))], [r["control_ms"].get(key, float("nan")) for r in rows],
+                     width, color=colour, alpha=alpha, hatch=hatch, label=f"{name} {key}")
+    axes.set_xticks(range(len(steps)), steps)
+    axes.set_yscale("log")
+    axes.set_xlabel(f"delivery-plane load on the link (delay: {result['conditions']['delay']})")
+    axes.set_ylabel("command publish (DC) → received in the field (ms, log)")
+    axes.grid(True, which="both", axis="y", alpha=0.3)
+    axes.legend(fontsize=8, ncols=2)
+    rate = result["conditions"]["link_rate_bits_per_s"] / 1e6
+    return _finish(figure, f"Control across a {rate:g} Mbit/s bridge link", result)
+
+
+def wan_throughput(result: Result) -> Figure:
+    """What crossed the link per step: delivered flood messages/s and the link's bits/s by class."""
+    figure = _figure(8, 4.6)
+    axes: Axes = figure.add_subplot()
+    steps, series = _wan_rows(result)
+    width = 0.8 / max(1, len(series))
+    for j, ((colour, _, _), (name, rows)) in enumerate(zip(_SERIES, series, strict=False)):
+        xs = [x + (j - (len(series) - 1) / 2) * width for x in range(len(rows))]
+        axes.bar(xs, [sum(r["link_bits_per_s"].values()) / 1e3 for r in rows], width, color=colour, alpha=0.8,
+                 label=f"{name}: link kbit/s")
+        for x, r in zip(xs, rows, strict=True):
+            axes.annotate(f"{r['delivered_rate']:.0f} msg/s", (x, sum(r["link_bits_per_s"].values()) / 1e3),
+                          textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
+    axes.axhline(result["conditions"]["link_rate_bits_per_s"] / 1e3, color=_GREY, linestyle="--", linewidth=1,
+                 label="link rate")
+    axes.set_xticks(range(len(steps)), steps)
+    axes.set_ylabel("sent on the link (kbit/s); labels: flood messages delivered/s")
+    axes.grid(True, axis="y", alpha=0.3)
+    axes.legend(fontsize=8)
+    return _finish(figure, "Delivery-plane throughput across the constrained link", result)

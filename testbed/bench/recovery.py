@@ -51,8 +51,8 @@ class _Producer:
     """Publishes ``<seq>,<padding>`` at a steady rate; knows what the broker acknowledged."""
 
     def __init__(self, identity: TLSIdentity, endpoint: Endpoint, name: str, qos: int, payload_bytes: int,
-                 reconnect: tuple[float, float]) -> None:
-        self.topic, self.qos = name, qos
+                 reconnect: tuple[float, float], payload: Callable[[int], bytes] | None = None) -> None:
+        self.topic, self.qos, self.payload = name, qos, payload
         self.padding = b"p" * max(0, payload_bytes - 8)
         self.lock = threading.Lock()
         self.mids: dict[int, int] = {}
@@ -89,7 +89,8 @@ class _Producer:
         # on_publish: calling it under self.lock would deadlock against on_publish.
         self.seq += 1
         self.sent_ns[self.seq] = time.time_ns()
-        info = self.client.publish(self.topic, f"{self.seq:08d}".encode() + b"," + self.padding, self.qos)
+        body = self.payload(self.seq) if self.payload else f"{self.seq:08d}".encode() + b"," + self.padding
+        info = self.client.publish(self.topic, body, self.qos)
         with self.lock:
             if info.mid in self.early:
                 if self.early.pop(info.mid):
