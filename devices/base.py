@@ -41,7 +41,7 @@ import paho.mqtt.client as paho
 from testbed.mqtt import Endpoint, TLSIdentity, connect, publish_properties, user_properties
 from testbed.payloads import Message, PayloadError, child_traceparent, decode, encode
 from testbed.signing import CommandRejected, CommandSigner, CommandVerifier, load_trusted
-from testbed.topics import PROFILES, ROLES, Plane, Profile, parse_topic, topic
+from testbed.topics import PROFILES, ROLES, Plane, Profile, parse_topic, subscriptions, topic
 
 __all__ = ["Device", "DeviceConfig", "main"]
 
@@ -184,11 +184,7 @@ class Device:
     def _subscribe(self, client: paho.Client, plane: Plane, done: threading.Event) -> None:
         if done.is_set():  # a reconnection: the broker may have restarted with nothing on disk
             threading.Thread(target=self._resync, args=(plane,), daemon=True).start()
-        topics = [
-            (topic(self.config.root, g.profile, self.id if g.scope == "own" else "+"), self.config.qos)
-            for g in ROLES[self.role].reads
-            if PROFILES[g.profile].plane == plane
-        ]
+        topics = subscriptions(self.config.root, self.role, self.id, plane, self.config.qos)
 
         def on_subscribe(c: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
             failed = [str(r) for r in reasons if r.is_failure]

@@ -41,7 +41,7 @@ from testbed.brokerlog import BrokerLogParser, device_log_event, log_sources
 from testbed.detect import Alert, Detector, load_monitor_config
 from testbed.mqtt import Endpoint, TLSIdentity, connect
 from testbed.payloads import PayloadError, decode, encode
-from testbed.topics import PROFILES, ROLES, topic
+from testbed.topics import PROFILES, ROLES, subscriptions, topic
 from testbed.topology import Topology, load_topology
 
 __all__ = ["Monitor", "main", "monitor_environment"]
@@ -186,8 +186,7 @@ class Monitor:
         if not self._replayed.wait(60):
             raise SystemExit("error: the monitor could not read the broker logs in 60 s")
         for broker in self.topology.brokers:
-            subs = [(topic(self.topology.root, g.profile, "+"), 1)
-                    for g in ROLES["monitor"].reads if PROFILES[g.profile].plane == broker.plane]
+            subs = subscriptions(self.topology.root, "monitor", self.id, broker.plane)
             subscribed = threading.Event()
 
             def on_connect(c: paho.Client, subs: list = subs, ev: threading.Event = subscribed) -> None:

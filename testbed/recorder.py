@@ -21,7 +21,7 @@ import paho.mqtt.client as paho
 
 from testbed.mqtt import Endpoint, TLSIdentity, connect, user_properties
 from testbed.payloads import Message, PayloadError, decode
-from testbed.topics import PROFILES, ROLES, parse_topic, topic
+from testbed.topics import parse_topic, subscriptions
 from testbed.topology import Topology
 
 __all__ = ["Observation", "Recorder"]
@@ -74,8 +74,7 @@ class Recorder:
 
     def start(self) -> None:
         for broker in self.topology.brokers:
-            subs = [(topic(self.topology.root, g.profile, "+"), 1)
-                    for g in ROLES["recorder"].reads if PROFILES[g.profile].plane == broker.plane]
+            subs = subscriptions(self.topology.root, "recorder", "recorder", broker.plane)
             subscribed = threading.Event()
 
             def on_connect(c: paho.Client, subs: list = subs, ev: threading.Event = subscribed) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "Profile",
     "RoleRights",
     "parse_topic",
+    "subscriptions",
     "topic",
 ]
 
@@ -139,6 +140,12 @@ ROLES: dict[str, RoleRights] = {
         reads=tuple(Grant(p, "any") for p in PROFILES if p.startswith("Bench")),
     ),
 }
+
+
+def subscriptions(root: str, role: str, ident: str, plane: Plane, qos: int = 1) -> list[tuple[str, int]]:
+    """What identity ``ident`` of ``role`` subscribes to on a broker of ``plane``: its reads."""
+    return [(topic(root, g.profile, ident if g.scope == "own" else "+"), qos)
+            for g in ROLES[role].reads if PROFILES[g.profile].plane == plane]
 
 
 def topic(root: str, profile: str, mrid: str) -> str:
