@@ -2,11 +2,14 @@
 
 Displays the single-line diagram the DMS publishes, and acknowledges each diagram it has
 displayed with ``DisplayStatusProfile/<own mRID>``, retained (so what the screen shows, and the
-end of a scenario, are observable on the bus). The operator's input arrives on a local Unix
-socket (``FMB_UI_SOCKET``), one JSON request a line:
+end of a scenario, are observable on the bus). It also shows the monitor's alerts
+(``AlertProfile``, control plane). The operator's screen is a web page the tablet serves
+(``devices.tablet_web``, when ``FMB_UI_HTTP`` is set); the harness's input arrives on a local
+Unix socket (``FMB_UI_SOCKET``), one JSON request a line:
 
     {"op": "set_supply", "target": "supply-1", "volts": 114}  -> publishes SupplyControlProfile
     {"op": "display"}                                          -> the diagram on screen now
+    {"op": "ui_url"}                                           -> the web page's URL, token included
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from devices.base import Device, main
+from devices.base import Device, DeviceConfig, main
+from devices.tablet_web import TabletWeb, WebSettings
 from testbed.payloads import Message, PayloadError, new_traceparent
 from testbed.topics import Profile
 
@@ -29,19 +33,47 @@ class TabletUI(Device):
 
     role = "tablet"
 
-    def on_started(self) -> None:
+    def __init__(self, config: DeviceConfig) -> None:
+        super().__init__(config)
+        # Set before the first connection: the retained diagram may arrive before on_started.
         self.display: dict[str, Any] | None = None
+        self.web: TabletWeb | None = None
+        self._alerts_seen: set[tuple[str, int]] = set()
+
+    def on_started(self) -> None:
+        settings = WebSettings.from_env(self.config.extra)
+        self.web = TabletWeb(settings, self.id, self.set_supply, lambda: self.display) if settings else None
+        if self.web is not None:
+            self.web.start()
         path = self.config.extra.get("FMB_UI_SOCKET")
         if path:
             self._serve_ui(Path(path))
 
     def handle(self, profile: Profile, mrid: str, message: Message, traceparent: str | None) -> None:
+        if profile.name == "AlertProfile":
+            self._show_alert(message)
+            return
         if profile.name != "SingleLineDiagramProfile":
             return
         displayed_ns = time.time_ns()
         self.display = {"dms": message.source, "diagram_seq": message.seq,
                         "displayed_ns": displayed_ns, "feeders": message.body["feeders"]}
         self.publish("DisplayStatusProfile", self.id, self.display, traceparent, retain=True)
+        if self.web is not None:
+            self.web.emit("display", self.display)
+
+    def _show_alert(self, message: Message) -> None:
+        # The monitor publishes each alert on every control-plane broker, and bridges may carry
+        # it here twice: one entry per alert.
+        key = (message.source, message.seq)
+        if key in self._alerts_seen or self.web is None:
+            return
+        self._alerts_seen.add(key)
+        body = message.body
+        self.web.add_alert({"source": message.source, "seq": message.seq, "kind": body.get("kind"),
+                            "time_ns": body.get("time_ns"), "identity": body.get("identity"),
+                            "subject": body.get("subject"), "broker": body.get("broker"),
+                            "evidence": body.get("evidence", {})})
 
     def set_supply(self, target: str, volts: float) -> Message:
         """What the operator's voltage control does: command the supply on the control plane."""
@@ -77,7 +109,9 @@ class TabletUI(Device):
             return {"ok": True, "seq": m.seq, "ts_ns": m.ts_ns}
         if op == "display":
             return {"ok": True, "display": self.display}
-        raise ValueError(f"unknown op {op!r}; use set_supply or display")
+        if op == "ui_url":
+            return {"ok": True, "url": self.web.url if self.web else None}
+        raise ValueError(f"unknown op {op!r}; use set_supply, display or ui_url")
 
 
 if __name__ == "__main__":

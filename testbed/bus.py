@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -96,6 +97,9 @@ def device_environment(topology: Topology, device: DeviceSpec, certs: Path, run_
         env["FMB_FEEDERS"] = json.dumps([asdict(f) for f in topology.feeders])
     if device.role == "tablet":
         env["FMB_UI_SOCKET"] = str(run_dir / f"{device.id}.sock")
+        env["FMB_UI_CERT"] = str(certs / "servers" / f"{device.id}-ui.pem")
+        env["FMB_UI_KEY"] = str(certs / "servers" / f"{device.id}-ui.key")
+        env["FMB_UI_URL_FILE"] = str(run_dir / f"{device.id}.url")
     for f in topology.feeders:
         if device.id in (f.supply, f.capbank, f.meter):
             env["FMB_FEEDER_SOCKET"] = str(run_dir / f"{f.id}.sock")
@@ -108,8 +112,13 @@ def device_environment(topology: Topology, device: DeviceSpec, certs: Path, run_
 class LocalBus:
     """Brokers and devices of one topology as local processes, with state in ``state_dir``."""
 
-    def __init__(self, topology: Topology, pki: PKI, state_dir: Path, monitor: bool = True) -> None:
+    def __init__(self, topology: Topology, pki: PKI, state_dir: Path, monitor: bool = True,
+                 ui_port: int | None = 0, runs_dir: Path | None = None) -> None:
         self.topology = topology
+        # The tablets' web consoles: the first on ui_port (0: any free port), the next on ui_port + 1, ...;
+        # None serves none. The page shows the newest run of runs_dir and runs Appendix A into it.
+        self.ui_port = ui_port
+        self.runs_dir = (runs_dir or state_dir / "runs").resolve()
         self.monitor = monitor  # start devices/monitor.py after the devices (Detect; see devices/README-monitor.md)
         self.pki = pki
         self.state_dir = state_dir.resolve()
@@ -130,7 +139,9 @@ class LocalBus:
         if not path.exists():
             return None
         data = json.loads(path.read_text())
-        bus = cls(load_topology(data["topology"]), PKI(Path(data["certs"])), state_dir)
+        runs = Path(data["runs_dir"]) if data.get("runs_dir") else None
+        bus = cls(load_topology(data["topology"]), PKI(Path(data["certs"])), state_dir,
+                  ui_port=data.get("ui_port", 0), runs_dir=runs)
         bus.topology = bus.topology.with_ports({k: tuple(v) for k, v in data["ports"].items()})
         bus.processes = [ProcessRecord(**p) for p in data["processes"]]
         if not any(p.kind == "broker" and bus._alive(p) for p in bus.processes):
@@ -142,6 +153,8 @@ class LocalBus:
             "topology": self.topology.path,
             "certs": str(self.pki.directory),
             "ports": {s.name: [s.delivery_port, s.control_port] for s in self.topology.sites},
+            "ui_port": self.ui_port,
+            "runs_dir": str(self.runs_dir),
             "processes": [asdict(p) for p in self.processes],
         }
         tmp = self.state_file.with_suffix(".tmp")
@@ -161,6 +174,13 @@ class LocalBus:
     def ui_socket(self, device_id: str) -> Path:
         return self.run_dir / f"{device_id}.sock"
 
+    def ui_url(self, device_id: str) -> str | None:
+        """The URL (access token included) of a tablet's web console, once it serves."""
+        try:
+            return (self.run_dir / f"{device_id}.url").read_text().strip() or None
+        except OSError:
+            return None
+
     def device_log(self, device_id: str) -> Path:
         return self.log_dir / f"{device_id}.log"
 
@@ -175,6 +195,8 @@ class LocalBus:
             raise TestbedError(f"no PKI in {self.pki.directory}; run `fmb certs init` first")
         for d in (self.run_dir, self.log_dir):
             d.mkdir(parents=True, exist_ok=True)
+        for stale in self.run_dir.glob("*.url"):  # a new bus, new access tokens
+            stale.unlink()
         try:
             for site in sorted(self.topology.sites, key=lambda s: s.bridge_to is not None):
                 for broker in (b for b in self.topology.brokers if b.site == site.name):
@@ -247,8 +269,21 @@ class LocalBus:
         record = self._spawn("monitor", "monitor", [sys.executable, "-m", "devices.monitor"], env)
         self._wait_for(ready.exists, record, "monitor", 60)
 
-    def _start_device(self, device: DeviceSpec) -> None:
+    def _start_device(self, device: DeviceSpec, restart: bool = False) -> None:
         env = device_environment(self.topology, device, self.pki.directory.resolve(), self.run_dir)
+        if device.role == "tablet" and self.ui_port is not None:
+            index = [d.id for d in self.topology.devices if d.role == "tablet"].index(device.id)
+            port = self.ui_port + index if self.ui_port else 0
+            old = self.ui_url(device.id) if restart else None
+            if old:  # a restarted tablet keeps its address and token: open pages reconnect by themselves
+                split = urllib.parse.urlsplit(old)
+                port = split.port or port
+                env["FMB_UI_TOKEN"] = urllib.parse.parse_qs(split.query).get("token", [""])[0]
+            env["FMB_UI_HTTP"] = f"127.0.0.1:{port}"
+            env["FMB_UI_RUNS"] = str(self.runs_dir)
+            env["FMB_UI_RUN_COMMAND"] = json.dumps([
+                sys.executable, "-m", "testbed.cli", "run", "appendix-a",
+                "--state", str(self.state_dir), "--certs", str(self.pki.directory.resolve())])
         ready = Path(env["FMB_READY_FILE"])
         ready.unlink(missing_ok=True)
         record = self._spawn(device.id, "device", [sys.executable, "-m", f"devices.{device.role}"], env)
@@ -329,7 +364,7 @@ class LocalBus:
         elif record.kind == "monitor":
             self._start_monitor()
         else:
-            self._start_device(self.topology.device(name))
+            self._start_device(self.topology.device(name), restart=True)
         self._save()
 
     def reload_brokers(self, timeout_s: float = 10) -> int:

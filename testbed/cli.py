@@ -27,6 +27,7 @@ _SOURCE_ROOT = Path(__file__).resolve().parent.parent
 # In a source checkout, generated material lives beside the code (and is git-ignored);
 # an installed package uses the current directory.
 ROOT = _SOURCE_ROOT if (_SOURCE_ROOT / "pyproject.toml").exists() else Path.cwd()
+DEFAULT_UI_PORT = 8443
 
 
 def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -38,7 +39,8 @@ def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
 def ensure_pki(topology: Topology, certs: Path) -> PKI:
     """The PKI in ``certs`` with every identity of ``topology`` (created where missing)."""
     pki = PKI(certs)
-    created = pki.init({b.name: [b.host] for b in topology.brokers}, topology.client_identities())
+    servers = {b.name: [b.host] for b in topology.brokers} | topology.web_servers()
+    created = pki.init(servers, topology.client_identities())
     created += [f"signing key {n}" for n in SigningKeys(certs).ensure(topology.command_signers())]
     if created:
         print(f"PKI in {certs}: created {', '.join(created)}")
@@ -56,11 +58,14 @@ def _bus(args: argparse.Namespace) -> Iterator[LocalBus]:
         yield running
         return
     topology = load_topology(args.topology)
-    bus = LocalBus(topology, ensure_pki(topology, certs), state)
+    # A bus that lives for one run takes any free port for its web UI unless told otherwise.
+    bus = LocalBus(topology, ensure_pki(topology, certs), state, ui_port=_ui_port(args, default=0),
+                   runs_dir=ROOT / "runs")
     print(f"starting {len(topology.brokers)} brokers and {len(topology.devices)} devices "
           f"({topology.name}) ...", flush=True)
     bus.start()
     try:
+        _print_ui(bus, "while this runs")
         yield bus
     finally:
         bus.stop()
@@ -92,7 +97,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     if LocalBus.attach(state) is not None:
         raise TestbedError(f"a bus is already running from {state}; `fmb down` first")
     topology = load_topology(args.topology)
-    bus = LocalBus(topology, ensure_pki(topology, certs), state)
+    bus = LocalBus(topology, ensure_pki(topology, certs), state, ui_port=_ui_port(args, default=DEFAULT_UI_PORT),
+                   runs_dir=ROOT / "runs")
     bus.start()
     print(f"bus up ({topology.name}), state in {state}")
     for b in topology.brokers:
@@ -100,8 +106,32 @@ def cmd_up(args: argparse.Namespace) -> int:
               f"{'persistent' if b.persistent else 'non-persistent'})")
     for d in topology.devices:
         print(f"  device {d.id:16} {d.role:8} site {d.site}   log {bus.device_log(d.id)}")
-    print("run a scenario with `fmb run appendix-a`; stop with `fmb down`")
+    _print_ui(bus)
+    print("run a scenario with `fmb run appendix-a` (or the page's button); stop with `fmb down`")
     return 0
+
+
+def _ui_port(args: argparse.Namespace, default: int) -> int | None:
+    """The first tablet's web UI port: --ui-port, else FMB_UI_PORT, else ``default``; -1 serves none."""
+    port = getattr(args, "ui_port", None)
+    if port is None:
+        try:
+            port = int(os.environ.get("FMB_UI_PORT", default))
+        except ValueError:
+            raise TestbedError(f"FMB_UI_PORT is {os.environ['FMB_UI_PORT']!r}; give a port number") from None
+    if not -1 <= port <= 65535:
+        raise TestbedError(f"--ui-port is {port}; give a TCP port, 0 for any free one, or -1 for no web UI")
+    return None if port == -1 else port
+
+
+def _print_ui(bus: LocalBus, when: str = "") -> None:
+    for d in (d for d in bus.topology.devices if d.role == "tablet"):
+        url = bus.ui_url(d.id)
+        if url:
+            print(f"  tablet UI {d.id}: {url}" + (f"  ({when})" if when else ""))
+    if any(bus.ui_url(d.id) for d in bus.topology.devices if d.role == "tablet"):
+        print(f"    the page's certificate is issued by the testbed's CA ({bus.pki.ca_cert}): import it into "
+              "the browser, or accept the warning once")
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -506,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
         if p.prog.endswith("run"):
             p.add_argument("scenario", help="scenario name (scenarios/<name>.toml) or file path")
         p.add_argument("--repeat", type=int, default=1, help="repetitions (default 1)")
+        p.add_argument("--ui-port", type=int, help="the tablet's web UI port when the bus is started for this "
+                       "run (default FMB_UI_PORT or any free port; -1: no web UI)")
         p.add_argument("--out", help="result directory (default runs/<scenario>-<time>)")
         p.add_argument("--backend", choices=["local", "docker"], default="local",
                        help="local processes (default), or the Compose bus of compose/ (the "
@@ -552,7 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "to PNG figures and a Markdown summary, report.md. Nothing is re-measured.")
     report.add_argument("run_dir", metavar="RUN_DIR", help="directory holding result JSON files")
     report.set_defaults(func=cmd_report)
-    add("up", cmd_up, "start brokers and devices and leave them running")
+    up = add("up", cmd_up, "start brokers and devices and leave them running")
+    up.add_argument("--ui-port", type=int, help=f"the tablet's web UI port (default FMB_UI_PORT or {DEFAULT_UI_PORT}; "
+                    "0: any free port; -1: no web UI)")
     add("down", cmd_down, "stop the running bus")
     add("status", cmd_status, "show the running bus's processes")
     profile = add("profile", cmd_profile, "the NIST CSF profile of the testbed, backed by the last test run")

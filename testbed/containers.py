@@ -71,14 +71,15 @@ def init_volumes(topology: Topology, pki_dir: Path = PKI_DIR, out: Path = OUT_DI
         _drop_root([pki_dir, *(out / t for t in targets)])
     pki = PKI(pki_dir)
     health = [health_identity(b.name) for b in topology.brokers]
-    created = pki.init({b.name: [b.name, "localhost"] for b in topology.brokers},
+    created = pki.init({b.name: [b.name, "localhost"] for b in topology.brokers} | topology.web_servers(),
                        topology.client_identities() + health)
     signing = SigningKeys(pki_dir)
     created += [f"signing key {n}" for n in signing.ensure(topology.command_signers())]
     for broker in topology.brokers:
         _fill_broker(topology, broker, pki, out / broker.name)
     for device in topology.devices:
-        _fill(out / device.id, pki, clients=[device.id])
+        web = [name for name in topology.web_servers() if name == f"{device.id}-ui"]
+        _fill(out / device.id, pki, clients=[device.id], servers=web)
         _fill_signing(out / device.id, signing, device.id)
     _fill(out / HARNESS, pki, clients=list(HARNESS_IDENTITIES))
     for ident in HARNESS_IDENTITIES:

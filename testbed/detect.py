@@ -166,6 +166,13 @@ class Detector:
             for way, profiles in topology.bridge_connections(bridge).items():
                 host = topology.bridge_endpoints(bridge, way)[0]
                 self._permanent[host] += [topic(topology.root, p, "+") for p in profiles]
+        # A profile no device reads by design (the tablet's DisplayStatusProfile is for observers) is
+        # delivered by being recorded; only the benchmarks' own profiles stay watched.
+        device_reads = {g.profile for d in topology.devices for g in ROLES[d.role].reads}
+        for broker in topology.brokers:
+            self._permanent[broker.name] += [topic(topology.root, p, "+") for p, prof in PROFILES.items()
+                                             if p not in device_reads and not p.startswith("Bench")
+                                             and prof.plane == broker.plane]
 
     # -- rights, as the generated ACL gives them -----------------------------------------------
 

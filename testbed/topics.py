@@ -13,7 +13,7 @@ these two tables, so a device can publish only its own topics and read only what
     CapBankStatusProfile       capbankmodule    delivery  capbank (own)  dms
     SingleLineDiagramProfile   dmsmodule        delivery  dms (own)      tablet
     DisplayStatusProfile       hmimodule        delivery  tablet (own)   (recorder only)
-    AlertProfile               securitymodule   control   monitor (own)  (recorder, operators)
+    AlertProfile               securitymodule   control   monitor (own)  tablet (recorder, operators)
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ class RoleRights:
 ROLES: dict[str, RoleRights] = {
     "tablet": RoleRights(
         publishes=(Grant("SupplyControlProfile", "any"), Grant("DisplayStatusProfile", "own")),
-        reads=(Grant("SingleLineDiagramProfile", "any"),),
+        # The operator's screen shows the monitor's alerts beside the diagram.
+        reads=(Grant("SingleLineDiagramProfile", "any"), Grant("AlertProfile", "any")),
     ),
     "supply": RoleRights(
         publishes=(Grant("SupplyStatusProfile", "own"),),

@@ -205,6 +205,10 @@ class Topology:
         """Every certificate identity a client presents: devices, bridges, harness."""
         return [d.id for d in self.devices] + [b.name for b in self.bridges] + list(HARNESS_IDENTITIES)
 
+    def web_servers(self) -> dict[str, list[str]]:
+        """The HTTPS identities of the tablets' web consoles (``<tablet>-ui``) and their host names."""
+        return {f"{d.id}-ui": [d.id] for d in self.devices if d.role == "tablet"}
+
     def command_signers(self, device: DeviceSpec | None = None) -> list[str]:
         """Who signs commands (every issuer, with the harness's operator); with ``device``, only
         those whose commands that device reads: its authorised signers."""

@@ -31,10 +31,11 @@ def _free_port_topology(tmp_path: Path) -> Path:
 def test_up_run_status_down(tmp_path: Path) -> None:
     topo = _free_port_topology(tmp_path)
     dirs = ["--certs", str(tmp_path / "certs"), "--state", str(tmp_path / "state")]
-    up = _fmb("up", "--topology", str(topo), *dirs)
+    up = _fmb("up", "--topology", str(topo), "--ui-port", "0", *dirs)
     try:
         assert up.returncode == 0, up.stderr
         assert "bus up" in up.stdout and "field-control" in up.stdout
+        assert "tablet UI tablet-1: https://127.0.0.1:" in up.stdout and "?token=" in up.stdout
         state = json.loads((tmp_path / "state" / "bus.json").read_text())
         pids = [p["pid"] for p in state["processes"]]
         assert len(pids) == 4 + 1 + 5 + 1  # brokers, feeder, devices, monitor

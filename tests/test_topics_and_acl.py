@@ -41,7 +41,9 @@ def test_topic_round_trip() -> None:
 def test_acl_is_least_privilege() -> None:
     field_control = _acl("field-control")
     assert field_control["capbank-1"] == {"read fmb/capbankmodule/CapBankControlProfile/capbank-1"}
-    assert field_control["tablet-1"] == {"write fmb/supplymodule/SupplyControlProfile/+"}
+    # The operator's screen shows the monitor's alerts: the tablet reads them, and writes only commands.
+    assert field_control["tablet-1"] == {"write fmb/supplymodule/SupplyControlProfile/+",
+                                         "read fmb/securitymodule/AlertProfile/+"}
     assert "meter-1" not in field_control  # a meter has no business on the control plane
     field_delivery = _acl("field-delivery")
     assert field_delivery["meter-1"] == {"write fmb/metermodule/MeterReadingProfile/meter-1"}
