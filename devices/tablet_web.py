@@ -23,6 +23,7 @@ Settings (environment, beside the device's own; ``testbed.bus`` sets them):
     FMB_UI_URL_FILE      written (mode 0600) with the URL, token included, once serving
     FMB_UI_RUNS          directory of scenario runs whose newest one the page shows
     FMB_UI_RUN_COMMAND   JSON argv that runs Appendix A; ``--out DIR`` is appended
+    FMB_UI_PUBLIC        the URL base users reach (a container's published port), e.g. https://127.0.0.1:8443
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class WebSettings:
     url_file: Path | None = None
     runs_dir: Path | None = None
     run_command: tuple[str, ...] = ()
+    public: str | None = None  # the address users reach, when it is not the listening one (a published port)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WebSettings | None:
@@ -116,7 +118,7 @@ class WebSettings:
         return cls(host=host, port=int(port), cert=Path(cert), key=Path(key), token=token,
                    url_file=Path(env["FMB_UI_URL_FILE"]) if env.get("FMB_UI_URL_FILE") else None,
                    runs_dir=Path(env["FMB_UI_RUNS"]) if env.get("FMB_UI_RUNS") else None,
-                   run_command=command)
+                   run_command=command, public=env.get("FMB_UI_PUBLIC", "").rstrip("/") or None)
 
 
 def run_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -197,7 +199,8 @@ class TabletWeb:
         server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
         self._server = server
         host = self.settings.host if self.settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
-        self.url = f"https://{host}:{server.server_address[1]}/?token={self.settings.token}"
+        base = self.settings.public or f"https://{host}:{server.server_address[1]}"
+        self.url = f"{base}/?token={self.settings.token}"
         threading.Thread(target=server.serve_forever, daemon=True, name="web").start()
         if self.settings.runs_dir is not None:
             threading.Thread(target=self._watch_runs, daemon=True, name="runs").start()
@@ -207,8 +210,8 @@ class TabletWeb:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # the token is a credential
             with os.fdopen(fd, "w") as f:
                 f.write(self.url + "\n")
-        self.log.info("web UI at https://%s:%d/ (token in %s)", host, server.server_address[1],
-                      self.settings.url_file or "the URL printed at start-up")
+        self.log.info("web UI at %s/ (listening on %s:%d; token in %s)", base, self.settings.host,
+                      server.server_address[1], self.settings.url_file or "the URL printed at start-up")
         return self.url
 
     def stop(self) -> None:

@@ -202,11 +202,16 @@ def _bench_latency(args: argparse.Namespace, out: Path) -> int:
     topology = load_topology(args.topology)
     scenario = load_scenario("appendix-a", {d.id: d.role for d in topology.devices})
     result = run_latency(local_buses(topology, ensure_pki(topology, certs)), topology, scenario, qos_levels,
-                         args.repeat, args.warmup, args.hops, out)
+                         _reps(args, 200), args.warmup, args.hops, out)
     print(summary(result))
     render_run(out)
     print(f"result: {out}/{RESULT_FILE}; figures and report.md beside it")
     return 0
+
+
+def _reps(args: argparse.Namespace, default: int) -> int:
+    """--repeat, whose default depends on the benchmark."""
+    return default if args.repeat is None else args.repeat
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -220,7 +225,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _bench_recovery(args, out)
     if args.name == "wan":
         return _bench_wan(args, out)
-    raise TestbedError(f"unknown benchmark {args.name!r}; available: latency, prioritization, recovery, wan")
+    if args.name == "ui":
+        return _bench_ui(args, out)
+    raise TestbedError(f"unknown benchmark {args.name!r}; available: latency, prioritization, recovery, wan, ui")
+
+
+def _bench_ui(args: argparse.Namespace, out: Path) -> int:
+    from testbed.bench.ui import RESULT_FILE, run_ui, summary
+    from testbed.scenario import load_scenario
+
+    certs, state = _paths(args)
+    if LocalBus.attach(state) is not None:
+        raise TestbedError(f"a bus is running from {state}: the UI benchmark starts its own and needs the "
+                           "machine to itself; `fmb down` first")
+    topology = load_topology(args.topology)
+    scenario = load_scenario("appendix-a", {d.id: d.role for d in topology.devices})
+    repeat = _reps(args, 20)
+    result = run_ui(topology, ensure_pki(topology, certs), scenario, repeat, out,
+                    log=lambda line: print(line, flush=True))
+    print(summary(result))
+    print(f"result: {out}/{RESULT_FILE}")
+    return 0
 
 
 def _bench_wan(args: argparse.Namespace, out: Path) -> int:
@@ -251,7 +276,7 @@ def _bench_recovery_docker(args: argparse.Namespace, out: Path) -> int:
         durations = [float(x) for x in args.partitions.split(",") if x.strip()]
     except ValueError:
         raise TestbedError(f"--partitions is {args.partitions!r}; give seconds, e.g. 5,30") from None
-    reps = args.repeat if args.repeat != 200 else 1
+    reps = _reps(args, 1)
     rate = args.rate if args.rate != 200.0 else 20.0  # a steady stream, not a load test
     print(f"recovery benchmark (docker): partitions {durations} s, {reps} trial(s) each, {rate:g} msg/s "
           "each way", flush=True)
@@ -279,7 +304,7 @@ def _bench_recovery(args: argparse.Namespace, out: Path) -> int:
         raise TestbedError(f"--autosave is {args.autosave!r}; give seconds, e.g. 1,5,30") from None
     topology = load_topology(args.topology)
     pki = ensure_pki(topology, certs)
-    reps = args.repeat if args.repeat != 200 else 3  # --repeat's default belongs to the latency benchmark
+    reps = _reps(args, 3)
     print(f"recovery benchmark: {reps} trials per fault, {args.rate:g} msg/s, autosave sweep {autosaves} s", flush=True)
     result = run_recovery(pki, certs, topology.root, reps, args.rate, args.payload, autosaves, out,
                           progress=lambda line: print(line, flush=True))
@@ -543,13 +568,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local processes (default), or the Compose bus of compose/ (the "
                             "project $COMPOSE_PROJECT_NAME or fmb; started for the run if not up)")
     bench = add("bench", cmd_bench, "run a benchmark (not a test): figures as JSON with their conditions")
-    bench.add_argument("name", choices=["latency", "prioritization", "recovery", "wan"], help="which benchmark")
+    bench.add_argument("name", choices=["latency", "prioritization", "recovery", "wan", "ui"], help="which benchmark")
     bench.description += (
         ". latency: for each --qos level a fresh bus of local processes is started on free ports in a "
         "temporary state directory (PKI from --certs), the Appendix A scenario is repeated after a warm-up, "
         "then a one-hop baseline runs on the same brokers; it refuses to run beside a bus already up from "
         "--state, which would compete for the cores.")
-    bench.add_argument("--repeat", type=int, default=200, help="latency: scenario repetitions per QoS (default 200)")
+    bench.add_argument("--repeat", type=int, help="latency: scenario repetitions per QoS (default 200); recovery: "
+                       "trials per fault (default 3; docker: 1); ui: presses of Set voltage (default 20)")
     bench.add_argument("--warmup", type=int, default=5, help="latency: warm-up repetitions per QoS (default 5)")
     bench.add_argument("--hops", type=int, default=1000,
                        help="latency: one-hop baseline messages per QoS (default 1000)")

@@ -44,7 +44,8 @@ DATA_DIR = PurePath("/mosquitto/data")
 CERTS_DIR = Path("/certs")  # a device's (or the harness's) volume, read-only
 RUN_DIR = Path("/run/fmb")  # a tmpfs: ready files
 FEEDER_DIR = Path("/feeder")  # a shared tmpfs volume per feeder: the model's Unix socket
-UI_DIR = Path("/ui")  # a shared tmpfs volume: the tablets' operator input sockets
+UI_DIR = Path("/ui")  # a shared tmpfs volume: the tablets' operator input sockets and console URLs
+UI_PORT = 8443  # the tablet's web console inside its container (compose publishes it)
 HARNESS = "harness"
 HARNESS_IDENTITIES = ("recorder", "operator")
 
@@ -168,6 +169,9 @@ def device_env(topology: Topology, device_id: str) -> dict[str, str]:
         env["FMB_FEEDER_SOCKET"] = str(FEEDER_DIR / f"{feeder.id}.sock")
     if "FMB_UI_SOCKET" in env:
         env["FMB_UI_SOCKET"] = str(UI_DIR / f"{device.id}.sock")
+        # The console listens inside the container; Compose publishes it on the host's loopback.
+        env["FMB_UI_HTTP"] = f"0.0.0.0:{UI_PORT}"
+        env["FMB_UI_URL_FILE"] = str(UI_DIR / f"{device.id}.url")
     return env
 
 
@@ -211,6 +215,11 @@ def run_scenario(name: str, repeat: int = 1, out: Path | None = None) -> int:
     with ScenarioRunner(bus, scenario) as runner:
         result = runner.run(repeat, out, backend="compose")
     print(summary_table(result), flush=True)
+    for device in (d for d in bus.topology.devices if d.role == "tablet"):
+        url = bus.ui / f"{device.id}.url"
+        if url.exists():
+            print(f"tablet UI {device.id}: {url.read_text().strip()}  (up while the bus is; its certificate "
+                  "comes from the bus's own CA, /certs/ca/ca.pem in any device container)", flush=True)
     print(json.dumps({"scenario": result["scenario"], "passed": result["passed"],
                       "steps": len(result["steps"]), "e2e_ms": result["e2e_ms"]}), flush=True)
     return 0 if result["passed"] else 1

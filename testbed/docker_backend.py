@@ -74,13 +74,14 @@ class ComposeProject:
     """One project of the Compose file; a context manager that removes it all on exit."""
 
     def __init__(self, name: str = DEFAULT_PROJECT, compose_file: Path = COMPOSE_FILE,
-                 ports: dict[str, int] | None = None) -> None:
+                 ports: dict[str, int] | None = None, ui_port: int | None = None) -> None:
         if not name or not all(c.isalnum() or c in "-_" for c in name) or name != name.lower():
             raise TestbedError(f"Compose project name {name!r}: use lower-case letters, digits, "
                                "- and _")
         self.name = name
         self.compose_file = compose_file
         self.ports = ports or {}
+        self.ui_port = ui_port  # the tablet console's host port (FMB_UI_PORT; the Compose file's default otherwise)
         self.client = docker_client()
         self._compose = compose_command()
 
@@ -93,6 +94,8 @@ class ComposeProject:
     def compose(self, *args: str, check: bool = True, timeout_s: float = 300) -> str:
         """Run one compose command on this project; its standard output."""
         env = {**os.environ, **{port_variable(b): str(p) for b, p in self.ports.items()}}
+        if self.ui_port is not None:
+            env["FMB_UI_PORT"] = str(self.ui_port)
         argv = [*self._compose, "-p", self.name, "-f", str(self.compose_file), *args]
         try:
             done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout_s)

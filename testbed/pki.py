@@ -9,9 +9,11 @@ of the certificate files and the CRL and is rebuilt from them when it is missing
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import fcntl
+import hashlib
 import ipaddress
 import json
 import os
@@ -458,3 +460,11 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def spki_pin(cert: Path) -> str:
+    """The base64 SHA-256 of a certificate's public key: what Chromium's
+    ``--ignore-certificate-errors-spki-list`` takes to trust exactly that key (the tablet's console)."""
+    der = _load_cert(cert).public_key().public_bytes(serialization.Encoding.DER,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()

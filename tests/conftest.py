@@ -1,69 +1,56 @@
 """Shared fixtures: one PKI and one running bus of real Mosquitto processes per test session.
 
-The bus runs on ports the kernel hands out, in a temporary state directory, so the tests can
-run beside a bus a developer has up. Tests that need something the machine lacks skip with the
-reason, except under CI (``CI`` set), where they fail instead: a green CI must mean they ran.
+They are the ``fmb`` pytest plugin's (``testbed/pytest_plugin.py``, loaded by its entry point),
+under the names the tests have always used. The bus runs on ports the kernel hands out, in a
+temporary state directory, so the tests can run beside a bus a developer has up. Tests that need
+something the machine lacks skip with the reason, except under CI (``CI`` set), where they fail
+instead: a green CI must mean they ran.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from testbed.bus import LocalBus
-from testbed.cli import ensure_pki
-from testbed.pki import PKI
-from testbed.runner import ScenarioRunner
+from testbed.pytest_plugin import require, settings  # noqa: F401 (tests import require from here)
 from testbed.scenario import Scenario, load_scenario
-from testbed.topology import Topology, load_topology
+from testbed.topology import Topology
 
 
-def require(condition: bool, reason: str) -> None:
-    """Skip the test for ``reason`` unless CI is set, where a missing prerequisite fails."""
-    if condition:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def topology() -> Topology:
-    return load_topology().with_free_ports()
+def _local_only(request: pytest.FixtureRequest, name: str):  # type: ignore[no-untyped-def]
+    """The plugin's fixture ``name``, for tests that drive the local processes themselves."""
+    if settings(request.config).backend != "local":
+        pytest.skip("drives the bus's local processes; runs with --fmb-backend local")
+    return request.getfixturevalue(name)
 
 
 @pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory, topology: Topology) -> PKI:
-    return ensure_pki(topology, tmp_path_factory.mktemp("certs"))
+def topology(request: pytest.FixtureRequest) -> Topology:
+    return _local_only(request, "fmb_topology")  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")
-def bus(tmp_path_factory: pytest.TempPathFactory, topology: Topology, pki: PKI) -> Iterator[LocalBus]:
-    require(shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists(),
-            "mosquitto is not installed (apt-get install mosquitto)")
-    bus = LocalBus(topology, pki, tmp_path_factory.mktemp("state"))
-    bus.start()
-    try:
-        yield bus
-    finally:
-        bus.stop()
+def pki(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    return _local_only(request, "fmb_pki")
 
 
 @pytest.fixture(scope="session")
-def appendix_a(topology: Topology) -> Scenario:
-    return load_scenario("appendix-a", {d.id: d.role for d in topology.devices})
+def bus(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    return _local_only(request, "fmb_bus")
+
+
+@pytest.fixture(scope="session")
+def appendix_a(fmb_topology: Topology) -> Scenario:
+    return load_scenario("appendix-a", {d.id: d.role for d in fmb_topology.devices})
 
 
 @pytest.fixture
-def run_scenario(bus: LocalBus, appendix_a: Scenario):  # type: ignore[no-untyped-def]
-    """Run Appendix A ``repeat`` times on the session bus; returns the result dict."""
+def run_scenario(fmb_run):  # type: ignore[no-untyped-def]
+    """Run Appendix A ``repeat`` times on the session bus; returns the result (a dict)."""
     def run(repeat: int = 1, out: Path | None = None) -> dict:
-        with ScenarioRunner(bus, appendix_a) as runner:
-            return runner.run(repeat, out)
+        return fmb_run("appendix-a", repeat, out=out)  # type: ignore[no-any-return]
     return run
 
 

@@ -81,7 +81,7 @@ def compose(images: dict[str, float]) -> Iterator:  # type: ignore[type-arg]
 
     name = f"fmbtest-{os.getpid()}-{secrets.token_hex(3)}"
     ports = {b.name: _free_port() for b in load_topology().brokers}
-    project = ComposeProject(name, ports=ports)
+    project = ComposeProject(name, ports=ports, ui_port=_free_port())
     try:
         start = time.monotonic()
         project.compose("up", "-d")
@@ -136,6 +136,39 @@ def test_compose_demo_scenario_passes_with_nine_steps(compose) -> None:  # type:
     running = {c.labels["com.docker.compose.service"] for c in compose.containers(all=False)}
     assert {"dc-delivery", "dc-control", "field-delivery", "field-control", "tablet-1",
             "supply-1", "meter-1", "capbank-1", "dms-1", "feeder-1"} <= running
+
+
+@pytest.mark.docker
+def test_the_tablet_console_is_published_on_loopback_over_https(compose, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import http.client
+    import io
+    import ssl
+    import tarfile
+    import urllib.parse
+
+    line = next(ln for ln in compose.demo_log.splitlines() if ln.startswith("tablet UI tablet-1: "))
+    url = urllib.parse.urlsplit(line.split()[3])
+    assert url.scheme == "https" and url.hostname == "127.0.0.1" and url.port == compose.ui_port, line
+    # The page's certificate chains to the bus's own CA, which every device container holds.
+    tablet = next(c for c in compose.containers(all=False) if c.labels["com.docker.compose.service"] == "tablet-1")
+    archive, _ = tablet.get_archive("/certs/ca/ca.pem")
+    with tarfile.open(fileobj=io.BytesIO(b"".join(archive))) as tar:
+        ca = tar.extractfile("ca.pem").read()  # type: ignore[union-attr]
+    (tmp_path / "ca.pem").write_bytes(ca)
+    context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+
+    def get(path: str, headers: dict[str, str]) -> http.client.HTTPResponse:
+        conn = http.client.HTTPSConnection(url.hostname, url.port, context=context, timeout=10)
+        conn.request("GET", path, headers=headers)
+        return conn.getresponse()
+
+    assert get("/api/state", {}).status == 401
+    login = get(f"/?{url.query}", {})
+    assert login.status == 303
+    state = get("/api/state", {"Cookie": login.getheader("Set-Cookie").split(";")[0]})
+    body = json.loads(state.read())
+    assert state.status == 200 and body["display"]["feeders"]["feeder-1"]["capbank_state"] in ("open", "closed")
+    assert body["run_available"] is False and "fmb run" in body["run_unavailable_reason"]
 
 
 @pytest.mark.docker
@@ -194,8 +227,10 @@ def test_a_field_device_cannot_reach_a_data_centre_broker(compose) -> None:  # t
                 for c in compose.containers(all=False)}
     access = {site: compose.network(f"{site}-access").name for site in ("field", "dc")}
     field_net = compose.network("field").name
-    for device in ("tablet-1", "supply-1", "meter-1", "capbank-1"):
+    for device in ("supply-1", "meter-1", "capbank-1"):
         assert networks[device] == {field_net}
+    # The tablet also sits on the network that carries its console's published port, and no other.
+    assert networks["tablet-1"] == {field_net, compose.network("ui-access").name}
     assert networks["dms-1"] == {dc_net}
     assert networks["dc-delivery"] == networks["dc-control"] == {dc_net, access["dc"]}
     assert networks["field-delivery"] == networks["field-control"] == {

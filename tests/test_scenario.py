@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from testbed.report import summary_table
+from testbed.pytest_plugin import assert_scenario_passed
 
 
-def test_appendix_a_passes_twenty_times_in_order(run_scenario, tmp_path: Path) -> None:
-    result = run_scenario(repeat=20, out=tmp_path)
-    assert result["passed"], summary_table(result)
+def test_appendix_a_passes_twenty_times_in_order(fmb_run) -> None:  # type: ignore[no-untyped-def]
+    result = fmb_run("appendix-a", repeat=20)
+    assert_scenario_passed(result)
     assert result["repetitions"] == 20
     assert [r["passed"] for r in result["runs"]] == [True] * 20
     steps = result["steps"]
@@ -32,10 +31,12 @@ def test_appendix_a_passes_twenty_times_in_order(run_scenario, tmp_path: Path) -
     assert len(trace_ids) == 1, trace_ids
 
 
-def test_result_files_are_written(run_scenario, tmp_path: Path) -> None:
-    result = run_scenario(repeat=1, out=tmp_path)
-    assert result["passed"], summary_table(result)
-    on_disk = json.loads((tmp_path / "result.json").read_text())
+def test_result_files_are_written(fmb_run) -> None:  # type: ignore[no-untyped-def]
+    result = fmb_run("appendix-a")
+    assert_scenario_passed(result)
+    out = result.out
+    on_disk = json.loads((out / "result.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
     assert on_disk["schema"] == "fmb.scenario-result/1"
     for key in ("scenario", "passed", "steps", "e2e_ms", "environment"):
         assert key in on_disk
@@ -44,23 +45,21 @@ def test_result_files_are_written(run_scenario, tmp_path: Path) -> None:
     assert env["qos"] == 1 and env["paho_mqtt"] and env["openssl"]
     step_keys = {"n", "name", "device", "topic", "plane", "t_ms", "hop_ms"}
     assert all(step_keys <= set(s) for s in on_disk["steps"])
-    lines = [json.loads(x) for x in (tmp_path / "messages.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (out / "messages.jsonl").read_text().splitlines()]
     assert len(lines) >= 10
     assert all(m["traceparent"] and m["sightings"] for m in lines)
-    assert (tmp_path / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "PASSED" in (tmp_path / "summary.txt").read_text()
+    assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "summary.txt").read_text() == result.summary() + "\n" and "PASSED" in result.summary()
 
 
-def test_final_state_is_checked(bus, appendix_a, tmp_path: Path) -> None:
+def test_final_state_is_checked(fmb_run, appendix_a) -> None:  # type: ignore[no-untyped-def]
     """A scenario whose final state cannot hold fails, naming it: the check is not a formality."""
     import dataclasses
 
-    from testbed.runner import ScenarioRunner
     from testbed.scenario import Expectation
 
     impossible = dataclasses.replace(appendix_a, final=(
         Expectation("capbank", "CapBankStatusProfile", {"state": "open"}, "delivery"),))
-    with ScenarioRunner(bus, impossible) as runner:
-        result = runner.run(1)
-    assert not result["passed"]
-    assert "final state" in result["failure"] and "capbank-1" in result["failure"]
+    result = fmb_run(impossible)
+    assert not result.passed and not result["passed"]
+    assert "final state" in result.failure and "capbank-1" in result.failure

@@ -6,8 +6,6 @@ the HTTP-level tests verify the server against the project's CA like any client 
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import http.client
 import json
 import shutil
@@ -21,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from testbed.bus import LocalBus
 from testbed.mqtt import connect, publish_properties
 from testbed.payloads import encode
+from testbed.pki import spki_pin
 from testbed.runner import ScenarioRunner
 from testbed.scenario import Scenario
 from tests.conftest import require
@@ -48,9 +45,7 @@ def browser(bus: LocalBus) -> Iterator[Any]:
         from playwright.sync_api import sync_playwright
     except ImportError:
         require(False, "Playwright is not installed (pip install -e '.[dev]')")
-    cert = x509.load_pem_x509_certificate(bus.pki.server("tablet-1-ui").cert.read_bytes())
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    pin = spki_pin(bus.pki.server("tablet-1-ui").cert)
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=[f"--ignore-certificate-errors-spki-list={pin}"])
         try:
@@ -86,7 +81,7 @@ def test_operator_sets_114_v_and_sees_the_cap_bank_close(bus: LocalBus, appendix
     page.fill("#volts", "114")
     page.click("#set-voltage")
     page.wait_for_selector("#capbank-capbank-1[data-state=closed]", timeout=15_000)
-    page.wait_for_function("Math.abs(Number(document.querySelector('#meter-meter-1').dataset.volts) - 120) < 0.5",
+    page.wait_for_function("() => Math.abs(Number(document.querySelector('#meter-meter-1').dataset.volts) - 120) < 0.5",
                            timeout=15_000)
     assert page.get_attribute("#meter-meter-1", "data-range") == "normal"
     assert "120.0 V" in page.text_content("#meter-meter-1")
@@ -110,7 +105,7 @@ def test_a_reading_outside_range_a_is_coloured(bus: LocalBus, appendix_a: Scenar
     page.fill("#volts", "110")
     page.click("#set-voltage")
     page.wait_for_function(
-        f"window.fmb.displays.slice({seen}).some(d => Object.values(d.feeders).some(f => f.range_a === 'low'))",
+        f"() => window.fmb.displays.slice({seen}).some(d => Object.values(d.feeders).some(f => f.range_a === 'low'))",
         timeout=15_000)
     page.wait_for_selector("#meter-meter-1[data-range=normal]", timeout=15_000)  # the DMS restored it
 
@@ -120,7 +115,7 @@ def test_run_button_runs_appendix_a_and_shows_its_timeline(page: Any) -> None:
     page.wait_for_selector("#run-verdict[data-passed=true]", timeout=90_000)
     assert page.locator("#run-steps tbody tr").count() == 9
     assert "PASSED" in page.text_content("#run-verdict")
-    page.wait_for_function("document.querySelector('#run-timeline').naturalWidth > 0")
+    page.wait_for_function("() => document.querySelector('#run-timeline').naturalWidth > 0")
     assert page.is_enabled("#run-scenario")
 
 
