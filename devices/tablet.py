@@ -38,7 +38,7 @@ class TabletUI(Device):
         # Set before the first connection: the retained diagram may arrive before on_started.
         self.display: dict[str, Any] | None = None
         self.web: TabletWeb | None = None
-        self._alerts_seen: set[tuple[str, int]] = set()
+        self._alerts_seen: dict[tuple[str, int, int], None] = {}  # insertion-ordered: oldest first
 
     def on_started(self) -> None:
         settings = WebSettings.from_env(self.config.extra)
@@ -64,11 +64,14 @@ class TabletUI(Device):
 
     def _show_alert(self, message: Message) -> None:
         # The monitor publishes each alert on every control-plane broker, and bridges may carry
-        # it here twice: one entry per alert.
-        key = (message.source, message.seq)
+        # it here twice: one entry per alert. A restarted monitor counts seq from 1 again, so the
+        # publish time is part of the key; the last few hundred keys are enough to see a copy.
+        key = (message.source, message.seq, message.ts_ns)
         if key in self._alerts_seen or self.web is None:
             return
-        self._alerts_seen.add(key)
+        self._alerts_seen[key] = None
+        if len(self._alerts_seen) > 500:
+            del self._alerts_seen[next(iter(self._alerts_seen))]
         body = message.body
         self.web.add_alert({"source": message.source, "seq": message.seq, "kind": body.get("kind"),
                             "time_ns": body.get("time_ns"), "identity": body.get("identity"),

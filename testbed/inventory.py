@@ -45,6 +45,13 @@ def build_inventory(topology: Topology, pki: PKI | None) -> dict[str, Any]:
     devices = [{"id": d.id, "role": d.role, "site": d.site,
                 "brokers": [topology.broker_for(d.site, p).name for p in ("delivery", "control")],
                 "rights": _rights(topology, d.id, d.role, d.site)} for d in topology.devices]
+    # The only listener that is not a broker's: the operator console each tablet serves.
+    for d in devices:
+        if d["role"] == "tablet":
+            d["web_console"] = {"listener": "https, 127.0.0.1 (published on the host's loopback in Compose)",
+                                "certificate": f"{d['id']}-ui", "tls": "1.2+", "authentication": "access token",
+                                "client_certificate": "none", "plaintext": False,
+                                "can": "set a supply's voltage (signed as the tablet), run Appendix A"}
     harness = [{"id": h, "role": h, "rights": _rights(topology, h, h, None)} for h in HARNESS_IDENTITIES]
     bridges = [{"identity": b.name, "from": b.local, "to": b.remote, "plane": b.plane,
                 "profiles": topology.bridge_directions(b)} for b in topology.bridges]

@@ -31,7 +31,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from testbed.errors import PKIError
 
-__all__ = ["CertPaths", "PKI"]
+__all__ = ["PKI", "CertPaths", "spki_pin"]
 
 CA_VALIDITY = dt.timedelta(days=3652)
 LEAF_VALIDITY = dt.timedelta(days=730)

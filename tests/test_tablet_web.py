@@ -110,13 +110,18 @@ def test_a_reading_outside_range_a_is_coloured(bus: LocalBus, appendix_a: Scenar
     page.wait_for_selector("#meter-meter-1[data-range=normal]", timeout=15_000)  # the DMS restored it
 
 
-def test_run_button_runs_appendix_a_and_shows_its_timeline(page: Any) -> None:
+def test_run_button_runs_appendix_a_and_shows_its_timeline(bus: LocalBus, page: Any) -> None:
     page.click("#run-scenario")
     page.wait_for_selector("#run-verdict[data-passed=true]", timeout=90_000)
     assert page.locator("#run-steps tbody tr").count() == 9
     assert "PASSED" in page.text_content("#run-verdict")
     page.wait_for_function("() => document.querySelector('#run-timeline').naturalWidth > 0")
     assert page.is_enabled("#run-scenario")
+    # The run's files are where the page says, and the operator's view of it joins them.
+    run_dir = bus.runs_dir / page.get_attribute("#run-verdict", "data-dir")
+    assert json.loads((run_dir / "result.json").read_text())["passed"] is True
+    page.screenshot(path=str(run_dir / "tablet-1.png"), full_page=True)
+    assert (run_dir / "tablet-1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_monitor_alerts_reach_the_page(bus: LocalBus, page: Any) -> None:
