@@ -237,7 +237,9 @@ class DockerBus:
         paths = TLSIdentity(self._certs / "ca" / "ca.pem", self._certs / "clients" / f"{name}.pem",
                             self._certs / "clients" / f"{name}.key")
         if not paths.cert.exists():
-            raise TestbedError(f"the harness volume holds no identity {name!r}")
+            raise TestbedError(f"the harness volume holds no identity {name!r}: on the Compose bus the harness has "
+                               "only its own identities (no device's key, and no monitor runs there); run scenarios "
+                               "that publish as a device, such as the attack scenarios, on the local backend")
         return paths
 
     def endpoint(self, broker: str) -> Endpoint:

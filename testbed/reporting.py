@@ -37,6 +37,7 @@ __all__ = [
     "register",
     "render_run",
     "scenario_markdown",
+    "ui_markdown",
     "wan_markdown",
 ]
 
@@ -239,6 +240,19 @@ def wan_markdown(result: Result) -> str:
 register(Renderer("fmb.bench-wan/1", "WAN link benchmark (control across a constrained bridge)",
                   lambda r: {"control": plots.wan_control_latency(r), "throughput": plots.wan_throughput(r)},
                   wan_markdown))
+
+
+def ui_markdown(result: Result) -> str:
+    """Percentiles of what the operator saw, the browser, and the screenshot."""
+    rows = [[label, *(result[key].get(p) for p in ("n", "p50", "p90", "p99", "max"))]
+            for key, label in (("closed_ms", "cap bank shown closed"), ("restored_ms", "meter shown back at 120 V"))]
+    return (markdown_table(["after pressing Set voltage (114 V)", "n", "p50 ms", "p90 ms", "p99 ms", "max ms"], rows)
+            + f"\n{result['what']}. {result['conditions']['browser']}; {result['conditions']['page']}. "
+              f"Screenshot: `{Path(result['screenshot']).name}`.\n")
+
+
+register(Renderer("fmb.bench-ui/1", "Tablet web UI in a browser",
+                  lambda r: {"cdf": plots.ui_cdf(r), "repetitions": plots.ui_repetitions(r)}, ui_markdown))
 
 
 # -- a whole run directory ----------------------------------------------------------------------

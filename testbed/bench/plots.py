@@ -28,6 +28,8 @@ __all__ = [
     "prioritization_throughput",
     "recovery_autosave",
     "recovery_times",
+    "ui_cdf",
+    "ui_repetitions",
     "wan_control_latency",
     "wan_throughput",
 ]
@@ -305,3 +307,40 @@ def wan_throughput(result: Result) -> Figure:
     axes.grid(True, axis="y", alpha=0.3)
     axes.legend(fontsize=8)
     return _finish(figure, "Delivery-plane throughput across the constrained link", result)
+
+
+# -- the operator's view in a browser (fmb.bench-ui/1) ------------------------------------------
+
+def ui_cdf(result: Result) -> Figure:
+    """The CDF of press -> cap bank shown closed, and press -> meter shown back at 120 V."""
+    figure = _figure(7.5, 4.2)
+    axes = figure.subplots()
+    for key, label, colour in (("closed_ms", "cap bank shown closed", "#1f5fa8"),
+                               ("restored_ms", "meter shown back at 120 V", "#2e7d32")):
+        xs, ys = ecdf([s[key] for s in result["samples"]])
+        stats = result[key]
+        # The two curves sit a few ms apart: percentiles go in the legend, not next to the points.
+        axes.step(xs, ys, where="post", color=colour, linewidth=1.8,
+                  label=f"{label}: p50 {stats['p50']:.1f}, p99 {stats['p99']:.1f} ms (n={len(xs)})")
+        axes.plot([stats["p50"], stats["p99"]], [0.5, 0.99], linestyle="none", marker="o", color=colour, markersize=5)
+    axes.set_xlabel("ms after Set voltage was pressed (page clock)")
+    axes.set_ylabel("fraction of presses ≤ time")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    return _finish(figure, f"Operator's view in Chromium: {result['repetitions']} presses of 114 V", result)
+
+
+def ui_repetitions(result: Result) -> Figure:
+    """Each press in order: a drift or an outlier shows here, not in the CDF."""
+    figure = _figure(7.5, 3.6)
+    axes = figure.subplots()
+    reps = [s["rep"] for s in result["samples"]]
+    for key, label, colour in (("closed_ms", "cap bank shown closed", "#1f5fa8"),
+                               ("restored_ms", "meter shown back at 120 V", "#2e7d32")):
+        axes.plot(reps, [s[key] for s in result["samples"]], marker="o", markersize=3, color=colour, label=label)
+    axes.set_xlabel("press")
+    axes.set_ylabel("ms after the press")
+    axes.set_ylim(bottom=0)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+    return _finish(figure, "Operator's view in Chromium, press by press", result)

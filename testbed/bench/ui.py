@@ -134,7 +134,7 @@ def run_ui(topology: Topology, pki: PKI, scenario: Scenario, repeat: int, out: P
                 tls = runner.recorder.tls_version
         finally:
             bus.stop()
-    import playwright
+    from importlib.metadata import version
 
     result: dict[str, Any] = {
         "schema": SCHEMA,
@@ -145,10 +145,10 @@ def run_ui(topology: Topology, pki: PKI, scenario: Scenario, repeat: int, out: P
         "closed_ms": percentiles([s["closed_ms"] for s in samples]),
         "restored_ms": percentiles([s["restored_ms"] for s in samples]),
         "samples": samples,
-        "screenshot": str(out / f"{tablet}.png"),
+        "screenshot": f"{tablet}.png",  # beside this file
         "conditions": {
             "browser": f"Chromium {browser_version} headless ({_chromium_version(chromium)}), Playwright "
-                       f"{getattr(playwright, '__version__', 'unknown')}",
+                       f"{version('playwright')}",
             "page": "HTTPS (TLS from the tablet's own certificate), server-sent events",
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
@@ -165,6 +165,6 @@ def summary(result: dict[str, Any]) -> str:
         s = result[key]
         lines.append(f"  {label:26} p50 {s['p50']:8.1f}  p90 {s['p90']:8.1f}  p99 {s['p99']:8.1f}  "
                      f"max {s['max']:8.1f}  (n={s['n']})")
-    lines.append(f"  screenshot: {result['screenshot']}")
+    lines.append(f"  screenshot: {result['screenshot']} beside the JSON")
     return "\n".join(lines)
 
