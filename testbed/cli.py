@@ -488,6 +488,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     for p in bus.processes:
         print(f"{p.kind:7} {p.name:18} pid {p.pid:<8} {'up' if bus.alive(p.name) else 'DOWN'}  {p.log}")
+    _print_ui(bus)
     return 0
 
 
