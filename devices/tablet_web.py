@@ -41,6 +41,7 @@ import re
 import secrets
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 from collections import deque
@@ -179,8 +180,7 @@ class TabletWeb:
                 "run": self.last_run, "run_state": self.run_state,
                 "run_available": bool(self.settings.run_command),
                 "run_unavailable_reason": None if self.settings.run_command else (
-                    "this bus gives the tablet no scenario runner: run `fmb run appendix-a` "
-                    "(or the compose `scenario` service) instead")}
+                    "this bus gives the tablet no scenario runner: run `fmb run appendix-a` instead")}
 
     # -- serving --------------------------------------------------------------------------------
 
@@ -261,8 +261,13 @@ class TabletWeb:
         return {"ok": True, "dir": out.name}
 
     def _run(self, out: Path) -> None:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        # Beside the run when the runs directory is ours; in a container it is the runner's (read-only here).
         log_path = out.parent / f"{out.name}.log"
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            log_path.touch()
+        except OSError:
+            log_path = Path(tempfile.gettempdir()) / f"{out.name}.log"
         # The run is the harness, not the tablet: it gets none of the tablet's FMB_* settings.
         env = {k: v for k, v in os.environ.items() if not k.startswith("FMB_")}
         error = None

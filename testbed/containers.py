@@ -46,6 +46,10 @@ RUN_DIR = Path("/run/fmb")  # a tmpfs: ready files
 FEEDER_DIR = Path("/feeder")  # a shared tmpfs volume per feeder: the model's Unix socket
 UI_DIR = Path("/ui")  # a shared tmpfs volume: the tablets' operator input sockets and console URLs
 UI_PORT = 8443  # the tablet's web console inside its container (compose publishes it)
+RUNS_DIR = Path("/runs")  # a shared volume: the runner writes scenario runs, the tablets read them
+RUNNER_SOCKET = UI_DIR / "runner.sock"  # the runner service takes run requests here
+RUNNER_SCENARIOS = ("appendix-a",)  # what a tablet's button may ask the runner for, nothing else
+RUN_TIMEOUT_S = 120.0
 HARNESS = "harness"
 HARNESS_IDENTITIES = ("recorder", "operator")
 
@@ -172,6 +176,10 @@ def device_env(topology: Topology, device_id: str) -> dict[str, str]:
         # The console listens inside the container; Compose publishes it on the host's loopback.
         env["FMB_UI_HTTP"] = f"0.0.0.0:{UI_PORT}"
         env["FMB_UI_URL_FILE"] = str(UI_DIR / f"{device.id}.url")
+        # The button asks the runner service (which holds the harness identities) for a run;
+        # the tablet itself holds none, and may ask only for RUNNER_SCENARIOS.
+        env["FMB_UI_RUNS"] = str(RUNS_DIR)
+        env["FMB_UI_RUN_COMMAND"] = json.dumps(["python", "-m", "testbed.containers", "request-run", "appendix-a"])
     return env
 
 
@@ -225,11 +233,77 @@ def run_scenario(name: str, repeat: int = 1, out: Path | None = None) -> int:
     return 0 if result["passed"] else 1
 
 
+def serve_runner(socket_path: Path = RUNNER_SOCKET, runs: Path = RUNS_DIR) -> None:
+    """The ``runner`` service: run an allowed scenario into ``runs/<name>/`` on request, one at a time.
+
+    A request is one JSON line, ``{"scenario": "appendix-a", "out": "<directory name>"}``; the
+    reply is one JSON line, ``{"ok": true, "passed": ...}`` or ``{"ok": false, "error": ...}``."""
+    import re
+    import socketserver
+    import threading
+
+    lock = threading.Lock()
+    name_ok = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            try:
+                request = json.loads(self.rfile.readline() or b"{}")
+                scenario, out = request.get("scenario"), str(request.get("out", ""))
+                if scenario not in RUNNER_SCENARIOS:
+                    raise ValueError(f"scenario {scenario!r} is not offered; ask for one of {list(RUNNER_SCENARIOS)}")
+                if not name_ok.fullmatch(out) or (runs / out).exists():
+                    raise ValueError(f"out {out!r}: give a new directory name (letters, digits, . _ -)")
+                if not lock.acquire(blocking=False):
+                    raise ValueError("a run is in progress; wait for its result")
+                try:
+                    code = run_scenario(scenario, out=runs / out)
+                finally:
+                    lock.release()
+                reply = {"ok": True, "passed": code == 0}
+            except (ValueError, TypeError, TestbedError) as e:
+                reply = {"ok": False, "error": str(e)}
+            self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+    socket_path.unlink(missing_ok=True)
+    old = os.umask(0o077)
+    try:
+        server = socketserver.ThreadingUnixStreamServer(str(socket_path), Handler)
+    finally:
+        os.umask(old)
+    server.daemon_threads = True
+    print(f"runner: serving run requests on {socket_path} (scenarios: {', '.join(RUNNER_SCENARIOS)})", flush=True)
+    server.serve_forever()
+
+
+def request_run(scenario: str, out: Path, socket_path: Path = RUNNER_SOCKET) -> int:
+    """What a tablet's run button starts in a container: ask the runner service; 0 if the run passed."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(RUN_TIMEOUT_S)
+            s.connect(str(socket_path))
+            s.sendall(json.dumps({"scenario": scenario, "out": out.name}).encode() + b"\n")
+            reply = json.loads(s.makefile("rb").readline() or b"{}")
+    except (OSError, ValueError) as e:
+        print(f"error: the runner service does not answer at {socket_path} ({e}); "
+              "is the Compose `runner` service up?", file=sys.stderr)
+        return 2
+    if not reply.get("ok"):
+        print(f"error: the runner refused: {reply.get('error')}", file=sys.stderr)
+        return 2
+    return 0 if reply.get("passed") else 1
+
+
 USAGE = """usage: python -m testbed.containers COMMAND
   init            create the PKI if missing and fill each container's volume (init service)
   device ID       run device ID with its environment derived from the topology
   feeder ID       run feeder model ID, serving /feeder/ID.sock
-  scenario NAME   run scenario NAME once on the bus, print the timeline, exit 0 if it passed"""
+  scenario NAME   run scenario NAME once on the bus, print the timeline, exit 0 if it passed
+  runner          serve run requests from the tablets' run buttons on /ui/runner.sock
+  request-run NAME --out DIR
+                  ask the runner for scenario NAME into DIR (what a tablet's button starts)"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
             spec = next(f for f in _topology().feeders if f.id == args[1])
             _exec("devices.feeder", {"FMB_FEEDER": json.dumps(asdict(spec)),
                                      "FMB_FEEDER_SOCKET": str(FEEDER_DIR / f"{spec.id}.sock")})
+        if args == ["runner"]:
+            serve_runner()
+        if len(args) == 4 and args[0] == "request-run" and args[2] == "--out":
+            return request_run(args[1], Path(args[3]))
         if len(args) == 2 and args[0] == "scenario":
             out = os.environ.get("FMB_OUT")
             return run_scenario(args[1], out=Path(out) if out else None)

@@ -157,18 +157,38 @@ def test_the_tablet_console_is_published_on_loopback_over_https(compose, tmp_pat
     (tmp_path / "ca.pem").write_bytes(ca)
     context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
 
-    def get(path: str, headers: dict[str, str]) -> http.client.HTTPResponse:
+    def request(method: str, path: str, headers: dict[str, str], body: bytes | None = None) -> tuple[int, dict]:
         conn = http.client.HTTPSConnection(url.hostname, url.port, context=context, timeout=10)
-        conn.request("GET", path, headers=headers)
-        return conn.getresponse()
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            r = conn.getresponse()
+            data = r.read()
+            return r.status, json.loads(data)
+        finally:
+            conn.close()
 
-    assert get("/api/state", {}).status == 401
-    login = get(f"/?{url.query}", {})
+    assert request("GET", "/api/state", {})[0] == 401
+    conn = http.client.HTTPSConnection(url.hostname, url.port, context=context, timeout=10)
+    conn.request("GET", f"/?{url.query}")
+    login = conn.getresponse()
     assert login.status == 303
-    state = get("/api/state", {"Cookie": login.getheader("Set-Cookie").split(";")[0]})
-    body = json.loads(state.read())
-    assert state.status == 200 and body["display"]["feeders"]["feeder-1"]["capbank_state"] in ("open", "closed")
-    assert body["run_available"] is False and "fmb run" in body["run_unavailable_reason"]
+    cookie = {"Cookie": login.getheader("Set-Cookie").split(";")[0]}
+    conn.close()
+    status, state = request("GET", "/api/state", cookie)
+    assert status == 200 and state["display"]["feeders"]["feeder-1"]["capbank_state"] in ("open", "closed")
+    # The button: the tablet asks the runner service (it holds no harness identity itself).
+    assert state["run_available"] is True
+    status, reply = request("POST", "/api/run", {**cookie, "Content-Type": "application/json"}, b"{}")
+    assert status == 202, reply
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        state = request("GET", "/api/state", cookie)[1]
+        if not state["run_state"]["running"]:
+            break
+        time.sleep(0.5)
+    assert state["run_state"].get("error") is None, state["run_state"]
+    assert state["run"]["dir"] == reply["dir"] and state["run"]["passed"] is True, state["run"]
+    assert len(state["run"]["steps"]) == 9 and state["run"]["timeline"]
 
 
 @pytest.mark.docker
