@@ -426,7 +426,8 @@ def cmd_certs_rotate(args: argparse.Namespace) -> int:
     bus = LocalBus.attach(state)
     topology = bus.topology if bus else load_topology(args.topology)
     bridges = {b.name for b in topology.bridges}
-    names = args.names or [b.name for b in topology.brokers] + topology.client_identities()
+    names = args.names or [b.name for b in topology.brokers] + topology.client_identities() + list(
+        topology.web_servers())
     for name in names:
         old, new = pki.rotate(name, revoke_old=args.revoke_old and name not in bridges)
         print(f"rotated {name}: serial {old:x} -> {new:x}" + (" (old revoked)" if args.revoke_old and
@@ -434,7 +435,9 @@ def cmd_certs_rotate(args: argparse.Namespace) -> int:
     if bus is None:
         return 0
     print(f"reloaded {bus.reload_brokers()} brokers (server certificates and CRL)")
-    for p in [p for p in bus.processes if p.kind in ("device", "monitor") and p.name in names]:
+    # A tablet restarts for its MQTT certificate or its web console's (<tablet>-ui), once.
+    for p in [p for p in bus.processes if p.kind in ("device", "monitor")
+              and (p.name in names or f"{p.name}-ui" in names)]:
         bus.restart(p.name)
         print(f"restarted {p.name} with its new certificate")
     return _verify(args, "rotation")

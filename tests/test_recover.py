@@ -9,12 +9,15 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from tests.test_cli import _free_port_topology
 
@@ -119,3 +122,10 @@ def test_rotation_without_stopping_the_bus(bus_dirs) -> None:
              for sub, n in (("servers", "field-control"), ("clients", "capbank-1"), ("clients", "dms-1"))}
     assert all(before[n] != after[n] for n in before)
     assert {n: _pid(tmp_path, n) for n in pids} == pids  # the brokers kept running throughout
+    # The tablet's web console came back with its new certificate, at the same address.
+    assert "rotated tablet-1-ui" in out.stdout
+    url = urllib.parse.urlsplit((tmp_path / "state" / "run" / "tablet-1.url").read_text().strip())
+    served = x509.load_pem_x509_certificate(ssl.get_server_certificate(
+        (url.hostname, url.port), ca_certs=str(tmp_path / "certs" / "ca" / "ca.pem")).encode())  # verified
+    issued = x509.load_pem_x509_certificate((tmp_path / "certs" / "servers" / "tablet-1-ui.pem").read_bytes())
+    assert served.serial_number == issued.serial_number
