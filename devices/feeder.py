@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from testbed.localsock import private_unix_server
 from testbed.payloads import NOMINAL_V
 
 __all__ = ["FeederLink", "FeederModel", "serve"]
@@ -119,18 +120,12 @@ class _Handler(socketserver.StreamRequestHandler):
 
 
 class _Server(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
     model: FeederModel
 
 
 def serve(settings: dict[str, Any], path: Path) -> None:
     """Serve the model on ``path`` until SIGTERM."""
-    path.unlink(missing_ok=True)
-    old = os.umask(0o077)  # only the owner (the devices' user) may drive the physics
-    try:
-        server = _Server(str(path), _Handler)
-    finally:
-        os.umask(old)
+    server = private_unix_server(path, _Handler, _Server)  # only the owner (the devices' user) may drive the physics
     server.model = FeederModel(settings)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     log.info("feeder %s serving on %s: %s", settings.get("id"), path, server.model.state())

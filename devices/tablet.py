@@ -15,7 +15,6 @@ Unix socket (``FMB_UI_SOCKET``), one JSON request a line:
 from __future__ import annotations
 
 import json
-import os
 import socketserver
 import threading
 import time
@@ -24,6 +23,7 @@ from typing import Any
 
 from devices.base import Device, DeviceConfig, main
 from devices.tablet_web import TabletWeb, WebSettings
+from testbed.localsock import private_unix_server
 from testbed.payloads import Message, PayloadError, new_traceparent
 from testbed.topics import Profile
 
@@ -96,13 +96,7 @@ class TabletUI(Device):
                     self.wfile.write(json.dumps(reply).encode() + b"\n")
                     self.wfile.flush()
 
-        path.unlink(missing_ok=True)
-        old = os.umask(0o077)
-        try:
-            server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
-        finally:
-            os.umask(old)
-        server.daemon_threads = True
+        server = private_unix_server(path, Handler)
         threading.Thread(target=server.serve_forever, daemon=True, name="ui").start()
 
     def _ui_request(self, request: dict[str, Any]) -> dict[str, Any]:

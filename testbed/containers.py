@@ -29,6 +29,7 @@ from pathlib import Path, PurePath
 from brokers.mosquitto import BrokerFiles, render_broker
 from testbed.bus import device_environment
 from testbed.errors import TestbedError
+from testbed.localsock import private_unix_server
 from testbed.mqtt import Endpoint, TLSIdentity
 from testbed.pki import PKI
 from testbed.signing import SigningKeys
@@ -265,13 +266,7 @@ def serve_runner(socket_path: Path = RUNNER_SOCKET, runs: Path = RUNS_DIR) -> No
                 reply = {"ok": False, "error": str(e)}
             self.wfile.write(json.dumps(reply).encode() + b"\n")
 
-    socket_path.unlink(missing_ok=True)
-    old = os.umask(0o077)
-    try:
-        server = socketserver.ThreadingUnixStreamServer(str(socket_path), Handler)
-    finally:
-        os.umask(old)
-    server.daemon_threads = True
+    server = private_unix_server(socket_path, Handler)
     print(f"runner: serving run requests on {socket_path} (scenarios: {', '.join(RUNNER_SCENARIOS)})", flush=True)
     server.serve_forever()
 
