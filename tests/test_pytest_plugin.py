@@ -180,3 +180,21 @@ def test_docker_problem_says_what_to_install(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(shutil, "which", lambda name: None)
     problem = docker_problem()
     assert problem and "docker is not installed" in problem and "install" in problem
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_the_readme_example_on_the_docker_backend(pytester: pytest.Pytester) -> None:
+    """The same copyable file with --fmb-backend docker: its Appendix A test passes on a Compose bus
+    of its own (the attack test is for the local backend, as the README says, and is not selected)."""
+    import shutil
+
+    require(shutil.which("docker") is not None, "docker is not installed")
+    images = subprocess.run([str(ROOT / "scripts" / "images")], capture_output=True, text=True, timeout=1200)
+    assert images.returncode == 0, images.stderr[-2000:]  # cached when test_docker.py built them
+    problem = docker_problem()
+    require(problem is None, f"the docker backend cannot run here: {problem}")
+    pytester.makepyfile(test_grid_regressions=readme_example())
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--fmb-backend", "docker",
+                                           "-k", "appendix_a", timeout=600)
+    result.assert_outcomes(passed=1, deselected=1)
