@@ -282,7 +282,7 @@ class LocalBus:
             env["FMB_UI_HTTP"] = f"127.0.0.1:{port}"
             env["FMB_UI_RUNS"] = str(self.runs_dir)
             env["FMB_UI_RUN_COMMAND"] = json.dumps([
-                sys.executable, "-m", "testbed.cli", "run", "appendix-a",
+                sys.executable, "-m", "testbed.cli", "run", "appendix-a", "--no-start",
                 "--state", str(self.state_dir), "--certs", str(self.pki.directory.resolve())])
         ready = Path(env["FMB_READY_FILE"])
         ready.unlink(missing_ok=True)

@@ -52,6 +52,8 @@ def _bus(args: argparse.Namespace) -> Iterator[LocalBus]:
     """The running bus if there is one, else a bus started for this command and stopped after."""
     certs, state = _paths(args)
     running = LocalBus.attach(state)
+    if running is None and getattr(args, "no_start", False):
+        raise TestbedError(f"no bus running from {state} (--no-start): start one with `fmb up`")
     if running is not None:
         if args.topology:
             print(f"using the bus already running from {state} (its topology: {running.topology.path})")
@@ -567,6 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--repeat", type=int, default=1, help="repetitions (default 1)")
         p.add_argument("--ui-port", type=int, help="the tablet's web UI port when the bus is started for this "
                        "run (default FMB_UI_PORT or any free port; -1: no web UI)")
+        p.add_argument("--no-start", action="store_true",
+                       help="fail instead of starting a bus when none is running (what the tablet's run button uses)")
         p.add_argument("--out", help="result directory (default runs/<scenario>-<time>)")
         p.add_argument("--backend", choices=["local", "docker"], default="local",
                        help="local processes (default), or the Compose bus of compose/ (the "

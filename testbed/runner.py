@@ -67,7 +67,11 @@ class ScenarioRunner:
         endpoints = {b.name: bus.endpoint(b.name) for b in self.topology.brokers}
         self.recorder = Recorder(self.topology, bus.identity("recorder"), endpoints)
         self._operator: dict[str, paho.Client] = {}
-        self._operator_seq = 0
+        # Starts at the time in microseconds: two runners on one bus (the Compose `scenario` and the
+        # tablet's button, say) never reuse each other's numbers, and a trigger published under a
+        # device's name never takes a number that device's own counter has, so the recorder, which
+        # keys messages by (source, profile, seq), never merges two different messages.
+        self._operator_seq = time.time_ns() // 1000
         pki = getattr(bus, "pki", None)
         key = SigningKeys(pki.directory).key_path("operator") if pki is not None else None
         self._signer = CommandSigner("operator", key) if key is not None and key.exists() else None

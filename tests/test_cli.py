@@ -59,6 +59,9 @@ def test_up_run_status_down(tmp_path: Path) -> None:
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     assert not (tmp_path / "state" / "bus.json").exists()
+    # What the tablet's run button asks for: the running bus, never one of its own.
+    alone = _fmb("run", "appendix-a", "--no-start", *dirs)
+    assert alone.returncode == 1 and "no bus running" in alone.stderr and "fmb up" in alone.stderr
 
 
 def test_run_without_a_bus_starts_and_stops_one(tmp_path: Path) -> None:
