@@ -127,11 +127,11 @@ def _ui_port(args: argparse.Namespace, default: int) -> int | None:
 
 
 def _print_ui(bus: LocalBus, when: str = "") -> None:
-    for d in (d for d in bus.topology.devices if d.role == "tablet"):
-        url = bus.ui_url(d.id)
+    urls = {d.id: bus.ui_url(d.id) for d in bus.topology.devices if d.role == "tablet"}
+    for device, url in urls.items():
         if url:
-            print(f"  tablet UI {d.id}: {url}" + (f"  ({when})" if when else ""))
-    if any(bus.ui_url(d.id) for d in bus.topology.devices if d.role == "tablet"):
+            print(f"  tablet UI {device}: {url}" + (f"  ({when})" if when else ""))
+    if any(urls.values()):
         print(f"    the page's certificate is issued by the testbed's CA ({bus.pki.ca_cert}): import it into "
               "the browser, or accept the warning once")
 
@@ -197,10 +197,7 @@ def _bench_latency(args: argparse.Namespace, out: Path) -> int:
 
     certs, state = _paths(args)
     qos_levels = parse_qos_levels(args.qos)
-    if LocalBus.attach(state) is not None:
-        # Its brokers and devices would share the cores with the measured ones and skew the figures.
-        raise TestbedError(f"a bus is running from {state}: the latency benchmark starts its own buses "
-                           "and needs the machine to itself; `fmb down` first")
+    _refuse_beside_running_bus(state, "the latency benchmark")
     topology = load_topology(args.topology)
     scenario = load_scenario("appendix-a", {d.id: d.role for d in topology.devices})
     result = run_latency(local_buses(topology, ensure_pki(topology, certs)), topology, scenario, qos_levels,
@@ -209,6 +206,14 @@ def _bench_latency(args: argparse.Namespace, out: Path) -> int:
     render_run(out)
     print(f"result: {out}/{RESULT_FILE}; figures and report.md beside it")
     return 0
+
+
+def _refuse_beside_running_bus(state: Path, benchmark: str) -> None:
+    """A benchmark that starts its own buses needs the machine to itself: a running bus's brokers and
+    devices would share the cores with the measured ones and skew the figures."""
+    if LocalBus.attach(state) is not None:
+        raise TestbedError(f"a bus is running from {state}: {benchmark} starts its own and needs the machine "
+                           "to itself; `fmb down` first")
 
 
 def _reps(args: argparse.Namespace, default: int) -> int:
@@ -237,9 +242,7 @@ def _bench_ui(args: argparse.Namespace, out: Path) -> int:
     from testbed.scenario import load_scenario
 
     certs, state = _paths(args)
-    if LocalBus.attach(state) is not None:
-        raise TestbedError(f"a bus is running from {state}: the UI benchmark starts its own and needs the "
-                           "machine to itself; `fmb down` first")
+    _refuse_beside_running_bus(state, "the UI benchmark")
     topology = load_topology(args.topology)
     scenario = load_scenario("appendix-a", {d.id: d.role for d in topology.devices})
     repeat = _reps(args, 20)
@@ -298,8 +301,7 @@ def _bench_recovery(args: argparse.Namespace, out: Path) -> int:
     if args.backend == "docker":
         return _bench_recovery_docker(args, out)
     certs, state = _paths(args)
-    if LocalBus.attach(state) is not None:
-        raise TestbedError(f"a bus is running from {state}: stop it (`fmb down`) so that the benchmark has the cores")
+    _refuse_beside_running_bus(state, "the recovery benchmark")
     try:
         autosaves = [int(x) for x in args.autosave.split(",") if x.strip()]
     except ValueError:

@@ -29,7 +29,7 @@ from pathlib import Path, PurePath
 from brokers.mosquitto import BrokerFiles, render_broker
 from testbed.bus import device_environment
 from testbed.errors import TestbedError
-from testbed.localsock import private_unix_server
+from testbed.localsock import private_unix_server, unix_request
 from testbed.mqtt import Endpoint, TLSIdentity
 from testbed.pki import PKI
 from testbed.signing import SigningKeys
@@ -273,14 +273,8 @@ def serve_runner(socket_path: Path = RUNNER_SOCKET, runs: Path = RUNS_DIR) -> No
 
 def request_run(scenario: str, out: Path, socket_path: Path = RUNNER_SOCKET) -> int:
     """What a tablet's run button starts in a container: ask the runner service; 0 if the run passed."""
-    import socket
-
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(RUN_TIMEOUT_S)
-            s.connect(str(socket_path))
-            s.sendall(json.dumps({"scenario": scenario, "out": out.name}).encode() + b"\n")
-            reply = json.loads(s.makefile("rb").readline() or b"{}")
+        reply = unix_request(socket_path, {"scenario": scenario, "out": out.name}, RUN_TIMEOUT_S)
     except (OSError, ValueError) as e:
         print(f"error: the runner service does not answer at {socket_path} ({e}); "
               "is the Compose `runner` service up?", file=sys.stderr)

@@ -8,11 +8,14 @@ window in which another user could connect).
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import socketserver
 from pathlib import Path
+from typing import Any
 
-__all__ = ["private_unix_server"]
+__all__ = ["private_unix_server", "unix_request"]
 
 
 _Server = socketserver.ThreadingUnixStreamServer
@@ -29,3 +32,15 @@ def private_unix_server(path: Path, handler: type[socketserver.BaseRequestHandle
         os.umask(old)
     server.daemon_threads = True
     return server
+
+
+def unix_request(path: Path, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Send one JSON line to the server at ``path`` and return its one-line JSON reply ({} if none).
+
+    Raises ``OSError`` if the server cannot be reached or does not answer in ``timeout_s``, and
+    ``ValueError`` if the reply is not JSON."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout_s)
+        s.connect(str(path))
+        s.sendall(json.dumps(request).encode() + b"\n")
+        return json.loads(s.makefile("rb").readline() or b"{}")  # type: ignore[no-any-return]

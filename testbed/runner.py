@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import paho.mqtt.client as paho
 
 from testbed.environment import environment
 from testbed.errors import ScenarioError
+from testbed.localsock import unix_request
 from testbed.mqtt import Endpoint, TLSIdentity, connect, publish_properties
 from testbed.payloads import decode, encode, new_traceparent
 from testbed.recorder import Observation, Recorder
@@ -133,11 +133,7 @@ class ScenarioRunner:
             raise ScenarioError(f"no device {trig.device!r} in the topology to trigger")
         path = self.bus.ui_socket(devices[0].id)
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(10)
-                s.connect(str(path))
-                s.sendall(json.dumps({"op": trig.action, **trig.args}).encode() + b"\n")
-                reply = json.loads(s.makefile("rb").readline() or b"{}")
+            reply = unix_request(path, {"op": trig.action, **trig.args}, timeout_s=10)
         except OSError as e:
             raise ScenarioError(f"cannot reach the UI of {devices[0].id} at {path}: {e}") from None
         if not reply.get("ok"):

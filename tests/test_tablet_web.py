@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import socket
 import ssl
 import time
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from testbed.bench.ui import find_chromium
 from testbed.bus import LocalBus
 from testbed.mqtt import connect, publish_properties
 from testbed.payloads import encode
@@ -27,8 +27,6 @@ from testbed.pki import spki_pin
 from testbed.runner import ScenarioRunner
 from testbed.scenario import Scenario
 from tests.conftest import require
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -40,18 +38,19 @@ def ui_url(bus: LocalBus) -> str:
 
 @pytest.fixture(scope="module")
 def browser(bus: LocalBus) -> Iterator[Any]:
-    require(Path(CHROMIUM).exists(), "Chromium is not installed (apt-get install chromium)")
+    chromium = find_chromium()
+    require(chromium is not None, "Chromium is not installed (apt-get install chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         require(False, "Playwright is not installed (pip install -e '.[dev]')")
     pin = spki_pin(bus.pki.server("tablet-1-ui").cert)
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=[f"--ignore-certificate-errors-spki-list={pin}"])
+        launched = p.chromium.launch(executable_path=chromium, args=[f"--ignore-certificate-errors-spki-list={pin}"])
         try:
-            yield chromium
+            yield launched
         finally:
-            chromium.close()
+            launched.close()
 
 
 @pytest.fixture

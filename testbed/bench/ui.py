@@ -13,12 +13,10 @@ page after the last repetition.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,7 +31,7 @@ from testbed.scenario import Scenario
 from testbed.stats import percentiles
 from testbed.topology import Topology
 
-__all__ = ["RESULT_FILE", "SCHEMA", "chromium_path", "run_ui", "summary"]
+__all__ = ["RESULT_FILE", "SCHEMA", "chromium_path", "find_chromium", "run_ui", "summary"]
 
 SCHEMA = "fmb.bench-ui/1"
 RESULT_FILE = "bench-ui.json"
@@ -54,18 +52,18 @@ _EFFECT_JS = """(nominal) => {
 }"""
 
 
+def find_chromium() -> str | None:
+    """Debian's Chromium (or ``FMB_CHROMIUM``), or None when it is not installed."""
+    path = os.environ.get("FMB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    return path if Path(path).exists() else None
+
+
 def chromium_path() -> str:
     """Debian's Chromium, or a one-line error saying how to install it."""
-    path = os.environ.get("FMB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(path).exists():
+    path = find_chromium()
+    if path is None:
         raise TestbedError("Chromium is not installed: `sudo apt-get install chromium` (or set FMB_CHROMIUM)")
     return path
-
-
-def _chromium_version(path: str) -> str:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        return subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20).stdout.strip()
-    return "unknown"
 
 
 def run_ui(topology: Topology, pki: PKI, scenario: Scenario, repeat: int, out: Path,
@@ -147,8 +145,7 @@ def run_ui(topology: Topology, pki: PKI, scenario: Scenario, repeat: int, out: P
         "samples": samples,
         "screenshot": f"{tablet}.png",  # beside this file
         "conditions": {
-            "browser": f"Chromium {browser_version} headless ({_chromium_version(chromium)}), Playwright "
-                       f"{version('playwright')}",
+            "browser": f"Chromium {browser_version} headless ({chromium}), Playwright {version('playwright')}",
             "page": "HTTPS (TLS from the tablet's own certificate), server-sent events",
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
