@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from testbed.bench.common import free_port
 from testbed.report import summary_table
 from testbed.runner import ScenarioRunner
 from testbed.scenario import Scenario, load_scenario
@@ -45,14 +46,6 @@ def _docker_problem() -> str | None:
     except Exception as e:
         return str(e)
     return None
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -80,8 +73,8 @@ def compose(images: dict[str, float]) -> Iterator:  # type: ignore[type-arg]
     from testbed.docker_backend import ComposeProject
 
     name = f"fmbtest-{os.getpid()}-{secrets.token_hex(3)}"
-    ports = {b.name: _free_port() for b in load_topology().brokers}
-    project = ComposeProject(name, ports=ports, ui_port=_free_port())
+    ports = {b.name: free_port() for b in load_topology().brokers}
+    project = ComposeProject(name, ports=ports, ui_port=free_port())
     try:
         start = time.monotonic()
         project.compose("up", "-d")
