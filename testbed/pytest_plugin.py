@@ -225,11 +225,13 @@ def _docker_bus(topology: Topology) -> Iterator[Any]:
 
     problem = docker_problem()
     require(problem is None, f"the fmb docker backend cannot run here: {problem}")
+    from testbed.bench.common import free_port
     from testbed.docker_backend import HARNESS_SERVICE, ComposeProject, DockerBus
     from testbed.topology import load_topology
 
+    # The tablet console's port too: the Compose default, 8443, may be a developer's `fmb up`.
     project = ComposeProject(f"fmbpytest-{os.getpid()}-{secrets.token_hex(3)}",
-                             ports={b.name: b.port for b in topology.brokers})
+                             ports={b.name: b.port for b in topology.brokers}, ui_port=free_port())
     bus = None
     try:
         services = [s for s in project.compose("config", "--services").split() if s != HARNESS_SERVICE]
