@@ -1,8 +1,8 @@
-"""Mosquitto configurations and ACLs generated from a :class:`~testbed.topology.Topology`.
+"""Mosquitto configurations and ACLs generated from a :class:`~testbed.core.topology.Topology`.
 
 One broker, one directory: ``mosquitto.conf`` and ``acl``. Every listener is mutual TLS with
 the identity taken from the certificate's CN, anonymous access is off, a CRL is checked, and
-each identity gets only the topics its role needs (``testbed.topics``). Data-centre brokers
+each identity gets only the topics its role needs (``testbed.core.topics``). Data-centre brokers
 persist with an explicit autosave policy; edge brokers keep nothing on disk. Field brokers
 are bridged to their data-centre counterpart over mutual TLS (MQTT v5), carrying only the
 profiles of their plane that a device on the other side reads, one connection per direction,
@@ -14,13 +14,16 @@ certificates are mounted at ``/certs``).
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
-from testbed.topics import PROFILES, ROLES, topic
-from testbed.topology import HARNESS_IDENTITIES, BrokerSpec, Topology
+from testbed.core.errors import BrokerError
+from testbed.core.topics import PROFILES, ROLES, topic
+from testbed.core.topology import HARNESS_IDENTITIES, BrokerSpec, Topology
 
-__all__ = ["DYNSEC_TOPIC", "BrokerFiles", "render_acl", "render_broker", "render_conf"]
+__all__ = ["DYNSEC_TOPIC", "BrokerFiles", "mosquitto_binary", "render_acl", "render_broker", "render_conf"]
 
 DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
 # The plugin's own state: no clients and no roles, since the acl_file decides access; the
@@ -40,7 +43,7 @@ class BrokerFiles:
     user: str | None = None  # run as this user (None: Mosquitto's default privilege drop)
     peer_hosts: dict[str, str] | None = None  # broker name -> host for bridges
     data: PurePath | None = None  # persistence folder (None: <directory>/data)
-    # Detect and Respond (devices/monitor.py, testbed/respond.py): debug logging (the only level at
+    # Detect and Respond (testbed/csf/monitor.py, testbed/csf/respond.py): debug logging (the only level at
     # which Mosquitto logs denied and oversize publishes; costs broker CPU), the dynamic-security
     # plugin (loaded beside the acl_file only to evict live sessions), and the responder's blocks.
     debug_log: bool = False
@@ -166,7 +169,7 @@ def render_acl(topology: Topology, broker: BrokerSpec, blocked_identities: tuple
     A blocked identity loses every right; a blocked topic is denied to everyone (``topic deny``
     is checked before the grants, and a SIGHUP applies it to connected clients too).
     """
-    out = [f"# ACL of {broker.name}, derived from testbed.topics. Anything not listed is denied."]
+    out = [f"# ACL of {broker.name}, derived from testbed.core.topics. Anything not listed is denied."]
     deny = [f"topic deny {t}" for t in blocked_topics]
     if blocked_identities:
         out.append(f"# Blocked by the responder (no rights at all): {', '.join(blocked_identities)}")
@@ -197,3 +200,13 @@ def render_acl(topology: Topology, broker: BrokerSpec, blocked_identities: tuple
         if entries:
             out += ["", f"user {bridge.name}", *deny, *entries]
     return "\n".join(out) + "\n"
+
+
+def mosquitto_binary() -> str:
+    """The mosquitto executable, or a one-line error saying how to install it."""
+    found = os.environ.get("FMB_MOSQUITTO") or shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if not found or not Path(found).exists():
+        raise BrokerError("mosquitto is not installed: run `sudo apt-get install mosquitto` "
+                          "(Debian's mosquitto 2.0), or set FMB_MOSQUITTO to its path")
+    return found

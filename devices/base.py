@@ -1,7 +1,7 @@
 """What every device shares: configuration, the two planes' MQTT v5 clients, publishing.
 
 A device connects to the delivery-plane and the control-plane broker of its site, subscribes
-to what its role reads (``testbed.topics.ROLES``) on the plane each profile travels on,
+to what its role reads (``testbed.core.topics.ROLES``) on the plane each profile travels on,
 validates every payload (rejecting bad ones with a logged error, never crashing), and
 publishes versioned JSON with a per-device sequence number and a W3C ``traceparent``.
 
@@ -38,10 +38,10 @@ from typing import Any, ClassVar
 
 import paho.mqtt.client as paho
 
-from testbed.mqtt import Endpoint, TLSIdentity, connect, publish_properties, user_properties
-from testbed.payloads import Message, PayloadError, child_traceparent, decode, encode
-from testbed.signing import CommandRejected, CommandSigner, CommandVerifier, load_trusted
-from testbed.topics import PROFILES, ROLES, Plane, Profile, parse_topic, subscriptions, topic
+from testbed.core.payloads import Message, PayloadError, child_traceparent, decode, encode
+from testbed.core.topics import PROFILES, ROLES, Plane, Profile, parse_topic, subscriptions, topic
+from testbed.security.signing import CommandRejected, CommandSigner, CommandVerifier, load_trusted
+from testbed.transport.mqtt import Endpoint, TLSIdentity, connect, publish_properties, user_properties
 
 __all__ = ["Device", "DeviceConfig", "main"]
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from devices.base import Device, main
-from testbed.payloads import NOMINAL_V, Message
-from testbed.topics import Profile
+from testbed.core.payloads import NOMINAL_V, Message
+from testbed.core.topics import Profile
 
 RANGE_A_V = (114.0, 126.0)
 DIAGRAM_REFRESH_S = 0.5

@@ -12,7 +12,7 @@ actuation delay); ``{"op": "watch"}`` streams every new state. Each request may 
 ``traceparent`` that the resulting state carries on, so the meter's reading stays in the
 trace of the command that moved the voltage.
 
-    FMB_FEEDER          JSON of the feeder's settings (testbed.topology.FeederSpec fields)
+    FMB_FEEDER          JSON of the feeder's settings (testbed.core.topology.FeederSpec fields)
     FMB_FEEDER_SOCKET   path of the Unix socket to serve
 """
 
@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from testbed.localsock import private_unix_server
-from testbed.payloads import NOMINAL_V
+from testbed.core.payloads import NOMINAL_V
+from testbed.transport.localsock import private_unix_server
 
 __all__ = ["FeederLink", "FeederModel", "serve"]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from devices.base import Device, main
 from devices.feeder import FeederLink
-from testbed.payloads import Message
-from testbed.topics import Profile
+from testbed.core.payloads import Message
+from testbed.core.topics import Profile
 
 
 class PowerSupply(Device):

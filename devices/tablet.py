@@ -23,9 +23,9 @@ from typing import Any
 
 from devices.base import Device, DeviceConfig, main
 from devices.tablet_web import TabletWeb, WebSettings
-from testbed.localsock import private_unix_server
-from testbed.payloads import Message, PayloadError, new_traceparent
-from testbed.topics import Profile
+from testbed.core.payloads import Message, PayloadError, new_traceparent
+from testbed.core.topics import Profile
+from testbed.transport.localsock import private_unix_server
 
 
 class TabletUI(Device):

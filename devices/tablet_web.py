@@ -15,7 +15,7 @@ process; without one the button says why it is off). Every asset is served from
 ``devices/tablet_ui/``: nothing comes from the internet, and the Content-Security-Policy
 allows nothing else.
 
-Settings (environment, beside the device's own; ``testbed.bus`` sets them):
+Settings (environment, beside the device's own; ``testbed.backends.local`` sets them):
 
     FMB_UI_HTTP          host:port to serve on; port 0 lets the kernel choose   (unset: no web UI)
     FMB_UI_CERT, FMB_UI_KEY   the page's TLS certificate and key                (required with FMB_UI_HTTP)

@@ -43,16 +43,16 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from testbed.pki import PKI
-    from testbed.scenario import Scenario
-    from testbed.topology import Topology
+    from testbed.core.scenario import Scenario
+    from testbed.core.topology import Topology
+    from testbed.security.pki import PKI
 
 __all__ = ["BACKENDS", "FmbSettings", "ScenarioResult", "assert_scenario_passed", "require", "settings"]
 
 BACKENDS = ("local", "docker")
 IMAGES = ("fmb-broker", "fmb-device")
 RESULT_FILES = "result.json, messages.jsonl, timeline.png, summary.txt"
-_TOPOLOGIES = Path(__file__).resolve().parent.parent / "brokers" / "topologies"  # as testbed.topology has it
+_TOPOLOGIES = Path(__file__).resolve().parent.parent / "brokers" / "topologies"  # as testbed.core.topology has it
 
 
 # -- options ---------------------------------------------------------------------------------
@@ -151,12 +151,12 @@ def docker_problem() -> str | None:
     """Why the docker backend cannot run here (what to install or start), or None."""
     import shutil
 
-    from testbed.errors import TestbedError
+    from testbed.core.errors import TestbedError
 
     if shutil.which("docker") is None:
         return "docker is not installed (https://docs.docker.com/engine/install/, with the Compose plugin)"
     try:
-        from testbed.docker_backend import compose_command, docker_client
+        from testbed.backends.compose import compose_command, docker_client
 
         client = docker_client()
         compose_command()
@@ -178,7 +178,7 @@ def docker_problem() -> str | None:
 
 
 def _load_topology(options: FmbSettings, topology: Topology | str | Path | None = None) -> Topology:
-    from testbed.topology import Topology, load_topology
+    from testbed.core.topology import Topology, load_topology
 
     if isinstance(topology, Topology):
         return topology
@@ -196,8 +196,9 @@ def _local_bus(topology: Topology, pki: PKI, tmp_path_factory: pytest.TempPathFa
     import shutil
     import tempfile
 
-    from testbed.bus import LocalBus, mosquitto_binary
-    from testbed.errors import BrokerError
+    from brokers.mosquitto import mosquitto_binary
+    from testbed.backends.local import LocalBus
+    from testbed.core.errors import BrokerError
 
     try:
         mosquitto_binary()
@@ -225,9 +226,9 @@ def _docker_bus(topology: Topology) -> Iterator[Any]:
 
     problem = docker_problem()
     require(problem is None, f"the fmb docker backend cannot run here: {problem}")
-    from testbed.bench.common import free_port
-    from testbed.docker_backend import HARNESS_SERVICE, ComposeProject, DockerBus
-    from testbed.topology import load_topology
+    from testbed.backends.compose import HARNESS_SERVICE, ComposeProject, DockerBus
+    from testbed.core.ports import free_port
+    from testbed.core.topology import load_topology
 
     # The tablet console's port too: the Compose default, 8443, may be a developer's `fmb up`.
     project = ComposeProject(f"fmbpytest-{os.getpid()}-{secrets.token_hex(3)}",
@@ -247,7 +248,7 @@ def _docker_bus(topology: Topology) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def fmb_topology(request: pytest.FixtureRequest) -> Topology:
     """The topology of the session's bus (``--fmb-topology``), on ports that were free."""
-    from testbed.errors import ConfigError
+    from testbed.core.errors import ConfigError
 
     try:
         return _load_topology(settings(request.config)).with_free_ports()
@@ -261,7 +262,7 @@ def fmb_pki(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     """The PKI of the bus: a fresh one in a temporary folder (docker: the harness's copy of the bus's)."""
     if settings(request.config).backend == "docker":
         return request.getfixturevalue("fmb_bus").pki  # type: ignore[no-any-return]
-    from testbed.cli import ensure_pki
+    from testbed.security.provision import ensure_pki
 
     return ensure_pki(fmb_topology, tmp_path_factory.mktemp("fmb-certs"))
 
@@ -293,7 +294,7 @@ def fmb_bus_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
             return
         assert pki is not None
         if topo.path != fmb_topology.path:
-            from testbed.cli import ensure_pki
+            from testbed.security.provision import ensure_pki
 
             ensure_pki(topo, pki.directory)  # identities the other topology adds
         with _local_bus(topo, pki, tmp_path_factory) as bus:
@@ -342,7 +343,7 @@ class ScenarioResult(dict):  # type: ignore[type-arg]
 
     def summary(self) -> str:
         """The timeline as a plain-text table with the verdict (what ``fmb run`` prints)."""
-        from testbed.report import summary_table
+        from testbed.reporting.scenario import summary_table
 
         return summary_table(self)
 
@@ -356,7 +357,7 @@ def assert_scenario_passed(result: Mapping[str, Any]) -> None:
     __tracebackhide__ = True
     if result.get("passed"):
         return
-    from testbed.report import summary_table
+    from testbed.reporting.scenario import summary_table
 
     reps = result.get("runs") or []
     failed = next((r for r in reps if not r.get("passed")), None)
@@ -388,8 +389,8 @@ def fmb_run(request: pytest.FixtureRequest, fmb_bus: Any, tmp_path: Path) -> Cal
 
     def run(scenario: str | Path | Scenario, repeat: int = 1, *, timeout_s: float | None = None,
             out: Path | None = None) -> ScenarioResult:
-        from testbed.runner import ScenarioRunner
-        from testbed.scenario import load_scenario
+        from testbed.core.scenario import load_scenario
+        from testbed.harness.runner import ScenarioRunner
 
         if isinstance(scenario, str | Path):
             scenario = load_scenario(scenario, {d.id: d.role for d in fmb_bus.topology.devices})

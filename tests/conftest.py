@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from testbed.core.scenario import Scenario, load_scenario
+from testbed.core.topology import Topology
 from testbed.pytest_plugin import require, settings  # noqa: F401 (tests import require from here)
-from testbed.scenario import Scenario, load_scenario
-from testbed.topology import Topology
 
 
 def _local_only(request: pytest.FixtureRequest, name: str):  # type: ignore[no-untyped-def]

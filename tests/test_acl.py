@@ -7,9 +7,9 @@ import threading
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from testbed.mqtt import Endpoint, TLSIdentity, tls_context
-from testbed.payloads import encode
-from testbed.report import summary_table
+from testbed.core.payloads import encode
+from testbed.reporting.scenario import summary_table
+from testbed.transport.mqtt import Endpoint, TLSIdentity, tls_context
 
 NOT_AUTHORIZED = 0x87
 

@@ -23,14 +23,14 @@ from typing import Any
 
 import pytest
 
-from testbed.cutoff import tls_refused
-from testbed.detect import Thresholds, filter_within, load_monitor_config
-from testbed.mqtt import TLSIdentity, connect, publish_properties
-from testbed.payloads import encode
-from testbed.pki import PKI
-from testbed.report import summary_table
-from testbed.respond import Responder
-from testbed.stats import count_loss_and_duplicates
+from testbed.bench.cutoff import tls_refused
+from testbed.core.payloads import encode
+from testbed.core.stats import count_loss_and_duplicates
+from testbed.csf.detect import Thresholds, filter_within, load_monitor_config
+from testbed.csf.respond import Responder
+from testbed.reporting.scenario import summary_table
+from testbed.security.pki import PKI
+from testbed.transport.mqtt import TLSIdentity, connect, publish_properties
 from tests.probes import client_context, mqtt5_connect_packet, try_mqtt
 
 INJECTED_SEQ = 10**7  # sequence numbers of attacker-injected messages start here, so loss counts skip them

@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 
-from testbed import reporting
-from testbed.bench import latency, plots
+from testbed.bench import latency
 from testbed.bench.latency import critical_path_traversals, parse_qos_levels, run_latency, step_traversals
-from testbed.bench.plots import ecdf
 from testbed.cli import main
-from testbed.errors import TestbedError
-from testbed.reporting import RENDERERS, load_result, markdown_table, render_run
+from testbed.core.errors import TestbedError
+from testbed.reporting import plots
+from testbed.reporting import render as reporting
+from testbed.reporting.plots import ecdf
+from testbed.reporting.render import RENDERERS, load_result, markdown_table, render_run
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

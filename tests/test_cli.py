@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from testbed.topology import DEFAULT_TOPOLOGY, load_topology
+from testbed.core.topology import DEFAULT_TOPOLOGY, load_topology
 
 
 def _fmb(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

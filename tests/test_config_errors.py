@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from testbed.errors import ConfigError
-from testbed.scenario import load_scenario
-from testbed.topology import DEFAULT_TOPOLOGY, load_topology
+from testbed.core.errors import ConfigError
+from testbed.core.scenario import load_scenario
+from testbed.core.topology import DEFAULT_TOPOLOGY, load_topology
 
 GOOD = DEFAULT_TOPOLOGY.read_text()
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from testbed.report import summary_table
+from testbed.reporting.scenario import summary_table
 from tests.test_acl import _publish_as
 
 TOPIC = "fmb/metermodule/MeterReadingProfile/meter-1"

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from testbed.bench.common import free_port
-from testbed.report import summary_table
-from testbed.runner import ScenarioRunner
-from testbed.scenario import Scenario, load_scenario
-from testbed.topology import load_topology
+from testbed.core.ports import free_port
+from testbed.core.scenario import Scenario, load_scenario
+from testbed.core.topology import load_topology
+from testbed.harness.runner import ScenarioRunner
+from testbed.reporting.scenario import summary_table
 from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +39,7 @@ def _docker_problem() -> str | None:
     if shutil.which("docker") is None:
         return "docker is not installed"
     try:
-        from testbed.docker_backend import compose_command, docker_client
+        from testbed.backends.compose import compose_command, docker_client
 
         docker_client()
         compose_command()
@@ -70,7 +70,7 @@ def images() -> dict[str, float]:
 @pytest.fixture(scope="session")
 def compose(images: dict[str, float]) -> Iterator:  # type: ignore[type-arg]
     """The whole Compose bus, scenario service included, up under a unique project name."""
-    from testbed.docker_backend import ComposeProject
+    from testbed.backends.compose import ComposeProject
 
     name = f"fmbtest-{os.getpid()}-{secrets.token_hex(3)}"
     ports = {b.name: free_port() for b in load_topology().brokers}
@@ -90,7 +90,7 @@ def compose(images: dict[str, float]) -> Iterator:  # type: ignore[type-arg]
 
 @pytest.fixture
 def docker_bus(compose):  # type: ignore[no-untyped-def]
-    from testbed.docker_backend import DockerBus
+    from testbed.backends.compose import DockerBus
 
     compose.wait_healthy()  # a previous test may have restarted something
     bus = DockerBus(compose)
@@ -269,7 +269,7 @@ def test_fmb_run_with_the_docker_backend(compose, tmp_path: Path) -> None:  # ty
 @pytest.mark.slow
 def test_killed_data_centre_delivery_broker_restarts_and_the_scenario_completes(
         compose, docker_bus, patient_scenario) -> None:  # type: ignore[no-untyped-def]
-    from testbed.faults import DockerFaults
+    from testbed.backends.faults import DockerFaults
 
     faults = DockerFaults(compose, docker_bus.topology)
     broker = compose.container("dc-delivery")
@@ -292,7 +292,7 @@ def test_killed_data_centre_delivery_broker_restarts_and_the_scenario_completes(
 @pytest.mark.slow
 def test_field_to_data_centre_partition_heals_and_no_qos1_message_is_lost(
         compose, docker_bus, patient_scenario) -> None:  # type: ignore[no-untyped-def]
-    from testbed.faults import DockerFaults
+    from testbed.backends.faults import DockerFaults
 
     topology = docker_bus.topology
     faults = DockerFaults(compose, topology)
@@ -362,7 +362,7 @@ def _crossing(topology) -> dict[tuple[str, str], set[str]]:  # type: ignore[no-u
 
 @pytest.mark.docker
 def test_link_faults_reach_the_container_namespace(compose, docker_bus) -> None:  # type: ignore[no-untyped-def]
-    from testbed.faults import DockerFaults
+    from testbed.backends.faults import DockerFaults
 
     require(os.geteuid() == 0 and shutil.which("nsenter") is not None,
             "link faults need root and nsenter on the host")
@@ -382,7 +382,7 @@ def test_link_faults_reach_the_container_namespace(compose, docker_bus) -> None:
 def test_wan_benchmark_smoke_shapes_the_bridge_link(docker_bus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`fmb bench wan` in miniature: one 1 s step each, the schema, sane figures, nothing left."""
     from testbed.bench.wan import RESULT_SCHEMA, run_wan
-    from testbed.reporting import render_run
+    from testbed.reporting.render import render_run
 
     require(os.geteuid() == 0 and all(shutil.which(t) for t in ("tc", "ip", "nsenter", "mosquitto_pub")),
             "the WAN benchmark needs root, iproute2, nsenter and mosquitto-clients on the host")
@@ -424,7 +424,7 @@ def test_partition_recovery_benchmark_smoke(docker_bus, tmp_path: Path) -> None:
 
 @pytest.mark.docker
 def test_everything_is_removed_even_when_the_run_fails(images) -> None:  # type: ignore[no-untyped-def]
-    from testbed.docker_backend import ComposeProject
+    from testbed.backends.compose import ComposeProject
 
     name = f"fmbtest-{os.getpid()}-fail-{secrets.token_hex(3)}"
     with pytest.raises(RuntimeError, match="simulated"), ComposeProject(name) as project:
@@ -436,7 +436,7 @@ def test_everything_is_removed_even_when_the_run_fails(images) -> None:  # type:
 
 def test_local_backend_faults_kill_freeze_restart(bus) -> None:  # type: ignore[no-untyped-def]
     """The same fault API on local processes: by recorded pid, never by name."""
-    from testbed.faults import FaultError, LocalFaults
+    from testbed.backends.faults import FaultError, LocalFaults
 
     faults = LocalFaults(bus)
     record = next(p for p in bus.processes if p.name == "meter-1")

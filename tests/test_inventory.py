@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from testbed.inventory import build_inventory, plot_data_flows
-from testbed.pki import PKI
-from testbed.topology import load_topology
+from testbed.core.topology import load_topology
+from testbed.csf.inventory import build_inventory, plot_data_flows
+from testbed.security.pki import PKI
 
 
 def test_inventory_lists_assets_rights_flows_and_certificates(tmp_path: Path) -> None:

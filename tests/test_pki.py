@@ -1,4 +1,4 @@
-"""Tests of testbed.pki on real files, checked by `cryptography`, Python's ssl and Mosquitto."""
+"""Tests of testbed.security.pki on real files, checked by `cryptography`, Python's ssl and Mosquitto."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from testbed import pki as pki_module
-from testbed.errors import PKIError
-from testbed.pki import PKI, CertPaths
+from testbed.security import pki as pki_module
+from testbed.core.errors import PKIError
+from testbed.security.pki import PKI, CertPaths
 
 SERVERS = {"broker-dc": ["dc.example.net", "10.0.0.5"], "broker-field": []}
 CLIENTS = ["meter-1", "dms"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.profile import SUBCATEGORIES, build_profile, render_markdown
+from testbed.csf.profile import SUBCATEGORIES, build_profile, render_markdown
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mqtt-nist-cybersecurity-v1.0.txt"
 

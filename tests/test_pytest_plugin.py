@@ -66,8 +66,8 @@ def readme_example() -> str:
 
 
 def _need_mosquitto() -> None:
-    from testbed.bus import mosquitto_binary
-    from testbed.errors import BrokerError
+    from brokers.mosquitto import mosquitto_binary
+    from testbed.core.errors import BrokerError
 
     try:
         mosquitto_binary()

@@ -1,4 +1,4 @@
-"""Tests of testbed.report on synthetic Appendix A results (no broker, no measurement)."""
+"""Tests of testbed.reporting.scenario on synthetic Appendix A results (no broker, no measurement)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from testbed import report
-from testbed.report import plot_timeline, summary_table
+from testbed.reporting import scenario as report
+from testbed.reporting.scenario import plot_timeline, summary_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -56,7 +56,7 @@ def test_final_state_is_checked(fmb_run, appendix_a) -> None:  # type: ignore[no
     """A scenario whose final state cannot hold fails, naming it: the check is not a formality."""
     import dataclasses
 
-    from testbed.scenario import Expectation
+    from testbed.core.scenario import Expectation
 
     impossible = dataclasses.replace(appendix_a, final=(
         Expectation("capbank", "CapBankStatusProfile", {"state": "open"}, "delivery"),))

@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 
-from testbed.errors import ConfigError
-from testbed.report import summary_table
-from testbed.runner import RESULT_SCHEMA, ScenarioRunner
-from testbed.scenario import load_scenario
-from testbed.topology import load_topology
+from testbed.core.errors import ConfigError
+from testbed.core.scenario import load_scenario
+from testbed.core.topology import load_topology
+from testbed.harness.runner import RESULT_SCHEMA, ScenarioRunner
+from testbed.reporting.scenario import summary_table
 
 GUIDE = Path(__file__).resolve().parent.parent / "scenarios" / "README.md"
 KINDS = ("run", "full", "fragment", "error")

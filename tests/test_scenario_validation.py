@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from testbed.errors import ConfigError
-from testbed.payloads import PayloadError, encode
-from testbed.scenario import SCENARIO_DIR, load_scenario
-from testbed.topology import load_topology
+from testbed.core.errors import ConfigError
+from testbed.core.payloads import PayloadError, encode
+from testbed.core.scenario import SCENARIO_DIR, load_scenario
+from testbed.core.topology import load_topology
 
 DEVICES = {d.id: d.role for d in load_topology().devices}
 TABLET = 'device = "tablet"\naction = "set_supply"\nargs = { target = "supply-1", volts = 114.0 }'

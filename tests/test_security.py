@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.pki import PKI
+from testbed.security.pki import PKI
 from tests.probes import client_context, try_mqtt
 
 

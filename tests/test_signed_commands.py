@@ -16,10 +16,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from testbed.mqtt import publish_properties, tls_context
-from testbed.payloads import decode, encode
-from testbed.report import summary_table
-from testbed.signing import CommandRejected, CommandSigner, CommandVerifier, SigningKeys, load_trusted
+from testbed.core.payloads import decode, encode
+from testbed.reporting.scenario import summary_table
+from testbed.security.signing import CommandRejected, CommandSigner, CommandVerifier, SigningKeys, load_trusted
+from testbed.transport.mqtt import publish_properties, tls_context
 
 TOPIC = "fmb/supplymodule/SupplyControlProfile/supply-1"
 

@@ -1,4 +1,4 @@
-"""Tests of testbed.stats on synthetic data with hand-computed answers."""
+"""Tests of testbed.core.stats on synthetic data with hand-computed answers."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from testbed import stats
-from testbed.stats import count_loss_and_duplicates, percentiles
+from testbed.core import stats
+from testbed.core.stats import count_loss_and_duplicates, percentiles
 
 
 def test_exports_are_complete() -> None:

@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
+from testbed.backends.local import LocalBus
 from testbed.bench.ui import find_chromium
-from testbed.bus import LocalBus
-from testbed.mqtt import connect, publish_properties
-from testbed.payloads import encode
-from testbed.pki import spki_pin
-from testbed.runner import ScenarioRunner
-from testbed.scenario import Scenario
+from testbed.core.payloads import encode
+from testbed.core.scenario import Scenario
+from testbed.harness.runner import ScenarioRunner
+from testbed.security.pki import spki_pin
+from testbed.transport.mqtt import connect, publish_properties
 from tests.conftest import require
 
 

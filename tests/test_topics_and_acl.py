@@ -7,10 +7,10 @@ from pathlib import PurePath
 import pytest
 
 from brokers.mosquitto import BrokerFiles, render_acl, render_conf
-from testbed.payloads import PayloadError, child_traceparent, decode, encode, new_traceparent
-from testbed.scenario import matches
-from testbed.topics import parse_topic, topic
-from testbed.topology import load_topology
+from testbed.core.payloads import PayloadError, child_traceparent, decode, encode, new_traceparent
+from testbed.core.scenario import matches
+from testbed.core.topics import parse_topic, topic
+from testbed.core.topology import load_topology
 
 T = load_topology()
 

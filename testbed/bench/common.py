@@ -5,19 +5,17 @@ from __future__ import annotations
 import getpass
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
-from brokers.mosquitto import BrokerFiles, render_acl, render_conf
-from testbed.bus import mosquitto_binary
-from testbed.errors import TestbedError
-from testbed.mqtt import Endpoint
-from testbed.pki import PKI
-from testbed.topology import BrokerSpec, SiteSpec, Topology
+from brokers.mosquitto import BrokerFiles, mosquitto_binary, render_acl, render_conf
+from testbed.core.errors import TestbedError
+from testbed.core.topology import BrokerSpec, SiteSpec, Topology
+from testbed.security.pki import PKI
+from testbed.transport.mqtt import Endpoint
 
-__all__ = ["Processes", "bench_topology", "free_port", "start_broker", "wait_for_log"]
+__all__ = ["Processes", "bench_topology", "start_broker", "wait_for_log"]
 
 
 class Processes:
@@ -62,12 +60,6 @@ class Processes:
                 p.wait()
             if p in self.procs:
                 self.procs.remove(p)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bench_topology(root: str, qos: int, ports: tuple[int, int], kind: str = "edge",

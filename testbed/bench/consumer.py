@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from testbed.mqtt import Endpoint, TLSIdentity, connect
+from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 
 
 def main() -> None:

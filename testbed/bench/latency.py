@@ -28,16 +28,16 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from testbed.environment import environment
-from testbed.errors import ScenarioError, TestbedError
-from testbed.mqtt import connect, publish_properties
-from testbed.payloads import encode
-from testbed.pki import PKI
-from testbed.runner import Bus, ScenarioRunner
-from testbed.scenario import Scenario
-from testbed.stats import percentiles
-from testbed.topics import topic
-from testbed.topology import Topology
+from testbed.backends.environment import environment
+from testbed.core.errors import ScenarioError, TestbedError
+from testbed.core.payloads import encode
+from testbed.core.scenario import Scenario
+from testbed.core.stats import percentiles
+from testbed.core.topics import topic
+from testbed.core.topology import Topology
+from testbed.harness.runner import Bus, ScenarioRunner
+from testbed.security.pki import PKI
+from testbed.transport.mqtt import connect, publish_properties
 
 __all__ = [
     "PERCENTILES",
@@ -207,7 +207,7 @@ def measure_qos(bus: Bus, scenario: Scenario, repeat: int, warmup: int, hops: in
 
 @contextlib.contextmanager
 def _local_bus(topology: Topology, pki: PKI, qos: int, log: Log) -> Iterator[Bus]:
-    from testbed.bus import LocalBus
+    from testbed.backends.local import LocalBus
 
     variant = dataclasses.replace(topology, qos=qos).with_free_ports()
     with tempfile.TemporaryDirectory(prefix=f"fmb-bench-qos{qos}-") as state:

@@ -32,16 +32,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from testbed.bench.recovery import RESULT_SCHEMA, TUNED, _line, _Producer, _whole_at
-from testbed.environment import environment
-from testbed.faults import DockerFaults
-from testbed.mqtt import TLSIdentity, connect
-from testbed.payloads import encode
-from testbed.stats import count_loss_and_duplicates
-from testbed.topics import topic
+from testbed.backends.environment import environment
+from testbed.backends.faults import DockerFaults
+from testbed.bench.recovery import RESULT_SCHEMA, TUNED, Producer, fault_line, whole_at
+from testbed.core.payloads import encode
+from testbed.core.stats import count_loss_and_duplicates
+from testbed.core.topics import topic
+from testbed.transport.mqtt import TLSIdentity, connect
 
 if TYPE_CHECKING:
-    from testbed.docker_backend import DockerBus
+    from testbed.backends.compose import DockerBus
 
 __all__ = ["run_partition_recovery"]
 
@@ -106,7 +106,7 @@ class _Stream:
 
         self.direction, self.rate = direction, rate
         self.consumer = _Consumer(bus.identity("recorder"), bus.endpoint(dst.name), name, tag)
-        self.producer = _Producer(bus.borrow_identity(device.id), bus.endpoint(src.name), name, 1, 0, TUNED,
+        self.producer = Producer(bus.borrow_identity(device.id), bus.endpoint(src.name), name, 1, 0, TUNED,
                                   payload=payload)
 
     def await_flow(self, timeout_s: float = 20) -> None:
@@ -131,7 +131,7 @@ class _Stream:
         acked = sorted(s for s in self.producer.acked if s >= self.producer.first)
         counts = count_loss_and_duplicates(acked, [s for s, _ in records])
         lost = set(counts["lost_seqs"]) if counts["lost"] <= 100 else set(acked) - {s for s, _ in records}
-        whole = _whole_at(records, acked, self.producer.sent_ns, heal_ns, lost)
+        whole = whole_at(records, acked, self.producer.sent_ns, heal_ns, lost)
         first_after = min((t for _, t in records if t >= heal_ns), default=None)
         held = sum(1 for s in acked if fault_ns <= self.producer.sent_ns[s] < heal_ns)
         return {"detect_s": None,
@@ -199,7 +199,7 @@ def run_partition_recovery(bus: DockerBus, durations: list[float], repetitions: 
                                            f"brokers leave the dc network), then healed; a steady QoS 1 stream "
                                            f"{direction} across the delivery bridge",
                             "target": {"lost": 0}, "trials": trials[direction]})
-            say(_line(entries[-1]) + f" [{direction}]")
+            say(fault_line(entries[-1]) + f" [{direction}]")
     result = {
         "schema": RESULT_SCHEMA, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "conditions": {"backend": "docker", "repetitions": repetitions, "message_rate_per_s": rate,

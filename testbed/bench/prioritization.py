@@ -34,14 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from brokers.mosquitto import render_acl
-from testbed.bench.common import Processes, bench_topology, free_port, start_broker
-from testbed.environment import environment
-from testbed.errors import TestbedError
-from testbed.mqtt import Endpoint, TLSIdentity, connect
-from testbed.pki import PKI
-from testbed.stats import percentiles
-from testbed.topics import topic
-from testbed.topology import Topology
+from testbed.backends.environment import environment
+from testbed.bench.common import Processes, bench_topology, start_broker
+from testbed.core.errors import TestbedError
+from testbed.core.ports import free_port
+from testbed.core.stats import percentiles
+from testbed.core.topics import topic
+from testbed.core.topology import Topology
+from testbed.security.pki import PKI
+from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 
 __all__ = ["CONFIGS", "RESULT_SCHEMA", "run_prioritization", "summary"]
 
@@ -186,7 +187,7 @@ def run_prioritization(pki: PKI, root: str, rates: list[float | None], seconds: 
                 own_cpus = os.sched_getaffinity(0)
                 if control_place.get("cpus"):
                     os.sched_setaffinity(0, control_place["cpus"])  # the commander is this process
-                responder = procs.start(f"{config}-responder", [sys.executable, "-m", "testbed.bench.responder"], {
+                responder = procs.start(f"{config}-responder", [sys.executable, "-m", "testbed.bench.echo"], {
                     "FMB_CONTROL": f"{setup.control.host}:{setup.control.port}", "FMB_CA": str(pki.ca_cert),
                     "FMB_CERT": str(identity.cert), "FMB_KEY": str(identity.key), "FMB_ROOT": root,
                     "FMB_QOS": str(command_qos), "FMB_DEVICE_ID": "responder-1"},

@@ -10,7 +10,7 @@ restarted at once. Per trial:
 * ``whole_s``: the same moment -> the consumer has every message, without a gap, up to one
   published after it;
 * ``lost`` / ``duplicated``: acknowledged by the broker but never delivered / delivered twice
-  (``testbed.stats.count_loss_and_duplicates``).
+  (``testbed.core.stats.count_loss_and_duplicates``).
 
 Faults: data-centre broker SIGTERM (graceful); consumer ``kill -9`` and restart (the persistent
 session must hand it everything); the same SIGTERM with paho's default reconnect backoff against
@@ -34,20 +34,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from testbed.bench.common import Processes, bench_topology, free_port, start_broker
-from testbed.environment import environment
-from testbed.mqtt import PAHO_DEFAULT_RECONNECT_S, RECONNECT_MAX_S, RECONNECT_MIN_S, Endpoint, TLSIdentity, connect
-from testbed.pki import PKI
-from testbed.stats import count_loss_and_duplicates
-from testbed.topics import topic
+from testbed.backends.environment import environment
+from testbed.bench.common import Processes, bench_topology, start_broker
+from testbed.core.ports import free_port
+from testbed.core.stats import count_loss_and_duplicates
+from testbed.core.topics import topic
+from testbed.security.pki import PKI
+from testbed.transport.mqtt import (
+    PAHO_DEFAULT_RECONNECT_S,
+    RECONNECT_MAX_S,
+    RECONNECT_MIN_S,
+    Endpoint,
+    TLSIdentity,
+    connect,
+)
 
-__all__ = ["RESULT_SCHEMA", "run_recovery"]
+__all__ = ["RESULT_SCHEMA", "TUNED", "Producer", "fault_line", "run_recovery", "whole_at"]
 
 RESULT_SCHEMA = "fmb.bench-recovery/1"
 TUNED = (RECONNECT_MIN_S, RECONNECT_MAX_S)
 
 
-class _Producer:
+class Producer:
     """Publishes ``<seq>,<padding>`` at a steady rate; knows what the broker acknowledged."""
 
     def __init__(self, identity: TLSIdentity, endpoint: Endpoint, name: str, qos: int, payload_bytes: int,
@@ -130,7 +138,7 @@ def _read_consumer(path: Path) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in (line.split() for line in path.read_text().splitlines() if line.strip())]
 
 
-def _whole_at(records: list[tuple[int, int]], expected: list[int], sent_ns: dict[int, int], after_ns: int,
+def whole_at(records: list[tuple[int, int]], expected: list[int], sent_ns: dict[int, int], after_ns: int,
               lost: set[int]) -> int | None:
     """When the consumer first held, with no gap, every expected message up to one published after ``after_ns``."""
     have: set[int] = set()
@@ -181,7 +189,7 @@ class _Harness:
         return topic(self.root, "BenchFloodProfile", "recovery")
 
     @staticmethod
-    def await_subscription(producer: _Producer, records: Path, timeout_s: float = 15) -> None:
+    def await_subscription(producer: Producer, records: Path, timeout_s: float = 15) -> None:
         """Probe until the consumer receives: only what is published from then on is expected."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -199,12 +207,12 @@ class _Harness:
         while time.monotonic() < deadline and len({s for s, _ in _read_consumer(path)}) < count:
             time.sleep(0.05)
 
-    def measure(self, producer: _Producer, records_path: Path, fault_ns: int, back_ns: int) -> dict[str, Any]:
+    def measure(self, producer: Producer, records_path: Path, fault_ns: int, back_ns: int) -> dict[str, Any]:
         records = _read_consumer(records_path)
         acked = sorted(s for s in producer.acked if s >= producer.first)
         counts = count_loss_and_duplicates(acked, [s for s, _ in records if s >= producer.first])
         lost = set(counts["lost_seqs"]) if counts["lost"] <= 100 else set(acked) - {s for s, _ in records}
-        whole = _whole_at(records, acked, producer.sent_ns, back_ns, lost)
+        whole = whole_at(records, acked, producer.sent_ns, back_ns, lost)
         detect = next((t for t in producer.disconnects if t >= fault_ns), None)
         reconnect = next((t for t in producer.connects if t >= back_ns), None)
         return {"detect_s": round((detect - fault_ns) / 1e9, 4) if detect else None,
@@ -218,7 +226,7 @@ class _Harness:
         topology, spec, directory, endpoint = self.broker()
         records = directory / "consumer.txt"
         consumer = self.consumer(endpoint, qos, records, reconnect)
-        producer = _Producer(self.identity, endpoint, self.topic(), qos, self.payload_bytes, reconnect)
+        producer = Producer(self.identity, endpoint, self.topic(), qos, self.payload_bytes, reconnect)
         try:
             self.await_subscription(producer, records)
             producer.run(self.rate)
@@ -242,7 +250,7 @@ class _Harness:
         topology, spec, directory, endpoint = self.broker()
         records = directory / "consumer.txt"
         consumer = self.consumer(endpoint, qos, records, TUNED)
-        producer = _Producer(self.identity, endpoint, self.topic(), qos, self.payload_bytes, TUNED)
+        producer = Producer(self.identity, endpoint, self.topic(), qos, self.payload_bytes, TUNED)
         try:
             self.await_subscription(producer, records)
             producer.run(self.rate)
@@ -269,7 +277,7 @@ class _Harness:
         topology, spec, directory, endpoint = self.broker(autosave_s)
         records = directory / "consumer.txt"
         consumer = self.consumer(endpoint, qos, records, TUNED)
-        producer = _Producer(self.identity, endpoint, self.topic(), qos, self.payload_bytes, TUNED)
+        producer = Producer(self.identity, endpoint, self.topic(), qos, self.payload_bytes, TUNED)
         try:
             self.await_subscription(producer, records)
             self.procs.stop([consumer])  # offline: from now on messages queue in its session
@@ -296,7 +304,7 @@ class _Harness:
         topology, spec, directory, endpoint = self.broker(autosave_s)
         records = directory / "consumer.txt"
         consumer = self.consumer(endpoint, qos, records, TUNED)
-        producer = _Producer(self.identity, endpoint, self.topic(), qos, self.payload_bytes, TUNED)
+        producer = Producer(self.identity, endpoint, self.topic(), qos, self.payload_bytes, TUNED)
         try:
             self.await_subscription(producer, records)
             self.procs.stop([consumer])
@@ -320,11 +328,11 @@ def _broker_proc(procs: Processes, directory: Path) -> Any:
 def _field_broker_kill9(pki: PKI, certs: Path, progress: Callable[[str], None]) -> dict[str, Any]:
     """Kill -9 the field delivery broker of a whole Appendix A bus; time until the tablet shows the
     data centre's diagram again (the bridge resubscribes, the DC resends the retained diagram)."""
-    from testbed.bus import LocalBus
-    from testbed.recorder import Recorder
-    from testbed.runner import ScenarioRunner
-    from testbed.scenario import load_scenario
-    from testbed.topology import load_topology
+    from testbed.backends.local import LocalBus
+    from testbed.core.scenario import load_scenario
+    from testbed.core.topology import load_topology
+    from testbed.harness.recorder import Recorder
+    from testbed.harness.runner import ScenarioRunner
 
     topology = load_topology().with_free_ports()
     with tempfile.TemporaryDirectory(prefix="fmb-bench-field-") as tmp:
@@ -380,20 +388,20 @@ def run_recovery(pki: PKI, certs: Path, root: str, repetitions: int, rate: float
                                "description": "data-centre broker SIGTERM (saves), restarted at once; "
                                               f"clients reconnect {TUNED[0]}-{TUNED[1]} s",
                                "target": {"lost": 0, "whole_s": 1.5}, "trials": trials})
-                say(_line(faults[-1]))
+                say(fault_line(faults[-1]))
             trials = [h.broker_sigterm(1, PAHO_DEFAULT_RECONNECT_S) for _ in range(repetitions)]
             faults.append({"name": "dc-broker-sigterm", "qos": 1, "client": "defaults",
                            "description": "the same with paho's default reconnect backoff "
                                           f"{PAHO_DEFAULT_RECONNECT_S[0]:g}-{PAHO_DEFAULT_RECONNECT_S[1]:g} s",
                            "target": None, "trials": trials})
-            say(_line(faults[-1]))
+            say(fault_line(faults[-1]))
             for qos in (1, 2):
                 trials = [h.consumer_kill9(qos) for _ in range(repetitions)]
                 faults.append({"name": "consumer-kill9", "qos": qos, "client": "tuned",
                                "description": "the central consumer (persistent session, like the DMS) "
                                               "killed -9 and restarted 2 s later", "target": {"lost": 0},
                                "trials": trials})
-                say(_line(faults[-1]))
+                say(fault_line(faults[-1]))
             for autosave in autosave_intervals:
                 losses, acked = [], []
                 for _ in range(repetitions):
@@ -431,7 +439,8 @@ def run_recovery(pki: PKI, certs: Path, root: str, repetitions: int, rate: float
     return result
 
 
-def _line(fault: dict[str, Any]) -> str:
+def fault_line(fault: dict[str, Any]) -> str:
+    """One fault's trials summarised on one line, as the benchmark prints them while it runs."""
     t = fault["trials"]
 
     def worst(key: str) -> str:
@@ -444,6 +453,6 @@ def _line(fault: dict[str, Any]) -> str:
 
 
 def summary(result: dict[str, Any]) -> str:
-    from testbed.reporting import recovery_markdown
+    from testbed.reporting.render import recovery_markdown
 
     return "recovery benchmark\n" + recovery_markdown(result)

@@ -23,13 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from testbed.environment import environment
-from testbed.errors import TestbedError
-from testbed.pki import PKI, spki_pin
-from testbed.runner import ScenarioRunner
-from testbed.scenario import Scenario
-from testbed.stats import percentiles
-from testbed.topology import Topology
+from testbed.backends.environment import environment
+from testbed.core.errors import TestbedError
+from testbed.core.scenario import Scenario
+from testbed.core.stats import percentiles
+from testbed.core.topology import Topology
+from testbed.harness.runner import ScenarioRunner
+from testbed.security.pki import PKI, spki_pin
 
 __all__ = ["RESULT_FILE", "SCHEMA", "chromium_path", "find_chromium", "run_ui", "summary"]
 
@@ -69,7 +69,7 @@ def chromium_path() -> str:
 def run_ui(topology: Topology, pki: PKI, scenario: Scenario, repeat: int, out: Path,
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole benchmark on a fresh local bus; writes ``out/bench-ui.json`` and a screenshot."""
-    from testbed.bus import LocalBus
+    from testbed.backends.local import LocalBus
 
     if repeat < 2:
         raise TestbedError(f"--repeat is {repeat}; percentiles need 2 or more repetitions")

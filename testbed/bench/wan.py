@@ -44,17 +44,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from testbed.backends.environment import environment
 from testbed.bench.common import Processes
-from testbed.environment import environment
-from testbed.errors import TestbedError
-from testbed.mqtt import connect, publish_properties
-from testbed.payloads import decode, encode, new_traceparent
-from testbed.signing import CommandSigner, SigningKeys
-from testbed.stats import percentiles
-from testbed.topics import topic
+from testbed.core.errors import TestbedError
+from testbed.core.payloads import decode, encode, new_traceparent
+from testbed.core.stats import percentiles
+from testbed.core.topics import topic
+from testbed.security.signing import CommandSigner, SigningKeys
+from testbed.transport.mqtt import connect, publish_properties
 
 if TYPE_CHECKING:
-    from testbed.docker_backend import DockerBus
+    from testbed.backends.compose import DockerBus
 
 __all__ = ["CONFIGS", "RESULT_SCHEMA", "SharedLink", "parse_rate", "parse_wan", "run_wan", "summary"]
 

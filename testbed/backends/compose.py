@@ -1,0 +1,294 @@
+"""The docker backend: the Compose bus of ``compose/docker-compose.yml``, driven from this host.
+
+:class:`ComposeProject` brings one Compose project up and down (``docker compose`` v2 when
+installed, else ``docker-compose`` v1) and finds its containers, networks and volumes with
+the Docker SDK by the project's labels. :class:`DockerBus` is that bus as the scenario
+runner sees it (``topology``, ``identity``, ``endpoint``, ``ui_socket``): the harness runs
+on this host and reaches the brokers on the ports they publish on 127.0.0.1 only, with the
+``recorder`` and ``operator`` identities copied out of the harness's volume into a private
+temporary folder; the tablet's operator input is its Unix socket on the ``ui`` volume.
+Timestamps stay comparable because containers share this host's clock.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from testbed.core.errors import TestbedError
+from testbed.core.topology import Topology, load_topology
+from testbed.security.pki import PKI
+from testbed.transport.mqtt import Endpoint, TLSIdentity
+
+__all__ = ["COMPOSE_FILE", "ComposeProject", "DockerBus", "compose_bus", "port_variable"]
+
+COMPOSE_FILE = Path(__file__).resolve().parents[2] / "compose" / "docker-compose.yml"
+DEFAULT_PROJECT = "fmb"
+HARNESS_SERVICE = "scenario"
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+
+
+def port_variable(broker: str) -> str:
+    """The Compose variable that sets a broker's published port: FMB_DC_DELIVERY_PORT."""
+    return "FMB_" + broker.upper().replace("-", "_") + "_PORT"
+
+
+def docker_client() -> Any:
+    """A Docker SDK client, or a one-line error saying what is missing."""
+    try:
+        import docker
+    except ImportError:
+        raise TestbedError("the docker backend needs the Python `docker` package: "
+                           "pip install docker") from None
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as e:  # the SDK raises several kinds for "no engine"
+        raise TestbedError(f"cannot reach the Docker engine ({e}); is it running, and may you "
+                           "use it (group docker)?") from None
+    return client
+
+
+def compose_command() -> list[str]:
+    """``docker compose`` (v2) if installed, else ``docker-compose`` (v1)."""
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    raise TestbedError("neither `docker compose` nor `docker-compose` is installed")
+
+
+class ComposeProject:
+    """One project of the Compose file; a context manager that removes it all on exit."""
+
+    def __init__(self, name: str = DEFAULT_PROJECT, compose_file: Path = COMPOSE_FILE,
+                 ports: dict[str, int] | None = None, ui_port: int | None = None) -> None:
+        if not name or not all(c.isalnum() or c in "-_" for c in name) or name != name.lower():
+            raise TestbedError(f"Compose project name {name!r}: use lower-case letters, digits, "
+                               "- and _")
+        self.name = name
+        self.compose_file = compose_file
+        self.ports = ports or {}
+        self.ui_port = ui_port  # the tablet console's host port (FMB_UI_PORT; the Compose file's default otherwise)
+        self.client = docker_client()
+        self._compose = compose_command()
+
+    def __enter__(self) -> ComposeProject:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def compose(self, *args: str, check: bool = True, timeout_s: float = 300) -> str:
+        """Run one compose command on this project; its standard output."""
+        env = {**os.environ, **{port_variable(b): str(p) for b, p in self.ports.items()}}
+        if self.ui_port is not None:
+            env["FMB_UI_PORT"] = str(self.ui_port)
+        argv = [*self._compose, "-p", self.name, "-f", str(self.compose_file), *args]
+        try:
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise TestbedError(f"`{' '.join(argv)}` took more than {timeout_s:g} s") from None
+        if check and done.returncode != 0:
+            out = (done.stdout + done.stderr).splitlines()
+            tail = " | ".join(ln for ln in out[-5:] if ln.strip())
+            raise TestbedError(f"`{' '.join(argv[len(self._compose):])}` failed: {tail}")
+        return done.stdout
+
+    def up(self, services: list[str] | None = None) -> None:
+        """Start the services (all of them by default) and those they depend on, detached.
+
+        Returns once each started service is running, and healthy where it has a health
+        check (compose waits only for the dependencies it declares)."""
+        self.compose("up", "-d", *(services or []))
+        self.wait_healthy(services)
+
+    def wait_healthy(self, services: list[str] | None = None, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            pending = []
+            for c in self.containers():
+                service = c.labels.get(SERVICE_LABEL)
+                if services is not None and service not in services:
+                    continue
+                state = c.attrs["State"]
+                health = state.get("Health", {}).get("Status")
+                if state["Status"] == "exited" and state["ExitCode"] == 0:
+                    continue  # a one-shot service that did its job
+                if state["Status"] != "running" or health not in (None, "healthy"):
+                    pending.append(f"{service} ({health or state['Status']})")
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise TestbedError(f"not healthy after {timeout_s:g} s: {', '.join(pending)}; "
+                                   f"see `docker logs` of those containers")
+            time.sleep(0.5)
+
+    def down(self) -> None:
+        """Remove the project's containers, networks and volumes (the PKI too)."""
+        self.compose("down", "-v", "--remove-orphans", "-t", "5", check=False)
+
+    def containers(self, all: bool = True) -> list[Any]:
+        label = {"label": f"{PROJECT_LABEL}={self.name}"}
+        return list(self.client.containers.list(all=all, filters=label))
+
+    def container(self, service: str) -> Any:
+        """The container of ``service`` (a broker name, a device id, ``scenario``...)."""
+        found = self.client.containers.list(all=True, filters={"label": [
+            f"{PROJECT_LABEL}={self.name}", f"{SERVICE_LABEL}={service}"]})
+        if not found:
+            raise TestbedError(f"no container of service {service!r} in Compose project "
+                               f"{self.name!r}; is it up (docker compose ps)?")
+        return found[0]
+
+    def network(self, name: str) -> Any:
+        return self.client.networks.get(f"{self.name}_{name}")
+
+    def volume(self, name: str) -> Any:
+        return self.client.volumes.get(f"{self.name}_{name}")
+
+    def leftovers(self) -> list[str]:
+        """Containers, networks and volumes of this project that still exist."""
+        label = {"label": f"{PROJECT_LABEL}={self.name}"}
+        containers = self.client.containers.list(all=True, filters=label)
+        return ([f"container {c.name}" for c in containers]
+                + [f"network {n.name}" for n in self.client.networks.list(filters=label)]
+                + [f"volume {v.name}" for v in self.client.volumes.list(filters=label)])
+
+    def wait_exit(self, service: str, timeout_s: float = 120) -> int:
+        """Wait until ``service``'s container has exited; its exit code."""
+        result = self.container(service).wait(timeout=timeout_s)
+        return int(result["StatusCode"])
+
+
+class DockerBus:
+    """The Compose bus seen from this host: what :class:`~testbed.harness.runner.ScenarioRunner` needs."""
+
+    def __init__(self, project: ComposeProject, topology: Topology | None = None) -> None:
+        self.project = project
+        base = topology or load_topology()
+        self.container_topology = base  # ports inside the Compose networks, as the brokers listen
+        published = {b.name: self._published(b.name, b.port) for b in base.brokers}
+        self.topology = base.with_ports({
+            s.name: (published[f"{s.name}-delivery"], published[f"{s.name}-control"])
+            for s in base.sites})
+        self._certs = Path(tempfile.mkdtemp(prefix="fmb-harness-"))  # 0700
+        self._copy_harness_identities()
+        self.pki = PKI(self._certs)  # the runner finds the operator's signing key beside it
+
+    def close(self) -> None:
+        shutil.rmtree(self._certs, ignore_errors=True)
+
+    def _published(self, broker: str, port: int) -> int:
+        bindings = (self.project.container(broker).attrs["NetworkSettings"]["Ports"] or {}).get(
+            f"{port}/tcp") or []
+        for b in bindings:
+            if b.get("HostIp") in ("127.0.0.1", "::1"):
+                return int(b["HostPort"])
+        raise TestbedError(f"broker {broker} publishes no port on 127.0.0.1 (is it running?)")
+
+    def borrow_identity(self, device_id: str) -> TLSIdentity:
+        """A device's own certificate and key, copied out of its volume beside the harness's.
+
+        For benchmarks that must publish what only that device may (a profile that crosses a
+        bridge, under the device's ACL); the copy goes when the bus is closed."""
+        if device_id not in {d.id for d in self.topology.devices}:
+            raise TestbedError(f"no device {device_id!r} in the topology")
+        self._copy_volume(f"certs-{device_id}")
+        return self.identity(device_id)
+
+    def _copy_harness_identities(self) -> None:
+        self._copy_volume("certs-harness")
+
+    def _copy_volume(self, name: str) -> None:
+        """Copy a certificate volume out through a container that never runs."""
+        volume = self.project.volume(name).name
+        box = self.project.client.containers.create(
+            "fmb-device:latest", ["true"], network_mode="none",
+            volumes={volume: {"bind": "/certs", "mode": "ro"}})
+        try:
+            stream, _ = box.get_archive("/certs/.")
+            data = b"".join(stream)
+        finally:
+            box.remove(force=True)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for member in tar.getmembers():
+                if not member.isfile():
+                    continue
+                target = self._certs / Path(member.name).relative_to(".")
+                target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(target, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(tar.extractfile(member).read())  # type: ignore[union-attr]
+
+    def identity(self, name: str) -> TLSIdentity:
+        paths = TLSIdentity(self._certs / "ca" / "ca.pem", self._certs / "clients" / f"{name}.pem",
+                            self._certs / "clients" / f"{name}.key")
+        if not paths.cert.exists():
+            raise TestbedError(f"the harness volume holds no identity {name!r}: on the Compose bus the harness has "
+                               "only its own identities (no device's key, and no monitor runs there); run scenarios "
+                               "that publish as a device, such as the attack scenarios, on the local backend")
+        return paths
+
+    def endpoint(self, broker: str) -> Endpoint:
+        return Endpoint("127.0.0.1", self.topology.broker(broker).port)
+
+    def ui_socket(self, device_id: str) -> Path:
+        mountpoint = Path(self.project.volume("ui").attrs["Mountpoint"])
+        path = mountpoint / f"{device_id}.sock"
+        if not os.access(mountpoint, os.X_OK):
+            raise TestbedError(f"cannot reach {path}: the tablet's operator input is a socket on "
+                               "a Docker volume, which only root can open from the host; run as "
+                               "root, or run the scenario inside the bus (the `scenario` service)")
+        return path
+
+
+def _project_running(project: ComposeProject) -> bool:
+    return any(c.status == "running" and c.labels.get(SERVICE_LABEL) != HARNESS_SERVICE
+               for c in project.containers())
+
+
+@contextmanager
+def compose_bus(project_name: str | None = None,
+                topology_path: str | None = None) -> Iterator[DockerBus]:
+    """The Compose bus of ``project_name`` (default ``$COMPOSE_PROJECT_NAME`` or ``fmb``).
+
+    When it is not up, this starts it without the ``scenario`` service (the caller is the
+    harness) and removes it, volumes included, afterwards."""
+    name = project_name or os.environ.get("COMPOSE_PROJECT_NAME") or DEFAULT_PROJECT
+    project = ComposeProject(name)
+    topology = load_topology(topology_path) if topology_path else None
+    started = False
+    if not _project_running(project):
+        services = [s for s in project.compose("config", "--services").split()
+                    if s != HARNESS_SERVICE]
+        print(f"starting the Compose bus (project {name}): {len(services)} services ...",
+              flush=True)
+        started = True
+        try:
+            project.up(services)
+        except BaseException:
+            project.down()
+            raise
+    bus = None
+    try:
+        bus = DockerBus(project, topology)
+        yield bus
+    finally:
+        if bus is not None:
+            bus.close()
+        if started:
+            project.down()
+            print(f"removed the Compose bus started for this run (project {name})", flush=True)

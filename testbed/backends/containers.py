@@ -1,0 +1,210 @@
+"""What runs inside the Compose bus's containers: the volume set-up and the launchers.
+
+``init`` (the one-shot service; the command line is :mod:`testbed.cli.containers`) creates the
+PKI in its private volume when there is none (the CA key never leaves that volume), then copies
+to each container's own volume only what that container needs: a broker gets its configuration
+(rendered by :func:`brokers.mosquitto.render_broker` with container paths and the Compose
+service names as bridge peers), its server certificate and key, its bridges' client
+certificates and a health-check identity with no topic rights; a device gets its certificate
+and key (and its command-signing key if it issues commands); the harness gets the
+``recorder`` and ``operator`` identities. Signers' public keys go to every device and the
+harness. It starts as root only to hand the fresh, root-owned volumes to uid 10001, then drops
+to 10001 for everything else.
+
+``device ID`` and ``feeder ID`` derive a device's or feeder model's ``FMB_*`` environment from
+the topology (:func:`testbed.backends.local.device_environment`, the same as for a local
+process) and exec it. :class:`ContainerBus` is the bus as the harness sees it from inside (the
+scenario and runner services of :mod:`testbed.harness.service`). The topology is the packaged
+Appendix A one unless ``FMB_TOPOLOGY`` names another file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path, PurePath
+
+from brokers.mosquitto import BrokerFiles, render_broker
+from testbed.backends.local import device_environment
+from testbed.core.errors import TestbedError
+from testbed.core.topology import BrokerSpec, Topology, load_topology
+from testbed.security.pki import PKI
+from testbed.security.signing import SigningKeys
+from testbed.transport.mqtt import Endpoint, TLSIdentity
+
+__all__ = ["ContainerBus", "container_topology", "device_env", "exec_module", "health_identity", "init_volumes"]
+
+UID = GID = 10001
+PKI_DIR = Path("/pki")  # the CA and every certificate: mounted only in the init service
+OUT_DIR = Path("/out")  # /out/<broker | device | "harness">: each container's own volume
+CONFIG_DIR = PurePath("/mosquitto/config")  # a broker's volume, read-only in the broker
+DATA_DIR = PurePath("/mosquitto/data")
+CERTS_DIR = Path("/certs")  # a device's (or the harness's) volume, read-only
+RUN_DIR = Path("/run/fmb")  # a tmpfs: ready files
+FEEDER_DIR = Path("/feeder")  # a shared tmpfs volume per feeder: the model's Unix socket
+UI_DIR = Path("/ui")  # a shared tmpfs volume: the tablets' operator input sockets and console URLs
+UI_PORT = 8443  # the tablet's web console inside its container (compose publishes it)
+RUNS_DIR = Path("/runs")  # a shared volume: the runner writes scenario runs, the tablets read them
+RUNNER_SOCKET = UI_DIR / "runner.sock"  # the runner service takes run requests here
+RUNNER_SCENARIOS = ("appendix-a",)  # what a tablet's button may ask the runner for, nothing else
+RUN_TIMEOUT_S = 120.0
+HARNESS = "harness"  # the volume of the services that run scenarios (scenario, runner)
+RUNNER_IDENTITIES = ("recorder", "operator")  # the harness identities those services hold
+
+
+def health_identity(broker: str) -> str:
+    """The identity a broker's health check connects as (listed in no ACL: no topic rights)."""
+    return f"health-{broker}"
+
+
+def container_topology() -> Topology:
+    """The topology the Compose bus runs: ``FMB_TOPOLOGY``, else the packaged Appendix A one."""
+    return load_topology(os.environ.get("FMB_TOPOLOGY") or None)
+
+
+# -- the init service -------------------------------------------------------------------------
+
+def init_volumes(topology: Topology, pki_dir: Path = PKI_DIR, out: Path = OUT_DIR) -> list[str]:
+    """Create the PKI if missing and fill every container's volume; returns the PKI's news."""
+    targets = [b.name for b in topology.brokers] + [d.id for d in topology.devices] + [HARNESS]
+    missing = [t for t in targets if not (out / t).is_dir()]
+    if missing:
+        raise TestbedError(f"no volume mounted at {out}/{missing[0]}: the Compose file and the "
+                           f"topology {topology.path} disagree (give each broker and device one)")
+    if os.geteuid() == 0:
+        _drop_root([pki_dir, *(out / t for t in targets)])
+    pki = PKI(pki_dir)
+    health = [health_identity(b.name) for b in topology.brokers]
+    created = pki.init({b.name: [b.name, "localhost"] for b in topology.brokers} | topology.web_servers(),
+                       topology.client_identities() + health)
+    signing = SigningKeys(pki_dir)
+    created += [f"signing key {n}" for n in signing.ensure(topology.command_signers())]
+    for broker in topology.brokers:
+        _fill_broker(topology, broker, pki, out / broker.name)
+    for device in topology.devices:
+        web = [name for name in topology.web_servers() if name == f"{device.id}-ui"]
+        _fill(out / device.id, pki, clients=[device.id], servers=web)
+        _fill_signing(out / device.id, signing, device.id)
+    _fill(out / HARNESS, pki, clients=list(RUNNER_IDENTITIES))
+    for ident in RUNNER_IDENTITIES:
+        _fill_signing(out / HARNESS, signing, ident)
+    return created
+
+
+def _fill_signing(target: Path, signing: SigningKeys, name: str) -> None:
+    """Every command signer's public key (not secret), and ``name``'s own key if it signs."""
+    for pub in sorted(signing.directory.glob("*.pub")):
+        _copy(pub, target / "signing" / pub.name, 0o644)
+    if signing.key_path(name).exists():
+        _copy(signing.key_path(name), target / "signing" / f"{name}.key", 0o600)
+
+
+def _drop_root(volumes: list[Path]) -> None:
+    """Give the (root-owned, fresh) volumes to uid 10001, then become uid 10001 for good."""
+    for v in volumes:
+        v.mkdir(parents=True, exist_ok=True)
+        os.chmod(v, 0o700)  # before the chown: root without CAP_FOWNER owns it only until then
+        os.chown(v, UID, GID)
+    os.setgroups([])
+    os.setgid(GID)
+    os.setuid(UID)
+
+
+def _fill(target: Path, pki: PKI, clients: list[str] = (), servers: list[str] = ()) -> None:  # type: ignore[assignment]
+    """Copy the CA certificate, the CRL and the named identities into ``target`` (PKI layout)."""
+    _copy(pki.ca_cert, target / "ca" / "ca.pem", 0o644)
+    _copy(pki.crl, target / "crl.pem", 0o644)
+    for kind, names, get in (("servers", servers, pki.server), ("clients", clients, pki.client)):
+        for name in names:
+            paths = get(name)
+            _copy(paths.cert, target / kind / f"{name}.pem", 0o644)
+            _copy(paths.key, target / kind / f"{name}.key", 0o600)
+
+
+def _fill_broker(topology: Topology, broker: BrokerSpec, pki: PKI, target: Path) -> None:
+    bridges = [b.name for b in topology.bridges
+               if any(topology.bridge_endpoints(b, way)[0] == broker.name for way in topology.bridge_connections(b))]
+    _fill(target / "certs", pki, clients=[*bridges, health_identity(broker.name)],
+          servers=[broker.name])
+    files = BrokerFiles(certs=CONFIG_DIR / "certs", directory=CONFIG_DIR, log=None, bind="0.0.0.0",
+                        peer_hosts={b.name: b.name for b in topology.brokers},
+                        data=DATA_DIR)
+    for name, text in render_broker(topology, broker, files).items():
+        _write(target / name, text.encode(), 0o644)
+    ident = health_identity(broker.name)
+    certs = CONFIG_DIR / "certs"
+    # Connects over mutual TLS as an identity with no rights: proves TLS, the CA, the CRL
+    # and the listener work. mosquitto_pub exits non-zero only when the connection fails.
+    _write(target / "healthcheck", (
+        "#!/bin/sh\n"
+        f"# health check of {broker.name}: a mutual-TLS MQTT v5 connection as {ident}\n"
+        f"exec mosquitto_pub -q 0 -V mqttv5 -h localhost -p {broker.port} -i {ident} "
+        f"--cafile {certs}/ca/ca.pem --cert {certs}/clients/{ident}.pem "
+        f"--key {certs}/clients/{ident}.key -t {topology.root}/health -n\n").encode(), 0o755)
+
+
+def _copy(src: Path, dst: Path, mode: int) -> None:
+    _write(dst, src.read_bytes(), mode)
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """Replace ``path`` atomically with a file that has ``mode`` from its creation."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), mode)
+        f.write(data)
+    os.replace(tmp, path)
+
+
+# -- launchers --------------------------------------------------------------------------------
+
+def device_env(topology: Topology, device_id: str) -> dict[str, str]:
+    """The ``FMB_*`` environment of a device container: service names, mounted paths."""
+    device = topology.device(device_id)
+    env = device_environment(topology, device, CERTS_DIR, RUN_DIR,
+                             hosts={b.name: b.name for b in topology.brokers})
+    env["FMB_READY_FILE"] = str(RUN_DIR / "ready")  # the container's health check looks here
+    if "FMB_FEEDER_SOCKET" in env:
+        feeder = next(f for f in topology.feeders if device.id in (f.supply, f.capbank, f.meter))
+        env["FMB_FEEDER_SOCKET"] = str(FEEDER_DIR / f"{feeder.id}.sock")
+    if "FMB_UI_SOCKET" in env:
+        env["FMB_UI_SOCKET"] = str(UI_DIR / f"{device.id}.sock")
+        # The console listens inside the container; Compose publishes it on the host's loopback.
+        env["FMB_UI_HTTP"] = f"0.0.0.0:{UI_PORT}"
+        env["FMB_UI_URL_FILE"] = str(UI_DIR / f"{device.id}.url")
+        # The button asks the runner service (which holds the harness identities) for a run;
+        # the tablet itself holds none, and may ask only for RUNNER_SCENARIOS.
+        env["FMB_UI_RUNS"] = str(RUNS_DIR)
+        env["FMB_UI_RUN_COMMAND"] = json.dumps(["python", "-m", "testbed.cli.containers", "request-run", "appendix-a"])
+    return env
+
+
+def exec_module(module: str, env: dict[str, str]) -> None:
+    sys.stdout.flush()
+    os.execvpe(sys.executable, [sys.executable, "-m", module], {**os.environ, **env})
+
+
+# -- the harness inside the Compose bus ------------------------------------------------------
+
+class ContainerBus:
+    """The Compose bus as seen from a container on its networks (the ``scenario`` service)."""
+
+    def __init__(self, topology: Topology, certs: Path = CERTS_DIR, ui: Path = UI_DIR) -> None:
+        self.topology = topology
+        self.certs = certs
+        self.ui = ui
+        self.pki = PKI(certs)  # the runner finds the operator's signing key beside it
+
+    def identity(self, name: str) -> TLSIdentity:
+        return TLSIdentity(self.certs / "ca" / "ca.pem", self.certs / "clients" / f"{name}.pem",
+                           self.certs / "clients" / f"{name}.key")
+
+    def endpoint(self, broker: str) -> Endpoint:
+        return Endpoint(broker, self.topology.broker(broker).port)  # the service name
+
+    def ui_socket(self, device_id: str) -> Path:
+        return self.ui / f"{device_id}.sock"

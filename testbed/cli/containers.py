@@ -1,0 +1,70 @@
+"""The command line inside the Compose bus's containers (``python -m testbed.cli.containers``).
+
+Each Compose service's ``command`` is one of these: ``init`` fills the volumes, ``device`` and
+``feeder`` exec a device or feeder model with its environment derived from the topology,
+``scenario`` and ``runner`` are the harness services, ``request-run`` is what a tablet's button
+starts. Thin: it parses, calls :mod:`testbed.backends.containers` or
+:mod:`testbed.harness.service`, and prints one line on error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from testbed.backends.containers import FEEDER_DIR, container_topology, device_env, exec_module, init_volumes
+from testbed.core.errors import TestbedError
+
+__all__ = ["main"]
+
+USAGE = """usage: python -m testbed.cli.containers COMMAND
+  init            create the PKI if missing and fill each container's volume (init service)
+  device ID       run device ID with its environment derived from the topology
+  feeder ID       run feeder model ID, serving /feeder/ID.sock
+  scenario NAME   run scenario NAME once on the bus, print the timeline, exit 0 if it passed
+  runner          serve run requests from the tablets' run buttons on /ui/runner.sock
+  request-run NAME --out DIR
+                  ask the runner for scenario NAME into DIR (what a tablet's button starts)"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("scenario", "runner", "request-run"):
+        # Only the harness services load the harness (and matplotlib, which needs a writable
+        # directory that the read-only init and device containers do not have).
+        from testbed.harness import service
+    try:
+        if args == ["init"]:
+            created = init_volumes(container_topology())
+            print(f"init: PKI {'created: ' + ', '.join(created) if created else 'kept'}; "
+                  "volumes filled", flush=True)
+            return 0
+        if len(args) == 2 and args[0] == "device":
+            topology = container_topology()
+            exec_module(f"devices.{topology.device(args[1]).role}", device_env(topology, args[1]))
+        if len(args) == 2 and args[0] == "feeder":
+            spec = next(f for f in container_topology().feeders if f.id == args[1])
+            exec_module("devices.feeder", {"FMB_FEEDER": json.dumps(asdict(spec)),
+                                     "FMB_FEEDER_SOCKET": str(FEEDER_DIR / f"{spec.id}.sock")})
+        if args == ["runner"]:
+            service.serve_runner()
+        if len(args) == 4 and args[0] == "request-run" and args[2] == "--out":
+            return service.request_run(args[1], Path(args[3]))
+        if len(args) == 2 and args[0] == "scenario":
+            out = os.environ.get("FMB_OUT")
+            return service.run_scenario(args[1], out=Path(out) if out else None)
+    except StopIteration:
+        print(f"error: no {args[0]} {args[1]!r} in the topology", file=sys.stderr)
+        return 2
+    except TestbedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(USAGE, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,389 @@
+"""Detect: the rules that turn broker events and bus messages into alerts.
+
+One rule per item of the Detect table of *MQTT and the NIST Cybersecurity Framework* (section
+2.1.3), plus the bus's own evidence (actuators rejecting commands, physically implausible
+readings). :class:`Detector` is pure state and arithmetic: the monitor (``testbed/csf/monitor.py``)
+feeds it :class:`~testbed.csf.brokerlog.BrokerEvent` objects, the messages it reads and a clock
+tick, and publishes what it returns. Thresholds are a frozen :class:`Thresholds`, read from the
+``[thresholds]`` table of a monitor configuration file.
+
+    alert kind             evidence
+    connection_flood       > connect_attempts new connections from one address in connect_window_s
+    tls_failures           >= tls_failures handshakes failing (no certificate, not TLS) from one address
+    auth_failures          >= auth_failures certificates refused (unknown CA, revoked) from one address
+    topic_scan             one identity denied on >= scan_topics distinct topics in scan_window_s
+    undeliverable          >= undeliverable messages on topics nobody (but observers) reads
+    idle_client            connected idle_s without sending anything the bus carried
+    abnormal_termination   a connection ended without DISCONNECT (socket error, keepalive timeout, ...)
+    malformed_packet       the broker dropped a client for a malformed packet, or an oversize publish
+    rate_anomaly           one publisher's delivery-plane rate above rate_msgs_per_s and rate_factor x its baseline
+    implausible_reading    a meter reading that its feeder's supply and cap bank cannot explain
+    command_rejected       an actuator refused a command (bad or missing signature, stale, replayed)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import tomllib
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from brokers.mosquitto import DYNSEC_TOPIC
+from testbed.core.errors import ConfigError
+from testbed.core.payloads import Message
+from testbed.core.topics import PROFILES, ROLES, topic
+from testbed.core.topology import Topology
+from testbed.csf.brokerlog import BrokerEvent
+
+__all__ = ["ACTIONS", "ALERT_KINDS", "Alert", "Detector", "MonitorConfig", "Thresholds", "load_monitor_config"]
+
+ALERT_KINDS = ("connection_flood", "tls_failures", "auth_failures", "topic_scan", "undeliverable", "idle_client",
+               "abnormal_termination", "malformed_packet", "rate_anomaly", "implausible_reading",
+               "command_rejected")
+ACTIONS = ("revoke", "block", "block-topic", "evict")
+OBSERVERS = ("monitor", "recorder")  # their subscriptions do not make a message delivered
+_AUTH_REASONS = ("certificate verify failed", "certificate revoked", "unknown ca", "bad certificate")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When each rule fires. Windows are seconds; counts are within the window."""
+
+    connect_attempts: int = 30
+    connect_window_s: float = 10.0
+    tls_failures: int = 3
+    auth_failures: int = 3
+    failure_window_s: float = 60.0
+    scan_topics: int = 5
+    scan_window_s: float = 60.0
+    undeliverable: int = 3
+    undeliverable_window_s: float = 30.0
+    idle_s: float = 30.0
+    rate_msgs_per_s: float = 200.0
+    rate_factor: float = 10.0
+    voltage_tolerance_v: float = 3.0
+    voltage_grace_s: float = 2.0
+    # Without a supply status to compare with (e.g. just after the monitor started), a reading
+    # outside these bounds is implausible for a 120 V service (ANSI C84.1 range B is 110-127 V).
+    voltage_min_v: float = 100.5
+    voltage_max_v: float = 130.0
+    repeat_s: float = 30.0  # the same alert (kind and subject) at most once per repeat_s
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) <= 0:
+                raise ValueError(f"threshold {f.name} is {getattr(self, f.name)}; it must be > 0")
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Thresholds and the automatic response policy (alert kind -> action)."""
+
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    policy: dict[str, str] = field(default_factory=dict)
+
+
+def load_monitor_config(path: Path | None) -> MonitorConfig:
+    """Read ``[thresholds]`` and ``[policy]`` from a TOML file (defaults if ``path`` is None or absent)."""
+    if path is None or not path.exists():
+        return MonitorConfig()
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "", f"is not valid TOML ({e})", "fix the syntax at that line") from None
+    for key in data:
+        if key not in ("thresholds", "policy"):
+            raise ConfigError(path, key, "is not a known table", "use [thresholds] and [policy]")
+    names = {f.name: f.type for f in dataclasses.fields(Thresholds)}
+    values = {}
+    for key, value in data.get("thresholds", {}).items():
+        if key not in names:
+            raise ConfigError(path, f"thresholds.{key}", "is not a known threshold", f"use one of: {', '.join(names)}")
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(path, f"thresholds.{key}", f"is {value!r}", "give a number > 0")
+        values[key] = int(value) if names[key] == "int" else float(value)
+    policy = {}
+    for kind, action in data.get("policy", {}).items():
+        if kind not in ALERT_KINDS:
+            raise ConfigError(path, f"policy.{kind}", "is not an alert kind", f"use one of: {', '.join(ALERT_KINDS)}")
+        if action not in ACTIONS:
+            raise ConfigError(path, f"policy.{kind}", f"is {action!r}", f"use one of: {', '.join(ACTIONS)}")
+        policy[kind] = action
+    return MonitorConfig(Thresholds(**values), policy)
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One detection: what, who (identity and/or address), where, when, and the evidence."""
+
+    kind: str
+    time_ns: int
+    identity: str | None
+    address: str | None
+    broker: str | None
+    evidence: dict[str, Any]
+    subject: str = ""  # what a response acts on: an identity or a topic
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "time_ns": self.time_ns,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.time_ns / 1e9))
+                + f".{self.time_ns % 10**9 // 10**6:03d}",
+                "identity": self.identity, "address": self.address, "broker": self.broker,
+                "subject": self.subject, "evidence": self.evidence}
+
+
+def filter_within(sub: str, pattern: str) -> bool:
+    """Whether subscribing to filter ``sub`` stays within ACL pattern ``pattern`` (or a topic matches it)."""
+    s, p = sub.split("/"), pattern.split("/")
+    for i, level in enumerate(p):
+        if level == "#":
+            return True
+        if i >= len(s) or s[i] == "#" or (level != "+" and (s[i] != level)):
+            return False
+    return len(s) == len(p)
+
+
+class Detector:
+    """All rules, with their state; call :meth:`on_event`, :meth:`on_message`, :meth:`tick`."""
+
+    def __init__(self, topology: Topology, thresholds: Thresholds | None = None) -> None:
+        self.topology = topology
+        self.t = thresholds or Thresholds()
+        self.known = set(topology.client_identities())
+        self._plane = {b.name: b.plane for b in topology.brokers}
+        self._recent: dict[tuple[str, ...], int] = {}
+        self._windows: dict[tuple[str, ...], deque[tuple[int, str]]] = defaultdict(deque)
+        self._subs: dict[str, dict[str, tuple[str | None, set[str], bool]]] = defaultdict(dict)
+        self._connected: dict[tuple[str, str], tuple[str | None, str | None, int]] = {}
+        self._last_data: dict[tuple[str, str], int] = {}
+        self._rate: dict[tuple[str, str], list[float]] = {}  # (broker, source) -> [second, count, baseline]
+        self._feeder_state: dict[str, dict[str, Any]] = {}
+        self._permanent: dict[str, list[str]] = defaultdict(list)  # broker -> bridge (out) patterns
+        for bridge in topology.bridges:
+            for way, profiles in topology.bridge_connections(bridge).items():
+                host = topology.bridge_endpoints(bridge, way)[0]
+                self._permanent[host] += [topic(topology.root, p, "+") for p in profiles]
+        # A profile no device reads by design (the tablet's DisplayStatusProfile is for observers) is
+        # delivered by being recorded; only the benchmarks' own profiles stay watched.
+        device_reads = {g.profile for d in topology.devices for g in ROLES[d.role].reads}
+        for broker in topology.brokers:
+            self._permanent[broker.name] += [topic(topology.root, p, "+") for p, prof in PROFILES.items()
+                                             if p not in device_reads and not p.startswith("Bench")
+                                             and prof.plane == broker.plane]
+
+    # -- rights, as the generated ACL gives them -----------------------------------------------
+
+    def reads(self, identity: str | None, broker: str) -> list[str]:
+        """The topic patterns ``identity`` may read on ``broker`` (empty for an unknown identity)."""
+        plane = self._plane.get(broker)
+        if identity is None or identity not in self.known:
+            return []
+        if identity == "responder":
+            return [DYNSEC_TOPIC + "/response"]
+        bridge = next((b for b in self.topology.bridges if b.name == identity), None)
+        if bridge:  # a bridge only publishes to the broker it connects to; both-way profiles are read too
+            return [topic(self.topology.root, p, "+") for p, d in self.topology.bridge_directions(bridge).items()
+                    if d == "both"]
+        role = self.topology.identity_role(identity)
+        if role is None:
+            return []
+        return [topic(self.topology.root, g.profile, identity if g.scope == "own" else "+")
+                for g in ROLES[role].reads if PROFILES[g.profile].plane == plane]
+
+    def publishes_on(self, identity: str | None, broker: str) -> bool:
+        role = self.topology.identity_role(identity or "")
+        return role is not None and any(PROFILES[g.profile].plane == self._plane.get(broker)
+                                        for g in ROLES[role].publishes)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _count(self, key: tuple[str, ...], now: int, window_s: float, item: str = "") -> list[str]:
+        """Add ``item`` to the sliding window ``key``; the items now inside the window."""
+        q = self._windows[key]
+        q.append((now, item))
+        while q and now - q[0][0] > window_s * 1e9:
+            q.popleft()
+        return [i for _, i in q]
+
+    def _alert(self, kind: str, now: int, key: str, **fields: Any) -> list[Alert]:
+        last = self._recent.get((kind, key))
+        if last is not None and now - last < self.t.repeat_s * 1e9:
+            return []
+        self._recent[(kind, key)] = now
+        fields.setdefault("subject", fields.get("identity") or "")
+        return [Alert(kind, now, fields.pop("identity", None), fields.pop("address", None),
+                      fields.pop("broker", None), fields.pop("evidence"), fields.pop("subject"))]
+
+    # -- broker and device log events ---------------------------------------------------------
+
+    def on_event(self, ev: BrokerEvent) -> list[Alert]:
+        """Update state with one event; alerts it raises (none while replaying an old log)."""
+        subs = self._subs[ev.source]
+        if ev.kind == "restarted":
+            persistent = {c: v for c, v in subs.items() if not v[2]}
+            self._subs[ev.source] = persistent
+            return []
+        if ev.kind == "connected" and ev.client_id:
+            clean = bool(ev.detail.get("clean_start"))
+            old = subs.get(ev.client_id)
+            subs[ev.client_id] = (ev.identity, set() if clean or old is None else old[1], not clean)
+            if not ev.replay:
+                self._connected[(ev.source, ev.client_id)] = (ev.identity, ev.address, ev.time_ns)
+        if ev.kind in ("disconnected", "evicted") and ev.client_id:
+            self._connected.pop((ev.source, ev.client_id), None)
+            if ev.client_id in subs and not subs[ev.client_id][2]:
+                del subs[ev.client_id]
+        if ev.kind == "subscribe" and ev.client_id in subs:
+            subs[ev.client_id][1].add(ev.detail["filter"])
+        if ev.kind == "unsubscribe" and ev.client_id in subs:
+            subs[ev.client_id][1].discard(ev.detail["filter"])
+        if ev.replay:
+            return []
+        return self._rules(ev)
+
+    def _rules(self, ev: BrokerEvent) -> list[Alert]:
+        t, now, who = self.t, ev.time_ns, ev.identity
+        base = {"broker": ev.source, "identity": who, "address": ev.address}
+        if (ev.kind == "connection" or ev.detail.get("attempt")) and ev.address:
+            n = len(self._count(("conn", ev.address), now, t.connect_window_s))
+            if n > t.connect_attempts:
+                alerts = self._alert("connection_flood", now, ev.address, **{**base, "subject": ev.address},
+                                     evidence={"connections": n, "window_s": t.connect_window_s, "line": ev.line})
+                if ev.kind == "connection":
+                    return alerts
+                return alerts + self._rules(dataclasses.replace(ev, detail={"reason": ev.detail.get("reason")}))
+        if ev.kind == "tls_failure":
+            reason = str(ev.detail.get("reason", ""))
+            kind = "auth_failures" if any(r in reason.lower() for r in _AUTH_REASONS) else "tls_failures"
+            limit = t.auth_failures if kind == "auth_failures" else t.tls_failures
+            reasons = self._count((kind, ev.address or "?"), now, t.failure_window_s, reason)
+            if len(reasons) >= limit:
+                return self._alert(kind, now, ev.address or "?", **{**base, "subject": ev.address or ""}, evidence={
+                    "failures": len(reasons), "window_s": t.failure_window_s, "reasons": sorted(set(reasons)),
+                    "line": ev.line})
+        if ev.kind == "subscribe" and not any(filter_within(ev.detail["filter"], p)
+                                              for p in self.reads(who, ev.source)):
+            return self._denied(ev, ev.detail["filter"], "SUBSCRIBE (outside the identity's ACL)")
+        if ev.kind == "denied":
+            return self._denied(ev, ev.detail["topic"], f"{ev.detail['packet']} denied by the broker")
+        if ev.kind == "disconnected" and not ev.detail.get("clean"):
+            out = self._alert("abnormal_termination", now, f"{ev.source}/{ev.client_id}", **base, evidence={
+                "client_id": ev.client_id, "reason": ev.detail.get("reason"), "line": ev.line})
+            if ev.detail.get("malformed"):
+                out += self._alert("malformed_packet", now, f"{ev.source}/{ev.client_id}/m", **base, evidence={
+                    "client_id": ev.client_id, "reason": ev.detail.get("reason"), "line": ev.line})
+            return out
+        if ev.kind in ("malformed", "oversize"):
+            reason = ev.detail.get("reason") or f"PUBLISH of {ev.detail.get('bytes')} bytes over message_size_limit"
+            return self._alert("malformed_packet", now, f"{ev.source}/{ev.client_id}/{ev.kind}", **base, evidence={
+                "client_id": ev.client_id, "reason": reason, "line": ev.line})
+        if ev.kind == "command_rejected":
+            return self._alert("command_rejected", now, ev.line, identity=who, address=None, broker=None,
+                               subject=who or "", evidence=dict(ev.detail))
+        return []
+
+    def _denied(self, ev: BrokerEvent, name: str, how: str) -> list[Alert]:
+        who = ev.identity or f"client {ev.client_id}"
+        topics = set(self._count(("scan", who), ev.time_ns, self.t.scan_window_s, name))
+        if len(topics) >= self.t.scan_topics:
+            return self._alert("topic_scan", ev.time_ns, who, broker=ev.source, identity=ev.identity,
+                               address=ev.address, evidence={"distinct_topics": len(topics), "how": how,
+                                                             "topics": sorted(topics)[:20],
+                                                             "window_s": self.t.scan_window_s})
+        return []
+
+    # -- messages the monitor reads -------------------------------------------------------------
+
+    def on_message(self, broker: str, name: str, message: Message | None, retain: bool,
+                   now: int | None = None) -> list[Alert]:
+        now = now if now is not None else time.time_ns()
+        source = message.source if message else name.rsplit("/", 1)[-1]
+        self._last_data[(broker, source)] = now
+        out: list[Alert] = []
+        if not retain:
+            out += self._undeliverable(broker, name, source, now)
+        if self._plane.get(broker) == "delivery":
+            out += self._rate_check(broker, source, name, now)
+        if message is not None:
+            out += self._plausibility(broker, message, now)
+        return out
+
+    def _undeliverable(self, broker: str, name: str, source: str, now: int) -> list[Alert]:
+        readers = [f for ident, filters, _ in self._subs[broker].values() if ident not in OBSERVERS for f in filters]
+        if any(filter_within(name, f) for f in readers + self._permanent[broker]):
+            return []
+        n = len(self._count(("undeliv", source, name), now, self.t.undeliverable_window_s))
+        if n >= self.t.undeliverable:
+            return self._alert("undeliverable", now, f"{source}:{name}", broker=broker, identity=source,
+                               address=None, evidence={"topic": name, "messages": n,
+                                                       "window_s": self.t.undeliverable_window_s})
+        return []
+
+    def _rate_check(self, broker: str, source: str, name: str, now: int) -> list[Alert]:
+        second = now // 10**9
+        state = self._rate.setdefault((broker, source), [second, 0, 0.0])
+        if state[0] != second:  # close the finished second(s) into the baseline (EWMA, alpha 0.1)
+            for _ in range(min(int(second - state[0]), 60)):
+                state[2] = 0.9 * state[2] + 0.1 * state[1]
+                state[1] = 0
+            state[0] = second
+        state[1] += 1
+        limit = max(self.t.rate_msgs_per_s, self.t.rate_factor * state[2])
+        if state[1] > limit:
+            return self._alert("rate_anomaly", now, f"{broker}/{source}", broker=broker, identity=source,
+                               address=None, subject=name, evidence={
+                                   "messages_this_second": int(state[1]), "baseline_per_s": round(state[2], 2),
+                                   "limit_per_s": limit, "topic": name})
+        return []
+
+    def _plausibility(self, broker: str, m: Message, now: int) -> list[Alert]:
+        for f in self.topology.feeders:
+            s = self._feeder_state.setdefault(f.id, {"supply_v": None, "closed": None, "changed": 0})
+            if m.profile == "SupplyStatusProfile" and m.source == f.supply:
+                if s["supply_v"] != m.body.get("output_v"):
+                    s["supply_v"], s["changed"] = m.body.get("output_v"), now
+            elif m.profile == "CapBankStatusProfile" and m.source == f.capbank:
+                closed = m.body.get("state") == "closed"
+                if s["closed"] != closed:
+                    s["closed"], s["changed"] = closed, now
+            elif m.profile == "MeterReadingProfile" and m.source == f.meter:
+                measured = float(m.body.get("voltage_v", 0.0))
+                if s["supply_v"] is None:
+                    expected = None
+                    implausible = not self.t.voltage_min_v <= measured <= self.t.voltage_max_v
+                else:
+                    expected = round(s["supply_v"] - f.line_drop_v + (f.capbank_boost_v if s["closed"] else 0.0), 2)
+                    settled = now - s["changed"] > self.t.voltage_grace_s * 1e9
+                    implausible = settled and abs(measured - expected) > self.t.voltage_tolerance_v
+                if implausible:
+                    return self._alert("implausible_reading", now, m.source, broker=broker, identity=m.source,
+                                       address=None, evidence={
+                                           "voltage_v": measured, "expected_v": expected,
+                                           "bounds_v": [self.t.voltage_min_v, self.t.voltage_max_v],
+                                           "supply_output_v": s["supply_v"], "capbank_closed": s["closed"],
+                                           "feeder": f.id, "seq": m.seq,
+                                           "tolerance_v": self.t.voltage_tolerance_v})
+        return []
+
+    # -- the clock ----------------------------------------------------------------------------
+
+    def tick(self, now: int | None = None) -> list[Alert]:
+        """Clients connected ``idle_s`` without sending anything the bus carried."""
+        now = now if now is not None else time.time_ns()
+        out: list[Alert] = []
+        for (broker, cid), (ident, addr, since) in list(self._connected.items()):
+            if now - since < self.t.idle_s * 1e9:
+                continue
+            unknown = ident not in self.known
+            expected = self._plane.get(broker) == "delivery" and self.publishes_on(ident, broker)
+            if not (unknown or expected) or self._last_data.get((broker, ident or ""), 0) > since:
+                continue
+            del self._connected[(broker, cid)]  # one alert per connection
+            out += self._alert("idle_client", now, f"{broker}/{cid}", broker=broker, identity=ident, address=addr,
+                               evidence={"client_id": cid, "connected_s": round((now - since) / 1e9, 1),
+                                         "why": "identity unknown to the topology" if unknown
+                                         else "a publisher that has published nothing since it connected"})
+        return out

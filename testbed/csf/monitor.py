@@ -1,0 +1,214 @@
+"""The monitor (NIST CSF Detect, and Respond where a policy says so).
+
+A harness process with its own certificate (``monitor``), started by the local bus after the
+devices. It watches every broker three ways: their logs (connections, TLS failures, disconnects,
+subscriptions and, on the control plane where debug logging is on, denied and oversize
+publishes: ``testbed.csf.brokerlog``), the actuators' logs (rejected commands), and the messages of
+every profile of the tree, which its ACL lets it read (rates, plausibility, messages nobody
+reads). The rules are ``testbed.csf.detect``. Each alert is one JSON line appended to the alert file
+and one ``AlertProfile`` message on every control-plane broker, and, if the policy of the
+monitor configuration maps its kind to an action, the action is taken at once
+(``testbed.csf.respond``) and its outcome written beside the alert.
+
+Configuration (environment, set by ``testbed.backends.local``; ``testbed.backends.local.monitor_environment``):
+
+    FMB_DEVICE_ID        the monitor's identity (certificate CN)               (default monitor)
+    FMB_BROKERS          JSON {broker name: "host:port"}                       (required)
+    FMB_CA, FMB_CERT, FMB_KEY   CA, certificate and key files                  (required)
+    FMB_TOPOLOGY         the topology file                                     (required)
+    FMB_MONITOR_LOGS     JSON {broker or device name: "file:/path" | "cmd:COMMAND"}
+    FMB_MONITOR_ALERTS   the JSONL alert file                                  (required)
+    FMB_MONITOR_CONFIG   TOML with [thresholds] and [policy] (optional file)
+    FMB_CERTS_DIR, FMB_STATE_DIR   for automatic responses on the local bus
+    FMB_READY_FILE       touched once every broker is subscribed and the logs replayed
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+
+from testbed.core.payloads import PayloadError, decode, encode
+from testbed.core.topics import subscriptions, topic
+from testbed.core.topology import load_topology
+from testbed.csf.brokerlog import BrokerLogParser, device_log_event, log_sources
+from testbed.csf.detect import Alert, Detector, load_monitor_config
+from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
+
+__all__ = ["Monitor", "main"]
+
+log = logging.getLogger("monitor")
+
+
+class Monitor:
+    """Feeds the detector from logs, messages and a clock; publishes, records and acts on alerts."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.id = env.get("FMB_DEVICE_ID", "monitor")
+        topology = load_topology(env["FMB_TOPOLOGY"])
+        endpoints = {name: Endpoint.parse(ep) for name, ep in json.loads(env["FMB_BROKERS"]).items()}
+        self.topology = topology.with_ports({s.name: (endpoints[f"{s.name}-delivery"].port,
+                                                      endpoints[f"{s.name}-control"].port)
+                                             for s in topology.sites})
+        self.endpoints = endpoints
+        self.tls = TLSIdentity(Path(env["FMB_CA"]), Path(env["FMB_CERT"]), Path(env["FMB_KEY"]))
+        config_path = env.get("FMB_MONITOR_CONFIG")
+        self.config = load_monitor_config(Path(config_path) if config_path else None)
+        self.detector = Detector(self.topology, self.config.thresholds)
+        self.alerts_file = Path(env["FMB_MONITOR_ALERTS"])
+        self.sources = log_sources(json.loads(env.get("FMB_MONITOR_LOGS", "{}")))
+        self.parsers = {b.name: BrokerLogParser(b.name) for b in self.topology.brokers}
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._clients: dict[str, paho.Client] = {}
+        self._seq = 0
+        self._replayed = threading.Event()
+        self._pending_replays = len(self.sources)
+        self._responder: Any = None
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def _read_logs(self, source: Any) -> None:
+        replaying = True
+        for name, line, replay in source.lines(self._stopped):
+            if replaying and not replay:
+                replaying = False
+                self._replay_done()
+            if not name:
+                continue
+            if name in self.parsers:
+                event = self.parsers[name].parse(line, replay=replay)
+            else:
+                event = device_log_event(name, line, replay=replay)
+            if event is not None:
+                with self._lock:
+                    alerts = self.detector.on_event(event)
+                self._raise(alerts)
+        if replaying:
+            self._replay_done()
+
+    def _replay_done(self) -> None:
+        with self._lock:
+            self._pending_replays -= 1
+            if self._pending_replays <= 0:
+                self._replayed.set()
+
+    def _on_message(self, broker: str, msg: paho.MQTTMessage) -> None:
+        try:
+            message = decode(msg.payload)
+        except PayloadError:
+            message = None
+        with self._lock:
+            alerts = self.detector.on_message(broker, msg.topic, message, bool(msg.retain))
+        self._raise(alerts)
+
+    # -- outputs ------------------------------------------------------------------------------
+
+    def _raise(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            record = alert.as_json()
+            action = self.config.policy.get(alert.kind)
+            if action:
+                record["response"] = self._respond(action, record)
+            line = json.dumps(record)
+            with self._lock, open(self.alerts_file, "a") as f:
+                f.write(line + "\n")
+            log.warning("alert %s %s", alert.kind, line)
+            self._publish(alert)
+
+    def _respond(self, action: str, record: dict[str, Any]) -> dict[str, Any]:
+        from testbed.backends.local import LocalBus
+        from testbed.core.errors import TestbedError
+        from testbed.csf.respond import Responder
+
+        try:
+            if self._responder is None:
+                bus = LocalBus.attach(Path(self.env["FMB_STATE_DIR"]))
+                if bus is None:
+                    raise TestbedError("no running local bus to act on")
+                self._responder = Responder(bus)
+            outcome = self._responder.act(action, record)
+            outcome["alert_to_done_ms"] = round((time.time_ns() - record["time_ns"]) / 1e6, 2)
+            return outcome
+        except TestbedError as e:
+            return {"action": action, "error": str(e)}
+
+    def _publish(self, alert: Alert) -> None:
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+        body = {"kind": alert.kind, "time_ns": alert.time_ns, "evidence": alert.evidence,
+                "identity": alert.identity, "address": alert.address, "broker": alert.broker, "subject": alert.subject}
+        payload = encode("AlertProfile", self.id, seq, json.loads(json.dumps(body, default=str)))
+        for broker in self.topology.brokers:
+            client = self._clients.get(broker.name)
+            if broker.plane == "control" and client is not None:
+                client.publish(topic(self.topology.root, "AlertProfile", self.id), payload, 1)
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for source in self.sources:
+            threading.Thread(target=self._read_logs, args=(source,), daemon=True).start()
+        if not self._replayed.wait(60):
+            raise SystemExit("error: the monitor could not read the broker logs in 60 s")
+        for broker in self.topology.brokers:
+            subs = subscriptions(self.topology.root, "monitor", self.id, broker.plane)
+            subscribed = threading.Event()
+
+            def on_connect(c: paho.Client, subs: list = subs, ev: threading.Event = subscribed) -> None:
+                c.on_subscribe = lambda *a: ev.set()
+                c.subscribe(subs)
+
+            self._clients[broker.name] = connect(
+                f"{self.id}-{broker.name}", self.tls, self.endpoints[broker.name],
+                on_message=lambda c, u, m, b=broker.name: self._on_message(b, m), on_connect=on_connect)
+            if not subscribed.wait(10):
+                raise SystemExit(f"error: the monitor could not subscribe on {broker.name}")
+        ready = self.env.get("FMB_READY_FILE")
+        if ready:
+            Path(ready).write_text(str(os.getpid()))
+        log.info("watching %d brokers; alerts to %s; policy %s", len(self._clients), self.alerts_file,
+                 self.config.policy or "none (detect only)")
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stopped.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stopped.set())
+        self.start()
+        while not self._stopped.wait(0.5):
+            with self._lock:
+                alerts = self.detector.tick()
+            self._raise(alerts)
+        for c in self._clients.values():
+            c.disconnect()
+            c.loop_stop()
+        ready = self.env.get("FMB_READY_FILE")
+        if ready:
+            Path(ready).unlink(missing_ok=True)
+
+
+def main() -> None:
+    if len(sys.argv) > 1:
+        print(__doc__)
+        sys.exit(0 if sys.argv[1] in ("-h", "--help") else 2)
+    logging.basicConfig(stream=sys.stderr, level=os.environ.get("FMB_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    missing = [k for k in ("FMB_BROKERS", "FMB_CA", "FMB_CERT", "FMB_KEY", "FMB_TOPOLOGY", "FMB_MONITOR_ALERTS")
+               if not os.environ.get(k)]
+    if missing:
+        raise SystemExit(f"error: set {', '.join(missing)} (see --help)")
+    Monitor(dict(os.environ)).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Respond: revoke an identity, block an identity or a topic, evict live sessions.
+
+A CRL reload alone leaves a connected client connected (DESIGN.md, "Facts that bite"), so every
+action that cuts an identity off ends with an eviction through Mosquitto's dynamic-security
+plugin, loaded beside our acl_file (which stays authoritative for access, checked on 2.0.11):
+the ``responder`` identity, whose only right is the plugin's control topic, sends
+``createClient`` + ``disableClient`` for the identity, and the broker drops its sessions.
+
+* :meth:`Responder.revoke`: CRL updated, brokers reloaded (SIGHUP, waited for), sessions evicted;
+  reconnecting fails at the TLS handshake.
+* :meth:`Responder.block`: an identity loses every ACL right (it may still connect, but can
+  neither publish nor read) and is evicted; a topic is denied to everyone (``topic deny``,
+  applied to connected clients by the reload). Blocks are kept in ``<state>/blocklist.json`` so a
+  restarted broker keeps them; :meth:`Responder.unblock` lifts one.
+
+Each action returns a dict of what was done and how long each step took.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+
+from brokers.mosquitto import DYNSEC_TOPIC, render_acl
+from testbed.core.errors import TestbedError
+from testbed.security.blocklist import Blocklist
+from testbed.transport.mqtt import connect
+
+__all__ = ["Responder"]
+
+
+class Responder:
+    """The actions, on a running :class:`~testbed.backends.local.LocalBus`."""
+
+    def __init__(self, bus: Any) -> None:  # a LocalBus; Any keeps this module free of the process code
+        self.bus = bus
+        self.topology = bus.topology
+
+    # -- actions ------------------------------------------------------------------------------
+
+    def revoke(self, identity: str) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        serial = self.bus.pki.revoke(identity)  # idempotent
+        t1 = time.perf_counter()
+        reloaded = self.reload()
+        t2 = time.perf_counter()
+        evicted = self.evict(identity)
+        t3 = time.perf_counter()
+        return {"action": "revoke", "identity": identity, "serial": f"{serial:x}",
+                "brokers_reloaded": reloaded, "evicted_on": evicted,
+                "ms": {"crl": _ms(t0, t1), "reload": _ms(t1, t2), "evict": _ms(t2, t3), "total": _ms(t0, t3)}}
+
+    def block(self, target: str) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        blocks = Blocklist.load(self.bus.state_dir)
+        is_topic = "/" in target
+        if not is_topic and target not in self.topology.client_identities() and not _issued(self.bus, target):
+            raise TestbedError(f"{target!r} is neither an identity of the bus nor a topic (a topic has a '/')")
+        bucket = blocks.topics if is_topic else blocks.identities
+        if target not in bucket:
+            bucket.append(target)
+        blocks.save(self.bus.state_dir)
+        self.write_acls(blocks)
+        t1 = time.perf_counter()
+        reloaded = self.reload()
+        t2 = time.perf_counter()
+        evicted = [] if is_topic else self.evict(target)
+        t3 = time.perf_counter()
+        return {"action": "block", "topic" if is_topic else "identity": target, "brokers_reloaded": reloaded,
+                "evicted_on": evicted, "ms": {"acl": _ms(t0, t1), "reload": _ms(t1, t2), "evict": _ms(t2, t3),
+                                              "total": _ms(t0, t3)}}
+
+    def unblock(self, target: str) -> dict[str, Any]:
+        blocks = Blocklist.load(self.bus.state_dir)
+        blocks.identities = [i for i in blocks.identities if i != target]
+        blocks.topics = [t for t in blocks.topics if t != target]
+        blocks.save(self.bus.state_dir)
+        self.write_acls(blocks)
+        return {"action": "unblock", "target": target, "brokers_reloaded": self.reload()}
+
+    # -- mechanisms ---------------------------------------------------------------------------
+
+    def write_acls(self, blocks: Blocklist) -> None:
+        for broker in self.topology.brokers:
+            acl = self.bus.state_dir / "brokers" / broker.name / "acl"
+            tmp = acl.with_suffix(".tmp")
+            tmp.write_text(render_acl(self.topology, broker, tuple(blocks.identities), tuple(blocks.topics)))
+            tmp.replace(acl)
+
+    def reload(self, timeout_s: float = 5.0) -> int:
+        """SIGHUP every running broker and wait until each has logged that it reloaded."""
+        brokers = [p for p in self.bus.processes if p.kind == "broker" and self.bus.alive(p.name)]
+        offsets = {p.name: Path(p.log).stat().st_size for p in brokers}
+        for p in brokers:
+            self.bus.signal(p.name, signal.SIGHUP)
+        deadline = time.monotonic() + timeout_s
+        waiting = set(offsets)
+        while waiting and time.monotonic() < deadline:
+            for name in list(waiting):
+                with open(self.bus.log_dir / f"{name}.log", "rb") as f:
+                    f.seek(offsets[name])
+                    if b"Reloading config" in f.read():
+                        waiting.discard(name)
+            time.sleep(0.002)
+        if waiting:
+            raise TestbedError(f"brokers {', '.join(sorted(waiting))} did not reload in {timeout_s:g} s")
+        return len(brokers)
+
+    def evict(self, identity: str, timeout_s: float = 5.0) -> list[str]:
+        """Drop every live session of ``identity`` on every broker (dynamic-security disableClient)."""
+        command = json.dumps({"commands": [{"command": "createClient", "username": identity},
+                                           {"command": "disableClient", "username": identity}]})
+        done: list[str] = []
+        for broker in self.topology.brokers:
+            answered = threading.Event()
+            replies: list[dict[str, Any]] = []
+
+            def on_message(c: paho.Client, u: Any, msg: paho.MQTTMessage, replies: list = replies,
+                           answered: threading.Event = answered) -> None:
+                replies.extend(json.loads(msg.payload).get("responses", []))
+                answered.set()
+
+            subscribed = threading.Event()
+
+            def on_connect(c: paho.Client, subscribed: threading.Event = subscribed) -> None:
+                c.on_subscribe = lambda *a: subscribed.set()
+                c.subscribe(DYNSEC_TOPIC + "/response", 1)
+
+            client = connect(f"responder-{broker.name}-{time.monotonic_ns() % 10**9}", self.bus.identity("responder"),
+                             self.bus.endpoint(broker.name), on_message=on_message, on_connect=on_connect)
+            try:
+                if not subscribed.wait(timeout_s):
+                    raise TestbedError(f"responder could not subscribe to {DYNSEC_TOPIC}/response on {broker.name}")
+                client.publish(DYNSEC_TOPIC, command, 1)
+                if not answered.wait(timeout_s):
+                    raise TestbedError(f"{broker.name} did not answer the eviction of {identity} in {timeout_s:g} s; "
+                                       "is the dynamic-security plugin loaded (see brokers/mosquitto.py)?")
+            finally:
+                client.disconnect()
+                client.loop_stop()
+            failed = [r for r in replies if r.get("command") == "disableClient" and r.get("error")]
+            if failed:
+                raise TestbedError(f"{broker.name} refused to evict {identity}: {failed[0]['error']}")
+            done.append(broker.name)
+        return done
+
+    def act(self, action: str, alert: dict[str, Any]) -> dict[str, Any]:
+        """Take a policy ``action`` on an alert (its subject: an identity, or a topic for block-topic)."""
+        subject = alert.get("subject") or alert.get("identity")
+        if action == "block-topic":
+            subject = alert.get("evidence", {}).get("topic") or subject
+        if not subject:
+            raise TestbedError(f"alert {alert['kind']} names no identity or topic to act on")
+        if subject in ("responder", "monitor") or subject.startswith("bridge-"):
+            raise TestbedError(f"refusing to {action} {subject!r}: the bus's own infrastructure")
+        if action == "revoke":
+            return self.revoke(subject)
+        if action in ("block", "block-topic"):
+            return self.block(subject)
+        if action == "evict":
+            return {"action": "evict", "identity": subject, "evicted_on": self.evict(subject)}
+        raise TestbedError(f"unknown action {action!r}")
+
+
+def _issued(bus: Any, name: str) -> bool:
+    try:
+        return bool(bus.pki.client(name).cert.exists())
+    except TestbedError:
+        return False
+
+
+def _ms(a: float, b: float) -> float:
+    return round((b - a) * 1000, 2)

@@ -1,0 +1,346 @@
+"""Figures of benchmark results, drawn from the result dicts alone (never by measuring).
+
+One function per figure; each takes a loaded result (``bench-*.json``) and returns a matplotlib
+:class:`~matplotlib.figure.Figure` on an Agg canvas, touching no pyplot state, so the same
+function serves ``fmb report`` (saved as PNG), the notebooks (displayed inline) and the tests.
+Sections: latency (``fmb.bench-latency/2``), prioritisation (``fmb.bench-prioritization/1``) and
+recovery (``fmb.bench-recovery/1``); the JSON shapes are described in ``testbed/bench/README.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from testbed.core.stats import percentiles
+
+__all__ = [
+    "conditions_caption",
+    "ecdf",
+    "latency_cdf",
+    "latency_steps",
+    "prioritization_control_latency",
+    "prioritization_throughput",
+    "recovery_autosave",
+    "recovery_times",
+    "ui_cdf",
+    "ui_repetitions",
+    "wan_control_latency",
+    "wan_throughput",
+]
+
+Result = Mapping[str, Any]
+
+# One colour *and* marker / hatch per series, so greyscale prints keep them apart.
+_QOS_STYLE = {0: ("#1f618d", "o", ""), 1: ("#b03a2e", "s", "//"), 2: ("#1e8449", "^", "..")}
+_SERIES = [("#b03a2e", "-", "o"), ("#1f618d", "--", "s"), ("#1e8449", "-.", "^"), ("#7d3c98", ":", "D"),
+           ("#ca6f1e", "-", "v"), ("#5d6d7e", "--", "P")]
+_GREY = "#5d6d7e"
+
+
+def ecdf(samples: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The empirical CDF of ``samples``: sorted values and the fraction of samples <= each.
+
+    Raises ``ValueError`` on an empty sequence.
+    """
+    ordered = sorted(float(v) for v in samples)
+    if not ordered:
+        raise ValueError("ecdf() needs at least one sample; got an empty sequence")
+    n = len(ordered)
+    return ordered, [(i + 1) / n for i in range(n)]
+
+
+def _figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def conditions_caption(result: Result) -> str:
+    """One line of the conditions a reader needs to judge the figure (machine, versions, TLS)."""
+    env = result.get("environment") or {}
+    machine = env.get("machine") or {}
+    parts = [
+        f"{machine.get('cpu') or 'CPU ?'} ({machine.get('cores', '?')} cores)",
+        f"mosquitto {env.get('mosquitto') or '?'}",
+        f"Python {env.get('python') or '?'}",
+        str(env.get("tls_version") or (result.get("conditions") or {}).get("tls_version") or "TLS ?"),
+        f"backend {env.get('backend', '?')}",
+    ]
+    return "   ·   ".join(parts)
+
+
+def _finish(figure: Figure, title: str, result: Result) -> Figure:
+    figure.suptitle(title, fontsize=13, fontweight="bold")
+    figure.supxlabel(conditions_caption(result), fontsize=8, color=_GREY)  # constrained layout makes room
+    return figure
+
+
+# -- latency (fmb.bench-latency/2) ---------------------------------------------------------------
+
+def latency_cdf(result: Result) -> Figure:
+    """One panel per QoS: the CDF of Appendix A end to end and of one broker hop (log time axis)."""
+    levels = result["by_qos"]
+    figure = _figure(max(9.5, 4.6 * len(levels)), 4.4)  # room for the legend under one panel
+    axes_row = figure.subplots(1, len(levels), sharex=True, sharey=True, squeeze=False)[0]
+    for axes, q in zip(axes_row, levels, strict=True):
+        colour, marker, _ = _QOS_STYLE.get(q["qos"], (_GREY, "o", ""))
+        for key, style in (("one_hop_ms", ":"), ("e2e_ms", "-")):
+            xs, ys = ecdf(q["samples"][key])
+            axes.step(xs, ys, where="post", color=colour if key == "e2e_ms" else _GREY, linestyle=style,
+                      linewidth=1.8)
+        expected = q["critical_path_one_hop_ms"]
+        axes.axvline(expected, color=_GREY, linestyle="--", linewidth=1)
+        axes.text(expected, 0.03, f" {q['critical_path']['total']} hops × p50\n = {expected:.2f} ms",
+                  fontsize=8, color=_GREY, va="bottom")
+        for p, y in (("p50", 0.5), ("p99", 0.99)):
+            axes.plot(q["e2e_ms"][p], y, marker=marker, color=colour, markersize=6)
+            axes.annotate(f"{p} {q['e2e_ms'][p]:.2f}", (q["e2e_ms"][p], y), textcoords="offset points",
+                          xytext=(6, -10), fontsize=8, color=colour)
+        axes.set_xscale("log")
+        axes.set_title(f"QoS {q['qos']}: ratio {q['overhead_ratio']:.2f} "
+                       f"({'meets' if q['meets_target'] else 'misses'} ≤ {result['target_ratio']})", fontsize=10)
+        axes.set_xlabel("latency (ms, log scale)")
+        axes.grid(True, which="both", alpha=0.3)
+    axes_row[0].set_ylabel("fraction of samples ≤ latency")
+    first = levels[0]
+    # An axes legend, below the middle panel: constrained layout makes room for it and the caption.
+    axes_row[len(levels) // 2].legend(handles=[
+        Line2D([], [], color="#17202a", linewidth=1.8, label=f"Appendix A end to end (n={first['e2e_ms']['n']})"),
+        Line2D([], [], color=_GREY, linestyle=":", linewidth=1.8,
+               label=f"one broker hop (n={first['one_hop_ms']['n']})"),
+        Line2D([], [], color=_GREY, linestyle="--", linewidth=1, label="critical-path traversals × one-hop p50"),
+    ], loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=3, fontsize=8, frameon=False)
+    c = result["conditions"]
+    return _finish(figure, f"Latency CDF: {c['scenario']} ×{c['repetitions']} vs one broker hop", result)
+
+
+def latency_steps(result: Result) -> Figure:
+    """Per step and QoS: a bar at the p50 of the step's time with a whisker to its p99.
+
+    A step's time runs from the publish of the step it follows to its own publish; ``display``
+    is the last leg, from the diagram's publish to the tablet showing it. A black tick marks
+    what the bus alone would take: the step's broker traversals x the one-hop p50 at that QoS.
+    The trigger (step 1, at t = 0 by definition) has no bar.
+    """
+    levels = result["by_qos"]
+    shown = [i for i, s in enumerate(levels[0]["steps"]) if s["hop_ms"]["max"] > 0]
+    labels = [f"{levels[0]['steps'][i]['n']}{'*' if levels[0]['steps'][i]['on_critical_path'] else ''}"
+              for i in shown] + ["display"]
+    figure = _figure(11, 4.8)
+    axes: Axes = figure.add_subplot()
+    width = 0.8 / len(levels)
+    for j, q in enumerate(levels):
+        colour, _, hatch = _QOS_STYLE.get(q["qos"], (_GREY, "o", ""))
+        stats = [q["steps"][i]["hop_ms"] for i in shown] + [q["display_ms"]]
+        p50 = [s["p50"] for s in stats]
+        upper = [s["p99"] - s["p50"] for s in stats]
+        xs = [x + (j - (len(levels) - 1) / 2) * width for x in range(len(labels))]
+        axes.bar(xs, p50, width, color=colour, alpha=0.75, hatch=hatch, edgecolor="white", label=f"QoS {q['qos']}")
+        axes.errorbar(xs, p50, yerr=[[0] * len(p50), upper], fmt="none", ecolor="#17202a", capsize=3, linewidth=1)
+        bus_only = [q["steps"][i]["traversals"] * q["one_hop_ms"]["p50"] for i in shown]
+        axes.plot(xs[:-1], bus_only, linestyle="none", marker="_", markersize=14, markeredgewidth=2.5,
+                  color="#17202a", label="traversals × one-hop p50" if j == 0 else None)
+    axes.set_xticks(range(len(labels)), labels)
+    axes.set_xlabel("step (* on the critical path; names in report.md)")
+    axes.set_ylabel("ms: bar p50, whisker p99")
+    axes.grid(True, axis="y", alpha=0.3)
+    axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=len(levels) + 1, fontsize=9, frameon=False)
+    return _finish(figure, "Appendix A per-step latency by QoS", result)
+
+
+# -- prioritisation (fmb.bench-prioritization/1) ------------------------------------------------
+
+def _rate_label(rate: Any) -> str:
+    return str(rate) if not isinstance(rate, float) else f"{rate:g}"
+
+
+def prioritization_control_latency(result: Result) -> Figure:
+    """Control round trip (p99 solid, p50 faint) per offered flood rate and configuration.
+
+    Offered rates are categories (the last may be ``"max"``: publishers unthrottled); a step
+    where no command was acknowledged has no point.
+    """
+    figure = _figure(9, 5)
+    axes: Axes = figure.add_subplot()
+    labels = [_rate_label(r) for r in result["conditions"]["rates"]]
+    for (colour, line, marker), (name, rows) in zip(_SERIES, result["results"].items(), strict=False):
+        for key, alpha in (("p99", 1.0), ("p50", 0.35)):
+            ys = [row["control_ms"].get(key, float("nan")) for row in rows]
+            axes.plot(range(len(rows)), ys, color=colour, linestyle=line, marker=marker, alpha=alpha,
+                      markersize=6 if key == "p99" else 4, label=f"{name} {key}")
+    idle = ((result.get("headline") or {}).get("segregated") or {}).get("idle_p99_ms")
+    if idle:
+        axes.axhline(2 * idle, color=_GREY, linestyle="--", linewidth=1, label="target: 2 × segregated idle p99")
+    axes.set_xticks(range(len(labels)), labels)
+    axes.set_yscale("log")
+    axes.set_xlabel("offered flood rate on the delivery plane (messages/s)")
+    axes.set_ylabel("control command → ack round trip (ms, log)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8, ncols=2)
+    return _finish(figure, "Control-plane latency under a delivery-plane flood", result)
+
+
+def prioritization_throughput(result: Result) -> Figure:
+    """Delivery-plane throughput achieved per offered flood rate and configuration (grouped bars)."""
+    figure = _figure(8, 4.6)
+    axes: Axes = figure.add_subplot()
+    labels = [_rate_label(r) for r in result["conditions"]["rates"]]
+    width = 0.8 / max(1, len(result["results"]))
+    for j, ((colour, _, _), (name, rows)) in enumerate(zip(_SERIES, result["results"].items(), strict=False)):
+        xs = [x + (j - (len(result["results"]) - 1) / 2) * width for x in range(len(rows))]
+        axes.bar(xs, [row["achieved_rate"] for row in rows], width, color=colour, alpha=0.8, label=name)
+    axes.set_xticks(range(len(labels)), labels)
+    axes.set_xlabel("offered flood rate (messages/s)")
+    axes.set_ylabel("delivered to the flood subscriber (messages/s)")
+    axes.grid(True, axis="y", alpha=0.3)
+    axes.legend(fontsize=8)
+    return _finish(figure, "Delivery-plane throughput achieved", result)
+
+
+# -- recovery (fmb.bench-recovery/1) -------------------------------------------------------------
+
+RECOVERY_TIMES = (("detect_s", "detect"), ("reconnect_s", "reconnect"), ("whole_s", "delivery whole"))
+
+
+def _trial_stats(trials: Sequence[Mapping[str, Any]], key: str) -> dict[str, float] | None:
+    values = [t[key] for t in trials if t.get(key) is not None]
+    return percentiles(values, (50,)) if values else None
+
+
+def recovery_times(result: Result) -> Figure:
+    """Per fault: median time to detect, reconnect and whole delivery, whiskers to the worst trial."""
+    faults = result["faults"]
+    figure = _figure(9, 1.0 + 0.75 * len(faults))
+    axes: Axes = figure.add_subplot()
+    height = 0.8 / len(RECOVERY_TIMES)
+    for i, ((key, label), (colour, _, _)) in enumerate(zip(RECOVERY_TIMES, _SERIES, strict=False)):
+        for row, fault in enumerate(faults):
+            stats = _trial_stats(fault["trials"], key)
+            if stats is None:
+                continue
+            y = row + (i - 1) * height
+            axes.barh(y, stats["p50"], height, color=colour, alpha=0.8, label=label if row == 0 else None)
+            axes.errorbar(stats["p50"], y, xerr=[[0], [stats["max"] - stats["p50"]]], fmt="none",
+                          ecolor="#17202a", capsize=2, linewidth=1)
+    axes.set_yticks(range(len(faults)), [f"{f['name']} (QoS {f.get('qos', '?')}"
+                                         + (f", {f['direction']})" if f.get("direction") else ")") for f in faults],
+                    fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xlabel("seconds after the fault (bar median, whisker worst trial)")
+    axes.grid(True, axis="x", alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    return _finish(figure, "Fault recovery times", result)
+
+
+def recovery_autosave(result: Result) -> Figure:
+    """The persistence trade-off: messages lost on ``kill -9`` against throughput, per autosave policy."""
+    sweep = result.get("autosave_sweep") or []
+    figure = _figure(7, 4.6)
+    axes: Axes = figure.add_subplot()
+    for point in sweep:
+        lost = percentiles(point["lost"], (50,))
+        axes.errorbar(point["throughput_per_s"], lost["p50"], yerr=[[lost["p50"] - lost["min"]],
+                      [lost["max"] - lost["p50"]]], fmt="o", color=_SERIES[0][0], capsize=3)
+        axes.annotate(f"autosave {point['autosave_interval_s']} s", (point["throughput_per_s"], lost["p50"]),
+                      textcoords="offset points", xytext=(6, 4), fontsize=8)
+    if not sweep:
+        axes.text(0.5, 0.5, "no autosave sweep in this result", ha="center", transform=axes.transAxes)
+    axes.set_xlabel("throughput with the policy (messages/s)")
+    axes.set_ylabel("messages lost per kill -9 (median, range)")
+    axes.grid(True, alpha=0.3)
+    return _finish(figure, "Data-centre broker kill -9: loss window vs save cost", result)
+
+
+# -- WAN link (fmb.bench-wan/1) ------------------------------------------------------------------
+
+def _wan_rows(result: Result) -> tuple[list[str], list[tuple[str, list[Mapping[str, Any]]]]]:
+    series = list(result["results"].items())
+    steps = [row["step"] for row in series[0][1]] if series else []
+    return steps, series
+
+
+def wan_control_latency(result: Result) -> Figure:
+    """Control one-way latency across the constrained bridge: p50 and p99 per step, with and
+    without the priority class (grouped bars, log scale)."""
+    figure = _figure(8, 4.6)
+    axes: Axes = figure.add_subplot()
+    steps, series = _wan_rows(result)
+    width = 0.8 / max(1, 2 * len(series))
+    for j, ((colour, _, _), (name, rows)) in enumerate(zip(_SERIES, series, strict=False)):
+        for k, (key, alpha, hatch) in enumerate((("p50", 0.45, ""), ("p99", 0.9, "//"))):
+            offset = (2 * j + k - (2 * len(series) - 1) / 2) * width
+            axes.bar([x + offset for x in range(len(rows))], [r["control_ms"].get(key, float("nan")) for r in rows],
+                     width, color=colour, alpha=alpha, hatch=hatch, label=f"{name} {key}")
+    axes.set_xticks(range(len(steps)), steps)
+    axes.set_yscale("log")
+    axes.set_xlabel(f"delivery-plane load on the link (delay: {result['conditions']['delay']})")
+    axes.set_ylabel("command publish (DC) → received in the field (ms, log)")
+    axes.grid(True, which="both", axis="y", alpha=0.3)
+    axes.legend(fontsize=8, ncols=2)
+    rate = result["conditions"]["link_rate_bits_per_s"] / 1e6
+    return _finish(figure, f"Control across a {rate:g} Mbit/s bridge link", result)
+
+
+def wan_throughput(result: Result) -> Figure:
+    """What crossed the link per step: delivered flood messages/s and the link's bits/s by class."""
+    figure = _figure(8, 4.6)
+    axes: Axes = figure.add_subplot()
+    steps, series = _wan_rows(result)
+    width = 0.8 / max(1, len(series))
+    for j, ((colour, _, _), (name, rows)) in enumerate(zip(_SERIES, series, strict=False)):
+        xs = [x + (j - (len(series) - 1) / 2) * width for x in range(len(rows))]
+        axes.bar(xs, [sum(r["link_bits_per_s"].values()) / 1e3 for r in rows], width, color=colour, alpha=0.8,
+                 label=f"{name}: link kbit/s")
+        for x, r in zip(xs, rows, strict=True):
+            axes.annotate(f"{r['delivered_rate']:.0f} msg/s", (x, sum(r["link_bits_per_s"].values()) / 1e3),
+                          textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
+    axes.axhline(result["conditions"]["link_rate_bits_per_s"] / 1e3, color=_GREY, linestyle="--", linewidth=1,
+                 label="link rate")
+    axes.set_xticks(range(len(steps)), steps)
+    axes.set_ylabel("sent on the link (kbit/s); labels: flood messages delivered/s")
+    axes.grid(True, axis="y", alpha=0.3)
+    axes.legend(fontsize=8)
+    return _finish(figure, "Delivery-plane throughput across the constrained link", result)
+
+
+# -- the operator's view in a browser (fmb.bench-ui/1) ------------------------------------------
+
+def ui_cdf(result: Result) -> Figure:
+    """The CDF of press -> cap bank shown closed, and press -> meter shown back at 120 V."""
+    figure = _figure(7.5, 4.2)
+    axes = figure.subplots()
+    for key, label, colour in (("closed_ms", "cap bank shown closed", "#1f5fa8"),
+                               ("restored_ms", "meter shown back at 120 V", "#2e7d32")):
+        xs, ys = ecdf([s[key] for s in result["samples"]])
+        stats = result[key]
+        # The two curves sit a few ms apart: percentiles go in the legend, not next to the points.
+        axes.step(xs, ys, where="post", color=colour, linewidth=1.8,
+                  label=f"{label}: p50 {stats['p50']:.1f}, p99 {stats['p99']:.1f} ms (n={len(xs)})")
+        axes.plot([stats["p50"], stats["p99"]], [0.5, 0.99], linestyle="none", marker="o", color=colour, markersize=5)
+    axes.set_xlabel("ms after Set voltage was pressed (page clock)")
+    axes.set_ylabel("fraction of presses ≤ time")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    return _finish(figure, f"Operator's view in Chromium: {result['repetitions']} presses of 114 V", result)
+
+
+def ui_repetitions(result: Result) -> Figure:
+    """Each press in order: a drift or an outlier shows here, not in the CDF."""
+    figure = _figure(7.5, 3.6)
+    axes = figure.subplots()
+    reps = [s["rep"] for s in result["samples"]]
+    for key, label, colour in (("closed_ms", "cap bank shown closed", "#1f5fa8"),
+                               ("restored_ms", "meter shown back at 120 V", "#2e7d32")):
+        axes.plot(reps, [s[key] for s in result["samples"]], marker="o", markersize=3, color=colour, label=label)
+    axes.set_xlabel("press")
+    axes.set_ylabel("ms after the press")
+    axes.set_ylim(bottom=0)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+    return _finish(figure, "Operator's view in Chromium, press by press", result)
