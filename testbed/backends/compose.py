@@ -1,7 +1,7 @@
 """The docker backend: the Compose bus of ``compose/docker-compose.yml``, driven from this host.
 
 :class:`ComposeProject` brings one Compose project up and down (``docker compose`` v2 when
-installed, else ``docker-compose`` v1; ``$FMB_COMPOSE`` ``v1`` or ``v2`` insists on one) and finds its containers, networks and volumes with
+installed, else ``docker-compose`` v1) and finds its containers, networks and volumes with
 the Docker SDK by the project's labels. :class:`DockerBus` is that bus as the scenario
 runner sees it (``topology``, ``identity``, ``endpoint``, ``ui_socket``): the harness runs
 on this host and reaches the brokers on the ports they publish on 127.0.0.1 only, with the
