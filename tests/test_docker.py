@@ -3,8 +3,8 @@
 One Compose project per test session, under a unique name and on free loopback ports, so it
 runs beside a developer's own `docker compose up`; it is removed (containers, networks,
 volumes) when the session ends, and the teardown fails if anything of it is left. Without
-Docker, or without Compose v2 and v1 both, these tests skip; with ``CI`` set they fail instead.
-The last test is the same fault API on the local backend.
+Docker, Compose v2 or (for the demo's second run) Compose v1, the tests that need it skip; with
+``CI`` set they fail instead. The last test is the same fault API on the local backend.
 """
 
 from __future__ import annotations
