@@ -16,6 +16,7 @@ import pytest
 
 from testbed.core.scenario import Scenario, load_scenario
 from testbed.core.topology import Topology
+from testbed.core.waiting import wait_until
 from testbed.pytest_plugin import require, settings  # noqa: F401 (tests import require from here)
 
 
@@ -39,6 +40,16 @@ def pki(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def bus(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     return _local_only(request, "fmb_bus")
+
+
+def wait_log(path: Path, start: int, needle: str, timeout_s: float = 5) -> str:
+    """The text of ``path`` from character ``start`` on, once ``needle`` is in it (a device's log)."""
+    def text() -> str:
+        new = path.read_text()[start:]
+        return new if needle in new else ""
+
+    return wait_until(text, timeout_s, what=lambda: f"no {needle!r} in {path} within {timeout_s:g} s; "
+                                                    f"it has: {path.read_text()[start:][-2000:]}")
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ import pytest
 from testbed.core.ports import free_port
 from testbed.core.scenario import Scenario, load_scenario
 from testbed.core.topology import load_topology
+from testbed.core.waiting import wait_until
 from testbed.harness.runner import ScenarioRunner
 from testbed.reporting.scenario import summary_table
 from tests.conftest import require
@@ -173,12 +174,12 @@ def test_the_tablet_console_is_published_on_loopback_over_https(compose, tmp_pat
     assert state["run_available"] is True
     status, reply = request("POST", "/api/run", {**cookie, "Content-Type": "application/json"}, b"{}")
     assert status == 202, reply
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+
+    def finished() -> dict | None:
         state = request("GET", "/api/state", cookie)[1]
-        if not state["run_state"]["running"]:
-            break
-        time.sleep(0.5)
+        return None if state["run_state"]["running"] else state
+
+    state = wait_until(finished, 90, interval_s=0.5, what="the run the tablet's button started still runs after 90 s")
     assert state["run_state"].get("error") is None, state["run_state"]
     assert state["run"]["dir"] == reply["dir"] and state["run"]["passed"] is True, state["run"]
     assert len(state["run"]["steps"]) == 9 and state["run"]["timeline"]
@@ -444,15 +445,9 @@ def test_local_backend_faults_kill_freeze_restart(bus) -> None:  # type: ignore[
         return Path(f"/proc/{record.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
     with faults.frozen("meter-1"):
-        deadline = time.monotonic() + 5
-        while state() != "T" and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert state() == "T"
+        wait_until(lambda: state() == "T", 5, interval_s=0.01, what=lambda: f"frozen meter-1 is in state {state()}")
     faults.kill("meter-1")
-    deadline = time.monotonic() + 5
-    while bus.alive("meter-1") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not bus.alive("meter-1")
+    wait_until(lambda: not bus.alive("meter-1"), 5, interval_s=0.02, what="meter-1 still running 5 s after kill")
     faults.start("meter-1")
     assert bus.alive("meter-1")
     assert next(p for p in bus.processes if p.name == "meter-1").pid != record.pid
