@@ -9,6 +9,8 @@ instead: a green CI must mean they ran.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 from pathlib import Path
 
@@ -77,9 +79,6 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Merge this run's outcomes into var/evidence/test-results.json (read by `fmb profile`)."""
-    import datetime as dt
-    import json
-
     if not _OUTCOMES:
         return
     path = Path(os.environ.get("FMB_EVIDENCE", Path(__file__).resolve().parent.parent / "var" / "evidence"

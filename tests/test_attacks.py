@@ -33,6 +33,7 @@ from testbed.reporting.scenario import summary_table
 from testbed.security.pki import PKI
 from testbed.transport.mqtt import TLSIdentity, connect, publish_properties
 from tests.probes import client_context, mqtt5_connect_packet, try_mqtt
+from tests.test_signed_commands import ATTACKS, TOPIC, _command, _operator_signer, _publish
 
 INJECTED_SEQ = 10**7  # sequence numbers of attacker-injected messages start here, so loss counts skip them
 CONFIG = """
@@ -307,8 +308,6 @@ def test_delivery_plane_flood(monitor) -> None:
 
 @pytest.mark.parametrize("attack", ["forged", "replayed"])
 def test_forged_and_replayed_commands_raise_alerts(monitor, attack: str) -> None:
-    from tests.test_signed_commands import ATTACKS, TOPIC, _command, _operator_signer, _publish
-
     alerts = Alerts(monitor)
     if attack == "forged":
         payload, props = ATTACKS["forged"][0](monitor)

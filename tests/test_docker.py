@@ -10,24 +10,36 @@ API on the local backend.
 from __future__ import annotations
 
 import dataclasses
+import http.client
+import io
 import json
 import os
 import secrets
 import shutil
+import ssl
 import subprocess
 import sys
+import tarfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from testbed.backends.compose import ComposeProject, DockerBus, compose_command, docker_client
+from testbed.backends.faults import DockerFaults, FaultError, LocalFaults
+from testbed.bench.partition import run_partition_recovery
+from testbed.bench.recovery import RESULT_SCHEMA as RECOVERY_SCHEMA
+from testbed.bench.wan import RESULT_SCHEMA as WAN_SCHEMA
+from testbed.bench.wan import run_wan
 from testbed.core.ports import free_port
 from testbed.core.scenario import Scenario, load_scenario
 from testbed.core.topology import load_topology
 from testbed.core.waiting import wait_until
 from testbed.harness.runner import ScenarioRunner
+from testbed.reporting.render import render_run
 from testbed.reporting.scenario import summary_table
 from tests.conftest import require
 
@@ -40,8 +52,6 @@ def _docker_problem() -> str | None:
     if shutil.which("docker") is None:
         return "docker is not installed"
     try:
-        from testbed.backends.compose import compose_command, docker_client
-
         docker_client()
         compose_command()
     except Exception as e:
@@ -71,8 +81,6 @@ def images() -> dict[str, float]:
 @pytest.fixture(scope="session")
 def compose(images: dict[str, float]) -> Iterator:  # type: ignore[type-arg]
     """The whole Compose bus, scenario service included, up under a unique project name."""
-    from testbed.backends.compose import ComposeProject
-
     name = f"fmbtest-{os.getpid()}-{secrets.token_hex(3)}"
     ports = {b.name: free_port() for b in load_topology().brokers}
     project = ComposeProject(name, ports=ports, ui_port=free_port())
@@ -91,8 +99,6 @@ def compose(images: dict[str, float]) -> Iterator:  # type: ignore[type-arg]
 
 @pytest.fixture
 def docker_bus(compose):  # type: ignore[no-untyped-def]
-    from testbed.backends.compose import DockerBus
-
     compose.wait_healthy()  # a previous test may have restarted something
     bus = DockerBus(compose)
     try:
@@ -110,7 +116,7 @@ def patient_scenario(docker_bus) -> Scenario:  # type: ignore[no-untyped-def]
 
 @pytest.mark.docker
 def test_images_build_and_a_rebuild_is_cached(images: dict[str, float]) -> None:
-    import docker
+    import docker  # the Docker SDK (~0.2 s) only in this test, not at every collection of this file
 
     client = docker.from_env()
     for image in IMAGES:
@@ -134,12 +140,6 @@ def test_compose_demo_scenario_passes_with_nine_steps(compose) -> None:  # type:
 
 @pytest.mark.docker
 def test_the_tablet_console_is_published_on_loopback_over_https(compose, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    import http.client
-    import io
-    import ssl
-    import tarfile
-    import urllib.parse
-
     line = next(ln for ln in compose.demo_log.splitlines() if ln.startswith("tablet UI tablet-1: "))
     url = urllib.parse.urlsplit(line.split()[3])
     assert url.scheme == "https" and url.hostname == "127.0.0.1" and url.port == compose.ui_port, line
@@ -270,8 +270,6 @@ def test_fmb_run_with_the_docker_backend(compose, tmp_path: Path) -> None:  # ty
 @pytest.mark.slow
 def test_killed_data_centre_delivery_broker_restarts_and_the_scenario_completes(
         compose, docker_bus, patient_scenario) -> None:  # type: ignore[no-untyped-def]
-    from testbed.backends.faults import DockerFaults
-
     faults = DockerFaults(compose, docker_bus.topology)
     broker = compose.container("dc-delivery")
     restarts, pid = broker.attrs["RestartCount"], broker.attrs["State"]["Pid"]
@@ -293,8 +291,6 @@ def test_killed_data_centre_delivery_broker_restarts_and_the_scenario_completes(
 @pytest.mark.slow
 def test_field_to_data_centre_partition_heals_and_no_qos1_message_is_lost(
         compose, docker_bus, patient_scenario) -> None:  # type: ignore[no-untyped-def]
-    from testbed.backends.faults import DockerFaults
-
     topology = docker_bus.topology
     faults = DockerFaults(compose, topology)
     partition_s = 4.0
@@ -363,8 +359,6 @@ def _crossing(topology) -> dict[tuple[str, str], set[str]]:  # type: ignore[no-u
 
 @pytest.mark.docker
 def test_link_faults_reach_the_container_namespace(compose, docker_bus) -> None:  # type: ignore[no-untyped-def]
-    from testbed.backends.faults import DockerFaults
-
     require(os.geteuid() == 0 and shutil.which("nsenter") is not None,
             "link faults need root and nsenter on the host")
     faults = DockerFaults(compose, docker_bus.topology)
@@ -382,13 +376,10 @@ def test_link_faults_reach_the_container_namespace(compose, docker_bus) -> None:
 @pytest.mark.docker
 def test_wan_benchmark_smoke_shapes_the_bridge_link(docker_bus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`fmb bench wan` in miniature: one 1 s step each, the schema, sane figures, nothing left."""
-    from testbed.bench.wan import RESULT_SCHEMA, run_wan
-    from testbed.reporting.render import render_run
-
     require(os.geteuid() == 0 and all(shutil.which(t) for t in ("tc", "ip", "nsenter", "mosquitto_pub")),
             "the WAN benchmark needs root, iproute2, nsenter and mosquitto-clients on the host")
     result = run_wan(docker_bus, 1_000_000, 0, 1.0, 10, 256, 1, tmp_path)
-    assert result["schema"] == RESULT_SCHEMA and result["conditions"]["delay"].startswith("not available")
+    assert result["schema"] == WAN_SCHEMA and result["conditions"]["delay"].startswith("not available")
     assert set(result["results"]) == {"no-priority", "priority"}
     for rows in result["results"].values():
         assert [r["step"] for r in rows] == ["idle", "flood"]
@@ -408,11 +399,8 @@ def test_wan_benchmark_smoke_shapes_the_bridge_link(docker_bus, tmp_path: Path) 
 @pytest.mark.docker
 def test_partition_recovery_benchmark_smoke(docker_bus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`fmb bench recovery --backend docker` in miniature: one 3 s partition, both directions."""
-    from testbed.bench.partition import run_partition_recovery
-    from testbed.bench.recovery import RESULT_SCHEMA
-
     result = run_partition_recovery(docker_bus, [3.0], 1, 20, tmp_path, settle_s=1.0, whole_timeout_s=30)
-    assert result["schema"] == RESULT_SCHEMA and result["conditions"]["backend"] == "docker"
+    assert result["schema"] == RECOVERY_SCHEMA and result["conditions"]["backend"] == "docker"
     assert [(f["name"], f["direction"]) for f in result["faults"]] == [("partition-3s", "field->dc"),
                                                                         ("partition-3s", "dc->field")]
     for fault in result["faults"]:
@@ -425,8 +413,6 @@ def test_partition_recovery_benchmark_smoke(docker_bus, tmp_path: Path) -> None:
 
 @pytest.mark.docker
 def test_everything_is_removed_even_when_the_run_fails(images) -> None:  # type: ignore[no-untyped-def]
-    from testbed.backends.compose import ComposeProject
-
     name = f"fmbtest-{os.getpid()}-fail-{secrets.token_hex(3)}"
     with pytest.raises(RuntimeError, match="simulated"), ComposeProject(name) as project:
         project.compose("up", "-d", "init")
@@ -437,8 +423,6 @@ def test_everything_is_removed_even_when_the_run_fails(images) -> None:  # type:
 
 def test_local_backend_faults_kill_freeze_restart(bus) -> None:  # type: ignore[no-untyped-def]
     """The same fault API on local processes: by recorded pid, never by name."""
-    from testbed.backends.faults import FaultError, LocalFaults
-
     faults = LocalFaults(bus)
     record = next(p for p in bus.processes if p.name == "meter-1")
     def state() -> str:

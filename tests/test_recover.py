@@ -12,6 +12,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import tarfile
 import urllib.parse
 from pathlib import Path
 
@@ -91,8 +92,6 @@ def test_backup_and_restore_bring_back_the_same_pki_and_verify(bus_dirs) -> None
 
 def test_restore_refuses_a_foreign_archive(tmp_path: Path) -> None:
     bad = tmp_path / "bad.tar.gz"
-    import tarfile
-
     evil = tmp_path / "evil"
     evil.write_text("x")
     with tarfile.open(bad, "w:gz") as tar:

@@ -8,11 +8,13 @@ command through, and only the end-to-end signature stops it.
 from __future__ import annotations
 
 import base64
+import json
 import time
 from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
@@ -94,8 +96,6 @@ def test_replayed_command_is_rejected(bus, run_scenario) -> None:
 
 
 def test_scenario_commands_are_signed(run_scenario, tmp_path: Path) -> None:
-    import json
-
     result = run_scenario(repeat=1, out=tmp_path)
     assert result["passed"], summary_table(result)
     commands = [json.loads(line) for line in (tmp_path / "messages.jsonl").read_text().splitlines()
@@ -106,8 +106,6 @@ def test_scenario_commands_are_signed(run_scenario, tmp_path: Path) -> None:
 
 def test_verifier_unit() -> None:
     key = Ed25519PrivateKey.generate()
-    from cryptography.hazmat.primitives import serialization
-
     pub = base64.b64encode(key.public_key().public_bytes(serialization.Encoding.Raw,
                                                          serialization.PublicFormat.Raw)).decode()
     verifier = CommandVerifier(load_trusted(f'{{"dms-1": "{pub}"}}'), max_age_s=5)

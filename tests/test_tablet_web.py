@@ -40,7 +40,7 @@ def ui_url(bus: LocalBus) -> str:
 def browser(bus: LocalBus) -> Iterator[Any]:
     chromium = find_chromium()
     require(chromium is not None, "Chromium is not installed (apt-get install chromium)")
-    try:
+    try:  # Playwright is a dev extra: without it the browser tests skip, the others still run
         from playwright.sync_api import sync_playwright
     except ImportError:
         require(False, "Playwright is not installed (pip install -e '.[dev]')")

@@ -46,7 +46,7 @@ def port_variable(broker: str) -> str:
 def docker_client() -> Any:
     """A Docker SDK client, or a one-line error saying what is missing."""
     try:
-        import docker
+        import docker  # the Docker SDK (~0.2 s) only where a Compose bus is driven, and a clear error if missing
     except ImportError:
         raise TestbedError("the docker backend needs the Python `docker` package: "
                            "pip install docker") from None

@@ -36,13 +36,19 @@ from pathlib import Path
 from typing import Any
 
 from testbed.backends.environment import environment
+from testbed.backends.local import LocalBus
 from testbed.backends.processes import ProcessRecord
 from testbed.bench.common import Processes, bench_topology, start_broker
 from testbed.core.errors import TestbedError
 from testbed.core.ports import free_port
+from testbed.core.scenario import load_scenario
 from testbed.core.stats import count_loss_and_duplicates
 from testbed.core.topics import topic
+from testbed.core.topology import load_topology
 from testbed.core.waiting import WaitTimeout, wait_until
+from testbed.harness.recorder import Recorder
+from testbed.harness.runner import ScenarioRunner
+from testbed.reporting.render import recovery_markdown
 from testbed.security.pki import PKI
 from testbed.transport.mqtt import (
     PAHO_DEFAULT_RECONNECT_S,
@@ -330,12 +336,6 @@ class _Harness:
 def _field_broker_kill9(pki: PKI, certs: Path, progress: Callable[[str], None]) -> dict[str, Any]:
     """Kill -9 the field delivery broker of a whole Appendix A bus; time until the tablet shows the
     data centre's diagram again (the bridge resubscribes, the DC resends the retained diagram)."""
-    from testbed.backends.local import LocalBus
-    from testbed.core.scenario import load_scenario
-    from testbed.core.topology import load_topology
-    from testbed.harness.recorder import Recorder
-    from testbed.harness.runner import ScenarioRunner
-
     topology = load_topology().with_free_ports()
     with tempfile.TemporaryDirectory(prefix="fmb-bench-field-") as tmp:
         bus = LocalBus(topology, pki, Path(tmp))
@@ -455,6 +455,4 @@ def fault_line(fault: dict[str, Any]) -> str:
 
 
 def summary(result: dict[str, Any]) -> str:
-    from testbed.reporting.render import recovery_markdown
-
     return "recovery benchmark\n" + recovery_markdown(result)
