@@ -3,7 +3,8 @@
 One broker, one directory: ``mosquitto.conf`` and ``acl``. Every listener is mutual TLS with
 the identity taken from the certificate's CN, anonymous access is off, a CRL is checked, and
 each identity gets only the topics its role needs (``testbed.core.topics``). Data-centre brokers
-persist with an explicit autosave policy; edge brokers keep nothing on disk. Field brokers
+persist with the topology's policy (a snapshot with an explicit autosave policy, or Mosquitto
+2.1's sqlite plugin); edge brokers keep nothing on disk. Field brokers
 are bridged to their data-centre counterpart over mutual TLS (MQTT v5), carrying only the
 profiles of their plane that a device on the other side reads, one connection per direction,
 opened by the side that sends.
@@ -23,9 +24,12 @@ from testbed.core.errors import BrokerError
 from testbed.core.topics import PROFILES, ROLES, topic
 from testbed.core.topology import HARNESS_IDENTITIES, BrokerSpec, Topology
 
-__all__ = ["DYNSEC_TOPIC", "BrokerFiles", "mosquitto_binary", "render_acl", "render_broker", "render_conf"]
+__all__ = ["DYNSEC_TOPIC", "SQLITE_PLUGIN", "BrokerFiles", "mosquitto_binary", "render_acl", "render_broker", "render_conf"]
 
 DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
+# Where the fmb-broker-2.1 image links Mosquitto 2.1's sqlite persistence plugin (whatever the
+# architecture's library folder): compose/images/broker-2.1/Dockerfile.
+SQLITE_PLUGIN = PurePath("/usr/local/lib/mosquitto/mosquitto_persist_sqlite.so")
 # The plugin's own state: no clients and no roles, since the acl_file decides access; the
 # responder creates a client on demand only to disable (evict) it.
 DYNSEC_STATE = ('{"clients": [], "groups": [], "roles": [], "defaultACLAccess": {"publishClientSend": false, '
@@ -98,15 +102,30 @@ def render_conf(topology: Topology, broker: BrokerSpec, files: BrokerFiles) -> s
             f"plugin {files.dynsec_plugin}",
             f"plugin_opt_config_file {here / 'dynamic-security.json'}",
         ]
-    if broker.persistent:
+    if broker.persistence == "snapshot":
+        # autosave_on_changes makes autosave_interval a count of changes instead of seconds.
         lines += [
             "# Persistent queues: sessions and queued QoS>0 messages survive a restart. The",
-            "# database is written on clean exit, on SIGUSR1 and every autosave_interval: a",
-            "# kill -9 loses what arrived since the last save (see the recovery benchmark).",
+            "# database is written whole on clean exit, on SIGUSR1 and per the autosave policy: a",
+            "# kill -9 loses what arrived since the last save (see `fmb bench crash`).",
             "persistence true",
             f"persistence_location {files.data or here / 'data'}/",
-            f"autosave_interval {broker.autosave_interval_s}",
-            "autosave_on_changes false",
+            f"autosave_interval {broker.autosave_on_changes or broker.autosave_interval_s}",
+            f"autosave_on_changes {'true' if broker.autosave_on_changes else 'false'}",
+        ]
+    elif broker.persistence == "sqlite":
+        # Mosquitto 2.1's plugin replaces the built-in snapshot (which stays off): the plugin
+        # keeps its database in persistence_location. Options: man mosquitto.conf(5) of 2.1 and
+        # the plugin's documentation (plugin_opt_flush_period: seconds, 0 = every loop).
+        lines += [
+            "# Persistent queues in SQLite (Mosquitto 2.1 persist-sqlite): every change is written",
+            f"# as it happens and committed every {broker.flush_period_s} s; a kill -9 loses at most the",
+            "# uncommitted ones (see `fmb bench crash`).",
+            "persistence false",
+            f"persistence_location {files.data or here / 'data'}/",
+            f"plugin {SQLITE_PLUGIN}",
+            f"plugin_opt_flush_period {broker.flush_period_s}",
+            f"plugin_opt_sync {broker.sync}",
         ]
     else:
         lines += ["# Edge broker: nothing on disk; devices re-synchronise from the data centre.",

@@ -29,6 +29,7 @@ __all__ = [
     "Renderer",
     "RunReport",
     "conditions_markdown",
+    "crash_markdown",
     "latency_markdown",
     "load_result",
     "markdown_table",
@@ -217,6 +218,36 @@ register(Renderer("fmb.bench-prioritization/1", "Control-plane prioritisation be
 register(Renderer("fmb.bench-recovery/1", "Recovery benchmark",
                   lambda r: {"times": plots.recovery_times(r), "autosave": plots.recovery_autosave(r)},
                   recovery_markdown))
+
+
+# -- crash of a persistent broker (fmb.bench-crash/1) -------------------------------------------
+
+def crash_markdown(result: Result) -> str:
+    """Per policy: the loss window of a kill -9 (median / worst), messages lost, throughput, cost, verdict."""
+    target = result["conditions"]["target"]
+    rows = []
+    for p in result["policies"]:
+        w, lost, tput = p.get("window_s"), p.get("lost"), p.get("throughput")
+        floor = any(t.get("all_lost") for t in p.get("kills", []))
+        rows.append([p["policy"], p.get("mosquitto_version") or p["mosquitto"], p["runtime"], len(p.get("kills", [])),
+                     f"{w['p50']:.3f} / {'>= ' if floor else ''}{w['max']:.3f}" if w else "everything",
+                     f"{lost['p50']:g} / {lost['max']:g}" if lost else None, p.get("bound_s"),
+                     tput["p50"] if tput else None,
+                     f"{p['cost'] * 100:.0f} %" if p.get("cost") is not None else None, p.get("meets_target")])
+    table = markdown_table(["policy", "Mosquitto", "runtime", "kills", "window s (median / worst)",
+                            "lost (median / worst)", "bound s", "QoS 1 msg/s", "cost", "target met"], rows)
+    c = result["conditions"]
+    return (table + f"\nTarget: a kill -9 loses at most {target['window_s']:g} s of traffic at no more than "
+            f"{target['cost'] * 100:.0f} % throughput cost. Offered {c['offered_rate_per_s']:g} msg/s of "
+            f"{c['payload_bytes']} bytes for {c['fill_s'][0]:g}-{c['fill_s'][1]:g} s before each kill; `>=` marks a "
+            "policy that lost everything since the session was saved (its window is at least the fill); `bound` "
+            "is the window the policy allows by construction. Load average "
+            f"{c['load_average_start'][0]:g} at the start, {c['load_average_end'][0]:g} at the end ({c['cores']} "
+            "cores): final figures need a quiet machine.\n")
+
+
+register(Renderer("fmb.bench-crash/1", "Crash of a persistent broker (kill -9)",
+                  lambda r: {"curve": plots.crash_curve(r), "policies": plots.crash_policies(r)}, crash_markdown))
 
 
 # -- WAN link (fmb.bench-wan/1) -----------------------------------------------------------------
