@@ -3,8 +3,7 @@
 One broker, one directory: ``mosquitto.conf`` and ``acl``. Every listener is mutual TLS with
 the identity taken from the certificate's CN, anonymous access is off, a CRL is checked, and
 each identity gets only the topics its role needs (``testbed.core.topics``). Data-centre brokers
-persist with the topology's policy (a snapshot with an explicit autosave policy, or Mosquitto
-2.1's sqlite plugin); edge brokers keep nothing on disk. Field brokers
+persist with an explicit autosave policy; edge brokers keep nothing on disk. Field brokers
 are bridged to their data-centre counterpart over mutual TLS (MQTT v5), carrying only the
 profiles of their plane that a device on the other side reads, one connection per direction,
 opened by the side that sends.
@@ -24,7 +23,7 @@ from testbed.core.errors import BrokerError
 from testbed.core.topics import PROFILES, ROLES, topic
 from testbed.core.topology import HARNESS_IDENTITIES, BrokerSpec, Topology
 
-__all__ = ["DYNSEC_TOPIC", "SQLITE_PLUGIN", "BrokerFiles", "mosquitto_binary", "render_acl", "render_broker", "render_conf"]
+__all__ = ["DYNSEC_TOPIC", "BrokerFiles", "mosquitto_binary", "render_acl", "render_broker", "render_conf"]
 
 DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
 # Where the fmb-broker-2.1 image links Mosquitto 2.1's sqlite persistence plugin (whatever the

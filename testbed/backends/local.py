@@ -188,6 +188,12 @@ class LocalBus:
         if LocalBus.attach(self.state_dir) is not None:
             raise TestbedError(f"a bus is already running from {self.state_dir}; `fmb down` first")
         mosquitto = mosquitto_binary()
+        # The host has Debian's Mosquitto 2.0; another build (2.1, an image) runs only in a container.
+        for broker in self.topology.brokers:
+            if broker.mosquitto != "2.0":
+                raise BrokerError(f"broker {broker.name} asks for Mosquitto {broker.mosquitto} ({self.topology.path}), "
+                                  "which runs only in a container: use --backend docker (images: scripts/images "
+                                  "--broker all), or set mosquitto = '2.0' for the local backend")
         if not self.pki.exists():
             raise TestbedError(f"no PKI in {self.pki.directory}; run `fmb certs init` first")
         for d in (self.run_dir, self.log_dir):

@@ -14,7 +14,8 @@ flush period and a sync level) a fresh data-centre broker of its own is crashed 
   whole fill, a lower bound of the policy's.
 * **throughput trials**: QoS 1 messages acknowledged per second while queuing for the offline
   consumer, published as fast as one client can; ``cost`` is the policy's median against the
-  median of ``none`` (no persistence) on the same build and runtime.
+  median of ``none`` (no persistence) on the same build and runtime. They run in rounds across
+  the policies, so a change of load on a shared machine weighs on all of them alike.
 
 Brokers run in containers (``--runtime docker``, the default: both builds alike, host network,
 the broker's files bind-mounted, so the disk is the same as a local process's) or, for 2.0 only,
@@ -269,9 +270,9 @@ class DockerBroker:
                         return True
             self.container.reload()
             if self.container.status == "exited":
-                tail = self.log.read_text(errors="replace").strip().splitlines()[-1:] if self.log.exists() else []
-                raise TestbedError(f"the benchmark broker ({self.image}) exited at start: "
-                                   f"{tail[0] if tail else self.container.logs(tail=1).decode(errors='replace').strip()}")
+                text = self.log.read_text(errors="replace") if self.log.exists() else ""
+                last = (text.strip().splitlines() or [self.container.logs(tail=1).decode(errors="replace").strip()])[-1]
+                raise TestbedError(f"the benchmark broker ({self.image}) exited at start: {last}")
             return False
 
         wait_until(running, timeout_s, interval_s=0.01, what=f"broker {self.image} running; see {self.log}")
@@ -525,28 +526,36 @@ def run_crash(pki: PKI, root: str, policies: list[CrashPolicy], runtime: str, ki
     with tempfile.TemporaryDirectory(prefix="fmb-bench-crash-") as tmp:
         bench = _Bench(pki, root, Path(tmp), runtime, rate, payload_bytes, fill_s, images)
         try:
+            kill_runs: list[tuple[list[dict[str, Any]], list[float], list[float]]] = []
             for policy in policies:
                 before = os.getloadavg()
                 trials = [bench.kill_trial(policy) for _ in range(kills)] if policy.persistence != "none" else []
-                tputs = [bench.throughput_trial(policy, count) for _ in range(throughputs)]
+                kill_runs.append((trials, list(before), list(os.getloadavg())))
                 windows = [t["window_s"] for t in trials]
-                row = {"policy": policy.label, "spec": policy.spec, "mosquitto": policy.mosquitto,
-                       "mosquitto_version": bench.versions.get(policy.mosquitto),
-                       "image": images.get(policy.mosquitto, policy.mosquitto) if runtime == "docker" else None,
-                       "runtime": runtime, "persistence": policy.persistence,
-                       "settings": {k: v for k, v in dataclasses.asdict(policy).items()
-                                    if k not in ("mosquitto", "persistence", "spec")},
-                       "bound_s": policy.bound_s, "kills": trials, "throughput_per_s": tputs,
-                       "window_s": _stats(windows), "lost": _stats([t["lost"] for t in trials]),
-                       "throughput": _stats(tputs), "load_before": [round(x, 2) for x in before],
-                       "load_after": [round(x, 2) for x in os.getloadavg()]}
-                rows.append(row)
-                worst = f"{max(windows):.3f} s" if windows else "everything"
-                say(f"  {policy.label:<42} window p50 "
-                    f"{row['window_s']['p50'] if row['window_s'] else '-'} s, worst {worst}"
+                say(f"  kill -9  {policy.label:<40} window worst "
+                    f"{f'{max(windows):.3f} s' if windows else 'everything'}"
                     f"{' (all lost: >= the fill)' if any(t['all_lost'] for t in trials) else ''}; "
-                    f"lost {[t['lost'] for t in trials]} of {[t['acked'] for t in trials]}; "
-                    f"{row['throughput']['p50'] if row['throughput'] else '-'} msg/s; load {row['load_after'][0]}")
+                    f"lost {[t['lost'] for t in trials]} of {[t['acked'] for t in trials]}; load {before[0]:.2f}")
+            # Throughput in rounds across the policies, so that a change of load on a shared machine
+            # weighs on every policy alike instead of on whichever ran at the time.
+            tputs: list[list[float]] = [[] for _ in policies]
+            for n in range(throughputs):
+                for i, policy in enumerate(policies):
+                    tputs[i].append(bench.throughput_trial(policy, count))
+                say(f"  throughput round {n + 1}/{throughputs}: "
+                    + ", ".join(f"{p.spec or p.label} {t[-1]:.0f}" for p, t in zip(policies, tputs, strict=True))
+                    + f" msg/s; load {os.getloadavg()[0]:.2f}")
+            for policy, (trials, before, after), tput in zip(policies, kill_runs, tputs, strict=True):
+                rows.append({"policy": policy.label, "spec": policy.spec, "mosquitto": policy.mosquitto,
+                             "mosquitto_version": bench.versions.get(policy.mosquitto),
+                             "image": images.get(policy.mosquitto, policy.mosquitto) if runtime == "docker" else None,
+                             "runtime": runtime, "persistence": policy.persistence,
+                             "settings": {k: v for k, v in dataclasses.asdict(policy).items()
+                                          if k not in ("mosquitto", "persistence", "spec")},
+                             "bound_s": policy.bound_s, "kills": trials, "throughput_per_s": tput,
+                             "window_s": _stats([t["window_s"] for t in trials]),
+                             "lost": _stats([t["lost"] for t in trials]), "throughput": _stats(tput),
+                             "load_before": [round(x, 2) for x in before], "load_after": [round(x, 2) for x in after]})
         finally:
             bench.procs.stop()
     _costs(rows)
@@ -566,6 +575,8 @@ def run_crash(pki: PKI, root: str, policies: list[CrashPolicy], runtime: str, ki
         "policies": rows,
         "environment": environment(bench_topology(root, QOS, (1, 2)), None, runtime),
     }
+    # The brokers measured, not only the host's: "2.0.11, 2.1.2" when both builds ran.
+    result["environment"]["mosquitto"] = ", ".join(sorted(set(bench.versions.values()))) or None
     out.mkdir(parents=True, exist_ok=True)
     (out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -361,32 +361,36 @@ def crash_curve(result: Result) -> Figure:
     """The trade-off: worst loss window of a kill -9 against the throughput cost, one point per
     policy, the target's box shaded; an arrow marks a window that is only a lower bound."""
     target = result["conditions"]["target"]
-    figure = _figure(8, 5.2)
+    figure = _figure(10, 5.2)
     axes: Axes = figure.add_subplot()
     axes.fill_between([-5, target["cost"] * 100], 0, target["window_s"], color="#1e8449", alpha=0.12,
                       label=f"target: <= {target['window_s']:g} s at <= {target['cost'] * 100:.0f} % cost")
-    plotted = 0
+    plotted, top = 0, target["window_s"] * 1.2
     for p in result["policies"]:
         w = p.get("window_s")
         if not w or p.get("cost") is None:
             continue
+        top = max(top, w["max"] * 1.3 + 0.15)
         colour, marker = _crash_style(p)
         x = p["cost"] * 100
         axes.errorbar(x, w["max"], yerr=[[w["max"] - w["p50"]], [0]], fmt=marker, color=colour, capsize=3)
         if any(t.get("all_lost") for t in p.get("kills", [])):
             axes.annotate("", (x, w["max"] * 1.25 + 0.1), (x, w["max"]),
                           arrowprops={"arrowstyle": "->", "color": colour})
-        axes.annotate(p["policy"], (x, w["max"]), textcoords="offset points", xytext=(6, 3), fontsize=7)
+        # Alternate above / below: policies of one family sit close together.
+        axes.annotate(p["policy"], (x, w["max"]), textcoords="offset points", xytext=(6, 4 if plotted % 2 else -10),
+                      fontsize=7)
         plotted += 1
     if not plotted:
         axes.text(0.5, 0.5, "no policy with both kill trials and a baseline", ha="center", transform=axes.transAxes)
     axes.set_xlabel("throughput cost against no persistence, same build (%)")
     axes.set_ylabel("traffic lost per kill -9 (s; point worst, whisker to median)")
-    axes.set_ylim(bottom=0)
+    axes.set_ylim(-0.05 * top, top)
     axes.grid(True, alpha=0.3)
     axes.legend(handles=[Line2D([], [], color=_SERIES[0][0], marker="o", ls="", label="Mosquitto 2.0"),
                          Line2D([], [], color=_SERIES[1][0], marker="s", ls="", label="Mosquitto 2.1"),
-                         *axes.get_legend_handles_labels()[0]], fontsize=8, loc="upper right")
+                         *axes.get_legend_handles_labels()[0]], fontsize=8, loc="upper left",
+                bbox_to_anchor=(1.01, 1.0))
     return _finish(figure, "Persistent broker kill -9: loss window vs throughput cost", result)
 
 
@@ -413,7 +417,8 @@ def crash_policies(result: Result) -> Figure:
     left.invert_yaxis()
     left.set_xlabel("traffic lost per kill -9 (s)")
     left.legend(fontsize=8, loc="lower right")
-    right.set_xlabel("QoS 1 msg/s acknowledged, queuing for an offline consumer")
+    right.set_xlabel("QoS 1 msg/s acknowledged (queuing for an offline consumer)")
+    right.xaxis.set_major_formatter(lambda value, _: f"{value / 1000:g}k")
     for axes in (left, right):
         axes.grid(True, axis="x", alpha=0.3)
     return _finish(figure, "Loss window and throughput per persistence policy", result)
