@@ -29,6 +29,8 @@ DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
 # Where the fmb-broker-2.1 image links Mosquitto 2.1's sqlite persistence plugin (whatever the
 # architecture's library folder): compose/images/broker-2.1/Dockerfile.
 SQLITE_PLUGIN = PurePath("/usr/local/lib/mosquitto/mosquitto_persist_sqlite.so")
+# A comment in mosquitto.conf that asks the images' launcher for a snapshot every N ms.
+SAVER_MARK = "# fmb: snapshot every "
 # The plugin's own state: no clients and no roles, since the acl_file decides access; the
 # responder creates a client on demand only to disable (evict) it.
 DYNSEC_STATE = ('{"clients": [], "groups": [], "roles": [], "defaultACLAccess": {"publishClientSend": false, '
@@ -112,6 +114,10 @@ def render_conf(topology: Topology, broker: BrokerSpec, files: BrokerFiles) -> s
             f"autosave_interval {broker.autosave_on_changes or broker.autosave_interval_s}",
             f"autosave_on_changes {'true' if broker.autosave_on_changes else 'false'}",
         ]
+        if broker.snapshot_every_ms:
+            # Read by the images' launcher (compose/images/broker/mosquitto-saver); the local backend
+            # passes the period itself (testbed.backends.saver).
+            lines.append(f"{SAVER_MARK}{broker.snapshot_every_ms} ms by SIGUSR1 from mosquitto-saver")
     elif broker.persistence == "sqlite":
         # Mosquitto 2.1's plugin replaces the built-in snapshot (which stays off): the plugin
         # keeps its database in persistence_location. Options: man mosquitto.conf(5) of 2.1 and

@@ -18,7 +18,7 @@ import pytest
 from brokers.mosquitto import BrokerFiles, mosquitto_binary, render_conf
 from testbed.backends.compose import docker_client
 from testbed.bench.common import Processes, bench_topology, start_broker
-from testbed.bench.crash import CrashPolicy, kill_trial, parse_policies
+from testbed.bench.crash import CrashPolicy, kill_trial, parse_policies, policy_of
 from testbed.core.errors import ConfigError, TestbedError
 from testbed.core.ports import free_port
 from testbed.core.topology import DEFAULT_TOPOLOGY, load_topology
@@ -40,7 +40,8 @@ def _load(tmp_path: Path, text: str):  # type: ignore[no-untyped-def]
 def _strip_dc_policy(text: str) -> str:
     """The default topology without the data centre's persistence lines (to set others)."""
     keep = [line for line in text.splitlines(keepends=True)
-            if not line.startswith(("persistence ", "autosave_", "flush_period_s", "sync ", "mosquitto "))]
+            if not line.startswith(("persistence ", "autosave_", "snapshot_every_ms", "flush_period_s", "sync ",
+                                    "mosquitto "))]
     return "".join(keep)
 
 
@@ -141,6 +142,7 @@ def test_the_hosts_mosquitto_loads_every_20_rendering(tmp_path: Path) -> None:
 
 def test_policies_on_the_command_line() -> None:
     got = parse_policies("2.0/snapshot=1,2.0/changes=100 2.1/sqlite=0,sync=full,2.0/usr1=500,2.1/none")
+    assert policy_of(load_topology().broker("field-control")).label == "2.0 no persistence"
     assert [p.label for p in got] == ["2.0 snapshot every 1 s", "2.0 snapshot every 100 changes",
                                       "2.1 sqlite flush 0 s, sync full", "2.0 snapshot SIGUSR1 every 500 ms",
                                       "2.1 no persistence"]
@@ -154,28 +156,21 @@ def test_policies_on_the_command_line() -> None:
 
 # -- the data centre's default, crashed ------------------------------------------------------------
 
-def _dc_default() -> CrashPolicy:
-    """The data-centre delivery broker's policy as the packaged topology sets it."""
-    b = load_topology().broker("dc-delivery")
-    assert b.persistence == "snapshot" and not b.autosave_on_changes, "the default changed: update this test"
-    return CrashPolicy(b.mosquitto, b.persistence, autosave_interval_s=b.autosave_interval_s)
-
-
 @pytest.mark.slow
 def test_a_kill_9_of_the_data_centres_default_loses_at_most_its_window(tmp_path: Path) -> None:
     """The claim of the README and the topology: a kill -9 of a data-centre broker with the default
-    policy (2.0, snapshot every second: saved every 2 s in fact) loses at most 2 s of the traffic
-    it acknowledged, with the session and everything older intact. Three crashes at random phases."""
-    policy = _dc_default()
-    assert policy.bound_s is not None and policy.bound_s <= 2.0
+    policy (2.0's snapshot on a SIGUSR1 every 500 ms from its launcher, as the local backend starts
+    it) loses at most 1 s of the traffic it acknowledged (about 0.5 s on a quiet machine), with the
+    session and everything older intact. Three crashes at random phases."""
+    broker = load_topology().broker("dc-delivery")
+    policy = policy_of(broker)
+    assert policy.bound_s is not None and policy.bound_s <= 0.5, f"the default changed ({broker.policy}): update"
     pki = PKI(tmp_path / "pki")
-    trials = [kill_trial(pki, "fmb", policy, runtime="host", fill_s=(2.5, 4.5)) for _ in range(3)]
+    trials = [kill_trial(pki, "fmb", policy, runtime="host", fill_s=(1.5, 3.0)) for _ in range(3)]
     for t in trials:
-        assert t["acked"] > 300, t  # it did queue: ~200 msg/s for 2.5 s or more
+        assert t["acked"] > 200, t  # it did queue: ~200 msg/s for 1.5 s or more
         assert not t["all_lost"], t  # the session and what was saved before the crash survived
-        # Mosquitto saves in its loop, which can run a little after the second turns: 0.25 s of slack.
-        assert t["window_s"] <= policy.bound_s + 0.25, t
-        assert t["lost"] <= (policy.bound_s + 0.25) * 200, t
+        assert t["window_s"] <= 1.0 and t["lost"] <= 200, t
 
 
 # -- Mosquitto 2.1 in its image --------------------------------------------------------------------

@@ -22,6 +22,7 @@ from pathlib import Path
 from brokers.mosquitto import BrokerFiles, mosquitto_binary, render_broker
 from testbed.backends import processes
 from testbed.backends.processes import ProcessRecord
+from testbed.backends.saver import broker_argv
 from testbed.core.errors import BrokerError, DeviceError, TestbedError
 from testbed.core.topics import PROFILES, ROLES
 from testbed.core.topology import DeviceSpec, Topology, load_topology
@@ -245,7 +246,8 @@ class LocalBus:
         for filename, text in render_broker(self.topology, broker, files).items():
             (directory / filename).write_text(text)
         offset = log.stat().st_size if log.exists() else 0
-        record = self._spawn(name, "broker", [mosquitto, "-c", str(directory / "mosquitto.conf")])
+        argv = broker_argv(mosquitto, directory / "mosquitto.conf", broker.snapshot_every_ms)  # a ticker if asked
+        record = self._spawn(name, "broker", argv)
         self._wait_log(name, " running", f"broker {name}", offset=offset, record=record)
 
     def _start_feeder(self, feeder_id: str) -> None:

@@ -1,7 +1,7 @@
 """``fmb bench crash``: what a ``kill -9`` of a persistent broker loses, per persistence policy and version.
 
 For each policy (a Mosquitto build, ``2.0`` or ``2.1``, and how it persists: nothing, the built-in
-snapshot on a timer, after N changes or on an external SIGUSR1, or 2.1's sqlite plugin with a
+snapshot on a timer, after N changes or on SIGUSR1 from the launcher every N ms, or 2.1's sqlite plugin with a
 flush period and a sync level) a fresh data-centre broker of its own is crashed several times:
 
 * **kill trials**: a persistent QoS 1 consumer subscribes and goes offline (its session saved by
@@ -28,24 +28,25 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import getpass
 import json
 import os
 import random
 import shutil
-import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
-from brokers.mosquitto import BrokerFiles, render_acl, render_conf
+from brokers.mosquitto import BrokerFiles, mosquitto_binary, render_acl, render_conf
 from testbed.backends.compose import docker_client
 from testbed.backends.environment import environment
 from testbed.backends.processes import ProcessRecord
-from testbed.bench.common import Processes, bench_topology, start_broker
+from testbed.backends.saver import broker_argv
+from testbed.bench.common import Processes, bench_topology, wait_for_log
 from testbed.bench.recovery import Producer
 from testbed.core.errors import BenchmarkError, TestbedError
 from testbed.core.ports import free_port
@@ -58,7 +59,7 @@ from testbed.security.pki import PKI
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 
 __all__ = ["DEFAULT_POLICIES", "RESULT_FILE", "RESULT_SCHEMA", "TARGET", "CrashPolicy", "kill_trial",
-           "parse_policies", "run_crash", "summary"]
+           "parse_policies", "policy_of", "run_crash", "summary"]
 
 RESULT_SCHEMA = "fmb.bench-crash/1"
 RESULT_FILE = "bench-crash.json"
@@ -81,7 +82,7 @@ class CrashPolicy:
     persistence: str  # none | snapshot | sqlite
     autosave_interval_s: int = 0
     autosave_on_changes: int = 0
-    usr1_ms: int = 0  # snapshot on an external SIGUSR1 every usr1_ms (the broker's own autosave off)
+    usr1_ms: int = 0  # snapshot_every_ms: SIGUSR1 from the launcher (testbed.backends.saver); own timer off
     flush_period_s: int = 5
     sync: str = "normal"
     spec: str = ""  # as given on the command line
@@ -89,7 +90,8 @@ class CrashPolicy:
     @property
     def label(self) -> str:
         if self.persistence == "snapshot":
-            how = (f"SIGUSR1 every {self.usr1_ms} ms" if self.usr1_ms else
+            timer = f" (+ every {self.autosave_interval_s} s)" if self.autosave_interval_s else ""
+            how = (f"SIGUSR1 every {self.usr1_ms} ms{timer}" if self.usr1_ms else
                    f"every {self.autosave_on_changes} changes" if self.autosave_on_changes else
                    f"every {self.autosave_interval_s} s")
             return f"{self.mosquitto} snapshot {how}"
@@ -115,12 +117,19 @@ class CrashPolicy:
         """The topology fields that render this policy's configuration."""
         fields: dict[str, Any] = {"persistence": self.persistence, "mosquitto": self.mosquitto}
         if self.persistence == "snapshot":
-            # SIGUSR1 alone: autosave_interval 0 turns the broker's own timer off.
-            fields |= {"autosave_interval_s": 0 if self.usr1_ms else self.autosave_interval_s,
-                       "autosave_on_changes": self.autosave_on_changes}
+            # (usr1=MS on the command line leaves autosave_interval_s 0: the broker's own timer off.)
+            fields |= {"autosave_interval_s": self.autosave_interval_s,
+                       "autosave_on_changes": self.autosave_on_changes, "snapshot_every_ms": self.usr1_ms}
         elif self.persistence == "sqlite":
             fields |= {"flush_period_s": self.flush_period_s, "sync": self.sync}
         return fields
+
+
+def policy_of(broker: BrokerSpec) -> CrashPolicy:
+    """The policy a topology's broker runs (e.g. the data centre's default)."""
+    return CrashPolicy(broker.mosquitto, broker.persistence, autosave_interval_s=broker.autosave_interval_s,
+                       autosave_on_changes=broker.autosave_on_changes, usr1_ms=broker.snapshot_every_ms,
+                       flush_period_s=broker.flush_period_s, sync=broker.sync, spec=f"{broker.name} ({broker.policy})")
 
 
 def parse_policies(text: str) -> list[CrashPolicy]:
@@ -195,7 +204,18 @@ class HostBroker:
         self.log = directory / "mosquitto.log"
 
     def start(self) -> None:
-        self.record, _ = start_broker(self.procs, self.topology, self.spec, self.pki, self.directory)
+        # As bench.common.start_broker, through the same launcher as the local backend's brokers.
+        self.directory.mkdir(parents=True, exist_ok=True)
+        files = BrokerFiles(certs=self.pki.directory.resolve(), directory=self.directory, log=self.log,
+                            user=getpass.getuser())
+        conf = self.directory / "mosquitto.conf"
+        conf.write_text(render_conf(self.topology, self.spec, files))
+        (self.directory / "acl").write_text(render_acl(self.topology, self.spec))
+        (self.directory / "data").mkdir(exist_ok=True)
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        self.record = self.procs.start(f"{self.spec.name}-{time.monotonic_ns()}",
+                                       broker_argv(mosquitto_binary(), conf, self.spec.snapshot_every_ms))
+        wait_for_log(self.log, " running", self.record, offset)
 
     def kill(self) -> None:
         assert self.record is not None
@@ -207,11 +227,6 @@ class HostBroker:
             if self.procs.stop([self.record], timeout_s=15):
                 raise TestbedError(f"the benchmark broker needed SIGKILL after SIGTERM; see {self.log}")
             self.record = None
-
-    def usr1(self) -> None:
-        if self.record is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.record.pid, signal.SIGUSR1)
 
     def remove(self) -> None:
         if self.record is not None:
@@ -287,35 +302,10 @@ class DockerBroker:
         if self.container.attrs["State"]["ExitCode"] == 137:
             raise TestbedError(f"the benchmark broker needed SIGKILL after SIGTERM; see {self.log}")
 
-    def usr1(self) -> None:
-        with contextlib.suppress(Exception):  # it may be dying: the ticker must not fail the trial
-            self.container.kill(signal="SIGUSR1")
-
     def remove(self) -> None:
         if self.container is not None:
             self.container.remove(force=True)
             self.container = None
-
-
-@contextlib.contextmanager
-def _ticker(broker: HostBroker | DockerBroker, period_ms: int) -> Iterator[None]:
-    """SIGUSR1 to the broker every ``period_ms`` (Mosquitto saves its snapshot on the next loop)."""
-    if not period_ms:
-        yield
-        return
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(period_ms / 1000):
-            broker.usr1()
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 class Consumer:
@@ -424,11 +414,10 @@ class _Bench:
             broker.start()
             producer = self.producer(endpoint)
             fill = random.uniform(*self.fill_s)
-            with _ticker(broker, policy.usr1_ms):
-                producer.run(self.rate)
-                time.sleep(fill)
-                kill_ns = time.time_ns()
-                broker.kill()
+            producer.run(self.rate)
+            time.sleep(fill)
+            kill_ns = time.time_ns()
+            broker.kill()
             producer.stop.set()
             if producer.thread:
                 producer.thread.join()
@@ -464,12 +453,11 @@ class _Bench:
             consumer.online()
             consumer.offline()
             producer = self.producer(endpoint)
-            with _ticker(broker, policy.usr1_ms):
-                start = time.perf_counter()
-                for _ in range(count):
-                    producer.publish_one()
-                producer.await_acks(120, interval_s=0.001)
-                elapsed = time.perf_counter() - start
+            start = time.perf_counter()
+            for _ in range(count):
+                producer.publish_one()
+            producer.await_acks(120, interval_s=0.001)
+            elapsed = time.perf_counter() - start
             with producer.lock:
                 acked = len(producer.acked)
             return round(acked / elapsed, 1)
@@ -514,12 +502,15 @@ def run_crash(pki: PKI, root: str, policies: list[CrashPolicy], runtime: str, ki
         client = docker_client()
         for version in sorted({p.mosquitto for p in policies}):
             image = images.get(version, version)
+            build = " --broker 2.1" if version == "2.1" else ""
             try:
-                client.images.get(image)
+                command = client.images.get(image).attrs["Config"].get("Cmd") or []
             except Exception:
-                build = "--broker 2.1" if version == "2.1" else ""
-                raise TestbedError(f"image {image} (Mosquitto {version}) is missing: run scripts/images {build}"
-                                   .rstrip()) from None
+                raise TestbedError(f"image {image} (Mosquitto {version}) is missing: "
+                                   f"run scripts/images{build}") from None
+            if any(p.usr1_ms and p.mosquitto == version for p in policies) and "mosquitto-saver" not in command:
+                raise TestbedError(f"image {image} predates the snapshot launcher (mosquitto-saver): run "
+                                   f"scripts/images{build}")
     pki.init({b.name: [] for b in bench_topology(root, QOS, (1, 2)).brokers}, ["bench"])
     load_start = os.getloadavg()
     rows: list[dict[str, Any]] = []

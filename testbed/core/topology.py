@@ -46,7 +46,8 @@ SQLITE_SYNC = ("off", "normal", "full", "extra")  # the plugin's plugin_opt_sync
 # Mosquitto (Debian bookworm's 2.0.11) on the local backend. Any other value is an image name.
 MOSQUITTO_IMAGES = {"2.0": "fmb-broker:latest", "2.1": "fmb-broker-2.1:latest"}
 # The fields a site sets for both its brokers and a [sites.<plane>] table may override for one.
-BROKER_FIELDS = ("persistence", "autosave_interval_s", "autosave_on_changes", "flush_period_s", "sync", "mosquitto")
+BROKER_FIELDS = ("persistence", "autosave_interval_s", "autosave_on_changes", "snapshot_every_ms", "flush_period_s",
+                 "sync", "mosquitto")
 _T = TypeVar("_T")
 
 
@@ -64,6 +65,7 @@ class SiteSpec:
     session_expiry_s: int = 3600
     persistence: str = ""  # "" : by kind (snapshot in a data centre, none at the edge)
     autosave_on_changes: int = 0  # > 0: save after that many changes instead of every autosave_interval_s
+    snapshot_every_ms: int = 0  # > 0: also a SIGUSR1 every so many ms (testbed.backends.saver)
     flush_period_s: int = 5
     sync: str = "normal"
     mosquitto: str = "2.0"
@@ -95,6 +97,7 @@ class BrokerSpec:
     autosave_interval_s: int
     persistence: str = "none"  # PERSISTENCE_MODES
     autosave_on_changes: int = 0
+    snapshot_every_ms: int = 0
     flush_period_s: int = 5
     sync: str = "normal"
     mosquitto: str = "2.0"  # "2.0", "2.1" or an image name
@@ -110,6 +113,8 @@ class BrokerSpec:
         if self.persistence == "snapshot":
             every = (f"{self.autosave_on_changes} changes" if self.autosave_on_changes
                      else f"{self.autosave_interval_s} s")
+            if self.snapshot_every_ms:
+                return f"snapshot every {self.snapshot_every_ms} ms (SIGUSR1) and every {every}"
             return f"snapshot every {every}"
         if self.persistence == "sqlite":
             return f"sqlite flush {self.flush_period_s} s, sync {self.sync}"
@@ -470,10 +475,17 @@ def _check_broker(r: _Reader, settings: dict[str, Any], kind: str, given: set[st
         raise ConfigError(r.path, r.field("autosave_on_changes"), "is set beside autosave_interval_s",
                           "keep one: Mosquitto saves either every N seconds or after N changes")
     if mode == "sqlite":  # (on a broker without persistence they were always ignored)
-        for name in ("autosave_interval_s", "autosave_on_changes"):
+        for name in ("autosave_interval_s", "autosave_on_changes", "snapshot_every_ms"):
             if name in given:
                 raise ConfigError(r.path, r.field(name), f"applies to persistence = 'snapshot', not {mode!r}",
                                   "remove it, or set persistence = 'snapshot'")
+    every_ms = settings["snapshot_every_ms"]
+    if "snapshot_every_ms" in given and mode == "none":
+        raise ConfigError(r.path, r.field("snapshot_every_ms"), "applies to persistence = 'snapshot', not 'none'",
+                          "remove it, or set persistence = 'snapshot' (on a data-centre site)")
+    if 0 < every_ms < 100:
+        raise ConfigError(r.path, r.field("snapshot_every_ms"), f"is {every_ms}: a whole snapshot that often would "
+                          "take the broker's time", "use 0 (off) or 100 ms or more")
     if mode != "sqlite":
         for name in ("flush_period_s", "sync"):
             if name in given:
