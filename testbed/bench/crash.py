@@ -15,7 +15,9 @@ flush period and a sync level) a fresh data-centre broker of its own is crashed 
 * **throughput trials**: QoS 1 messages acknowledged per second while queuing for the offline
   consumer, published as fast as one client can; ``cost`` is the policy's median against the
   median of ``none`` (no persistence) on the same build and runtime. They run in rounds across
-  the policies, so a change of load on a shared machine weighs on all of them alike.
+  the policies, so a change of load on a shared machine weighs on all of them alike. The broker's
+  CPU time per acknowledged message (``cpu_us_per_msg``, its ``cpu_cost`` against ``none``) is
+  recorded beside it: a machine shared with others skews throughput far more than CPU time.
 
 Brokers run in containers (``--runtime docker``, the default: both builds alike, host network,
 the broker's files bind-mounted, so the disk is the same as a local process's) or, for 2.0 only,
@@ -58,7 +60,7 @@ from testbed.reporting.render import crash_markdown
 from testbed.security.pki import PKI
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 
-__all__ = ["DEFAULT_POLICIES", "RESULT_FILE", "RESULT_SCHEMA", "TARGET", "CrashPolicy", "kill_trial",
+__all__ = ["DEFAULT_POLICIES", "RESULT_FILE", "RESULT_SCHEMA", "TARGET", "CrashPolicy", "check_runtime", "kill_trial",
            "parse_policies", "policy_of", "run_crash", "summary"]
 
 RESULT_SCHEMA = "fmb.bench-crash/1"
@@ -217,6 +219,9 @@ class HostBroker:
                                        broker_argv(mosquitto_binary(), conf, self.spec.snapshot_every_ms))
         wait_for_log(self.log, " running", self.record, offset)
 
+    def pid(self) -> int | None:
+        return self.record.pid if self.record is not None else None
+
     def kill(self) -> None:
         assert self.record is not None
         self.procs.kill(self.record)
@@ -291,6 +296,11 @@ class DockerBroker:
             return False
 
         wait_until(running, timeout_s, interval_s=0.01, what=f"broker {self.image} running; see {self.log}")
+
+    def pid(self) -> int | None:
+        """The broker's pid as this host sees it."""
+        self.container.reload()
+        return self.container.attrs["State"]["Pid"] or None
 
     def kill(self) -> None:
         self.container.kill(signal="SIGKILL")
@@ -445,7 +455,8 @@ class _Bench:
             broker.remove()
             shutil.rmtree(broker.directory, ignore_errors=True)
 
-    def throughput_trial(self, policy: CrashPolicy, count: int) -> float:
+    def throughput_trial(self, policy: CrashPolicy, count: int) -> tuple[float, float | None]:
+        """(acknowledged msg/s, the broker's CPU microseconds per acknowledged message)."""
         broker, endpoint = self.broker(policy)
         consumer = Consumer(self.identity, endpoint, self.topic(), f"central-tput-{self.trial}")
         producer = None
@@ -453,19 +464,43 @@ class _Bench:
             consumer.online()
             consumer.offline()
             producer = self.producer(endpoint)
+            pid = broker.pid()
+            cpu_start = _cpu_s(pid)
             start = time.perf_counter()
             for _ in range(count):
                 producer.publish_one()
             producer.await_acks(120, interval_s=0.001)
             elapsed = time.perf_counter() - start
+            cpu_end = _cpu_s(pid)
             with producer.lock:
                 acked = len(producer.acked)
-            return round(acked / elapsed, 1)
+            cpu = (None if cpu_start is None or cpu_end is None or not acked
+                   else round((cpu_end - cpu_start) / acked * 1e6, 2))
+            return round(acked / elapsed, 1), cpu
         finally:
             if producer is not None:
                 producer.close()
             broker.remove()
             shutil.rmtree(broker.directory, ignore_errors=True)
+
+
+def _cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system) process ``pid`` has used: a cost the machine's load does not skew
+    the way it skews throughput."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError, TypeError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def check_runtime(policies: list[CrashPolicy], runtime: str) -> None:
+    """Refuse, in one line, policies the runtime cannot run (before anything starts)."""
+    if runtime not in RUNTIMES:
+        raise TestbedError(f"--runtime is {runtime!r}; use {' or '.join(RUNTIMES)}")
+    if runtime == "host" and any(p.mosquitto != "2.0" for p in policies):
+        raise TestbedError("--runtime host runs the host's Mosquitto 2.0 only; give 2.0/... policies, or "
+                           "--runtime docker for 2.1 (image fmb-broker-2.1: scripts/images --broker 2.1)")
 
 
 def kill_trial(pki: PKI, root: str, policy: CrashPolicy, runtime: str = "host", rate: float = 200.0,
@@ -492,11 +527,7 @@ def run_crash(pki: PKI, root: str, policies: list[CrashPolicy], runtime: str, ki
               progress: Callable[[str], None] | None = None, images: dict[str, str] | None = None) -> dict[str, Any]:
     """The whole curve; writes ``out/bench-crash.json`` and returns it."""
     say = progress or (lambda line: None)
-    if runtime not in RUNTIMES:
-        raise TestbedError(f"--runtime is {runtime!r}; use {' or '.join(RUNTIMES)}")
-    if runtime == "host" and any(p.mosquitto != "2.0" for p in policies):
-        raise TestbedError("--runtime host runs the host's Mosquitto 2.0 only; give 2.0/... policies, or "
-                           "--runtime docker for 2.1 (image fmb-broker-2.1: scripts/images --broker 2.1)")
+    check_runtime(policies, runtime)
     images = {**MOSQUITTO_IMAGES, **(images or {})}
     if runtime == "docker":
         client = docker_client()
@@ -530,13 +561,17 @@ def run_crash(pki: PKI, root: str, policies: list[CrashPolicy], runtime: str, ki
             # Throughput in rounds across the policies, so that a change of load on a shared machine
             # weighs on every policy alike instead of on whichever ran at the time.
             tputs: list[list[float]] = [[] for _ in policies]
+            cpus: list[list[float]] = [[] for _ in policies]
             for n in range(throughputs):
                 for i, policy in enumerate(policies):
-                    tputs[i].append(bench.throughput_trial(policy, count))
+                    tput, cpu = bench.throughput_trial(policy, count)
+                    tputs[i].append(tput)
+                    if cpu is not None:
+                        cpus[i].append(cpu)
                 say(f"  throughput round {n + 1}/{throughputs}: "
                     + ", ".join(f"{p.spec or p.label} {t[-1]:.0f}" for p, t in zip(policies, tputs, strict=True))
                     + f" msg/s; load {os.getloadavg()[0]:.2f}")
-            for policy, (trials, before, after), tput in zip(policies, kill_runs, tputs, strict=True):
+            for policy, (trials, before, after), tput, cpu in zip(policies, kill_runs, tputs, cpus, strict=True):
                 rows.append({"policy": policy.label, "spec": policy.spec, "mosquitto": policy.mosquitto,
                              "mosquitto_version": bench.versions.get(policy.mosquitto),
                              "image": images.get(policy.mosquitto, policy.mosquitto) if runtime == "docker" else None,
@@ -546,6 +581,7 @@ def run_crash(pki: PKI, root: str, policies: list[CrashPolicy], runtime: str, ki
                              "bound_s": policy.bound_s, "kills": trials, "throughput_per_s": tput,
                              "window_s": _stats([t["window_s"] for t in trials]),
                              "lost": _stats([t["lost"] for t in trials]), "throughput": _stats(tput),
+                             "cpu_us_per_msg": cpu, "cpu": _stats(cpu),
                              "load_before": [round(x, 2) for x in before], "load_after": [round(x, 2) for x in after]})
         finally:
             bench.procs.stop()
@@ -577,9 +613,13 @@ def _costs(rows: list[dict[str, Any]]) -> None:
     """Each policy's throughput cost against no persistence on the same build and runtime; and the verdict."""
     base = {(r["mosquitto"], r["runtime"]): r["throughput"]["p50"] for r in rows
             if r["persistence"] == "none" and r["throughput"]}
+    cpu_base = {(r["mosquitto"], r["runtime"]): r["cpu"]["p50"] for r in rows
+                if r["persistence"] == "none" and r["cpu"]}
     for r in rows:
         ref = base.get((r["mosquitto"], r["runtime"]))
         r["cost"] = round(1 - r["throughput"]["p50"] / ref, 4) if ref and r["throughput"] else None
+        cpu_ref = cpu_base.get((r["mosquitto"], r["runtime"]))
+        r["cpu_cost"] = round(r["cpu"]["p50"] / cpu_ref - 1, 4) if cpu_ref and r["cpu"] else None
         worst = r["window_s"]["max"] if r["window_s"] else None
         r["meets_target"] = (None if worst is None or r["cost"] is None else
                              worst <= TARGET["window_s"] and r["cost"] <= TARGET["cost"]

@@ -146,6 +146,7 @@ def _bench_recovery(args: argparse.Namespace, out: Path) -> int:
 
 def _bench_crash(args: argparse.Namespace, out: Path) -> int:
     policies = crash.parse_policies(args.policies)
+    crash.check_runtime(policies, args.runtime)
     if args.repeat is not None and args.repeat < 1:
         raise TestbedError(f"--repeat is {args.repeat}; give 1 or more kills per policy")
     certs, state = paths(args)

@@ -60,8 +60,9 @@ def backup(certs: Path, state: Path, archive: Path, bus: LocalBus | None) -> lis
                                        if f.is_file() and not f.name.startswith(".")]
     brokers = state / "brokers"
     if brokers.exists():
+        # Not a snapshot being written (mosquitto.db.new): a broker saving every 500 ms renames it any moment.
         members += [(f, f"brokers/{f.relative_to(brokers)}") for f in sorted(brokers.glob("*/data/*"))
-                    if f.is_file()]
+                    if f.is_file() and not f.name.endswith(".new")]
     archive.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(archive, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
     with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:

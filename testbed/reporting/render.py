@@ -233,15 +233,20 @@ def crash_markdown(result: Result) -> str:
                      f"{w['p50']:.3f} / {'>= ' if floor else ''}{w['max']:.3f}" if w else "everything",
                      f"{lost['p50']:g} / {lost['max']:g}" if lost else None, p.get("bound_s"),
                      tput["p50"] if tput else None,
-                     f"{p['cost'] * 100:.0f} %" if p.get("cost") is not None else None, p.get("meets_target")])
+                     f"{p['cost'] * 100:.0f} %" if p.get("cost") is not None else None,
+                     (p.get("cpu") or {}).get("p50"),
+                     f"{p['cpu_cost'] * 100:+.0f} %" if p.get("cpu_cost") is not None else None, p.get("meets_target")])
     table = markdown_table(["policy", "Mosquitto", "runtime", "kills", "window s (median / worst)",
-                            "lost (median / worst)", "bound s", "QoS 1 msg/s", "cost", "target met"], rows)
+                            "lost (median / worst)", "bound s", "QoS 1 msg/s", "cost", "broker CPU µs/msg",
+                            "CPU cost", "target met"], rows)
     c = result["conditions"]
     return (table + f"\nTarget: a kill -9 loses at most {target['window_s']:g} s of traffic at no more than "
             f"{target['cost'] * 100:.0f} % throughput cost. Offered {c['offered_rate_per_s']:g} msg/s of "
             f"{c['payload_bytes']} bytes for {c['fill_s'][0]:g}-{c['fill_s'][1]:g} s before each kill; `>=` marks a "
             "policy that lost everything since the session was saved (its window is at least the fill); `bound` "
-            "is the window the policy allows by construction. Load average "
+            "is the window the policy allows by construction; `cost` is the throughput lost against no "
+            "persistence on the same build, `CPU cost` the broker's extra CPU time per message (less skewed by a "
+            "busy machine). Load average "
             f"{c['load_average_start'][0]:g} at the start, {c['load_average_end'][0]:g} at the end ({c['cores']} "
             "cores): final figures need a quiet machine.\n")
 
