@@ -9,6 +9,8 @@ testbed renders is one 2.1.2 loads and that it keeps what it acknowledged.
 from __future__ import annotations
 
 import dataclasses
+import getpass
+import signal
 import subprocess
 import time
 from pathlib import Path, PurePath
@@ -17,11 +19,13 @@ import pytest
 
 from brokers.mosquitto import BrokerFiles, mosquitto_binary, render_conf
 from testbed.backends.compose import docker_client
-from testbed.bench.common import Processes, bench_topology, start_broker
+from testbed.backends.saver import broker_argv, catches
+from testbed.bench.common import Processes, bench_topology, start_broker, wait_for_log
 from testbed.bench.crash import CrashPolicy, kill_trial, parse_policies, policy_of
 from testbed.core.errors import ConfigError, TestbedError
 from testbed.core.ports import free_port
 from testbed.core.topology import DEFAULT_TOPOLOGY, load_topology
+from testbed.core.waiting import wait_until
 from testbed.security.pki import PKI
 from tests.conftest import require
 
@@ -138,6 +142,43 @@ def test_the_hosts_mosquitto_loads_every_20_rendering(tmp_path: Path) -> None:
     finally:
         procs.stop()
     assert mosquitto_binary()
+
+
+def test_the_launcher_becomes_the_broker_and_saves_every_period(tmp_path: Path) -> None:
+    """``snapshot_every_ms``: the recorded pid is Mosquitto itself (kill -9 and SIGHUP reach it), the
+    snapshot is rewritten every period, and the ticker goes with the broker."""
+    topology = bench_topology("fmb", 1, (free_port(), free_port()), kind="datacentre")
+    topology = dataclasses.replace(topology, sites=(dataclasses.replace(topology.sites[0], snapshot_every_ms=200),))
+    spec = topology.broker("bench-delivery")
+    pki = PKI(tmp_path / "pki")
+    pki.init({b.name: [] for b in topology.brokers}, ["bench"])
+    procs = Processes(tmp_path)
+    directory = tmp_path / "broker"
+    directory.mkdir()
+    files = BrokerFiles(certs=pki.directory.resolve(), directory=directory, log=directory / "mosquitto.log",
+                        user=getpass.getuser())
+    conf = directory / "mosquitto.conf"
+    conf.write_text(render_conf(topology, spec, files))
+    (directory / "acl").write_text("")
+    (directory / "data").mkdir()
+    assert "# fmb: snapshot every 200 ms" in conf.read_text()
+    record = procs.start("broker", broker_argv(mosquitto_binary(), conf, spec.snapshot_every_ms))
+    try:
+        wait_for_log(directory / "mosquitto.log", " running", record)
+        assert Path(f"/proc/{record.pid}/comm").read_text().strip() == "mosquitto"
+        assert catches(record.pid, signal.SIGUSR1)
+        db = directory / "data" / "mosquitto.db"
+        wait_until(db.exists, 5, what="a first snapshot")
+        first = db.stat().st_mtime_ns
+        wait_until(lambda: db.stat().st_mtime_ns > first, 2, what="a second snapshot within 2 s")
+        tickers = [int(c) for c in Path(f"/proc/{record.pid}/task/{record.pid}/children").read_text().split()]
+        assert len(tickers) == 1, tickers
+        procs.kill(record)  # kill -9 of the broker: its ticker must not outlive it
+        wait_until(lambda: not Path(f"/proc/{tickers[0]}").exists()
+                   or "Z" in Path(f"/proc/{tickers[0]}/stat").read_text().rsplit(")", 1)[1].split()[0], 5,
+                   what="the ticker to die with its broker")
+    finally:
+        procs.stop()
 
 
 def test_policies_on_the_command_line() -> None:
