@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import cast
+
+from testbed.core.results import Percentiles
 
 __all__ = ["count_loss_and_duplicates", "percentiles"]
 
@@ -32,7 +35,7 @@ def _interpolate(ordered: Sequence[float], q: float) -> float:
     return ordered[lower] + fraction * (ordered[upper] - ordered[lower])
 
 
-def percentiles(values: Sequence[float], qs: Iterable[float] = (50, 90, 99)) -> dict[str, float]:
+def percentiles(values: Sequence[float], qs: Iterable[float] = (50, 90, 99)) -> Percentiles:
     """Return ``n``, ``min``, ``p<q>`` for each ``q``, ``max`` and ``mean`` of ``values``.
 
     Raises ``ValueError`` on an empty sequence, a NaN value or a ``q`` outside 0..100.
@@ -49,7 +52,7 @@ def percentiles(values: Sequence[float], qs: Iterable[float] = (50, 90, 99)) -> 
         summary[_percentile_key(q)] = _interpolate(ordered, q)
     summary["max"] = ordered[-1]
     summary["mean"] = math.fsum(ordered) / len(ordered)
-    return summary
+    return cast(Percentiles, summary)  # its p<q> keys are the qs asked for: built, not spelt out
 
 
 def count_loss_and_duplicates(
