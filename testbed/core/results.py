@@ -49,6 +49,7 @@ __all__ = [
     "RecoveryTarget",
     "RecoveryTrial",
     "Repetition",
+    "RepetitionSpread",
     "RunOutcome",
     "ScenarioEnd",
     "ScenarioResultDoc",
@@ -146,9 +147,22 @@ class Repetition(RunOutcome):
     first_index: int
 
 
-class ScenarioResultDoc(TypedDict):
-    """``result.json``. (``testbed.pytest_plugin.ScenarioResult`` is this document in a dict subclass
-    that also knows where its files are; hence this one's longer name.)"""
+class RepetitionSpread(TypedDict, total=False):
+    """Over the passed repetitions, in a result of more than one: end-to-end ms, and each step's hop."""
+
+    p50: float
+    p90: float
+    p99: float
+    max: float
+    e2e_stats: Percentiles
+    hop_stats: dict[str, Percentiles]  # by step number, "1", "2", ...
+
+
+class ScenarioResultDoc(RepetitionSpread):
+    """``result.json``, with :class:`RepetitionSpread`'s keys between ``repetitions`` and ``runs``.
+
+    (``testbed.pytest_plugin.ScenarioResult`` is this document in a dict subclass that also knows
+    where its files are; hence this one's longer name.)"""
 
     schema: Literal["fmb.scenario-result/1"]
     scenario: str
@@ -160,13 +174,6 @@ class ScenarioResultDoc(TypedDict):
     end: ScenarioEnd | None
     e2e_ms: float | None
     repetitions: int
-    # Only with more than one repetition, from the passed ones:
-    p50: NotRequired[float]
-    p90: NotRequired[float]
-    p99: NotRequired[float]
-    max: NotRequired[float]
-    e2e_stats: NotRequired[Percentiles]
-    hop_stats: NotRequired[dict[str, Percentiles]]  # by step number, "1", "2", ...
     runs: list[RunOutcome]
     environment: Environment
     created: str

@@ -15,7 +15,7 @@ from typing import cast
 
 from testbed.core.results import Percentiles
 
-__all__ = ["count_loss_and_duplicates", "percentiles"]
+__all__ = ["count_loss_and_duplicates", "percentiles", "rounded"]
 
 # Enough to see the pattern of a loss (one gap or many) without bloating result.json.
 _MAX_LOST_SEQS = 100
@@ -53,6 +53,11 @@ def percentiles(values: Sequence[float], qs: Iterable[float] = (50, 90, 99)) -> 
     summary["max"] = ordered[-1]
     summary["mean"] = math.fsum(ordered) / len(ordered)
     return cast(Percentiles, summary)  # its p<q> keys are the qs asked for: built, not spelt out
+
+
+def rounded(stats: Percentiles, digits: int) -> Percentiles:
+    """``stats`` with every figure but ``n`` rounded to ``digits`` decimals, as results store them."""
+    return cast(Percentiles, {k: round(v, digits) if isinstance(v, float) else v for k, v in stats.items()})
 
 
 def count_loss_and_duplicates(
