@@ -26,19 +26,22 @@ import datetime as dt
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from testbed.backends.environment import environment
 from testbed.bench.common import Processes, bench_topology, start_broker
 from testbed.core.ports import free_port
+from testbed.core.results import AutosavePoint, RecoveryFault, RecoveryResult, RecoveryTime, RecoveryTrial
 from testbed.core.stats import count_loss_and_duplicates
 from testbed.core.topics import topic
+from testbed.core.topology import BrokerSpec, Topology
 from testbed.security.pki import PKI
 from testbed.transport.mqtt import (
     PAHO_DEFAULT_RECONNECT_S,
@@ -51,7 +54,7 @@ from testbed.transport.mqtt import (
 
 __all__ = ["RESULT_SCHEMA", "TUNED", "Producer", "fault_line", "run_recovery", "whole_at"]
 
-RESULT_SCHEMA = "fmb.bench-recovery/1"
+RESULT_SCHEMA: Final = "fmb.bench-recovery/1"  # the shape: testbed.core.results.RecoveryResult
 TUNED = (RECONNECT_MIN_S, RECONNECT_MAX_S)
 
 
@@ -163,7 +166,7 @@ class _Harness:
         self.progress = progress or (lambda line: None)
         self.trial = 0
 
-    def broker(self, autosave_s: int = 60) -> tuple[Any, Any, Path, Endpoint]:
+    def broker(self, autosave_s: int = 60) -> tuple[Topology, BrokerSpec, Path, Endpoint]:
         self.trial += 1
         topology = bench_topology(self.root, 1, (free_port(), free_port()), kind="datacentre",
                                   autosave_interval_s=autosave_s)
@@ -172,11 +175,12 @@ class _Harness:
         proc, endpoint = start_broker(self.procs, topology, spec, self.pki, directory)
         return topology, spec, directory, endpoint
 
-    def restart(self, topology: Any, spec: Any, directory: Path) -> tuple[Any, int]:
+    def restart(self, topology: Topology, spec: BrokerSpec, directory: Path) -> tuple[subprocess.Popen[bytes], int]:
         proc, _ = start_broker(self.procs, topology, spec, self.pki, directory)
         return proc, time.time_ns()
 
-    def consumer(self, endpoint: Endpoint, qos: int, out: Path, reconnect: tuple[float, float]) -> Any:
+    def consumer(self, endpoint: Endpoint, qos: int, out: Path,
+                 reconnect: tuple[float, float]) -> subprocess.Popen[bytes]:
         return self.procs.start(f"consumer-{self.trial}-{time.monotonic_ns()}", [sys.executable, "-m",
                                 "testbed.bench.consumer"], {
             "FMB_BROKER": f"{endpoint.host}:{endpoint.port}", "FMB_CA": str(self.identity.ca),
@@ -207,7 +211,7 @@ class _Harness:
         while time.monotonic() < deadline and len({s for s, _ in _read_consumer(path)}) < count:
             time.sleep(0.05)
 
-    def measure(self, producer: Producer, records_path: Path, fault_ns: int, back_ns: int) -> dict[str, Any]:
+    def measure(self, producer: Producer, records_path: Path, fault_ns: int, back_ns: int) -> RecoveryTrial:
         records = _read_consumer(records_path)
         acked = sorted(s for s in producer.acked if s >= producer.first)
         counts = count_loss_and_duplicates(acked, [s for s, _ in records if s >= producer.first])
@@ -222,7 +226,7 @@ class _Harness:
 
     # -- the faults ---------------------------------------------------------------------------------
 
-    def broker_sigterm(self, qos: int, reconnect: tuple[float, float]) -> dict[str, Any]:
+    def broker_sigterm(self, qos: int, reconnect: tuple[float, float]) -> RecoveryTrial:
         topology, spec, directory, endpoint = self.broker()
         records = directory / "consumer.txt"
         consumer = self.consumer(endpoint, qos, records, reconnect)
@@ -246,7 +250,7 @@ class _Harness:
             self.procs.stop([consumer])
             self.procs.stop()
 
-    def consumer_kill9(self, qos: int) -> dict[str, Any]:
+    def consumer_kill9(self, qos: int) -> RecoveryTrial:
         topology, spec, directory, endpoint = self.broker()
         records = directory / "consumer.txt"
         consumer = self.consumer(endpoint, qos, records, TUNED)
@@ -284,7 +288,8 @@ class _Harness:
             producer.run(self.rate)
             time.sleep(seconds)
             producer.stop.set()
-            producer.thread.join()  # type: ignore[union-attr]
+            if producer.thread is not None:
+                producer.thread.join()
             deadline = time.monotonic() + 5
             while len(producer.acked) < producer.seq and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -320,12 +325,12 @@ class _Harness:
             self.procs.stop()
 
 
-def _broker_proc(procs: Processes, directory: Path) -> Any:
+def _broker_proc(procs: Processes, directory: Path) -> subprocess.Popen[bytes]:
     conf = str(directory / "mosquitto.conf")
-    return next(p for p in procs.procs if conf in p.args)  # type: ignore[operator]
+    return next(p for p in procs.procs if isinstance(p.args, list) and conf in p.args)  # Processes keeps argv lists
 
 
-def _field_broker_kill9(pki: PKI, certs: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+def _field_broker_kill9(pki: PKI, certs: Path, progress: Callable[[str], None]) -> RecoveryTrial:
     """Kill -9 the field delivery broker of a whole Appendix A bus; time until the tablet shows the
     data centre's diagram again (the bridge resubscribes, the DC resends the retained diagram)."""
     from testbed.backends.local import LocalBus
@@ -373,12 +378,12 @@ def _field_broker_kill9(pki: PKI, certs: Path, progress: Callable[[str], None]) 
 
 def run_recovery(pki: PKI, certs: Path, root: str, repetitions: int, rate: float, payload_bytes: int,
                  autosave_intervals: list[int], out: Path, progress: Callable[[str], None] | None = None,
-                 include_field: bool = True) -> dict[str, Any]:
+                 include_field: bool = True) -> RecoveryResult:
     """The whole benchmark; writes ``out/bench-recovery.json`` and returns it."""
     say = progress or (lambda line: None)
     pki.init({b.name: [] for b in bench_topology(root, 1, (1, 2)).brokers}, ["bench"])
-    faults: list[dict[str, Any]] = []
-    sweep: list[dict[str, Any]] = []
+    faults: list[RecoveryFault] = []
+    sweep: list[AutosavePoint] = []
     with tempfile.TemporaryDirectory(prefix="fmb-bench-recovery-") as tmp:
         h = _Harness(pki, root, Path(tmp), rate, payload_bytes, say)
         try:
@@ -421,7 +426,7 @@ def run_recovery(pki: PKI, certs: Path, root: str, repetitions: int, rate: float
                        "description": "field delivery broker kill -9 (non-persistent), restarted; time until "
                                       "the tablet displays the data centre's diagram again",
                        "target": None, "trials": trials})
-    result = {
+    result: RecoveryResult = {
         "schema": RESULT_SCHEMA, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "conditions": {"backend": "local", "repetitions": repetitions, "message_rate_per_s": rate,
                        "payload_bytes": payload_bytes, "tls_version": "TLSv1.2+ (mutual)",
@@ -439,12 +444,12 @@ def run_recovery(pki: PKI, certs: Path, root: str, repetitions: int, rate: float
     return result
 
 
-def fault_line(fault: dict[str, Any]) -> str:
+def fault_line(fault: RecoveryFault) -> str:
     """One fault's trials summarised on one line, as the benchmark prints them while it runs."""
     t = fault["trials"]
 
-    def worst(key: str) -> str:
-        values = [x[key] for x in t if x.get(key) is not None]
+    def worst(key: RecoveryTime) -> str:
+        values = [v for x in t if (v := x.get(key)) is not None]
         return f"{max(values):.3f}" if values else "-"
 
     return (f"  {fault['name']} QoS {fault['qos']} ({fault['client']}): worst detect {worst('detect_s')} s, "
@@ -452,7 +457,7 @@ def fault_line(fault: dict[str, Any]) -> str:
             f"duplicated {sum(x['duplicated'] for x in t)} over {len(t)} trials")
 
 
-def summary(result: dict[str, Any]) -> str:
+def summary(result: RecoveryResult) -> str:
     from testbed.reporting.render import recovery_markdown
 
     return "recovery benchmark\n" + recovery_markdown(result)

@@ -47,6 +47,7 @@ __all__ = [
     "RecoveryFault",
     "RecoveryResult",
     "RecoveryTarget",
+    "RecoveryTime",
     "RecoveryTrial",
     "Repetition",
     "RepetitionSpread",
@@ -333,6 +334,9 @@ class PrioritizationResult(TypedDict):
 
 # -- fmb bench recovery: bench-recovery.json (fmb.bench-recovery/1), local and docker ------------
 
+RecoveryTime = Literal["detect_s", "reconnect_s", "whole_s"]  # the times of a trial
+
+
 class RecoveryTrial(TypedDict):
     """Seconds after the fault (a restart: after the broker accepts again); None: not seen / not measured."""
 
@@ -467,12 +471,12 @@ class WanResult(TypedDict):
 # -- fmb bench ui: bench-ui.json (fmb.bench-ui/1) -------------------------------------------------
 
 class UiSample(TypedDict):
-    """One press, ms in the page's clock; None: the page never showed it."""
+    """One press, ms in the page's clock (a press counts once the page shows both effects)."""
 
     rep: int
-    closed_ms: float | None
-    restored_ms: float | None
-    low_ms: float | None
+    closed_ms: float
+    restored_ms: float
+    low_ms: float | None  # None: the DMS acted before a diagram showed the low reading
 
 
 class UiConditions(TypedDict):

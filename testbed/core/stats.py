@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import cast
+from typing import TypedDict, cast
 
 from testbed.core.results import Percentiles
 
-__all__ = ["count_loss_and_duplicates", "percentiles", "rounded"]
+__all__ = ["LossCount", "count_loss_and_duplicates", "percentiles", "rounded"]
 
 # Enough to see the pattern of a loss (one gap or many) without bloating result.json.
 _MAX_LOST_SEQS = 100
@@ -60,9 +60,21 @@ def rounded(stats: Percentiles, digits: int) -> Percentiles:
     return cast(Percentiles, {k: round(v, digits) if isinstance(v, float) else v for k, v in stats.items()})
 
 
+class LossCount(TypedDict):
+    """What :func:`count_loss_and_duplicates` finds."""
+
+    sent: int
+    received: int
+    lost: int
+    duplicated: int
+    lost_seqs: list[int]
+    out_of_order: int
+    unexpected: int
+
+
 def count_loss_and_duplicates(
     sent_seqs: Iterable[int], received_seqs: Iterable[int]
-) -> dict[str, object]:
+) -> LossCount:
     """Compare sent and received sequence numbers.
 
     Returns ``sent`` (distinct seqs sent), ``received`` (messages received, duplicates included),
