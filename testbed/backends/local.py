@@ -19,12 +19,13 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from brokers.mosquitto import BrokerFiles, mosquitto_binary, render_broker
 from testbed.core.errors import BrokerError, DeviceError, TestbedError
-from testbed.core.topics import PROFILES, ROLES
+from testbed.core.topics import PROFILES, ROLES, Plane
 from testbed.core.topology import DeviceSpec, Topology, load_topology
 from testbed.security.blocklist import Blocklist
 from testbed.security.pki import PKI
@@ -59,8 +60,8 @@ def _start_ticks(pid: int) -> int:
 def device_environment(topology: Topology, device: DeviceSpec, certs: Path, run_dir: Path,
                        hosts: dict[str, str] | None = None) -> dict[str, str]:
     """The ``FMB_*`` environment of one device (the same for a process and a container)."""
-    def endpoint(plane: str) -> str:
-        b = topology.broker_for(device.site, plane)  # type: ignore[arg-type]
+    def endpoint(plane: Plane) -> str:
+        b = topology.broker_for(device.site, plane)
         return f"{(hosts or {}).get(b.name, b.host)}:{b.port}"
 
     env = {
@@ -313,7 +314,7 @@ class LocalBus:
 
         self._wait_for(found, record or self._record(name), what, timeout_s)
 
-    def _wait_for(self, condition, record: ProcessRecord, what: str, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
+    def _wait_for(self, condition: Callable[[], bool], record: ProcessRecord, what: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while not condition():
             if not self._alive(record):
@@ -392,7 +393,7 @@ class LocalBus:
     def stop(self, timeout_s: float = 10) -> None:
         """Stop devices, feeders, then brokers (so the data-centre brokers save last)."""
         order = {"monitor": 0, "device": 1, "feeder": 2, "broker": 3}
-        for kind in sorted(order, key=order.get):  # type: ignore[arg-type]
+        for kind in sorted(order, key=order.__getitem__):
             group = [p for p in self.processes if p.kind == kind and self._alive(p)]
             for p in group:
                 os.kill(p.pid, signal.SIGTERM)
