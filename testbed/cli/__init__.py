@@ -10,8 +10,8 @@ import argparse
 import datetime as dt
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -147,11 +147,12 @@ def _progress(repeat: int) -> Any:
 
 def _run(args: argparse.Namespace, scenario_name: str) -> int:
     from testbed.core.scenario import load_scenario
-    from testbed.harness.runner import ScenarioRunner
+    from testbed.harness.runner import Bus, ScenarioRunner
     from testbed.reporting.scenario import summary_table
 
     if args.repeat < 1:
         raise TestbedError(f"--repeat is {args.repeat}; give 1 or more")
+    buses: AbstractContextManager[Bus]
     if args.backend == "docker":
         from testbed.backends.compose import compose_bus
         buses = compose_bus(topology_path=args.topology)
@@ -516,9 +517,10 @@ def cmd_respond(args: argparse.Namespace) -> int:
     if not args.target:
         raise TestbedError(f"`fmb respond {args.action}` needs a target: an identity (e.g. meter-1) or a topic")
     responder = Responder(_running(args))
-    outcome = {"revoke": responder.revoke, "block": responder.block, "unblock": responder.unblock,
-               "evict": lambda t: {"action": "evict", "identity": t, "evicted_on": responder.evict(t)}}[args.action](
-        args.target)
+    actions: dict[str, Callable[[str], dict[str, Any]]] = {
+        "revoke": responder.revoke, "block": responder.block, "unblock": responder.unblock,
+        "evict": lambda t: {"action": "evict", "identity": t, "evicted_on": responder.evict(t)}}
+    outcome = actions[args.action](args.target)
     print(json.dumps(outcome, indent=2))
     return 0
 
@@ -568,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "project $COMPOSE_PROJECT_NAME or fmb; started for the run if not up)")
     bench = add("bench", cmd_bench, "run a benchmark (not a test): figures as JSON with their conditions")
     bench.add_argument("name", choices=["latency", "prioritization", "recovery", "wan", "ui"], help="which benchmark")
-    bench.description += (
+    bench.description = (bench.description or "") + (
         ". latency: for each --qos level a fresh bus of local processes is started on free ports in a "
         "temporary state directory (PKI from --certs), the Appendix A scenario is repeated after a warm-up, "
         "then a one-hop baseline runs on the same brokers; it refuses to run beside a bus already up from "
@@ -619,7 +621,11 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--evidence", help="test outcomes file (default var/evidence/test-results.json)")
     inventory = add("inventory", cmd_inventory, "assets, certificates, rights and data flows as JSON and a diagram")
     inventory.add_argument("--out", help="output directory (default runs/inventory)")
-    certs = add("certs", lambda a: certs.print_help() or 2, "manage the PKI")
+    def certs_help(a: argparse.Namespace) -> int:  # `fmb certs` without an action
+        certs.print_help()
+        return 2
+
+    certs = add("certs", certs_help, "manage the PKI")
     csub = certs.add_subparsers(dest="certs_command", metavar="ACTION")
     init = csub.add_parser("init", parents=[common], help="create the CA and every certificate")
     init.set_defaults(func=cmd_certs_init)
