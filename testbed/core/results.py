@@ -15,8 +15,8 @@ only in some cases (said beside it) or was added after files of the same version
 (the fixtures in ``tests/fixtures/`` are such files).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: with it, Python 3.11 cannot see ``NotRequired`` at
+# run time and lists every key in ``__required_keys__``; tests/test_typing.py checks files by those.
 from typing import Literal, NotRequired, TypedDict
 
 __all__ = [
