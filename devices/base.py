@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 
 import paho.mqtt.client as paho
 
+from testbed.core.errors import BrokerError, DeviceError, TestbedError
 from testbed.core.payloads import Message, PayloadError, child_traceparent, decode, encode
 from testbed.core.topics import PROFILES, ROLES, Plane, Profile, parse_topic, subscriptions, topic
 from testbed.security.signing import CommandRejected, CommandSigner, CommandVerifier, load_trusted
@@ -65,7 +66,7 @@ class DeviceConfig:
         def need(name: str) -> str:
             value = env.get(name, "")
             if not value:
-                raise SystemExit(f"error: set {name} (see --help)")
+                raise DeviceError(f"set {name} (see --help)")
             return value
 
         try:
@@ -74,11 +75,11 @@ class DeviceConfig:
             qos = int(env.get("FMB_QOS", "1"))
             expiry = int(env.get("FMB_SESSION_EXPIRY", "0"))
         except ValueError as e:
-            raise SystemExit(f"error: {e}; FMB_DELIVERY/FMB_CONTROL are host:port, FMB_QOS 0-2") from None
+            raise DeviceError(f"{e}; FMB_DELIVERY/FMB_CONTROL are host:port, FMB_QOS 0-2") from None
         tls = TLSIdentity(Path(need("FMB_CA")), Path(need("FMB_CERT")), Path(need("FMB_KEY")))
         for p in (tls.ca, tls.cert, tls.key):
             if not p.is_file():
-                raise SystemExit(f"error: {p} does not exist; create the PKI with `fmb certs init`")
+                raise DeviceError(f"{p} does not exist; create the PKI with `fmb certs init`")
         ready = env.get("FMB_READY_FILE")
         return cls(
             device_id=need("FMB_DEVICE_ID"), delivery=delivery, control=control, tls=tls,
@@ -117,10 +118,10 @@ class Device:
         for name in filter(None, (n.strip() for n in names.split(","))):
             path = Path(directory) / f"{name}.pub"
             if not path.is_file():
-                raise SystemExit(f"error: no public key {path} for signer {name}; run `fmb certs init`")
+                raise DeviceError(f"no public key {path} for signer {name}; run `fmb certs init`")
             keys[name] = path.read_text().strip()
         if not keys:
-            raise SystemExit("error: FMB_SIGNERS names no signer: this device would refuse every command")
+            raise DeviceError("FMB_SIGNERS names no signer: this device would refuse every command")
         return CommandVerifier(load_trusted(json.dumps(keys)))
 
     # -- life cycle -------------------------------------------------------------------------
@@ -144,8 +145,8 @@ class Device:
                 wait_s=None,
             )
             if not subscribed.wait(30):
-                raise SystemExit(f"error: {self.id} could not connect and subscribe to the "
-                                 f"{plane} broker at {endpoint.host}:{endpoint.port} in 30 s")
+                raise BrokerError(f"{self.id} could not connect and subscribe to the "
+                                  f"{plane} broker at {endpoint.host}:{endpoint.port} in 30 s")
         self.on_started()
         if self.config.ready_file:
             self.config.ready_file.write_text(str(os.getpid()))
@@ -267,5 +268,7 @@ def main(device_class: type[Device], doc: str = "") -> None:
         stream=sys.stderr, level=os.environ.get("FMB_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    config = DeviceConfig.from_env(os.environ)
-    device_class(config).run()
+    try:
+        device_class(DeviceConfig.from_env(os.environ)).run()
+    except TestbedError as e:
+        raise SystemExit(f"error: {e}") from None

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, TypedDict
 
+from testbed.core.errors import DeviceError
 from testbed.core.payloads import NOMINAL_V
 from testbed.transport.localsock import private_unix_server
 
@@ -169,7 +170,7 @@ class FeederLink:
             except OSError as e:
                 self.sock.close()
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"error: no feeder model at {path} ({e}); start it first") from None
+                    raise DeviceError(f"no feeder model at {path} ({e}); start it first") from None
                 time.sleep(0.1)
         self.file = self.sock.makefile("rwb")
         self.lock = threading.Lock()

@@ -21,8 +21,9 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from testbed.security import pki as pki_module
 from testbed.core.errors import PKIError
+from testbed.pytest_plugin import require
+from testbed.security import pki as pki_module
 from testbed.security.pki import PKI, CertPaths
 
 SERVERS = {"broker-dc": ["dc.example.net", "10.0.0.5"], "broker-field": []}
@@ -52,13 +53,10 @@ def _snapshot(directory: Path) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*.*")}
 
 
-def _require(binary: str) -> str:
+def _installed(binary: str) -> str:
     found = shutil.which(binary)
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{binary} is not installed, and CI is set: install the mosquitto package")
-        pytest.skip(f"{binary} is not installed (Debian package mosquitto / mosquitto-clients)")
-    return found
+    require(found is not None, f"{binary} is not installed (Debian package mosquitto / mosquitto-clients)")
+    return str(found)
 
 
 def _free_port() -> int:
@@ -333,8 +331,8 @@ def test_python_ssl_refuses_a_revoked_client(pki: PKI) -> None:
 
 
 def test_mosquitto_accepts_its_clients_only(pki: PKI, tmp_path: Path) -> None:
-    mosquitto = _require("mosquitto")
-    mosquitto_pub = _require("mosquitto_pub")
+    mosquitto = _installed("mosquitto")
+    mosquitto_pub = _installed("mosquitto_pub")
     stranger = PKI(tmp_path / "stranger")
     stranger.init({}, ["meter-1"])
     pki.revoke("dms")

@@ -1,14 +1,16 @@
-"""The profile covers every subcategory of the seed's section 2 tables, once, and reads evidence."""
+"""The profile covers every subcategory of the seed's section 2 tables, once, reads evidence, and
+names as evidence only tests that exist."""
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
-import pytest
-
 from testbed.csf.profile import SUBCATEGORIES, build_profile, render_markdown
+from testbed.pytest_plugin import require
 
+ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mqtt-nist-cybersecurity-v1.0.txt"
 
 
@@ -19,8 +21,8 @@ def _seed_section() -> str:
 
 
 def test_every_seed_subcategory_is_in_the_profile_once() -> None:
-    if not REFERENCE.exists():  # the seed sits beside the repository in our CI, not in a user's clone
-        pytest.skip(f"the seed document is not at {REFERENCE}")
+    # The seed sits beside the repository in our CI (shared/), not in a user's clone.
+    require(REFERENCE.exists(), f"the seed document is not at {REFERENCE}")
     section = _seed_section()
     ours = [" ".join(s.name.split()) for s in SUBCATEGORIES]
     # Every one of ours appears verbatim in the seed's section 2 (tables flattened to text) ...
@@ -48,3 +50,27 @@ def test_profile_reads_the_evidence(tmp_path: Path) -> None:
     assert profile["tier"]["level"] == 1  # almost nothing verified in this evidence
     md = render_markdown(profile)
     assert "| Recover | Recover Planning | Backup systems |" in md and "failed" in md
+
+
+def _tests_in(path: Path) -> set[str]:
+    """The test functions of a test file (module level and in Test classes), by name."""
+    tree = ast.parse(path.read_text(), str(path))
+    nodes = [*tree.body, *(n for c in tree.body if isinstance(c, ast.ClassDef) for n in c.body)]
+    return {n.name for n in nodes if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+            and n.name.startswith("test")}
+
+
+def test_every_evidence_id_names_a_test_that_exists() -> None:
+    """An id is a test file, or a file and the start of a test's name (the profile matches node ids by
+    prefix): each must match a test, or the subcategory could never be verified."""
+    ids = sorted({e for s in SUBCATEGORIES for e in s.evidence})
+    assert len(ids) > 20  # the profile does name its evidence
+    missing = []
+    for evidence in ids:
+        file, _, name = evidence.partition("::")
+        path = ROOT / file
+        if not (file.startswith("tests/test_") and file.endswith(".py") and path.is_file()):
+            missing.append(f"{evidence}: no test file {file}")
+        elif not any(t.startswith(name) for t in _tests_in(path)):  # name "" (a whole file): any test
+            missing.append(f"{evidence}: no test in {file} starts with {name!r}")
+    assert missing == [], "evidence in testbed/csf/profile.py that names no test:\n" + "\n".join(missing)

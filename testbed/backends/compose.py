@@ -59,14 +59,28 @@ def docker_client() -> Any:
     return client
 
 
-def compose_command() -> list[str]:
-    """``docker compose`` (v2) if installed, else ``docker-compose`` (v1)."""
-    if shutil.which("docker"):
+COMPOSE_VERSIONS = ("v1", "v2")
+
+
+def compose_command(version: str | None = None) -> list[str]:
+    """``docker compose`` (v2) if installed, else ``docker-compose`` (v1).
+
+    ``version`` (else ``$FMB_COMPOSE``), ``v1`` or ``v2``, insists on that one: the tests run
+    the bus under both, and a user with both installed can pick."""
+    version = version or os.environ.get("FMB_COMPOSE") or None
+    if version is not None and version not in COMPOSE_VERSIONS:
+        raise TestbedError(f"Compose version {version!r} (FMB_COMPOSE): use v1 (docker-compose) or v2 (docker compose)")
+    if version != "v1" and shutil.which("docker"):
         probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
         if probe.returncode == 0:
             return ["docker", "compose"]
-    if shutil.which("docker-compose"):
+    if version != "v2" and shutil.which("docker-compose"):
         return ["docker-compose"]
+    if version == "v2":
+        raise TestbedError("`docker compose` (Compose v2) is not installed: run scripts/setup, or install "
+                           "Docker's docker-compose-plugin")
+    if version == "v1":
+        raise TestbedError("`docker-compose` (Compose v1) is not installed: apt-get install docker-compose")
     raise TestbedError("neither `docker compose` nor `docker-compose` is installed")
 
 
@@ -74,7 +88,8 @@ class ComposeProject:
     """One project of the Compose file; a context manager that removes it all on exit."""
 
     def __init__(self, name: str = DEFAULT_PROJECT, compose_file: Path = COMPOSE_FILE,
-                 ports: dict[str, int] | None = None, ui_port: int | None = None) -> None:
+                 ports: dict[str, int] | None = None, ui_port: int | None = None,
+                 compose_version: str | None = None) -> None:
         if not name or not all(c.isalnum() or c in "-_" for c in name) or name != name.lower():
             raise TestbedError(f"Compose project name {name!r}: use lower-case letters, digits, "
                                "- and _")
@@ -83,7 +98,7 @@ class ComposeProject:
         self.ports = ports or {}
         self.ui_port = ui_port  # the tablet console's host port (FMB_UI_PORT; the Compose file's default otherwise)
         self.client = docker_client()
-        self._compose = compose_command()
+        self._compose = compose_command(compose_version)  # None: v2 if installed, else v1
 
     def __enter__(self) -> ComposeProject:
         return self

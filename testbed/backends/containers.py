@@ -169,8 +169,8 @@ def device_env(topology: Topology, device_id: str) -> dict[str, str]:
     env = device_environment(topology, device, CERTS_DIR, RUN_DIR,
                              hosts={b.name: b.name for b in topology.brokers})
     env["FMB_READY_FILE"] = str(RUN_DIR / "ready")  # the container's health check looks here
-    if "FMB_FEEDER_SOCKET" in env:
-        feeder = next(f for f in topology.feeders if device.id in (f.supply, f.capbank, f.meter))
+    feeder = next((f for f in topology.feeders if device.id in (f.supply, f.capbank, f.meter)), None)
+    if feeder is not None:
         env["FMB_FEEDER_SOCKET"] = str(FEEDER_DIR / f"{feeder.id}.sock")
     if "FMB_UI_SOCKET" in env:
         env["FMB_UI_SOCKET"] = str(UI_DIR / f"{device.id}.sock")

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from testbed.core.errors import TestbedError
+from testbed.core.errors import FaultError
 
 if TYPE_CHECKING:
     from testbed.backends.compose import ComposeProject
@@ -48,10 +48,6 @@ if TYPE_CHECKING:
 __all__ = ["DockerFaults", "FaultError", "Faults", "LocalFaults"]
 
 LOSS_COMMENT = "fmb-impair"
-
-
-class FaultError(TestbedError):
-    """A fault could not be applied (unknown target, unsupported by this backend, no rights)."""
 
 
 class Faults:

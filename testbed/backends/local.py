@@ -151,7 +151,11 @@ class LocalBus:
         path = state_dir / "bus.json"
         if not path.exists():
             return None
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise TestbedError(f"{path} is not a readable bus record ({e}); if no bus runs from {state_dir}, "
+                               "delete it") from None
         runs = Path(data["runs_dir"]) if data.get("runs_dir") else None
         bus = cls(load_topology(data["topology"]), PKI(Path(data["certs"])), state_dir,
                   ui_port=data.get("ui_port", 0), runs_dir=runs)
@@ -265,7 +269,7 @@ class LocalBus:
         self._wait_log(name, " running", f"broker {name}", offset=offset, record=record)
 
     def _start_feeder(self, feeder_id: str) -> None:
-        spec = next(f for f in self.topology.feeders if f.id == feeder_id)
+        spec = self.topology.feeder(feeder_id)
         sock = self.run_dir / f"{feeder_id}.sock"
         sock.unlink(missing_ok=True)
         record = self._spawn(feeder_id, "feeder", [sys.executable, "-m", "devices.feeder"], {
@@ -326,7 +330,11 @@ class LocalBus:
             time.sleep(0.02)
 
     def _record(self, name: str) -> ProcessRecord:
-        return next(p for p in self.processes if p.name == name)
+        for p in self.processes:
+            if p.name == name:
+                return p
+        known = ", ".join(p.name for p in self.processes) or "none"
+        raise TestbedError(f"no process {name!r} in the bus running from {self.state_dir} (its processes: {known})")
 
     @staticmethod
     def _tail(record: ProcessRecord) -> str:

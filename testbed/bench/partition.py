@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from testbed.backends.environment import environment
 from testbed.backends.faults import DockerFaults
 from testbed.bench.recovery import RESULT_SCHEMA, TUNED, Producer, fault_line, whole_at
+from testbed.core.errors import BenchmarkError
 from testbed.core.payloads import encode
 from testbed.core.results import RecoveryFault, RecoveryResult, RecoveryTrial
 from testbed.core.stats import count_loss_and_duplicates
@@ -75,7 +76,8 @@ class _Consumer:
                               on_message=on_message, on_connect=on_connect, clean_start=False,
                               session_expiry_s=600, reconnect_s=TUNED)
         if not subscribed.wait(10):
-            raise RuntimeError("the partition benchmark's consumer could not subscribe")
+            raise BenchmarkError("the partition benchmark's consumer could not subscribe in 10 s: check that "
+                                 f"{endpoint.host}:{endpoint.port} is up and accepts the recorder identity")
 
     def snapshot(self) -> list[tuple[int, int]]:
         with self.lock:
@@ -120,7 +122,8 @@ class _Stream:
             if got:
                 self.producer.first = min(s for s, _ in got)
                 return
-        raise RuntimeError(f"nothing crossed the bridge {self.direction} before the partition")
+        raise BenchmarkError(f"nothing crossed the bridge {self.direction} in {timeout_s:g} s before the partition: "
+                             "check the bridge's brokers (`docker compose logs`)")
 
     def whole(self) -> bool:
         got = {s for s, _ in self.consumer.snapshot()}

@@ -37,6 +37,7 @@ from typing import Any, Final
 
 from testbed.backends.environment import environment
 from testbed.bench.common import Processes, bench_topology, start_broker
+from testbed.core.errors import BenchmarkError
 from testbed.core.ports import free_port
 from testbed.core.results import AutosavePoint, RecoveryFault, RecoveryResult, RecoveryTime, RecoveryTrial
 from testbed.core.stats import count_loss_and_duplicates
@@ -203,7 +204,8 @@ class _Harness:
             if got:
                 producer.first = min(s for s, _ in got)
                 return
-        raise RuntimeError("the benchmark consumer never received a message")
+        raise BenchmarkError(f"the benchmark consumer received nothing in {timeout_s:g} s: its broker or its "
+                             "process failed to start; run the benchmark again on an idle machine")
 
     @staticmethod
     def wait_records(path: Path, count: int, timeout_s: float) -> None:

@@ -57,7 +57,7 @@ from testbed.transport.mqtt import connect, publish_properties
 if TYPE_CHECKING:
     from testbed.backends.compose import DockerBus
 
-__all__ = ["CONFIGS", "RESULT_SCHEMA", "SharedLink", "parse_rate", "parse_wan", "run_wan", "summary"]
+__all__ = ["CONFIGS", "RESULT_SCHEMA", "SharedLink", "check_wan", "parse_rate", "parse_wan", "run_wan", "summary"]
 
 RESULT_SCHEMA: Final = "fmb.bench-wan/1"  # the shape: testbed.core.results.WanResult
 CONFIGS = ("no-priority", "priority")
@@ -273,18 +273,23 @@ def _lines(path: Path) -> int:
         return 0
 
 
-def run_wan(bus: DockerBus, rate_bps: int, delay_ms: float, seconds: float, command_rate: float,
-            payload_bytes: int, publishers: int, out: Path, configs: tuple[str, ...] = CONFIGS,
-            queue_packets: int = 100, control_share: float = 0.2, flood_factor: float = 2.0,
-            progress: Callable[[str], None] | None = None) -> WanResult:
-    """The whole benchmark on a running Compose bus; writes ``out/bench-wan.json`` and returns it."""
-    say = progress or (lambda line: None)
+def check_wan(delay_ms: float) -> None:
+    """Refuse what this host cannot run, before a bus is started for it."""
     if delay_ms:
         raise TestbedError(f"a WAN delay ({delay_ms:g} ms) needs the netem qdisc, which this kernel lacks: "
                            "give the rate alone (--wan 1mbit)")
     for tool in ("mosquitto_pub", "mosquitto_sub"):
         if shutil.which(tool) is None:
             raise TestbedError(f"{tool} is not installed: run `sudo apt-get install mosquitto-clients`")
+
+
+def run_wan(bus: DockerBus, rate_bps: int, delay_ms: float, seconds: float, command_rate: float,
+            payload_bytes: int, publishers: int, out: Path, configs: tuple[str, ...] = CONFIGS,
+            queue_packets: int = 100, control_share: float = 0.2, flood_factor: float = 2.0,
+            progress: Callable[[str], None] | None = None) -> WanResult:
+    """The whole benchmark on a running Compose bus; writes ``out/bench-wan.json`` and returns it."""
+    say = progress or (lambda line: None)
+    check_wan(delay_ms)
     topology = bus.topology
     field_site = next(s.name for s in topology.sites if s.bridge_to)
     dc_site = topology.site(field_site).bridge_to

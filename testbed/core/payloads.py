@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from testbed.core.errors import PayloadError
 from testbed.core.topics import PROFILES
 
 __all__ = [
@@ -51,10 +52,6 @@ BODY_RULES: dict[str, dict[str, tuple[Any, ...]]] = {
                              "feeders": ("dict",)},
     "AlertProfile": {"kind": ("str",), "evidence": ("dict",), "time_ns": ("int",)},
 }
-
-
-class PayloadError(ValueError):
-    """A payload that does not fit its profile; the message says what is wrong."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from testbed.core.errors import ConfigError
 from testbed.core.ports import free_port
@@ -31,6 +31,7 @@ __all__ = [
 DEFAULT_TOPOLOGY = Path(__file__).resolve().parents[2] / "brokers" / "topologies" / "appendix-a.toml"
 DEVICE_ROLES = ("tablet", "supply", "meter", "capbank", "dms")
 HARNESS_IDENTITIES = ("recorder", "operator", "bench", "monitor", "responder")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -186,16 +187,19 @@ class Topology:
         return (bridge.local, bridge.remote) if way == "out" else (bridge.remote, bridge.local)
 
     def site(self, name: str) -> SiteSpec:
-        return next(s for s in self.sites if s.name == name)
+        return _named(self.path, "sites", "site", {s.name: s for s in self.sites}, name)
 
     def broker(self, name: str) -> BrokerSpec:
-        return next(b for b in self.brokers if b.name == name)
+        return _named(self.path, "sites", "broker", {b.name: b for b in self.brokers}, name)
 
     def broker_for(self, site: str, plane: Plane) -> BrokerSpec:
         return self.broker(f"{site}-{plane}")
 
     def device(self, ident: str) -> DeviceSpec:
-        return next(d for d in self.devices if d.id == ident)
+        return _named(self.path, "devices", "device", {d.id: d for d in self.devices}, ident)
+
+    def feeder(self, ident: str) -> FeederSpec:
+        return _named(self.path, "feeders", "feeder", {f.id: f for f in self.feeders}, ident)
 
     def devices_matching(self, name: str) -> list[DeviceSpec]:
         """Devices whose id or role is ``name``."""
@@ -280,6 +284,13 @@ class _Reader:
                     self.path, self.field(key), "is not a known field",
                     f"remove it or use one of: {', '.join(sorted(allowed))}",
                 )
+
+
+def _named(path: str, field: str, what: str, items: dict[str, _T], name: str) -> _T:
+    """``items[name]``, or a ConfigError that lists the names there are."""
+    if name not in items:
+        raise ConfigError(path, field, f"no {what} {name!r}", f"use one of: {', '.join(items) or '(none)'}")
+    return items[name]
 
 
 def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:

@@ -27,6 +27,7 @@ import dataclasses
 import time
 import tomllib
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,9 +150,11 @@ def filter_within(sub: str, pattern: str) -> bool:
 class Detector:
     """All rules, with their state; call :meth:`on_event`, :meth:`on_message`, :meth:`tick`."""
 
-    def __init__(self, topology: Topology, thresholds: Thresholds | None = None) -> None:
+    def __init__(self, topology: Topology, thresholds: Thresholds | None = None,
+                 clock: Callable[[], int] = time.time_ns) -> None:
         self.topology = topology
         self.t = thresholds or Thresholds()
+        self.clock = clock  # ns; what on_message and tick call "now" when not told (a test drives it)
         self.known = set(topology.client_identities())
         self._plane = {b.name: b.plane for b in topology.brokers}
         self._recent: dict[tuple[str, ...], int] = {}
@@ -299,7 +302,7 @@ class Detector:
 
     def on_message(self, broker: str, name: str, message: Message | None, retain: bool,
                    now: int | None = None) -> list[Alert]:
-        now = now if now is not None else time.time_ns()
+        now = now if now is not None else self.clock()
         source = message.source if message else name.rsplit("/", 1)[-1]
         self._last_data[(broker, source)] = now
         out: list[Alert] = []
@@ -372,7 +375,7 @@ class Detector:
 
     def tick(self, now: int | None = None) -> list[Alert]:
         """Clients connected ``idle_s`` without sending anything the bus carried."""
-        now = now if now is not None else time.time_ns()
+        now = now if now is not None else self.clock()
         out: list[Alert] = []
         for (broker, cid), (ident, addr, since) in list(self._connected.items()):
             if now - since < self.t.idle_s * 1e9:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
 
+from testbed.core.errors import BrokerError, DeviceError, TestbedError
 from testbed.core.payloads import PayloadError, decode, encode
 from testbed.core.topics import subscriptions, topic
 from testbed.core.topology import load_topology
@@ -131,7 +132,6 @@ class Monitor:
 
     def _respond(self, action: str, record: dict[str, Any]) -> dict[str, Any]:
         from testbed.backends.local import LocalBus
-        from testbed.core.errors import TestbedError
         from testbed.csf.respond import Responder
 
         try:
@@ -164,7 +164,7 @@ class Monitor:
         for source in self.sources:
             threading.Thread(target=self._read_logs, args=(source,), daemon=True).start()
         if not self._replayed.wait(60):
-            raise SystemExit("error: the monitor could not read the broker logs in 60 s")
+            raise DeviceError("the monitor could not read the broker logs in 60 s: check FMB_MONITOR_LOGS")
         for broker in self.topology.brokers:
             subs = subscriptions(self.topology.root, "monitor", self.id, broker.plane)
             subscribed = threading.Event()
@@ -181,7 +181,8 @@ class Monitor:
                 f"{self.id}-{broker.name}", self.tls, self.endpoints[broker.name],
                 on_message=on_message, on_connect=on_connect)
             if not subscribed.wait(10):
-                raise SystemExit(f"error: the monitor could not subscribe on {broker.name}")
+                raise BrokerError(f"the monitor could not subscribe on {broker.name} in 10 s: check that the broker "
+                                  "runs and accepts the monitor's certificate")
         ready = self.env.get("FMB_READY_FILE")
         if ready:
             Path(ready).write_text(str(os.getpid()))
@@ -214,7 +215,10 @@ def main() -> None:
                if not os.environ.get(k)]
     if missing:
         raise SystemExit(f"error: set {', '.join(missing)} (see --help)")
-    Monitor(dict(os.environ)).run()
+    try:
+        Monitor(dict(os.environ)).run()
+    except TestbedError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
 
+from testbed.core.errors import BrokerError
 from testbed.core.payloads import Message, PayloadError, decode
 from testbed.core.topics import parse_topic, subscriptions
 from testbed.core.topology import BrokerSpec, Topology
@@ -102,7 +103,8 @@ class Recorder:
             )
             self._clients.append(client)
             if not subscribed.wait(10):
-                raise TimeoutError(f"recorder could not subscribe on {broker.name}")
+                raise BrokerError(f"the recorder could not subscribe on {broker.name} in 10 s: check that the "
+                                  "broker runs and accepts the recorder's certificate")
             sock = client.socket()
             if self.tls_version is None and sock is not None and hasattr(sock, "version"):
                 self.tls_version = sock.version()

@@ -28,16 +28,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from testbed.core.errors import CommandRejected
 from testbed.core.payloads import Message
 from testbed.security.pki import write_atomic
 
 __all__ = ["CommandRejected", "CommandSigner", "CommandVerifier", "SigningKeys", "load_trusted"]
 
 MAX_AGE_S = 30.0
-
-
-class CommandRejected(Exception):
-    """A command an actuator must not execute; the message says why."""
 
 
 class SigningKeys:
