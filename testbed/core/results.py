@@ -370,7 +370,7 @@ class AutosavePoint(TypedDict):
     autosave_interval_s: int
     throughput_per_s: float
     lost: list[int]
-    acked: NotRequired[list[int]]
+    acked: NotRequired[list[int]]  # added after the first results, as was queued_for_s
     queued_for_s: NotRequired[float]
 
 
@@ -381,7 +381,7 @@ class RecoveryConditions(TypedDict):
     client: str
     tls_version: str
     payload_bytes: NotRequired[int]  # local
-    consumer: NotRequired[str]
+    consumer: NotRequired[str]  # added after the first results, as was partition
     autosave_sweep: NotRequired[str]  # local
     partition: NotRequired[str]
     partitions_s: NotRequired[list[float]]  # docker
