@@ -10,12 +10,14 @@ instead: a green CI must mean they ran.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from testbed.core.scenario import Scenario, load_scenario
 from testbed.core.topology import Topology
+from testbed.harness.recorder import Recorder
 from testbed.pytest_plugin import require, settings  # noqa: F401 (tests import require from here)
 
 
@@ -44,6 +46,18 @@ def bus(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def appendix_a(fmb_topology: Topology) -> Scenario:
     return load_scenario("appendix-a", {d.id: d.role for d in fmb_topology.devices})
+
+
+@pytest.fixture
+def recorder(bus) -> Iterator[Recorder]:  # type: ignore[no-untyped-def]
+    """A recorder on every broker of the session's bus, for tests that watch what crosses it."""
+    endpoints = {b.name: bus.endpoint(b.name) for b in bus.topology.brokers}
+    rec = Recorder(bus.topology, bus.identity("recorder"), endpoints)
+    rec.start()
+    try:
+        yield rec
+    finally:
+        rec.stop()
 
 
 @pytest.fixture
