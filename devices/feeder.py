@@ -32,6 +32,7 @@ from typing import Any, TypedDict
 
 from testbed.core.errors import DeviceError
 from testbed.core.payloads import NOMINAL_V
+from testbed.core.waiting import wait_until
 from testbed.transport.localsock import private_unix_server
 
 __all__ = ["FeederLink", "FeederModel", "serve"]
@@ -161,17 +162,20 @@ class FeederLink:
     """A device's connection to the feeder model."""
 
     def __init__(self, path: Path | str, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
+        refused: list[OSError] = []
+
+        def connected() -> socket.socket | None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(str(path))
-                break
+                sock.connect(str(path))
             except OSError as e:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise DeviceError(f"no feeder model at {path} ({e}); start it first") from None
-                time.sleep(0.1)
+                sock.close()
+                refused[:] = [e]
+                return None
+            return sock
+
+        self.sock = wait_until(connected, timeout_s, interval_s=0.1, error=DeviceError,
+                               what=lambda: f"no feeder model at {path} ({refused[0]}); start it first")
         self.file = self.sock.makefile("rwb")
         self.lock = threading.Lock()
 

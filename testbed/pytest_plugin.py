@@ -36,6 +36,9 @@ import contextlib
 import dataclasses
 import os
 import re
+import secrets
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -150,13 +153,13 @@ def require(condition: bool, reason: str) -> None:
 
 def docker_problem() -> str | None:
     """Why the docker backend cannot run here (what to install or start), or None."""
-    import shutil
-
+    # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
     from testbed.core.errors import TestbedError
 
     if shutil.which("docker") is None:
         return "docker is not installed (https://docs.docker.com/engine/install/, with the Compose plugin)"
     try:
+        # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
         from testbed.backends.compose import compose_command, docker_client
 
         client = docker_client()
@@ -179,6 +182,7 @@ def docker_problem() -> str | None:
 
 
 def _load_topology(options: FmbSettings, topology: Topology | str | Path | None = None) -> Topology:
+    # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
     from testbed.core.topology import Topology, load_topology
 
     if isinstance(topology, Topology):
@@ -194,9 +198,7 @@ _SOCKET_PATH_MAX = 107  # sun_path of a Unix socket (108 bytes on Linux, NUL inc
 
 @contextlib.contextmanager
 def _local_bus(topology: Topology, pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    import shutil
-    import tempfile
-
+    # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
     from brokers.mosquitto import mosquitto_binary
     from testbed.backends.local import LocalBus
     from testbed.core.errors import BrokerError
@@ -223,10 +225,9 @@ def _local_bus(topology: Topology, pki: PKI, tmp_path_factory: pytest.TempPathFa
 @contextlib.contextmanager
 def _docker_bus(topology: Topology) -> Iterator[Any]:
     """A Compose project of its own, publishing the brokers on ``topology``'s ports, removed after."""
-    import secrets
-
     problem = docker_problem()
     require(problem is None, f"the fmb docker backend cannot run here: {problem}")
+    # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
     from testbed.backends.compose import HARNESS_SERVICE, ComposeProject, DockerBus
     from testbed.core.ports import free_port
     from testbed.core.topology import load_topology
@@ -249,6 +250,7 @@ def _docker_bus(topology: Topology) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def fmb_topology(request: pytest.FixtureRequest) -> Topology:
     """The topology of the session's bus (``--fmb-topology``), on ports that were free."""
+    # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
     from testbed.core.errors import ConfigError
 
     try:
@@ -264,6 +266,7 @@ def fmb_pki(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     if settings(request.config).backend == "docker":
         pki: PKI = request.getfixturevalue("fmb_bus").pki
         return pki
+    # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
     from testbed.security.provision import ensure_pki
 
     return ensure_pki(fmb_topology, tmp_path_factory.mktemp("fmb-certs"))
@@ -296,6 +299,7 @@ def fmb_bus_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
             return
         assert pki is not None
         if topo.path != fmb_topology.path:
+            # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
             from testbed.security.provision import ensure_pki
 
             ensure_pki(topo, pki.directory)  # identities the other topology adds
@@ -349,6 +353,7 @@ class ScenarioResult(dict[str, Any]):
 
     def summary(self) -> str:
         """The timeline as a plain-text table with the verdict (what ``fmb run`` prints)."""
+        # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
         from testbed.reporting.scenario import summary_table
 
         return summary_table(self._doc())
@@ -366,6 +371,7 @@ def assert_scenario_passed(result: Mapping[str, Any]) -> None:
     __tracebackhide__ = True
     if result.get("passed"):
         return
+    # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
     from testbed.reporting.scenario import summary_table
 
     reps = result.get("runs") or []
@@ -398,6 +404,7 @@ def fmb_run(request: pytest.FixtureRequest, fmb_bus: Any, tmp_path: Path) -> Cal
 
     def run(scenario: str | Path | Scenario, repeat: int = 1, *, timeout_s: float | None = None,
             out: Path | None = None) -> ScenarioResult:
+        # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
         from testbed.core.scenario import load_scenario
         from testbed.harness.runner import ScenarioRunner
 

@@ -9,6 +9,8 @@ instead: a green CI must mean they ran.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 
 from testbed.core.scenario import Scenario, load_scenario
 from testbed.core.topology import Topology
+from testbed.core.waiting import wait_until
 from testbed.harness.recorder import Recorder
 from testbed.pytest_plugin import require, settings  # noqa: F401 (tests import require from here)
 
@@ -41,6 +44,16 @@ def pki(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def bus(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     return _local_only(request, "fmb_bus")
+
+
+def wait_log(path: Path, start: int, needle: str, timeout_s: float = 5) -> str:
+    """The text of ``path`` from character ``start`` on, once ``needle`` is in it (a device's log)."""
+    def text() -> str:
+        new = path.read_text()[start:]
+        return new if needle in new else ""
+
+    return wait_until(text, timeout_s, what=lambda: f"no {needle!r} in {path} within {timeout_s:g} s; "
+                                                    f"it has: {path.read_text()[start:][-2000:]}")
 
 
 @pytest.fixture(scope="session")
@@ -80,9 +93,6 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Merge this run's outcomes into var/evidence/test-results.json (read by `fmb profile`)."""
-    import datetime as dt
-    import json
-
     if not _OUTCOMES:
         return
     path = Path(os.environ.get("FMB_EVIDENCE", Path(__file__).resolve().parent.parent / "var" / "evidence"

@@ -14,6 +14,7 @@ The result is a JSON document with the conditions, the machine and percentiles p
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import socket
@@ -140,8 +141,6 @@ def measure_cutoff(bus: Any, actions: tuple[str, ...] = ("revoke", "block", "blo
 
 
 def write_result(result: CutoffResult, out: Path) -> Path:
-    import json
-
     out.mkdir(parents=True, exist_ok=True)
     path = out / "bench-respond.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

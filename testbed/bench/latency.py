@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from testbed.backends.environment import environment
+from testbed.backends.local import LocalBus
 from testbed.core.errors import ScenarioError, TestbedError
 from testbed.core.payloads import encode
 from testbed.core.results import (
@@ -217,8 +218,6 @@ def measure_qos(bus: Bus, scenario: Scenario, repeat: int, warmup: int, hops: in
 
 @contextlib.contextmanager
 def _local_bus(topology: Topology, pki: PKI, qos: int, log: Log) -> Iterator[Bus]:
-    from testbed.backends.local import LocalBus
-
     variant = dataclasses.replace(topology, qos=qos).with_free_ports()
     with tempfile.TemporaryDirectory(prefix=f"fmb-bench-qos{qos}-") as state:
         bus = LocalBus(variant, pki, Path(state))

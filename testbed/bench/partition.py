@@ -22,6 +22,7 @@ message up to one published after the heal, ``lost`` / ``duplicated`` against th
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -40,6 +41,7 @@ from testbed.core.payloads import encode
 from testbed.core.results import RecoveryFault, RecoveryResult, RecoveryTrial
 from testbed.core.stats import count_loss_and_duplicates
 from testbed.core.topics import topic
+from testbed.core.waiting import WaitTimeout, wait_until
 from testbed.transport.mqtt import TLSIdentity, connect
 
 if TYPE_CHECKING:
@@ -151,6 +153,14 @@ class _Stream:
         self.consumer.close()
 
 
+def _await_whole(streams: list[_Stream], timeout_s: float) -> None:
+    """Wait up to ``timeout_s`` until every stream's consumer holds all its acknowledged messages
+    (a stream that does not by then is measured as it is)."""
+    with contextlib.suppress(WaitTimeout):
+        wait_until(lambda: all(s.whole() for s in streams), timeout_s, interval_s=0.1,
+                   what="every acknowledged message across the healed bridge")
+
+
 def _trial(bus: DockerBus, faults: DockerFaults, site: str, seconds: float, rate: float,
            settle_s: float, whole_timeout_s: float) -> dict[str, RecoveryTrial]:
     run = f"{os.getpid()}-{secrets.token_hex(3)}"
@@ -170,14 +180,10 @@ def _trial(bus: DockerBus, faults: DockerFaults, site: str, seconds: float, rate
             faults.heal(site)
         heal_ns = time.time_ns()
         time.sleep(1.0)  # at least one message published after the heal
-        deadline = time.monotonic() + whole_timeout_s
-        while time.monotonic() < deadline and not all(s.whole() for s in streams):
-            time.sleep(0.1)
+        _await_whole(streams, whole_timeout_s)
         for s in streams:
             s.producer.finish(timeout_s=10)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not all(s.whole() for s in streams):
-            time.sleep(0.1)
+        _await_whole(streams, 10)
         return {s.direction: s.measure(fault_ns, heal_ns) for s in streams}
     finally:
         for s in streams:

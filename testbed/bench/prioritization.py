@@ -19,6 +19,7 @@ the same generator as the testbed's (``brokers.mosquitto``), with nothing on dis
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -35,6 +36,7 @@ from typing import Any, Final
 
 from brokers.mosquitto import render_acl
 from testbed.backends.environment import environment
+from testbed.backends.processes import ProcessRecord
 from testbed.bench.common import Placement, Processes, bench_topology, start_broker
 from testbed.core.errors import TestbedError
 from testbed.core.ports import free_port
@@ -49,6 +51,7 @@ from testbed.core.results import (
 from testbed.core.stats import percentiles, rounded
 from testbed.core.topics import topic
 from testbed.core.topology import Topology
+from testbed.core.waiting import WaitTimeout, wait_until
 from testbed.security.pki import PKI
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 
@@ -74,7 +77,7 @@ def _placement(config: str) -> tuple[Placement, Placement]:
 class _Setup:
     control: Endpoint
     delivery: Endpoint
-    procs: list[subprocess.Popen[bytes]]
+    procs: list[ProcessRecord]
 
 
 def _start_brokers(config: str, topology: Topology, pki: PKI, work: Path, procs: Processes) -> _Setup:
@@ -136,12 +139,13 @@ class _Commander:
                 time.sleep(delay)
             self.send()
         last = self.seq
-        deadline = time.monotonic() + ACK_TIMEOUT_S
-        while time.monotonic() < deadline:
+
+        def acked() -> bool:
             with self.lock:
-                if all(s in self.rtts for s in range(first, last + 1)):
-                    break
-            time.sleep(0.01)
+                return all(s in self.rtts for s in range(first, last + 1))
+
+        with contextlib.suppress(WaitTimeout):  # those still unacknowledged are counted lost
+            wait_until(acked, ACK_TIMEOUT_S, interval_s=0.01, what=f"acknowledgements of commands {first} to {last}")
         with self.lock:
             samples = [self.rtts[s] for s in range(first, last + 1) if s in self.rtts]
         lost = (last - first + 1) - len(samples)
@@ -156,7 +160,7 @@ class _Commander:
 
 def _flood(procs: Processes, pki: PKI, endpoint: Endpoint, root: str, rate: float | None, seconds: float,
            payload_bytes: int, qos: int, publishers: int, place: Placement,
-           tag: str) -> list[subprocess.Popen[bytes]]:
+           tag: str) -> list[ProcessRecord]:
     """Start ``publishers`` mosquitto_pub processes offering ``rate`` msg/s in all (None: as fast as they can)."""
     client = pki.client("bench")
     base = ["mosquitto_pub", "-V", "5", "-h", endpoint.host, "-p", str(endpoint.port), "--cafile",

@@ -22,11 +22,11 @@ loss window against the save cost, measured as throughput with each policy.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,13 +36,20 @@ from pathlib import Path
 from typing import Any, Final
 
 from testbed.backends.environment import environment
+from testbed.backends.local import LocalBus
+from testbed.backends.processes import ProcessRecord
 from testbed.bench.common import Processes, bench_topology, start_broker
-from testbed.core.errors import BenchmarkError
+from testbed.core.errors import BenchmarkError, TestbedError
 from testbed.core.ports import free_port
 from testbed.core.results import AutosavePoint, RecoveryFault, RecoveryResult, RecoveryTime, RecoveryTrial
+from testbed.core.scenario import load_scenario
 from testbed.core.stats import count_loss_and_duplicates
 from testbed.core.topics import topic
-from testbed.core.topology import BrokerSpec, Topology
+from testbed.core.topology import BrokerSpec, Topology, load_topology
+from testbed.core.waiting import WaitTimeout, wait_until
+from testbed.harness.recorder import Recorder
+from testbed.harness.runner import ScenarioRunner
+from testbed.reporting.render import recovery_markdown
 from testbed.security.pki import PKI
 from testbed.transport.mqtt import (
     PAHO_DEFAULT_RECONNECT_S,
@@ -124,12 +131,18 @@ class Producer:
         self.thread.start()
 
     def finish(self, timeout_s: float = 15) -> None:
+        """Stop publishing; wait up to ``timeout_s`` for the broker to acknowledge what was sent."""
         self.stop.set()
         if self.thread:
             self.thread.join()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and len(self.acked) < self.seq:
-            time.sleep(0.02)
+        self.await_acks(timeout_s)
+
+    def await_acks(self, timeout_s: float, interval_s: float = 0.02) -> None:
+        """Wait up to ``timeout_s`` until every message published is acknowledged (those that are not
+        by then count as unacknowledged: not an error)."""
+        with contextlib.suppress(WaitTimeout):
+            wait_until(lambda: len(self.acked) >= self.seq, timeout_s, interval_s=interval_s,
+                       what=f"acknowledgements of {self.topic} up to {self.seq}")
 
     def close(self) -> None:
         self.client.disconnect()
@@ -163,6 +176,7 @@ class _Harness:
         self.pki, self.root, self.work = pki, root, work
         self.rate, self.payload_bytes = rate, payload_bytes
         self.procs = Processes(work)
+        self.broker_record: ProcessRecord | None = None  # the broker of the trial under way
         self.identity = TLSIdentity(pki.ca_cert, pki.client("bench").cert, pki.client("bench").key)
         self.progress = progress or (lambda line: None)
         self.trial = 0
@@ -173,15 +187,15 @@ class _Harness:
                                   autosave_interval_s=autosave_s)
         spec = topology.broker("bench-delivery")
         directory = self.work / f"trial-{self.trial}"
-        proc, endpoint = start_broker(self.procs, topology, spec, self.pki, directory)
+        self.broker_record, endpoint = start_broker(self.procs, topology, spec, self.pki, directory)
         return topology, spec, directory, endpoint
 
-    def restart(self, topology: Topology, spec: BrokerSpec, directory: Path) -> tuple[subprocess.Popen[bytes], int]:
-        proc, _ = start_broker(self.procs, topology, spec, self.pki, directory)
-        return proc, time.time_ns()
+    def restart(self, topology: Topology, spec: BrokerSpec, directory: Path) -> tuple[ProcessRecord, int]:
+        self.broker_record, _ = start_broker(self.procs, topology, spec, self.pki, directory)
+        return self.broker_record, time.time_ns()
 
     def consumer(self, endpoint: Endpoint, qos: int, out: Path,
-                 reconnect: tuple[float, float]) -> subprocess.Popen[bytes]:
+                 reconnect: tuple[float, float]) -> ProcessRecord:
         return self.procs.start(f"consumer-{self.trial}-{time.monotonic_ns()}", [sys.executable, "-m",
                                 "testbed.bench.consumer"], {
             "FMB_BROKER": f"{endpoint.host}:{endpoint.port}", "FMB_CA": str(self.identity.ca),
@@ -209,9 +223,10 @@ class _Harness:
 
     @staticmethod
     def wait_records(path: Path, count: int, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and len({s for s, _ in _read_consumer(path)}) < count:
-            time.sleep(0.05)
+        """Wait up to ``timeout_s`` for the consumer to hold ``count`` distinct messages (fewer: measured as lost)."""
+        with contextlib.suppress(WaitTimeout):
+            wait_until(lambda: len({s for s, _ in _read_consumer(path)}) >= count, timeout_s, interval_s=0.05,
+                       what=f"{count} messages in {path}")
 
     def measure(self, producer: Producer, records_path: Path, fault_ns: int, back_ns: int) -> RecoveryTrial:
         records = _read_consumer(records_path)
@@ -237,11 +252,12 @@ class _Harness:
             self.await_subscription(producer, records)
             producer.run(self.rate)
             time.sleep(1.0)
-            broker = _broker_proc(self.procs, directory)
+            broker = self.broker_record
+            assert broker is not None
             fault_ns = time.time_ns()
-            broker.send_signal(signal.SIGTERM)  # graceful: Mosquitto saves its database on the way out
-            broker.wait(10)
-            self.procs.procs.remove(broker)
+            # Graceful: Mosquitto saves its database on the way out; a broker that needs SIGKILL is not this fault.
+            if self.procs.stop([broker], timeout_s=10):
+                raise TestbedError(f"the benchmark broker did not exit within 10 s of SIGTERM; see {directory}")
             _, back_ns = self.restart(topology, spec, directory)
             time.sleep(max(2.0, reconnect[0] * 2 + 1))
             producer.finish()
@@ -289,14 +305,11 @@ class _Harness:
             self.procs.stop([consumer])  # offline: from now on messages queue in its session
             producer.run(self.rate)
             time.sleep(seconds)
-            producer.stop.set()
-            if producer.thread is not None:
-                producer.thread.join()
-            deadline = time.monotonic() + 5
-            while len(producer.acked) < producer.seq and time.monotonic() < deadline:
-                time.sleep(0.02)
+            producer.finish(timeout_s=5)
             acked = {s for s in producer.acked if s >= producer.first}
-            self.procs.kill(_broker_proc(self.procs, directory))
+            broker = self.broker_record
+            assert broker is not None  # set by self.broker() above
+            self.procs.kill(broker)
             self.restart(topology, spec, directory)
             consumer = self.consumer(endpoint, qos, records, TUNED)
             time.sleep(2.5)
@@ -318,29 +331,16 @@ class _Harness:
             start = time.perf_counter()
             for _ in range(count):
                 producer.publish_one()
-            deadline = time.monotonic() + 60
-            while len(producer.acked) < producer.seq and time.monotonic() < deadline:
-                time.sleep(0.001)
+            producer.await_acks(60, interval_s=0.001)
             return round(count / (time.perf_counter() - start), 1)
         finally:
             producer.close()
             self.procs.stop()
 
 
-def _broker_proc(procs: Processes, directory: Path) -> subprocess.Popen[bytes]:
-    conf = str(directory / "mosquitto.conf")
-    return next(p for p in procs.procs if isinstance(p.args, list) and conf in p.args)  # Processes keeps argv lists
-
-
 def _field_broker_kill9(pki: PKI, certs: Path, progress: Callable[[str], None]) -> RecoveryTrial:
     """Kill -9 the field delivery broker of a whole Appendix A bus; time until the tablet shows the
     data centre's diagram again (the bridge resubscribes, the DC resends the retained diagram)."""
-    from testbed.backends.local import LocalBus
-    from testbed.core.scenario import load_scenario
-    from testbed.core.topology import load_topology
-    from testbed.harness.recorder import Recorder
-    from testbed.harness.runner import ScenarioRunner
-
     topology = load_topology().with_free_ports()
     with tempfile.TemporaryDirectory(prefix="fmb-bench-field-") as tmp:
         bus = LocalBus(topology, pki, Path(tmp))
@@ -460,6 +460,4 @@ def fault_line(fault: RecoveryFault) -> str:
 
 
 def summary(result: RecoveryResult) -> str:
-    from testbed.reporting.render import recovery_markdown
-
     return "recovery benchmark\n" + recovery_markdown(result)

@@ -20,10 +20,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Final, cast
 
 from testbed.backends.environment import environment
+from testbed.backends.local import LocalBus
 from testbed.core.errors import TestbedError
 from testbed.core.results import UiResult, UiSample
 from testbed.core.scenario import Scenario
@@ -70,11 +72,9 @@ def chromium_path() -> str:
 def run_ui(topology: Topology, pki: PKI, scenario: Scenario, repeat: int, out: Path,
            log: Callable[[str], None] = print) -> UiResult:
     """The whole benchmark on a fresh local bus; writes ``out/bench-ui.json`` and a screenshot."""
-    from testbed.backends.local import LocalBus
-
     if repeat < 2:
         raise TestbedError(f"--repeat is {repeat}; percentiles need 2 or more repetitions")
-    try:
+    try:  # Playwright is a dev extra: without it, a one-line error instead of an import failure
         from playwright.sync_api import Error as PlaywrightError
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -134,8 +134,6 @@ def run_ui(topology: Topology, pki: PKI, scenario: Scenario, repeat: int, out: P
                 tls = runner.recorder.tls_version
         finally:
             bus.stop()
-    from importlib.metadata import version
-
     result: UiResult = {
         "schema": SCHEMA,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

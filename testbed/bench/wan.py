@@ -31,6 +31,7 @@ DC -> field direction is shaped (the direction both the commands and the flood c
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -45,12 +46,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from testbed.backends.environment import environment
+from testbed.backends.processes import ProcessRecord
 from testbed.bench.common import Processes
 from testbed.core.errors import TestbedError
 from testbed.core.payloads import decode, encode, new_traceparent
 from testbed.core.results import WanControl, WanHeadline, WanResult, WanRow
 from testbed.core.stats import percentiles, rounded
 from testbed.core.topics import topic
+from testbed.core.waiting import WaitTimeout, wait_until
 from testbed.security.signing import CommandSigner, SigningKeys
 from testbed.transport.mqtt import connect, publish_properties
 
@@ -244,12 +247,13 @@ class _ControlProbe:
                 time.sleep(delay)
             self.send()
         last = self.seq
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
+
+        def arrived() -> bool:
             with self.lock:
-                if all(s in self.got for s in range(first, last + 1)):
-                    break
-            time.sleep(0.01)
+                return all(s in self.got for s in range(first, last + 1))
+
+        with contextlib.suppress(WaitTimeout):  # those still missing are counted missing
+            wait_until(arrived, wait_s, interval_s=0.01, what=f"control messages {first} to {last}")
         with self.lock:
             samples = [self.got[s] for s in range(first, last + 1) if s in self.got]
         counts: WanControl = {"sent": last - first + 1, "received": len(samples),
@@ -389,18 +393,22 @@ def run_wan(bus: DockerBus, rate_bps: int, delay_ms: float, seconds: float, comm
 
 def _drain(flood_log: Path, quiet_s: float = 1.0, timeout_s: float = 30) -> None:
     """Wait until the flood subscriber has had nothing for ``quiet_s`` (the backlog crossed)."""
-    deadline, last, since = time.monotonic() + timeout_s, -1, time.monotonic()
-    while time.monotonic() < deadline:
+    last, since = -1, time.monotonic()
+
+    def quiet() -> bool:
+        nonlocal last, since
         now = _lines(flood_log)
         if now != last:
             last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            return
-        time.sleep(0.1)
+            return False
+        return time.monotonic() - since >= quiet_s
+
+    with contextlib.suppress(WaitTimeout):  # a flood still draining after timeout_s: go on regardless
+        wait_until(quiet, timeout_s, interval_s=0.1, what=f"{quiet_s:g} s without a message in {flood_log}")
 
 
 def _flood(procs: Processes, identity: Any, endpoint: Any, name: str, payload: str, rate: float, seconds: float,
-           publishers: int, tag: str) -> list[subprocess.Popen[bytes]]:
+           publishers: int, tag: str) -> list[ProcessRecord]:
     started = []
     for i in range(publishers):
         count, delay = int(rate * seconds / publishers) + 1, publishers / rate

@@ -84,6 +84,7 @@ def build_inventory(topology: Topology, pki: PKI | None) -> dict[str, Any]:
 
 def plot_data_flows(inventory: dict[str, Any], path: Path) -> Path:
     """A data-flow diagram: sites side by side, devices in their site, one arrow per flow."""
+    # matplotlib only for the diagram: the inventory itself (and the responder) do not need it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -132,6 +133,6 @@ def plot_data_flows(inventory: dict[str, Any], path: Path) -> Path:
 
 
 def _box(x: float, y: float, w: float, h: float, color: str) -> Any:
-    from matplotlib.patches import FancyBboxPatch
+    from matplotlib.patches import FancyBboxPatch  # as in plot_data_flows: matplotlib only for the diagram
 
     return FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.01", fc=color, ec="#999")

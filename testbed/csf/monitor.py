@@ -37,12 +37,14 @@ from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
 
+from testbed.backends.local import LocalBus
 from testbed.core.errors import BrokerError, DeviceError, TestbedError
 from testbed.core.payloads import PayloadError, decode, encode
 from testbed.core.topics import subscriptions, topic
 from testbed.core.topology import load_topology
 from testbed.csf.brokerlog import BrokerLogParser, device_log_event, log_sources
 from testbed.csf.detect import Alert, Detector, load_monitor_config
+from testbed.csf.respond import Responder
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 
 if TYPE_CHECKING:
@@ -131,9 +133,6 @@ class Monitor:
             self._publish(alert)
 
     def _respond(self, action: str, record: dict[str, Any]) -> dict[str, Any]:
-        from testbed.backends.local import LocalBus
-        from testbed.csf.respond import Responder
-
         try:
             if self._responder is None:
                 bus = LocalBus.attach(Path(self.env["FMB_STATE_DIR"]))

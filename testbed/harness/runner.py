@@ -14,6 +14,7 @@ The bus is whatever offers ``topology``, ``identity(name)``, ``endpoint(broker)`
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 import paho.mqtt.client as paho
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from testbed.backends.environment import environment
 from testbed.core.errors import ScenarioError
@@ -146,10 +148,6 @@ class ScenarioRunner:
         """Publish with ``identity``'s own certificate (and signing key, unless told to forge or
         not to sign) where that identity connects (a device: its own site's broker; a harness
         identity: the target's), ``repeat`` times the same bytes."""
-        import base64
-
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
         profile, target = args["profile"], args["target"]
         publisher = next((d for d in self.topology.devices if d.id == identity), None)
         device = next((d for d in self.topology.devices if d.id == target), None)
@@ -317,6 +315,7 @@ class ScenarioRunner:
         }
 
     def write(self, result: ScenarioResultDoc, out: Path) -> None:
+        # Here, not at the top: the plot needs matplotlib, which running a scenario does not.
         from testbed.reporting.scenario import plot_timeline, summary_table
 
         out.mkdir(parents=True, exist_ok=True)
