@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import paho.mqtt.client as paho
 
@@ -46,9 +46,6 @@ from testbed.csf.brokerlog import BrokerLogParser, device_log_event, log_sources
 from testbed.csf.detect import Alert, Detector, load_monitor_config
 from testbed.csf.respond import Responder
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
-
-if TYPE_CHECKING:
-    from testbed.csf.respond import Responder
 
 __all__ = ["Monitor", "main"]
 
