@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,8 +39,6 @@ def test_no_private_name_is_imported_from_another_module() -> None:
 
 
 def test_every_package_is_in_the_layers_contract() -> None:
-    import tomllib
-
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
     layers = next(c for c in config["contracts"] if c["id"] == "layers")["layers"]
     named = {m.strip() for layer in layers for m in layer.split("|")}

@@ -13,12 +13,12 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from testbed.backends.compose import compose_bus
 from testbed.backends.local import LocalBus
 from testbed.cli.common import DEFAULT_UI_PORT, ROOT, Commands, paths, stamp
 from testbed.core.errors import TestbedError
+from testbed.core.results import Repetition
 from testbed.core.scenario import Scenario, load_scenario
 from testbed.core.topology import load_topology
 from testbed.harness.runner import ScenarioRunner
@@ -77,8 +77,8 @@ def _print_ui(bus: LocalBus, when: str = "") -> None:
               "the browser, or accept the warning once")
 
 
-def _progress(repeat: int) -> Callable[[dict[str, Any]], None]:
-    def show(rep: dict[str, Any]) -> None:
+def _progress(repeat: int) -> Callable[[Repetition], None]:
+    def show(rep: Repetition) -> None:
         if repeat > 1 and (rep["rep"] % 10 == 0 or rep["rep"] == repeat or not rep["passed"]):
             e2e = f"{rep['e2e_ms']:.2f} ms" if rep["e2e_ms"] is not None else "-"
             print(f"  repetition {rep['rep']}/{repeat}: {'passed' if rep['passed'] else 'FAILED'}, "

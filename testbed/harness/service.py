@@ -75,7 +75,7 @@ def serve_runner(socket_path: Path = RUNNER_SOCKET, runs: Path = RUNS_DIR) -> No
                     code = run_scenario(scenario, out=runs / out)
                 finally:
                     lock.release()
-                reply = {"ok": True, "passed": code == 0}
+                reply: dict[str, object] = {"ok": True, "passed": code == 0}
             except (ValueError, TypeError, TestbedError) as e:
                 reply = {"ok": False, "error": str(e)}
             self.wfile.write(json.dumps(reply).encode() + b"\n")

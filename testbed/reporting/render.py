@@ -14,11 +14,20 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from matplotlib.figure import Figure
 
 from testbed.core.errors import TestbedError
+from testbed.core.results import (
+    LatencyResult,
+    PrioritizationResult,
+    RecoveryFault,
+    RecoveryResult,
+    ScenarioResultDoc,
+    UiResult,
+    WanResult,
+)
 from testbed.core.stats import percentiles
 from testbed.reporting import plots
 from testbed.reporting.scenario import summary_table, timeline_figure
@@ -41,24 +50,26 @@ __all__ = [
     "wan_markdown",
 ]
 
-Result = Mapping[str, Any]
+Result = Mapping[str, Any]  # any result document; each schema's own type is in testbed.core.results
+R = TypeVar("R")
 REPORT_FILE = "report.md"
 
 
 @dataclass(frozen=True)
-class Renderer:
-    """How to show one result schema: a title, named figures and a Markdown section."""
+class Renderer(Generic[R]):
+    """How to show one result schema (``R``, its type): a title, named figures and a Markdown section."""
 
     schema: str
     title: str
-    figures: Callable[[Result], dict[str, Figure]]
-    markdown: Callable[[Result], str]
+    figures: Callable[[R], dict[str, Figure]]
+    markdown: Callable[[R], str]
 
 
-RENDERERS: dict[str, Renderer] = {}
+# By schema string: a document loaded from a file is handed to the renderer its "schema" names.
+RENDERERS: dict[str, Renderer[Any]] = {}
 
 
-def register(renderer: Renderer) -> Renderer:
+def register(renderer: Renderer[R]) -> Renderer[R]:
     """Add ``renderer`` to :data:`RENDERERS` under its schema (replacing any earlier one)."""
     RENDERERS[renderer.schema] = renderer
     return renderer
@@ -113,14 +124,14 @@ def conditions_markdown(result: Result) -> str:
 
 # -- scenario results (fmb.scenario-result/1) ---------------------------------------------------
 
-def scenario_markdown(result: Result) -> str:
+def scenario_markdown(result: ScenarioResultDoc) -> str:
     """The scenario's step table and verdict, as the terminal prints it."""
     return "```\n" + summary_table(result) + "```\n"
 
 
 # -- latency (fmb.bench-latency/2) --------------------------------------------------------------
 
-def latency_markdown(result: Result) -> str:
+def latency_markdown(result: LatencyResult) -> str:
     """Headline table per QoS, then the per-step table (p50 / p90 / p99 / max, ms)."""
     target = result["target_ratio"]
     out = [markdown_table(
@@ -148,7 +159,7 @@ def latency_markdown(result: Result) -> str:
 
 # -- prioritisation (fmb.bench-prioritization/1) -----------------------------------------------
 
-def prioritization_markdown(result: Result) -> str:
+def prioritization_markdown(result: PrioritizationResult) -> str:
     """Control p50 / p99 and throughput per flood rate and configuration, then the targets."""
     rows = []
     for name, steps in result["results"].items():
@@ -172,7 +183,7 @@ def prioritization_markdown(result: Result) -> str:
 
 # -- recovery (fmb.bench-recovery/1, proposed shape) --------------------------------------------
 
-def _met(fault: Mapping[str, Any]) -> bool | None:
+def _met(fault: RecoveryFault) -> bool | None:
     target = fault.get("target")
     if not target:
         return None
@@ -180,18 +191,18 @@ def _met(fault: Mapping[str, Any]) -> bool | None:
     for t in fault["trials"]:
         if "lost" in target and t.get("lost") is not None:
             ok &= t["lost"] <= target["lost"]
-        if "whole_s" in target and t.get("whole_s") is not None:
-            ok &= t["whole_s"] <= target["whole_s"]
+        if "whole_s" in target and (whole := t.get("whole_s")) is not None:
+            ok &= whole <= target["whole_s"]
     return ok
 
 
-def recovery_markdown(result: Result) -> str:
+def recovery_markdown(result: RecoveryResult) -> str:
     """Per fault: median and worst times, messages lost and duplicated over the trials, the target."""
     rows = []
     for f in result["faults"]:
         times = []
         for key, _ in plots.RECOVERY_TIMES:
-            values = [t[key] for t in f["trials"] if t.get(key) is not None]
+            values = [v for t in f["trials"] if (v := t.get(key)) is not None]
             times.append(f"{percentiles(values, (50,))['p50']:.3f} / {max(values):.3f}" if values else None)
         name = f"{f['name']} ({f['direction']})" if f.get("direction") else f["name"]
         rows.append([name, f.get("qos"), len(f["trials"]), *times, sum(t.get("lost", 0) for t in f["trials"]),
@@ -221,7 +232,7 @@ register(Renderer("fmb.bench-recovery/1", "Recovery benchmark",
 
 # -- WAN link (fmb.bench-wan/1) -----------------------------------------------------------------
 
-def wan_markdown(result: Result) -> str:
+def wan_markdown(result: WanResult) -> str:
     """Control p50 / p99 and what crossed the link, per configuration and step."""
     rows = []
     for name, steps in result["results"].items():
@@ -242,10 +253,11 @@ register(Renderer("fmb.bench-wan/1", "WAN link benchmark (control across a const
                   wan_markdown))
 
 
-def ui_markdown(result: Result) -> str:
+def ui_markdown(result: UiResult) -> str:
     """Percentiles of what the operator saw, the browser, and the screenshot."""
-    rows = [[label, *(result[key].get(p) for p in ("n", "p50", "p90", "p99", "max"))]
-            for key, label in (("closed_ms", "cap bank shown closed"), ("restored_ms", "meter shown back at 120 V"))]
+    rows = [[label, *(stats.get(p) for p in ("n", "p50", "p90", "p99", "max"))]
+            for stats, label in ((result["closed_ms"], "cap bank shown closed"),
+                                 (result["restored_ms"], "meter shown back at 120 V"))]
     return (markdown_table(["after pressing Set voltage (114 V)", "n", "p50 ms", "p90 ms", "p99 ms", "max ms"], rows)
             + f"\n{result['what']}. {result['conditions']['browser']}; {result['conditions']['page']}. "
               f"Screenshot: `{Path(result['screenshot']).name}`.\n")

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from testbed.core.results import ScenarioResultDoc, ScenarioStep
+
 __all__ = ["plot_timeline", "summary_table", "timeline_figure"]
 
-Result = Mapping[str, Any]
+Result = ScenarioResultDoc
 
 # (key, alignment) of each table column, in order.
 _COLUMNS = (
@@ -33,7 +35,7 @@ _COLUMNS = (
     ("t_ms", ">"),
     ("hop_ms", ">"),
 )
-_PERCENTILE_KEYS = ("p50", "p90", "p99", "max")
+_PERCENTILE_KEYS: tuple[Literal["p50", "p90", "p99", "max"], ...] = ("p50", "p90", "p99", "max")
 
 # Colour *and* line style differ, so the planes stay distinct in greyscale prints.
 _PLANE_STYLES: dict[str, dict[str, Any]] = {
@@ -53,9 +55,9 @@ _LABEL_BOX = {
 }
 
 
-def _ms(value: object) -> str:
+def _ms(value: float | None) -> str:
     """Format a millisecond figure with 2 decimals, or ``-`` when it is missing."""
-    return "-" if value is None else f"{float(value):.2f}"  # type: ignore[arg-type]
+    return "-" if value is None else f"{float(value):.2f}"
 
 
 def _failure_reason(result: Result) -> str:
@@ -119,7 +121,7 @@ def summary_table(result: Result) -> str:
 def _lane_order(result: Result) -> list[str]:
     """Return the lanes of ``result``, then any device the steps name that is not among them."""
     lanes = list(result.get("lanes") or [])
-    end = result.get("end") or {}
+    end: Mapping[str, Any] = result.get("end") or {}
     for step in result.get("steps") or []:
         for device in [step.get("device"), *(step.get("receivers") or [])]:
             if device is not None and device not in lanes:
@@ -135,7 +137,7 @@ def _title(result: Result) -> tuple[str, str]:
     e2e = result.get("e2e_ms")
     latency = "no e2e" if e2e is None else f"e2e {_ms(e2e)} ms"
     headline = f"{result.get('scenario', '?')} — {verdict} — {latency}"
-    environment = result.get("environment") or {}
+    environment: Mapping[str, Any] = result.get("environment") or {}
     conditions = [
         f"QoS {environment.get('qos', '?')}",
         str(environment.get("tls_version", "TLS ?")),
@@ -150,7 +152,7 @@ def _title(result: Result) -> tuple[str, str]:
     return headline, "   ·   ".join(conditions)
 
 
-def _draw_step(axes: Axes, row: int, step: Mapping[str, Any], lane_x: dict[str, int]) -> None:
+def _draw_step(axes: Axes, row: int, step: ScenarioStep, lane_x: dict[str, int]) -> None:
     """Draw one step as arrows from its publisher to each receiver on ``row``."""
     style = _PLANE_STYLES.get(str(step.get("plane", "")), _OTHER_PLANE_STYLE)
     source = lane_x[step["device"]]
