@@ -25,6 +25,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
+from testbed.core.topics import PROFILES
 from testbed.transport.deadletter import claimed_source, dead_letter, process_box, topic_mrid
 
 __all__ = ["contain", "counts", "describe_sender", "one_line", "set_aside"]
@@ -51,10 +52,17 @@ def _topic(message: paho.MQTTMessage) -> str:
 
 
 def describe_sender(topic: str, payload: bytes | bytearray) -> str:
-    """Who sent a message, as far as the receiver can tell: the topic's mRID (a status's publisher,
-    a command's target), and the source the payload claims when it differs."""
+    """Who sent a message, as far as its receiver can tell: for a status or reading, the device the
+    topic names (the brokers' ACLs let only that identity publish there) and the source the payload
+    claims if it differs; for a command (the topic names its target), the source the payload claims."""
     mrid, source = topic_mrid(topic), claimed_source(payload)
-    return one_line(mrid if source in (None, mrid) else f"{mrid} (payload source {source!r})", 140)
+    parts = topic.split("/")
+    profile = PROFILES.get(parts[2]) if len(parts) == 4 else None
+    if profile is not None and profile.kind == "command":
+        text = f"{source!r} (the payload's claim; a command to {mrid})" if source else f"? (a command to {mrid})"
+    else:
+        text = mrid if source in (None, mrid) else f"{mrid} (payload source {source!r})"
+    return one_line(text, 140)
 
 
 def set_aside(message: paho.MQTTMessage, reason: str, receiver: str) -> None:
