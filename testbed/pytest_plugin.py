@@ -354,7 +354,7 @@ class ScenarioResult(dict[str, Any]):
     def summary(self) -> str:
         """The timeline as a plain-text table with the verdict (what ``fmb run`` prints)."""
         # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
-        from testbed.reporting.scenario import summary_table
+        from testbed.reporting.text import summary_table
 
         return summary_table(self._doc())
 
@@ -372,7 +372,7 @@ def assert_scenario_passed(result: Mapping[str, Any]) -> None:
     if result.get("passed"):
         return
     # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
-    from testbed.reporting.scenario import summary_table
+    from testbed.reporting.text import summary_table
 
     reps = result.get("runs") or []
     failed = next((r for r in reps if not r.get("passed")), None)

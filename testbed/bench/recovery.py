@@ -49,7 +49,7 @@ from testbed.core.topology import BrokerSpec, Topology, load_topology
 from testbed.core.waiting import WaitTimeout, wait_until
 from testbed.harness.recorder import Recorder
 from testbed.harness.runner import ScenarioRunner
-from testbed.reporting.render import recovery_markdown
+from testbed.reporting.text import recovery_markdown
 from testbed.security.pki import PKI
 from testbed.transport.mqtt import (
     PAHO_DEFAULT_RECONNECT_S,

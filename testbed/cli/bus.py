@@ -22,6 +22,7 @@ from testbed.core.results import Repetition
 from testbed.core.scenario import Scenario, load_scenario
 from testbed.core.topology import load_topology
 from testbed.harness.runner import ScenarioRunner
+from testbed.reporting.text import summary_table
 from testbed.security.provision import ensure_pki
 
 __all__ = ["add_demo", "add_down", "add_run", "add_status", "add_up", "local_bus", "run_scenario", "verify"]
@@ -104,9 +105,6 @@ def run_scenario(args: argparse.Namespace, scenario_name: str) -> int:
         with ScenarioRunner(bus, scenario) as runner:
             result = runner.run(args.repeat, out, backend=args.backend,
                                 progress=_progress(args.repeat))
-        # Deliberately here: the summary table's module loads matplotlib, which only a finished run needs.
-        from testbed.reporting.scenario import summary_table
-
         print(summary_table(result))
         print(f"results: {out}/ (result.json, messages.jsonl, timeline.png, summary.txt)")
     return 0 if result["passed"] else 1

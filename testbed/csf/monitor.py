@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import paho.mqtt.client as paho
 
@@ -47,9 +47,6 @@ from testbed.csf.detect import Alert, Detector, load_monitor_config
 from testbed.csf.respond import Responder
 from testbed.transport.guard import describe_sender, one_line
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
-
-if TYPE_CHECKING:
-    from testbed.csf.respond import Responder
 
 __all__ = ["Monitor", "main"]
 

@@ -35,6 +35,7 @@ from testbed.core.stats import percentiles, rounded
 from testbed.core.topics import PROFILES, ROLES, topic
 from testbed.core.topology import Topology
 from testbed.harness.recorder import Observation, Recorder
+from testbed.reporting.text import summary_table
 from testbed.security.signing import CommandSigner, SigningKeys
 from testbed.transport.localsock import unix_request
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect, publish_properties
@@ -316,7 +317,7 @@ class ScenarioRunner:
 
     def write(self, result: ScenarioResultDoc, out: Path) -> None:
         # Here, not at the top: the plot needs matplotlib, which running a scenario does not.
-        from testbed.reporting.scenario import plot_timeline, summary_table
+        from testbed.reporting.scenario import plot_timeline
 
         out.mkdir(parents=True, exist_ok=True)
         (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")

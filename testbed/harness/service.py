@@ -27,7 +27,7 @@ from testbed.backends.containers import (
 from testbed.core.errors import TestbedError
 from testbed.core.scenario import load_scenario
 from testbed.harness.runner import ScenarioRunner
-from testbed.reporting.scenario import summary_table
+from testbed.reporting.text import summary_table
 from testbed.transport.localsock import private_unix_server, unix_request
 
 __all__ = ["request_run", "run_scenario", "serve_runner"]

@@ -29,6 +29,7 @@ from testbed.core.results import (
     WanRow,
 )
 from testbed.core.stats import percentiles
+from testbed.reporting.text import RECOVERY_TIMES
 
 __all__ = [
     "conditions_caption",
@@ -219,9 +220,6 @@ def prioritization_throughput(result: PrioritizationResult) -> Figure:
 
 
 # -- recovery (fmb.bench-recovery/1) -------------------------------------------------------------
-
-RECOVERY_TIMES: tuple[tuple[RecoveryTime, str], ...] = (
-    ("detect_s", "detect"), ("reconnect_s", "reconnect"), ("whole_s", "delivery whole"))
 
 
 def _trial_stats(trials: Sequence[RecoveryTrial], key: RecoveryTime) -> Percentiles | None:
