@@ -347,7 +347,7 @@ def test_a_poison_message_queued_for_the_dms_is_drained_on_restart(fmb_bus: Any,
 
 
 def test_fuzz_every_topic_every_role_reads(fmb_bus: Any, publishers: Publishers, topology: Topology,
-                                          fmb_run: Any, tmp_path: Path) -> None:
+                                          fmb_run: Any) -> None:
     all_targets = targets(topology)
     recorder = Recorder(topology, fmb_bus.identity("recorder"), {b.name: fmb_bus.endpoint(b.name)
                                                                   for b in topology.brokers})
