@@ -45,6 +45,7 @@ from testbed.core.topology import load_topology
 from testbed.csf.brokerlog import BrokerLogParser, device_log_event, log_sources
 from testbed.csf.detect import Alert, Detector, load_monitor_config
 from testbed.csf.respond import Responder
+from testbed.transport.guard import describe_sender, one_line
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 
 __all__ = ["Monitor", "main"]
@@ -75,6 +76,7 @@ class Monitor:
         self._stopped = threading.Event()
         self._clients: dict[str, paho.Client] = {}
         self._seq = 0
+        self.rejected = 0  # payloads seen that do not decode (each is also fed to the rules as such)
         self._replayed = threading.Event()
         self._pending_replays = len(self.sources)
         self._responder: Responder | None = None
@@ -109,8 +111,12 @@ class Monitor:
     def _on_message(self, broker: str, msg: paho.MQTTMessage) -> None:
         try:
             message = decode(msg.payload)
-        except PayloadError:
+        except PayloadError as e:  # evidence for the rules (a payload nobody should send), not a reason to stop
             message = None
+            self.rejected += 1
+            log.warning("payload on %s from %s via %s does not decode: %s (undecodable so far: %d)",
+                        one_line(msg.topic), describe_sender(msg.topic, msg.payload), broker, one_line(str(e), 300),
+                        self.rejected)
         with self._lock:
             alerts = self.detector.on_message(broker, msg.topic, message, bool(msg.retain))
         self._raise(alerts)
