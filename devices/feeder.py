@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from testbed.core.errors import DeviceError
 from testbed.core.payloads import NOMINAL_V
@@ -40,10 +40,26 @@ __all__ = ["FeederLink", "FeederModel", "serve"]
 log = logging.getLogger("feeder")
 
 
+class FeederSettings(TypedDict, total=False):
+    """``FMB_FEEDER``: the fields of testbed.core.topology.FeederSpec, as JSON; a missing number takes its default."""
+
+    id: str
+    site: str
+    supply: str
+    capbank: str
+    meter: str
+    line_drop_v: float
+    capbank_boost_v: float
+    supply_delay_s: float
+    capbank_delay_s: float
+    meter_deadband_v: float
+    meter_period_s: float
+
+
 class FeederModel:
     """The state of one feeder and the rule that gives the meter's voltage."""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, settings: FeederSettings) -> None:
         self.settings = settings
         self.supply_v = NOMINAL_V
         self.capbank_closed = False
@@ -111,7 +127,11 @@ class _Handler(socketserver.StreamRequestHandler):
         seen = -1
         while True:
             with model.changed:
-                model.changed.wait_for(lambda seen=seen: model.version != seen, timeout=1.0)
+
+                def changed(seen: int = seen) -> bool:
+                    return model.version != seen
+
+                model.changed.wait_for(changed, timeout=1.0)
                 state = model.state()
             if state["version"] != seen:
                 seen = state["version"]
@@ -125,7 +145,7 @@ class _Server(socketserver.ThreadingUnixStreamServer):
     model: FeederModel
 
 
-def serve(settings: dict[str, Any], path: Path) -> None:
+def serve(settings: FeederSettings, path: Path) -> None:
     """Serve the model on ``path`` until SIGTERM."""
     server = private_unix_server(path, _Handler, _Server)  # only the owner (the devices' user) may drive the physics
     server.model = FeederModel(settings)
@@ -165,7 +185,7 @@ class FeederLink:
             self.file.flush()
             reply = json.loads(self.file.readline() or b"{}")
         if not reply.get("ok"):
-            raise RuntimeError(f"feeder refused {request}: {reply.get('error', 'connection lost')}")
+            raise DeviceError(f"the feeder model refused {request}: {reply.get('error', 'connection lost')}")
         return dict(reply["state"])
 
     def watch(self) -> Any:

@@ -41,11 +41,12 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
 if TYPE_CHECKING:
+    from testbed.core.results import ScenarioResultDoc, ScenarioStep
     from testbed.core.scenario import Scenario
     from testbed.core.topology import Topology
     from testbed.security.pki import PKI
@@ -263,7 +264,8 @@ def fmb_pki(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             fmb_topology: Topology) -> PKI:
     """The PKI of the bus: a fresh one in a temporary folder (docker: the harness's copy of the bus's)."""
     if settings(request.config).backend == "docker":
-        return request.getfixturevalue("fmb_bus").pki  # type: ignore[no-any-return]
+        pki: PKI = request.getfixturevalue("fmb_bus").pki
+        return pki
     # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
     from testbed.security.provision import ensure_pki
 
@@ -318,10 +320,11 @@ def fmb_bus(fmb_bus_factory: Callable[..., contextlib.AbstractContextManager[Any
 # -- running scenarios -----------------------------------------------------------------------
 
 
-class ScenarioResult(dict):  # type: ignore[type-arg]
+class ScenarioResult(dict[str, Any]):
     """A scenario run's result: the ``fmb.scenario-result/1`` dict, plus where its files are.
 
-    Index it like the dict (``result["steps"]``) or use the attributes."""
+    Index it like the dict (``result["steps"]``) or use the attributes, which are typed by the
+    schema (:class:`testbed.core.results.ScenarioResultDoc`)."""
 
     __slots__ = ("out",)
 
@@ -329,28 +332,31 @@ class ScenarioResult(dict):  # type: ignore[type-arg]
         super().__init__(data)
         self.out = out  # the folder of result.json, messages.jsonl, timeline.png, summary.txt
 
+    def _doc(self) -> ScenarioResultDoc:
+        return cast("ScenarioResultDoc", self)  # built from one: the runner's, or a result.json read back
+
     @property
     def passed(self) -> bool:
-        return bool(self.get("passed"))
+        return bool(self._doc().get("passed"))
 
     @property
     def failure(self) -> str | None:
-        return self.get("failure")
+        return self._doc().get("failure")
 
     @property
-    def steps(self) -> list[dict[str, Any]]:
-        return list(self.get("steps") or [])
+    def steps(self) -> list[ScenarioStep]:
+        return list(self._doc().get("steps") or [])
 
     @property
     def e2e_ms(self) -> float | None:
-        return self.get("e2e_ms")
+        return self._doc().get("e2e_ms")
 
     def summary(self) -> str:
         """The timeline as a plain-text table with the verdict (what ``fmb run`` prints)."""
         # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
-        from testbed.reporting.scenario import summary_table
+        from testbed.reporting.text import summary_table
 
-        return summary_table(self)
+        return summary_table(self._doc())
 
     def __repr__(self) -> str:
         verdict = "passed" if self.passed else f"FAILED: {self.failure}"
@@ -358,18 +364,21 @@ class ScenarioResult(dict):  # type: ignore[type-arg]
 
 
 def assert_scenario_passed(result: Mapping[str, Any]) -> None:
-    """Fail the test unless ``result`` passed, with the reason, the timeline table and the files."""
+    """Fail the test unless ``result`` passed, with the reason, the timeline table and the files.
+
+    ``result`` is a scenario result however held: a :class:`ScenarioResult`, what
+    ``ScenarioRunner.run`` returned, or a ``result.json`` read back."""
     __tracebackhide__ = True
     if result.get("passed"):
         return
     # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
-    from testbed.reporting.scenario import summary_table
+    from testbed.reporting.text import summary_table
 
     reps = result.get("runs") or []
     failed = next((r for r in reps if not r.get("passed")), None)
     which = f" in repetition {failed['rep']} of {len(reps)}" if failed and len(reps) > 1 else ""
     lines = [f"scenario {result.get('scenario')} failed{which}: {result.get('failure')}", "",
-             summary_table(result).rstrip()]
+             summary_table(cast("ScenarioResultDoc", result)).rstrip()]
     out = getattr(result, "out", None)
     if out is not None:
         lines += ["", f"result files: {out} ({RESULT_FILES})"]

@@ -46,3 +46,15 @@ def test_every_package_is_in_the_layers_contract() -> None:
     packages |= {f"testbed.{p.stem}" for p in (ROOT / "testbed").glob("*.py") if not p.stem.startswith("__")}
     assert packages - named == set(), "add every package of testbed/ to the layers contract in pyproject.toml"
     assert {"devices", "brokers"} <= named
+
+
+def test_the_command_lines_do_not_load_matplotlib() -> None:
+    """``fmb`` starts fast, and the Compose services' command line runs in read-only containers
+    where matplotlib cannot even import (it needs a writable configuration directory): only
+    figure-drawing code (``testbed.reporting.scenario``, ``plots``, ``render``) may load it."""
+    probe = ("import sys, testbed.cli.fmb, testbed.cli.containers, testbed.harness.service, "
+             "testbed.bench.recovery; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('matplotlib', 'playwright', 'docker')))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", f"heavy modules loaded by the command lines: {done.stdout}"

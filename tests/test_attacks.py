@@ -29,7 +29,7 @@ from testbed.core.stats import count_loss_and_duplicates
 from testbed.core.waiting import wait_until
 from testbed.csf.detect import Thresholds, filter_within, load_monitor_config
 from testbed.csf.respond import Responder
-from testbed.reporting.scenario import summary_table
+from testbed.reporting.text import summary_table
 from testbed.security.pki import PKI
 from testbed.transport.mqtt import TLSIdentity, connect, publish_properties
 from tests.probes import client_context, mqtt5_connect_packet, try_mqtt

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from brokers.mosquitto import mosquitto_binary
-from testbed.cli import build_parser
+from testbed.cli.fmb import build_parser
 from testbed.core.topology import DEFAULT_TOPOLOGY, load_topology
 from testbed.security.provision import ensure_pki
 from tests.conftest import require
@@ -77,6 +77,7 @@ CASES: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
         (["monitor"], "no bus running"),
         (["monitor", "--last", "many"], "invalid int value: 'many'"),
     ],
+    ("deadletters",): [(["deadletters", "--last", "0"], "--last is 0")],
     (): [([], "the following arguments are required: COMMAND")],
 }
 

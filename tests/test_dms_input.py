@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from testbed.reporting.scenario import summary_table
+from testbed.reporting.text import summary_table
 from tests.conftest import wait_log
 from tests.test_acl import _publish_as
 

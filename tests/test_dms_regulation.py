@@ -12,7 +12,7 @@ import time
 
 from testbed.core.payloads import encode
 from testbed.harness.recorder import Observation, Recorder
-from testbed.reporting.scenario import summary_table
+from testbed.reporting.text import summary_table
 from tests.test_acl import _publish_as
 
 METER_TOPIC = "fmb/metermodule/MeterReadingProfile/meter-1"

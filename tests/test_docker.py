@@ -42,7 +42,7 @@ from testbed.core.topology import load_topology
 from testbed.core.waiting import wait_until
 from testbed.harness.runner import ScenarioRunner
 from testbed.reporting.render import render_run
-from testbed.reporting.scenario import summary_table
+from testbed.reporting.text import summary_table
 from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -33,7 +33,7 @@ def _fmb(*args: str) -> subprocess.CompletedProcess[str]:
 def bus_dirs(tmp_path: Path):  # type: ignore[no-untyped-def]
     topo = _free_port_topology(tmp_path)
     dirs = ["--topology", str(topo), "--certs", str(tmp_path / "certs"), "--state", str(tmp_path / "state")]
-    up = _fmb("up", *dirs)
+    up = _fmb("up", "--ui-port", "0", *dirs)  # any free port: 8443 may be another bus's console
     assert up.returncode == 0, up.stderr
     try:
         yield tmp_path, dirs

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from testbed.core.payloads import decode, encode
-from testbed.reporting.scenario import summary_table
+from testbed.reporting.text import summary_table
 from testbed.security.signing import CommandRejected, CommandSigner, CommandVerifier, SigningKeys, load_trusted
 from testbed.transport.mqtt import publish_properties, tls_context
 from tests.conftest import wait_log

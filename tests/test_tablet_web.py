@@ -115,7 +115,9 @@ def test_run_button_runs_appendix_a_and_shows_its_timeline(bus: LocalBus, page: 
     assert page.locator("#run-steps tbody tr").count() == 9
     assert "PASSED" in page.text_content("#run-verdict")
     page.wait_for_function("() => document.querySelector('#run-timeline').naturalWidth > 0")
-    assert page.is_enabled("#run-scenario")
+    # The verdict can show (the watcher sees result.json) a moment before the run's process has
+    # exited and the button comes back: wait for that, but not long.
+    page.wait_for_selector("#run-scenario:enabled", timeout=15_000)
     # The run's files are where the page says, and the operator's view of it joins them.
     run_dir = bus.runs_dir / page.get_attribute("#run-verdict", "data-dir")
     assert json.loads((run_dir / "result.json").read_text())["passed"] is True

@@ -247,13 +247,14 @@ class DockerBus:
             box.remove(force=True)
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             for member in tar.getmembers():
-                if not member.isfile():
+                source = tar.extractfile(member) if member.isfile() else None
+                if source is None:
                     continue
                 target = self._certs / Path(member.name).relative_to(".")
                 target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 fd = os.open(target, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "wb") as f:
-                    f.write(tar.extractfile(member).read())  # type: ignore[union-attr]
+                    f.write(source.read())
 
     def identity(self, name: str) -> TLSIdentity:
         paths = TLSIdentity(self._certs / "ca" / "ca.pem", self._certs / "clients" / f"{name}.pem",

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from testbed.backends import processes
 from testbed.backends.processes import ProcessRecord
 from testbed.backends.saver import broker_argv
 from testbed.core.errors import BrokerError, DeviceError, TestbedError
-from testbed.core.topics import PROFILES, ROLES
+from testbed.core.topics import PROFILES, ROLES, Plane
 from testbed.core.topology import DeviceSpec, Topology, load_topology
 from testbed.core.waiting import wait_until
 from testbed.security.blocklist import Blocklist
@@ -41,8 +42,8 @@ DYNSEC_PLUGIN = os.environ.get("FMB_DYNSEC_PLUGIN", "/usr/lib/x86_64-linux-gnu/m
 def device_environment(topology: Topology, device: DeviceSpec, certs: Path, run_dir: Path,
                        hosts: dict[str, str] | None = None) -> dict[str, str]:
     """The ``FMB_*`` environment of one device (the same for a process and a container)."""
-    def endpoint(plane: str) -> str:
-        b = topology.broker_for(device.site, plane)  # type: ignore[arg-type]
+    def endpoint(plane: Plane) -> str:
+        b = topology.broker_for(device.site, plane)
         return f"{(hosts or {}).get(b.name, b.host)}:{b.port}"
 
     env = {
@@ -300,7 +301,7 @@ class LocalBus:
 
         self._wait_for(found, record or self._record(name), what, timeout_s)
 
-    def _wait_for(self, condition, record: ProcessRecord, what: str, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
+    def _wait_for(self, condition: Callable[[], bool], record: ProcessRecord, what: str, timeout_s: float) -> None:
         error = BrokerError if record.kind == "broker" else DeviceError
 
         def ready() -> bool:
@@ -369,7 +370,7 @@ class LocalBus:
     def stop(self, timeout_s: float = 10) -> None:
         """Stop devices, feeders, then brokers (so the data-centre brokers save last)."""
         order = {"monitor": 0, "device": 1, "feeder": 2, "broker": 3}
-        for kind in sorted(order, key=order.get):  # type: ignore[arg-type]
+        for kind in sorted(order, key=order.__getitem__):
             processes.stop([p for p in self.processes if p.kind == kind], timeout_s)
         self.processes = []
         self.state_file.unlink(missing_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import time
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from brokers.mosquitto import BrokerFiles, mosquitto_binary, render_acl, render_conf
 from testbed.backends import processes
@@ -15,7 +16,14 @@ from testbed.core.waiting import wait_until
 from testbed.security.pki import PKI
 from testbed.transport.mqtt import Endpoint
 
-__all__ = ["Processes", "bench_topology", "start_broker", "wait_for_log"]
+__all__ = ["Placement", "Processes", "bench_topology", "start_broker", "wait_for_log"]
+
+
+class Placement(TypedDict, total=False):
+    """Where a process runs: its nice value and the CPUs it may use (keywords of :meth:`Processes.start`)."""
+
+    nice: int
+    cpus: set[int]
 
 
 class Processes:
@@ -72,7 +80,7 @@ def wait_for_log(log: Path, needle: str, record: ProcessRecord, offset: int = 0,
 
 
 def start_broker(procs: Processes, topology: Topology, broker: BrokerSpec, pki: PKI, directory: Path,
-                 extra_acl: str = "", **placement: object) -> tuple[ProcessRecord, Endpoint]:
+                 extra_acl: str = "", **placement: Unpack[Placement]) -> tuple[ProcessRecord, Endpoint]:
     """Configure (first time) and start one broker; returns once it accepts connections."""
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / "mosquitto.log"
@@ -82,6 +90,6 @@ def start_broker(procs: Processes, topology: Topology, broker: BrokerSpec, pki: 
     (directory / "data").mkdir(exist_ok=True)
     offset = log.stat().st_size if log.exists() else 0
     proc = procs.start(f"{broker.name}-{time.monotonic_ns()}", [mosquitto_binary(), "-c",
-                       str(directory / "mosquitto.conf")], **placement)  # type: ignore[arg-type]
+                       str(directory / "mosquitto.conf")], **placement)
     wait_for_log(log, " running", proc, offset)
     return proc, Endpoint(broker.host, broker.port)

@@ -56,7 +56,7 @@ from testbed.core.stats import percentiles
 from testbed.core.topics import topic
 from testbed.core.topology import MOSQUITTO_IMAGES, BrokerSpec, Topology
 from testbed.core.waiting import WaitTimeout, wait_until
-from testbed.reporting.render import crash_markdown
+from testbed.reporting.text import crash_markdown
 from testbed.security.pki import PKI
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 

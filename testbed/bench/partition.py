@@ -38,6 +38,7 @@ from testbed.backends.faults import DockerFaults
 from testbed.bench.recovery import RESULT_SCHEMA, TUNED, Producer, fault_line, whole_at
 from testbed.core.errors import BenchmarkError
 from testbed.core.payloads import encode
+from testbed.core.results import RecoveryFault, RecoveryResult, RecoveryTrial
 from testbed.core.stats import count_loss_and_duplicates
 from testbed.core.topics import topic
 from testbed.core.waiting import WaitTimeout, wait_until
@@ -92,16 +93,18 @@ class _Consumer:
 class _Stream:
     def __init__(self, bus: DockerBus, direction: str, rate: float, run: str) -> None:
         topology = bus.topology
-        field = next(s.name for s in topology.sites if s.bridge_to)
+        field = topology.first((s.name for s in topology.sites if s.bridge_to), "field site bridged to a data centre")
         dc = topology.site(field).bridge_to
+        assert dc is not None  # the field site is the one with a bridge
         if direction == "field->dc":
-            device = next(d for d in topology.devices if d.role == "meter" and d.site == field)
+            device = topology.first((d for d in topology.devices if d.role == "meter" and d.site == field),
+                                    f"meter at {field}")
             profile, body = "MeterReadingProfile", {"voltage_v": 120.0, "reason": "periodic"}
-            src, dst = topology.broker_for(field, "delivery"), topology.broker_for(dc, "delivery")  # type: ignore[arg-type]
+            src, dst = topology.broker_for(field, "delivery"), topology.broker_for(dc, "delivery")
         else:
-            device = next(d for d in topology.devices if d.role == "dms")
+            device = topology.first((d for d in topology.devices if d.role == "dms"), "DMS")
             profile, body = "SingleLineDiagramProfile", {"feeders": {}, "version": 0}
-            src, dst = topology.broker_for(dc, "delivery"), topology.broker_for(field, "delivery")  # type: ignore[arg-type]
+            src, dst = topology.broker_for(dc, "delivery"), topology.broker_for(field, "delivery")
         name = topic(topology.root, profile, device.id)
         tag = f"{run}-{direction}"
 
@@ -131,7 +134,7 @@ class _Stream:
             acked = {s for s in self.producer.acked if s >= self.producer.first}
         return acked <= got
 
-    def measure(self, fault_ns: int, heal_ns: int) -> dict[str, Any]:
+    def measure(self, fault_ns: int, heal_ns: int) -> RecoveryTrial:
         records = [(s, t) for s, t in self.consumer.snapshot() if s >= self.producer.first]
         acked = sorted(s for s in self.producer.acked if s >= self.producer.first)
         counts = count_loss_and_duplicates(acked, [s for s, _ in records])
@@ -160,7 +163,7 @@ def _await_whole(streams: list[_Stream], timeout_s: float) -> None:
 
 
 def _trial(bus: DockerBus, faults: DockerFaults, site: str, seconds: float, rate: float,
-           settle_s: float, whole_timeout_s: float) -> dict[str, dict[str, Any]]:
+           settle_s: float, whole_timeout_s: float) -> dict[str, RecoveryTrial]:
     run = f"{os.getpid()}-{secrets.token_hex(3)}"
     streams: list[_Stream] = []
     try:
@@ -190,15 +193,16 @@ def _trial(bus: DockerBus, faults: DockerFaults, site: str, seconds: float, rate
 
 def run_partition_recovery(bus: DockerBus, durations: list[float], repetitions: int, rate: float, out: Path,
                            progress: Callable[[str], None] | None = None, settle_s: float = 2.0,
-                           whole_timeout_s: float = 60.0) -> dict[str, Any]:
+                           whole_timeout_s: float = 60.0) -> RecoveryResult:
     """Partition the field site for each duration, ``repetitions`` times; writes
     ``out/bench-recovery.json`` (``fmb.bench-recovery/1``, backend docker) and returns it."""
     say = progress or (lambda line: None)
-    site = next(s.name for s in bus.topology.sites if s.bridge_to)
+    site = bus.topology.first((s.name for s in bus.topology.sites if s.bridge_to),
+                              "field site bridged to a data centre")
     faults = DockerFaults(bus.project, bus.topology)
-    entries: list[dict[str, Any]] = []
+    entries: list[RecoveryFault] = []
     for seconds in durations:
-        trials: dict[str, list[dict[str, Any]]] = {d: [] for d in DIRECTIONS}
+        trials: dict[str, list[RecoveryTrial]] = {d: [] for d in DIRECTIONS}
         for _ in range(repetitions):
             for direction, trial in _trial(bus, faults, site, seconds, rate, settle_s, whole_timeout_s).items():
                 trials[direction].append(trial)
@@ -209,7 +213,7 @@ def run_partition_recovery(bus: DockerBus, durations: list[float], repetitions: 
                                            f"{direction} across the delivery bridge",
                             "target": {"lost": 0}, "trials": trials[direction]})
             say(fault_line(entries[-1]) + f" [{direction}]")
-    result = {
+    result: RecoveryResult = {
         "schema": RESULT_SCHEMA, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "conditions": {"backend": "docker", "repetitions": repetitions, "message_rate_per_s": rate,
                        "partitions_s": durations, "qos": 1, "tls_version": "TLSv1.2+ (mutual)",

@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from testbed.backends.environment import environment
 from testbed.backends.local import LocalBus
@@ -41,14 +41,15 @@ from testbed.backends.processes import ProcessRecord
 from testbed.bench.common import Processes, bench_topology, start_broker
 from testbed.core.errors import BenchmarkError, TestbedError
 from testbed.core.ports import free_port
+from testbed.core.results import AutosavePoint, RecoveryFault, RecoveryResult, RecoveryTime, RecoveryTrial
 from testbed.core.scenario import load_scenario
 from testbed.core.stats import count_loss_and_duplicates
 from testbed.core.topics import topic
-from testbed.core.topology import load_topology
+from testbed.core.topology import BrokerSpec, Topology, load_topology
 from testbed.core.waiting import WaitTimeout, wait_until
 from testbed.harness.recorder import Recorder
 from testbed.harness.runner import ScenarioRunner
-from testbed.reporting.render import recovery_markdown
+from testbed.reporting.text import recovery_markdown
 from testbed.security.pki import PKI
 from testbed.transport.mqtt import (
     PAHO_DEFAULT_RECONNECT_S,
@@ -61,7 +62,7 @@ from testbed.transport.mqtt import (
 
 __all__ = ["RESULT_SCHEMA", "TUNED", "Producer", "fault_line", "run_recovery", "whole_at"]
 
-RESULT_SCHEMA = "fmb.bench-recovery/1"
+RESULT_SCHEMA: Final = "fmb.bench-recovery/1"  # the shape: testbed.core.results.RecoveryResult
 TUNED = (RECONNECT_MIN_S, RECONNECT_MAX_S)
 
 
@@ -180,7 +181,7 @@ class _Harness:
         self.progress = progress or (lambda line: None)
         self.trial = 0
 
-    def broker(self, autosave_s: int = 60) -> tuple[Any, Any, Path, Endpoint]:
+    def broker(self, autosave_s: int = 60) -> tuple[Topology, BrokerSpec, Path, Endpoint]:
         self.trial += 1
         topology = bench_topology(self.root, 1, (free_port(), free_port()), kind="datacentre",
                                   autosave_interval_s=autosave_s)
@@ -189,11 +190,12 @@ class _Harness:
         self.broker_record, endpoint = start_broker(self.procs, topology, spec, self.pki, directory)
         return topology, spec, directory, endpoint
 
-    def restart(self, topology: Any, spec: Any, directory: Path) -> tuple[ProcessRecord, int]:
+    def restart(self, topology: Topology, spec: BrokerSpec, directory: Path) -> tuple[ProcessRecord, int]:
         self.broker_record, _ = start_broker(self.procs, topology, spec, self.pki, directory)
         return self.broker_record, time.time_ns()
 
-    def consumer(self, endpoint: Endpoint, qos: int, out: Path, reconnect: tuple[float, float]) -> Any:
+    def consumer(self, endpoint: Endpoint, qos: int, out: Path,
+                 reconnect: tuple[float, float]) -> ProcessRecord:
         return self.procs.start(f"consumer-{self.trial}-{time.monotonic_ns()}", [sys.executable, "-m",
                                 "testbed.bench.consumer"], {
             "FMB_BROKER": f"{endpoint.host}:{endpoint.port}", "FMB_CA": str(self.identity.ca),
@@ -226,7 +228,7 @@ class _Harness:
             wait_until(lambda: len({s for s, _ in _read_consumer(path)}) >= count, timeout_s, interval_s=0.05,
                        what=f"{count} messages in {path}")
 
-    def measure(self, producer: Producer, records_path: Path, fault_ns: int, back_ns: int) -> dict[str, Any]:
+    def measure(self, producer: Producer, records_path: Path, fault_ns: int, back_ns: int) -> RecoveryTrial:
         records = _read_consumer(records_path)
         acked = sorted(s for s in producer.acked if s >= producer.first)
         counts = count_loss_and_duplicates(acked, [s for s, _ in records if s >= producer.first])
@@ -241,7 +243,7 @@ class _Harness:
 
     # -- the faults ---------------------------------------------------------------------------------
 
-    def broker_sigterm(self, qos: int, reconnect: tuple[float, float]) -> dict[str, Any]:
+    def broker_sigterm(self, qos: int, reconnect: tuple[float, float]) -> RecoveryTrial:
         topology, spec, directory, endpoint = self.broker()
         records = directory / "consumer.txt"
         consumer = self.consumer(endpoint, qos, records, reconnect)
@@ -266,7 +268,7 @@ class _Harness:
             self.procs.stop([consumer])
             self.procs.stop()
 
-    def consumer_kill9(self, qos: int) -> dict[str, Any]:
+    def consumer_kill9(self, qos: int) -> RecoveryTrial:
         topology, spec, directory, endpoint = self.broker()
         records = directory / "consumer.txt"
         consumer = self.consumer(endpoint, qos, records, TUNED)
@@ -305,7 +307,9 @@ class _Harness:
             time.sleep(seconds)
             producer.finish(timeout_s=5)
             acked = {s for s in producer.acked if s >= producer.first}
-            self.procs.kill(self.broker_record)  # type: ignore[arg-type]
+            broker = self.broker_record
+            assert broker is not None  # set by self.broker() above
+            self.procs.kill(broker)
             self.restart(topology, spec, directory)
             consumer = self.consumer(endpoint, qos, records, TUNED)
             time.sleep(2.5)
@@ -334,7 +338,7 @@ class _Harness:
             self.procs.stop()
 
 
-def _field_broker_kill9(pki: PKI, certs: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+def _field_broker_kill9(pki: PKI, certs: Path, progress: Callable[[str], None]) -> RecoveryTrial:
     """Kill -9 the field delivery broker of a whole Appendix A bus; time until the tablet shows the
     data centre's diagram again (the bridge resubscribes, the DC resends the retained diagram)."""
     topology = load_topology().with_free_ports()
@@ -376,12 +380,12 @@ def _field_broker_kill9(pki: PKI, certs: Path, progress: Callable[[str], None]) 
 
 def run_recovery(pki: PKI, certs: Path, root: str, repetitions: int, rate: float, payload_bytes: int,
                  autosave_intervals: list[int], out: Path, progress: Callable[[str], None] | None = None,
-                 include_field: bool = True) -> dict[str, Any]:
+                 include_field: bool = True) -> RecoveryResult:
     """The whole benchmark; writes ``out/bench-recovery.json`` and returns it."""
     say = progress or (lambda line: None)
     pki.init({b.name: [] for b in bench_topology(root, 1, (1, 2)).brokers}, ["bench"])
-    faults: list[dict[str, Any]] = []
-    sweep: list[dict[str, Any]] = []
+    faults: list[RecoveryFault] = []
+    sweep: list[AutosavePoint] = []
     with tempfile.TemporaryDirectory(prefix="fmb-bench-recovery-") as tmp:
         h = _Harness(pki, root, Path(tmp), rate, payload_bytes, say)
         try:
@@ -424,7 +428,7 @@ def run_recovery(pki: PKI, certs: Path, root: str, repetitions: int, rate: float
                        "description": "field delivery broker kill -9 (non-persistent), restarted; time until "
                                       "the tablet displays the data centre's diagram again",
                        "target": None, "trials": trials})
-    result = {
+    result: RecoveryResult = {
         "schema": RESULT_SCHEMA, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "conditions": {"backend": "local", "repetitions": repetitions, "message_rate_per_s": rate,
                        "payload_bytes": payload_bytes, "tls_version": "TLSv1.2+ (mutual)",
@@ -442,12 +446,12 @@ def run_recovery(pki: PKI, certs: Path, root: str, repetitions: int, rate: float
     return result
 
 
-def fault_line(fault: dict[str, Any]) -> str:
+def fault_line(fault: RecoveryFault) -> str:
     """One fault's trials summarised on one line, as the benchmark prints them while it runs."""
     t = fault["trials"]
 
-    def worst(key: str) -> str:
-        values = [x[key] for x in t if x.get(key) is not None]
+    def worst(key: RecoveryTime) -> str:
+        values = [v for x in t if (v := x.get(key)) is not None]
         return f"{max(values):.3f}" if values else "-"
 
     return (f"  {fault['name']} QoS {fault['qos']} ({fault['client']}): worst detect {worst('detect_s')} s, "
@@ -455,5 +459,5 @@ def fault_line(fault: dict[str, Any]) -> str:
             f"duplicated {sum(x['duplicated'] for x in t)} over {len(t)} trials")
 
 
-def summary(result: dict[str, Any]) -> str:
+def summary(result: RecoveryResult) -> str:
     return "recovery benchmark\n" + recovery_markdown(result)

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import TypedDict, cast
 
 import numpy
 
-__all__ = ["count_loss_and_duplicates", "percentiles"]
+from testbed.core.results import Percentiles
+
+__all__ = ["LossCount", "count_loss_and_duplicates", "percentiles", "rounded"]
 
 # Enough to see the pattern of a loss (one gap or many) without bloating result.json.
 _MAX_LOST_SEQS = 100
@@ -25,7 +28,7 @@ def _percentile_key(q: float) -> str:
     return f"p{q:g}"
 
 
-def percentiles(values: Sequence[float], qs: Iterable[float] = (50, 90, 99)) -> dict[str, float]:
+def percentiles(values: Sequence[float], qs: Iterable[float] = (50, 90, 99)) -> Percentiles:
     """Return ``n``, ``min``, ``p<q>`` for each ``q``, ``max`` and ``mean`` of ``values``.
 
     Raises ``ValueError`` on an empty sequence, a NaN value or a ``q`` outside 0..100.
@@ -40,17 +43,35 @@ def percentiles(values: Sequence[float], qs: Iterable[float] = (50, 90, 99)) -> 
         if not 0 <= q <= 100:
             raise ValueError(f"percentile q must be within 0..100; got {q!r}")
     summary: dict[str, float] = {"n": len(ordered), "min": ordered[0]}
-    at = numpy.percentile(ordered, wanted, method="linear") if wanted else []
-    for q, value in zip(wanted, at, strict=True):
-        summary[_percentile_key(q)] = float(value)
+    if wanted:  # qs=() asks for n, min, max and mean only
+        at = numpy.percentile(ordered, wanted, method="linear")
+        for q, value in zip(wanted, at, strict=True):
+            summary[_percentile_key(q)] = float(value)
     summary["max"] = ordered[-1]
     summary["mean"] = math.fsum(ordered) / len(ordered)
-    return summary
+    return cast(Percentiles, summary)  # its p<q> keys are the qs asked for: built, not spelt out
+
+
+def rounded(stats: Percentiles, digits: int) -> Percentiles:
+    """``stats`` with every figure but ``n`` rounded to ``digits`` decimals, as results store them."""
+    return cast(Percentiles, {k: round(v, digits) if isinstance(v, float) else v for k, v in stats.items()})
+
+
+class LossCount(TypedDict):
+    """What :func:`count_loss_and_duplicates` finds."""
+
+    sent: int
+    received: int
+    lost: int
+    duplicated: int
+    lost_seqs: list[int]
+    out_of_order: int
+    unexpected: int
 
 
 def count_loss_and_duplicates(
     sent_seqs: Iterable[int], received_seqs: Iterable[int]
-) -> dict[str, object]:
+) -> LossCount:
     """Compare sent and received sequence numbers.
 
     Returns ``sent`` (distinct seqs sent), ``received`` (messages received, duplicates included),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -256,6 +257,16 @@ class Topology:
 
     def feeder(self, ident: str) -> FeederSpec:
         return _named(self.path, "feeders", "feeder", {f.id: f for f in self.feeders}, ident)
+
+    def first(self, items: Iterable[_T], what: str) -> _T:
+        """The first of ``items`` (a search of this topology), or a ConfigError saying it has no ``what``.
+
+        For code that needs a kind of thing rather than a named one, e.g. a benchmark that needs
+        a field site bridged to a data centre, or a DMS."""
+        for item in items:
+            return item
+        raise ConfigError(self.path, "", f"has no {what}",
+                          f"this needs one: add it, or use {DEFAULT_TOPOLOGY.name} (brokers/topologies/)")
 
     def devices_matching(self, name: str) -> list[DeviceSpec]:
         """Devices whose id or role is ``name``."""
@@ -526,7 +537,7 @@ def _feeder(path: Path, i: int, table: Any, sites: set[str], devices: dict[str, 
             raise ConfigError(path, r.field(role), f"is {ident!r}, not a {role} device",
                               f"use one of: {', '.join(known) or '(declare a ' + role + ' device)'}")
         refs[role] = ident
-    numbers = {}
+    numbers: dict[str, Any] = {}  # keyword arguments of FeederSpec, read by field name
     for f in dataclasses.fields(FeederSpec):
         if f.type == "float":
             value = float(r.get(f.name, (int, float), f.default))
@@ -537,7 +548,7 @@ def _feeder(path: Path, i: int, table: Any, sites: set[str], devices: dict[str, 
 
 
 def _ident(r: _Reader, key: str) -> str:
-    value = r.get(key, str)
+    value: str = r.get(key, str)
     if not value or not all(c.isalnum() or c in "-_" for c in value):
         raise ConfigError(r.path, r.field(key), f"is {value!r}",
                           "use letters, digits, - and _ only (it becomes a topic level and a CN)")

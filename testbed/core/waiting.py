@@ -22,9 +22,10 @@ __all__ = ["WaitTimeout", "wait_until"]  # WaitTimeout lives in the one error tr
 _T = TypeVar("_T")
 
 
-def wait_until(condition: Callable[[], _T], timeout_s: float, *, what: str | Callable[[], str],
+def wait_until(condition: Callable[[], _T | None], timeout_s: float, *, what: str | Callable[[], str],
                interval_s: float = 0.05, error: Callable[[str], BaseException] = WaitTimeout) -> _T:
-    """Call ``condition`` until it returns something truthy, and return that.
+    """Call ``condition`` until it returns something truthy, and return that (never None: a condition
+    typed ``X | None`` gives an ``X``).
 
     ``condition`` is called at once, then every ``interval_s`` seconds, and a last time at the
     deadline, ``timeout_s`` seconds from now. An exception it raises propagates at once: that is

@@ -42,6 +42,7 @@ def build_inventory(topology: Topology, pki: PKI | None) -> dict[str, Any]:
         "listener": {"tls": "1.2+", "client_certificate": "required", "identity": "certificate CN",
                      "anonymous": False, "crl": True, "plaintext": False},
     } for b in topology.brokers]
+    devices: list[dict[str, Any]]  # a tablet's gets its web console below
     devices = [{"id": d.id, "role": d.role, "site": d.site,
                 "brokers": [topology.broker_for(d.site, p).name for p in ("delivery", "control")],
                 "rights": _rights(topology, d.id, d.role, d.site)} for d in topology.devices]

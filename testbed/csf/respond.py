@@ -123,7 +123,7 @@ class Responder:
             answered = threading.Event()
             replies: list[dict[str, Any]] = []
 
-            def on_message(c: paho.Client, u: Any, msg: paho.MQTTMessage, replies: list = replies,
+            def on_message(c: paho.Client, u: Any, msg: paho.MQTTMessage, replies: list[dict[str, Any]] = replies,
                            answered: threading.Event = answered) -> None:
                 replies.extend(json.loads(msg.payload).get("responses", []))
                 answered.set()
