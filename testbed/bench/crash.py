@@ -38,10 +38,10 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, Final
 
 from brokers.mosquitto import BrokerFiles, mosquitto_binary, render_acl, render_conf
 from testbed.backends.compose import docker_client
@@ -52,6 +52,15 @@ from testbed.bench.common import Processes, bench_topology, wait_for_log
 from testbed.bench.recovery import Producer
 from testbed.core.errors import BenchmarkError, TestbedError
 from testbed.core.ports import free_port
+from testbed.core.results import (
+    CrashConditions,
+    CrashKill,
+    CrashPolicyRow,
+    CrashResult,
+    CrashSettings,
+    CrashTarget,
+    Percentiles,
+)
 from testbed.core.stats import percentiles
 from testbed.core.topics import topic
 from testbed.core.topology import MOSQUITTO_IMAGES, BrokerSpec, Topology
@@ -63,9 +72,9 @@ from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 __all__ = ["DEFAULT_POLICIES", "RESULT_FILE", "RESULT_SCHEMA", "TARGET", "CrashPolicy", "check_runtime", "kill_trial",
            "parse_policies", "policy_of", "run_crash", "summary"]
 
-RESULT_SCHEMA = "fmb.bench-crash/1"
+RESULT_SCHEMA: Final = "fmb.bench-crash/1"
 RESULT_FILE = "bench-crash.json"
-TARGET = {"window_s": 1.0, "cost": 0.20}  # issue 11: a kill -9 loses <= 1 s of traffic at <= 20 % throughput cost
+TARGET = CrashTarget(window_s=1.0, cost=0.20)  # issue 11: a kill -9 loses <= 1 s of traffic at <= 20 % throughput cost
 RUNTIMES = ("docker", "host")
 # Default sweep: the baselines, today's default, the shortest 2.0 policies, and the plugin's range.
 DEFAULT_POLICIES = ("2.0/none", "2.0/snapshot=60", "2.0/snapshot=1", "2.0/changes=100", "2.0/usr1=500",
@@ -413,7 +422,7 @@ class _Bench:
     def producer(self, endpoint: Endpoint) -> Producer:
         return Producer(self.identity, endpoint, self.topic(), QOS, self.payload_bytes, (0.25, 5))
 
-    def kill_trial(self, policy: CrashPolicy) -> dict[str, Any]:
+    def kill_trial(self, policy: CrashPolicy) -> CrashKill:
         broker, endpoint = self.broker(policy)
         consumer = Consumer(self.identity, endpoint, self.topic(), f"central-crash-{self.trial}")
         producer = None
@@ -445,9 +454,9 @@ class _Bench:
             got = consumer.drain(acked)
             lost = sorted(acked - got)
             window_ns = death_ns - sent_ns[lost[0]] if lost else 0
-            return {"fill_s": round(fill, 3), "acked": len(acked), "lost": len(lost),
-                    "lost_s": round(len(lost) / self.rate, 4), "window_s": round(max(0, window_ns) / 1e9, 4),
-                    "all_lost": bool(acked) and len(lost) == len(acked), "restart_s": round(restart_s, 3)}
+            return CrashKill(fill_s=round(fill, 3), acked=len(acked), lost=len(lost),
+                             lost_s=round(len(lost) / self.rate, 4), window_s=round(max(0, window_ns) / 1e9, 4),
+                             all_lost=bool(acked) and len(lost) == len(acked), restart_s=round(restart_s, 3))
         finally:
             if producer is not None:
                 producer.close()
@@ -505,7 +514,7 @@ def check_runtime(policies: list[CrashPolicy], runtime: str) -> None:
 
 def kill_trial(pki: PKI, root: str, policy: CrashPolicy, runtime: str = "host", rate: float = 200.0,
                payload_bytes: int = 256, fill_s: tuple[float, float] = (2.0, 4.0),
-               images: dict[str, str] | None = None) -> dict[str, Any]:
+               images: dict[str, str] | None = None) -> CrashKill:
     """One kill trial of ``policy`` on a broker of its own (the test of the data centre's default uses it)."""
     pki.init({b.name: [] for b in bench_topology(root, QOS, (1, 2)).brokers}, ["bench"])
     with tempfile.TemporaryDirectory(prefix="fmb-bench-crash-") as tmp:
@@ -516,15 +525,21 @@ def kill_trial(pki: PKI, root: str, policy: CrashPolicy, runtime: str = "host", 
             bench.procs.stop()
 
 
-def _stats(values: list[float]) -> dict[str, float] | None:
+def _stats(values: Sequence[float]) -> Percentiles | None:
     if not values:
         return None
-    return {k: round(v, 4) for k, v in percentiles(values, (50, 90)).items()}
+    summary = percentiles(values, (50, 90))
+    return Percentiles(n=len(values), min=round(summary["min"], 4), p50=round(summary["p50"], 4),
+                       p90=round(summary["p90"], 4), max=round(summary["max"], 4), mean=round(summary["mean"], 4))
+
+
+def _loads() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def run_crash(pki: PKI, root: str, policies: list[CrashPolicy], runtime: str, kills: int, throughputs: int,
               rate: float, payload_bytes: int, count: int, fill_s: tuple[float, float], out: Path,
-              progress: Callable[[str], None] | None = None, images: dict[str, str] | None = None) -> dict[str, Any]:
+              progress: Callable[[str], None] | None = None, images: dict[str, str] | None = None) -> CrashResult:
     """The whole curve; writes ``out/bench-crash.json`` and returns it."""
     say = progress or (lambda line: None)
     check_runtime(policies, runtime)
@@ -543,16 +558,16 @@ def run_crash(pki: PKI, root: str, policies: list[CrashPolicy], runtime: str, ki
                 raise TestbedError(f"image {image} predates the snapshot launcher (mosquitto-saver): run "
                                    f"scripts/images{build}")
     pki.init({b.name: [] for b in bench_topology(root, QOS, (1, 2)).brokers}, ["bench"])
-    load_start = os.getloadavg()
-    rows: list[dict[str, Any]] = []
+    load_start = _loads()
+    rows: list[CrashPolicyRow] = []
     with tempfile.TemporaryDirectory(prefix="fmb-bench-crash-") as tmp:
         bench = _Bench(pki, root, Path(tmp), runtime, rate, payload_bytes, fill_s, images)
         try:
-            kill_runs: list[tuple[list[dict[str, Any]], list[float], list[float]]] = []
+            kill_runs: list[tuple[list[CrashKill], list[float], list[float]]] = []
             for policy in policies:
-                before = os.getloadavg()
+                before = _loads()
                 trials = [bench.kill_trial(policy) for _ in range(kills)] if policy.persistence != "none" else []
-                kill_runs.append((trials, list(before), list(os.getloadavg())))
+                kill_runs.append((trials, before, _loads()))
                 windows = [t["window_s"] for t in trials]
                 say(f"  kill -9  {policy.label:<40} window worst "
                     f"{f'{max(windows):.3f} s' if windows else 'everything'}"
@@ -571,60 +586,60 @@ def run_crash(pki: PKI, root: str, policies: list[CrashPolicy], runtime: str, ki
                 say(f"  throughput round {n + 1}/{throughputs}: "
                     + ", ".join(f"{p.spec or p.label} {t[-1]:.0f}" for p, t in zip(policies, tputs, strict=True))
                     + f" msg/s; load {os.getloadavg()[0]:.2f}")
-            for policy, (trials, before, after), tput, cpu in zip(policies, kill_runs, tputs, cpus, strict=True):
-                rows.append({"policy": policy.label, "spec": policy.spec, "mosquitto": policy.mosquitto,
-                             "mosquitto_version": bench.versions.get(policy.mosquitto),
-                             "image": images.get(policy.mosquitto, policy.mosquitto) if runtime == "docker" else None,
-                             "runtime": runtime, "persistence": policy.persistence,
-                             "settings": {k: v for k, v in dataclasses.asdict(policy).items()
-                                          if k not in ("mosquitto", "persistence", "spec")},
-                             "bound_s": policy.bound_s, "kills": trials, "throughput_per_s": tput,
-                             "window_s": _stats([t["window_s"] for t in trials]),
-                             "lost": _stats([t["lost"] for t in trials]), "throughput": _stats(tput),
-                             "cpu_us_per_msg": cpu, "cpu": _stats(cpu),
-                             "load_before": [round(x, 2) for x in before], "load_after": [round(x, 2) for x in after]})
+            for policy, (trials, before, after), tput_list, cpu_list in zip(policies, kill_runs, tputs, cpus,
+                                                                           strict=True):
+                rows.append(CrashPolicyRow(
+                    policy=policy.label, spec=policy.spec, mosquitto=policy.mosquitto,
+                    mosquitto_version=bench.versions.get(policy.mosquitto),
+                    image=images.get(policy.mosquitto, policy.mosquitto) if runtime == "docker" else None,
+                    runtime=runtime, persistence=policy.persistence,
+                    settings=CrashSettings(autosave_interval_s=policy.autosave_interval_s,
+                                           autosave_on_changes=policy.autosave_on_changes, usr1_ms=policy.usr1_ms,
+                                           flush_period_s=policy.flush_period_s, sync=policy.sync),
+                    bound_s=policy.bound_s, kills=trials, throughput_per_s=tput_list, cpu_us_per_msg=cpu_list,
+                    window_s=_stats([t["window_s"] for t in trials]), lost=_stats([t["lost"] for t in trials]),
+                    throughput=_stats(tput_list), cpu=_stats(cpu_list), load_before=before, load_after=after,
+                    cost=None, cpu_cost=None, meets_target=None))
         finally:
             bench.procs.stop()
     _costs(rows)
-    result = {
-        "schema": RESULT_SCHEMA, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "conditions": {"runtime": runtime, "qos": QOS, "offered_rate_per_s": rate, "payload_bytes": payload_bytes,
-                       "fill_s": list(fill_s), "kill_repetitions": kills, "throughput_repetitions": throughputs,
-                       "throughput_messages": count, "tls_version": "TLSv1.2+ (mutual)",
-                       "consumer": f"in-process paho, MQTT v5, clean_start false, session expiry {SESSION_EXPIRY_S} s, "
-                                   "offline while messages queue; its session saved by a graceful restart first",
-                       "producer": "paho-mqtt, one client, QoS 1; throughput: as fast as it can publish",
-                       "target": TARGET, "load_average_start": [round(x, 2) for x in load_start],
-                       "load_average_end": [round(x, 2) for x in os.getloadavg()],
-                       "cores": os.cpu_count(),
-                       "note": "the machine's cores may be shared: final figures need a quiet machine "
-                               "(load averages above, per policy in load_before / load_after)"},
-        "policies": rows,
-        "environment": environment(bench_topology(root, QOS, (1, 2)), None, runtime),
-    }
+    env = environment(bench_topology(root, QOS, (1, 2)), None, runtime)
     # The brokers measured, not only the host's: "2.0.11, 2.1.2" when both builds ran.
-    result["environment"]["mosquitto"] = ", ".join(sorted(set(bench.versions.values()))) or None
+    env["mosquitto"] = ", ".join(sorted(set(bench.versions.values()))) or None
+    result = CrashResult(
+        schema=RESULT_SCHEMA, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        conditions=CrashConditions(
+            runtime=runtime, qos=QOS, offered_rate_per_s=rate, payload_bytes=payload_bytes, fill_s=list(fill_s),
+            kill_repetitions=kills, throughput_repetitions=throughputs, throughput_messages=count,
+            tls_version="TLSv1.2+ (mutual)",
+            consumer=f"in-process paho, MQTT v5, clean_start false, session expiry {SESSION_EXPIRY_S} s, "
+                     "offline while messages queue; its session saved by a graceful restart first",
+            producer="paho-mqtt, one client, QoS 1; throughput: as fast as it can publish",
+            target=TARGET, load_average_start=load_start, load_average_end=_loads(), cores=os.cpu_count(),
+            note="the machine's cores may be shared: final figures need a quiet machine "
+                 "(load averages above, per policy in load_before / load_after)"),
+        policies=rows, environment=env)
     out.mkdir(parents=True, exist_ok=True)
     (out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
-def _costs(rows: list[dict[str, Any]]) -> None:
+def _costs(rows: list[CrashPolicyRow]) -> None:
     """Each policy's throughput cost against no persistence on the same build and runtime; and the verdict."""
-    base = {(r["mosquitto"], r["runtime"]): r["throughput"]["p50"] for r in rows
-            if r["persistence"] == "none" and r["throughput"]}
-    cpu_base = {(r["mosquitto"], r["runtime"]): r["cpu"]["p50"] for r in rows
-                if r["persistence"] == "none" and r["cpu"]}
+    base = {(r["mosquitto"], r["runtime"]): t["p50"] for r in rows
+            if r["persistence"] == "none" and (t := r["throughput"]) and "p50" in t}
+    cpu_base = {(r["mosquitto"], r["runtime"]): c["p50"] for r in rows
+                if r["persistence"] == "none" and (c := r["cpu"]) and "p50" in c}
     for r in rows:
-        ref = base.get((r["mosquitto"], r["runtime"]))
-        r["cost"] = round(1 - r["throughput"]["p50"] / ref, 4) if ref and r["throughput"] else None
-        cpu_ref = cpu_base.get((r["mosquitto"], r["runtime"]))
-        r["cpu_cost"] = round(r["cpu"]["p50"] / cpu_ref - 1, 4) if cpu_ref and r["cpu"] else None
-        worst = r["window_s"]["max"] if r["window_s"] else None
+        ref, tput = base.get((r["mosquitto"], r["runtime"])), r["throughput"]
+        r["cost"] = round(1 - tput["p50"] / ref, 4) if ref and tput and "p50" in tput else None
+        cpu_ref, cpu = cpu_base.get((r["mosquitto"], r["runtime"])), r["cpu"]
+        r["cpu_cost"] = round(cpu["p50"] / cpu_ref - 1, 4) if cpu_ref and cpu and "p50" in cpu else None
+        worst = r["window_s"]["max"] if r["window_s"] and "max" in r["window_s"] else None
         r["meets_target"] = (None if worst is None or r["cost"] is None else
                              worst <= TARGET["window_s"] and r["cost"] <= TARGET["cost"]
                              and not any(t["all_lost"] for t in r["kills"]))
 
 
-def summary(result: dict[str, Any]) -> str:
+def summary(result: CrashResult) -> str:
     return "crash benchmark\n" + crash_markdown(result)
