@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import os
 import signal
 import subprocess
 import time
@@ -18,7 +19,7 @@ from pathlib import Path, PurePath
 import pytest
 
 from brokers.mosquitto import BrokerFiles, mosquitto_binary, render_conf
-from testbed.backends.compose import docker_client
+from testbed.backends.compose import COMPOSE_FILE, compose_command, docker_client, image_variable
 from testbed.backends.saver import broker_argv, catches
 from testbed.bench.common import Processes, bench_topology, start_broker, wait_for_log
 from testbed.bench.crash import CrashPolicy, kill_trial, parse_policies, policy_of
@@ -193,6 +194,32 @@ def test_policies_on_the_command_line() -> None:
                       ("2.1/sqlite=0,sync=maybe", "sync is off"), ("2.0/fsync=1", "unknown mode")]:
         with pytest.raises(TestbedError, match=says):
             parse_policies(bad)
+
+
+def test_the_compose_bus_runs_each_broker_in_its_topologys_build() -> None:
+    """The docker backend passes each broker's image (``FMB_<BROKER>_IMAGE``) and the Compose file uses it."""
+    try:
+        command = compose_command()
+    except TestbedError as e:
+        require(False, f"needs Docker Compose: {e}")
+    env = {**os.environ, image_variable("dc-delivery"): "fmb-broker-2.1:latest"}
+    done = subprocess.run([*command, "-f", str(COMPOSE_FILE), "config"], capture_output=True, text=True, env=env,
+                          timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    config = yaml_services(done.stdout)
+    assert config["dc-delivery"] == "fmb-broker-2.1:latest"
+    assert config["dc-control"] == config["field-delivery"] == config["field-control"] == "fmb-broker:latest"
+
+
+def yaml_services(text: str) -> dict[str, str]:
+    """service -> image from ``compose config`` output (YAML, two-space indents; no YAML parser needed)."""
+    images, service = {}, None
+    for line in text.splitlines():
+        if line.startswith("  ") and not line.startswith("   ") and line.rstrip().endswith(":"):
+            service = line.strip()[:-1]
+        elif line.startswith("    image: ") and service:
+            images[service] = line.split(":", 1)[1].strip()
+    return images
 
 
 # -- the data centre's default, crashed ------------------------------------------------------------
