@@ -2,7 +2,8 @@
 
 A device connects to the delivery-plane and the control-plane broker of its site, subscribes
 to what its role reads (``testbed.core.topics.ROLES``) on the plane each profile travels on,
-validates every payload (rejecting bad ones with a logged error, never crashing), and
+validates every payload (rejecting bad ones with a logged error and a dead letter, never
+crashing: ``testbed.transport.guard``), and
 publishes versioned JSON with a per-device sequence number and a W3C ``traceparent``.
 
 Configuration (environment; ``--help`` of any device prints this list):
@@ -19,6 +20,8 @@ Configuration (environment; ``--help`` of any device prints this list):
     FMB_SIGNING_DIR      directory of the signers' public keys (<name>.pub)
     FMB_SIGNERS          comma-separated signers whose commands this device executes
     FMB_LOG_LEVEL        DEBUG, INFO, ...                                 (default INFO)
+    FMB_DEADLETTERS      where messages it could not handle are recorded  (default <id>.deadletters.jsonl
+                         beside FMB_READY_FILE; testbed.transport.deadletter)
 """
 
 from __future__ import annotations
@@ -38,9 +41,11 @@ from typing import Any, ClassVar
 
 import paho.mqtt.client as paho
 
+from testbed.core.errors import BrokerError, DeviceError, TestbedError
 from testbed.core.payloads import Message, PayloadError, child_traceparent, decode, encode
 from testbed.core.topics import PROFILES, ROLES, Plane, Profile, parse_topic, subscriptions, topic
 from testbed.security.signing import CommandRejected, CommandSigner, CommandVerifier, load_trusted
+from testbed.transport.guard import describe_sender, one_line, set_aside
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect, publish_properties, user_properties
 
 __all__ = ["Device", "DeviceConfig", "main"]
@@ -65,7 +70,7 @@ class DeviceConfig:
         def need(name: str) -> str:
             value = env.get(name, "")
             if not value:
-                raise SystemExit(f"error: set {name} (see --help)")
+                raise DeviceError(f"set {name} (see --help)")
             return value
 
         try:
@@ -74,11 +79,11 @@ class DeviceConfig:
             qos = int(env.get("FMB_QOS", "1"))
             expiry = int(env.get("FMB_SESSION_EXPIRY", "0"))
         except ValueError as e:
-            raise SystemExit(f"error: {e}; FMB_DELIVERY/FMB_CONTROL are host:port, FMB_QOS 0-2") from None
+            raise DeviceError(f"{e}; FMB_DELIVERY/FMB_CONTROL are host:port, FMB_QOS 0-2") from None
         tls = TLSIdentity(Path(need("FMB_CA")), Path(need("FMB_CERT")), Path(need("FMB_KEY")))
         for p in (tls.ca, tls.cert, tls.key):
             if not p.is_file():
-                raise SystemExit(f"error: {p} does not exist; create the PKI with `fmb certs init`")
+                raise DeviceError(f"{p} does not exist; create the PKI with `fmb certs init`")
         ready = env.get("FMB_READY_FILE")
         return cls(
             device_id=need("FMB_DEVICE_ID"), delivery=delivery, control=control, tls=tls,
@@ -117,10 +122,10 @@ class Device:
         for name in filter(None, (n.strip() for n in names.split(","))):
             path = Path(directory) / f"{name}.pub"
             if not path.is_file():
-                raise SystemExit(f"error: no public key {path} for signer {name}; run `fmb certs init`")
+                raise DeviceError(f"no public key {path} for signer {name}; run `fmb certs init`")
             keys[name] = path.read_text().strip()
         if not keys:
-            raise SystemExit("error: FMB_SIGNERS names no signer: this device would refuse every command")
+            raise DeviceError("FMB_SIGNERS names no signer: this device would refuse every command")
         return CommandVerifier(load_trusted(json.dumps(keys)))
 
     # -- life cycle -------------------------------------------------------------------------
@@ -128,18 +133,24 @@ class Device:
     def start(self) -> None:
         """Connect both planes (blocking until each has subscribed), then :meth:`on_started`."""
         persistent = self.config.session_expiry_s > 0
-        for plane, endpoint in (("control", self.config.control), ("delivery", self.config.delivery)):
+        planes: tuple[tuple[Plane, Endpoint], ...] = (("control", self.config.control),
+                                                      ("delivery", self.config.delivery))
+        for plane, endpoint in planes:
             subscribed = threading.Event()
+
+            def on_connect(c: paho.Client, plane: Plane = plane, ev: threading.Event = subscribed) -> None:
+                self._subscribe(c, plane, ev)
+
             self._clients[plane] = connect(
                 f"{self.id}-{plane}", self.config.tls, endpoint,
                 on_message=self._on_message,
-                on_connect=lambda c, plane=plane, ev=subscribed: self._subscribe(c, plane, ev),
+                on_connect=on_connect,
                 clean_start=not persistent, session_expiry_s=self.config.session_expiry_s,
                 wait_s=None,
             )
             if not subscribed.wait(30):
-                raise SystemExit(f"error: {self.id} could not connect and subscribe to the "
-                                 f"{plane} broker at {endpoint.host}:{endpoint.port} in 30 s")
+                raise BrokerError(f"{self.id} could not connect and subscribe to the "
+                                  f"{plane} broker at {endpoint.host}:{endpoint.port} in 30 s")
         self.on_started()
         if self.config.ready_file:
             self.config.ready_file.write_text(str(os.getpid()))
@@ -208,7 +219,10 @@ class Device:
             message = decode(msg.payload, profile.name, source)
         except (ValueError, PayloadError) as e:
             self.rejected += 1
-            self.log.error("rejected payload on %s: %s (rejected so far: %d)", msg.topic, e, self.rejected)
+            reason = one_line(str(e), 300)
+            self.log.error("rejected payload on %s from %s: %s (rejected so far: %d; set aside as a dead letter)",
+                           one_line(msg.topic), describe_sender(msg.topic, msg.payload), reason, self.rejected)
+            set_aside(msg, f"rejected payload: {reason}", self.id)  # acknowledged all the same: the session drains
             return
         props = user_properties(msg)
         traceparent = props.get("traceparent")
@@ -218,12 +232,14 @@ class Device:
             except CommandRejected as e:
                 self.log.error("rejected command on %s: %s (rejected commands so far: %d)", msg.topic, e,
                                self.verifier.rejected)
+                set_aside(msg, f"rejected command: {one_line(str(e), 300)}", self.id)
                 return
         with self._lock:
             try:
                 self.handle(profile, mrid, message, traceparent)
-            except Exception:  # a bug in one handler must not take the device off the bus
+            except Exception as e:  # a bug in one handler must not take the device off the bus
                 self.log.exception("failed to handle %s from %s", profile.name, message.source)
+                set_aside(msg, one_line(f"handler failed: {type(e).__name__}: {e}", 300), self.id)
 
     def handle(self, profile: Profile, mrid: str, message: Message, traceparent: str | None) -> None:
         """React to one valid message (called with the device lock held)."""
@@ -237,8 +253,8 @@ class Device:
         message = Message(profile, self.id, seq, time.time_ns(), body)
         payload = encode(profile, self.id, seq, body, ts_ns=message.ts_ns)
         name = topic(self.config.root, profile, mrid)
-        signed = self.signer is not None and PROFILES[profile].kind == "command"
-        signature = self.signer.properties(name, payload) if signed else None  # type: ignore[union-attr]
+        signer = self.signer if PROFILES[profile].kind == "command" else None  # only commands are signed
+        signature = signer.properties(name, payload) if signer is not None else None
         props = publish_properties(child_traceparent(cause), signature)
         client = self._clients[PROFILES[profile].plane]
         info = client.publish(name, payload, self.config.qos, retain=retain, properties=props)
@@ -261,5 +277,7 @@ def main(device_class: type[Device], doc: str = "") -> None:
         stream=sys.stderr, level=os.environ.get("FMB_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    config = DeviceConfig.from_env(os.environ)
-    device_class(config).run()
+    try:
+        device_class(DeviceConfig.from_env(os.environ)).run()
+    except TestbedError as e:
+        raise SystemExit(f"error: {e}") from None

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from devices.base import Device, main
+from testbed.core.errors import DeviceError
 from testbed.core.payloads import NOMINAL_V, Message
 from testbed.core.topics import Profile
 
@@ -67,7 +68,7 @@ class DistributionManagementSystem(Device):
             feeders = json.loads(self.config.extra.get("FMB_FEEDERS", "[]"))
             self.feeders = [FeederState(f["id"], f["supply"], f["capbank"], f["meter"]) for f in feeders]
         except (ValueError, KeyError, TypeError) as e:
-            raise SystemExit(f"error: FMB_FEEDERS must be a JSON list of feeders ({e})") from None
+            raise DeviceError(f"FMB_FEEDERS must be a JSON list of feeders ({e})") from None
         self.diagram_version = 0
         self._publish_diagram(None)
 

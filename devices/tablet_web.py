@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import email.message
 import hmac
 import http.server
 import json
@@ -49,8 +50,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
+
+from testbed.core.errors import DeviceError
+from testbed.core.results import ScenarioResultDoc
 
 __all__ = ["TabletWeb", "WebSettings", "run_summary"]
 
@@ -103,18 +107,18 @@ class WebSettings:
             return None
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit() or int(port) > 65535:
-            raise SystemExit(f"error: FMB_UI_HTTP is {listen!r}; give host:port, e.g. 127.0.0.1:8443 (port 0: any)")
+            raise DeviceError(f"FMB_UI_HTTP is {listen!r}; give host:port, e.g. 127.0.0.1:8443 (port 0: any)")
         cert, key = env.get("FMB_UI_CERT", ""), env.get("FMB_UI_KEY", "")
         for name, value in (("FMB_UI_CERT", cert), ("FMB_UI_KEY", key)):
             if not value or not Path(value).is_file():
-                raise SystemExit(f"error: {name} is {value!r}, not a file: the web UI serves HTTPS only; "
-                                 "create its certificate with `fmb certs init`")
+                raise DeviceError(f"{name} is {value!r}, not a file: the web UI serves HTTPS only; "
+                                  "create its certificate with `fmb certs init`")
         command: tuple[str, ...] = ()
         if env.get("FMB_UI_RUN_COMMAND"):
             try:
                 command = tuple(str(a) for a in json.loads(env["FMB_UI_RUN_COMMAND"]))
             except (ValueError, TypeError):
-                raise SystemExit("error: FMB_UI_RUN_COMMAND is not a JSON list of strings") from None
+                raise DeviceError("FMB_UI_RUN_COMMAND is not a JSON list of strings") from None
         token = env.get("FMB_UI_TOKEN") or secrets.token_urlsafe(24)
         return cls(host=host, port=int(port), cert=Path(cert), key=Path(key), token=token,
                    url_file=Path(env["FMB_UI_URL_FILE"]) if env.get("FMB_UI_URL_FILE") else None,
@@ -125,12 +129,13 @@ class WebSettings:
 def run_summary(run_dir: Path) -> dict[str, Any] | None:
     """What the page shows of one scenario run directory, or None if it holds no finished run."""
     try:
-        result = json.loads((run_dir / "result.json").read_text())
+        loaded = json.loads((run_dir / "result.json").read_text())
     except (OSError, ValueError):
         return None
     # summary.txt is written last: before it exists the timeline may still be being drawn.
-    if not isinstance(result, dict) or result.get("schema") != RESULT_SCHEMA or not (run_dir / "summary.txt").exists():
+    if not isinstance(loaded, dict) or loaded.get("schema") != RESULT_SCHEMA or not (run_dir / "summary.txt").exists():
         return None
+    result = cast(ScenarioResultDoc, loaded)  # its schema string says so
     return {
         "dir": run_dir.name, "scenario": result.get("scenario"), "passed": bool(result.get("passed")),
         "failure": result.get("failure"), "e2e_ms": result.get("e2e_ms"), "created": result.get("created"),
@@ -192,8 +197,8 @@ class TabletWeb:
         try:
             server = http.server.ThreadingHTTPServer((self.settings.host, self.settings.port), _handler(self))
         except OSError as e:
-            raise SystemExit(f"error: the web UI cannot listen on {self.settings.host}:{self.settings.port} ({e}); "
-                             "choose another port (`fmb up --ui-port N`, or FMB_UI_HTTP)") from None
+            raise DeviceError(f"the web UI cannot listen on {self.settings.host}:{self.settings.port} ({e}); "
+                              "choose another port (`fmb up --ui-port N`, or FMB_UI_HTTP)") from None
         server.daemon_threads = True
         # The handshake happens in each request's thread, so a slow client cannot hold the others up.
         server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
@@ -219,7 +224,7 @@ class TabletWeb:
             self._server.shutdown()
             self._server.server_close()
 
-    def authorised(self, headers: Mapping[str, str], query_token: str | None) -> bool:
+    def authorised(self, headers: email.message.Message[str, str], query_token: str | None) -> bool:
         if query_token is not None:
             return hmac.compare_digest(query_token.encode(), self.settings.token.encode())
         for part in headers.get("Cookie", "").split(";"):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path, PurePath
 
 from brokers.mosquitto import BrokerFiles, render_broker
@@ -111,7 +112,7 @@ def _drop_root(volumes: list[Path]) -> None:
     os.setuid(UID)
 
 
-def _fill(target: Path, pki: PKI, clients: list[str] = (), servers: list[str] = ()) -> None:  # type: ignore[assignment]
+def _fill(target: Path, pki: PKI, clients: Sequence[str] = (), servers: Sequence[str] = ()) -> None:
     """Copy the CA certificate, the CRL and the named identities into ``target`` (PKI layout)."""
     _copy(pki.ca_cert, target / "ca" / "ca.pem", 0o644)
     _copy(pki.crl, target / "crl.pem", 0o644)
@@ -168,8 +169,8 @@ def device_env(topology: Topology, device_id: str) -> dict[str, str]:
     env = device_environment(topology, device, CERTS_DIR, RUN_DIR,
                              hosts={b.name: b.name for b in topology.brokers})
     env["FMB_READY_FILE"] = str(RUN_DIR / "ready")  # the container's health check looks here
-    if "FMB_FEEDER_SOCKET" in env:
-        feeder = next(f for f in topology.feeders if device.id in (f.supply, f.capbank, f.meter))
+    feeder = next((f for f in topology.feeders if device.id in (f.supply, f.capbank, f.meter)), None)
+    if feeder is not None:
         env["FMB_FEEDER_SOCKET"] = str(FEEDER_DIR / f"{feeder.id}.sock")
     if "FMB_UI_SOCKET" in env:
         env["FMB_UI_SOCKET"] = str(UI_DIR / f"{device.id}.sock")

@@ -22,6 +22,7 @@ message up to one published after the heal, ``lost`` / ``duplicated`` against th
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -36,9 +37,12 @@ from brokers.mosquitto import BRIDGE_KEEPALIVE_S, BRIDGE_RESTART_S
 from testbed.backends.environment import environment
 from testbed.backends.faults import DockerFaults
 from testbed.bench.recovery import RESULT_SCHEMA, TUNED, Producer, fault_line, whole_at
+from testbed.core.errors import BenchmarkError
 from testbed.core.payloads import encode
+from testbed.core.results import RecoveryFault, RecoveryResult, RecoveryTrial
 from testbed.core.stats import count_loss_and_duplicates
 from testbed.core.topics import topic
+from testbed.core.waiting import WaitTimeout, wait_until
 from testbed.transport.mqtt import TLSIdentity, connect
 
 if TYPE_CHECKING:
@@ -75,7 +79,8 @@ class _Consumer:
                               on_message=on_message, on_connect=on_connect, clean_start=False,
                               session_expiry_s=600, reconnect_s=TUNED)
         if not subscribed.wait(10):
-            raise RuntimeError("the partition benchmark's consumer could not subscribe")
+            raise BenchmarkError("the partition benchmark's consumer could not subscribe in 10 s: check that "
+                                 f"{endpoint.host}:{endpoint.port} is up and accepts the recorder identity")
 
     def snapshot(self) -> list[tuple[int, int]]:
         with self.lock:
@@ -89,16 +94,18 @@ class _Consumer:
 class _Stream:
     def __init__(self, bus: DockerBus, direction: str, rate: float, run: str) -> None:
         topology = bus.topology
-        field = next(s.name for s in topology.sites if s.bridge_to)
+        field = topology.first((s.name for s in topology.sites if s.bridge_to), "field site bridged to a data centre")
         dc = topology.site(field).bridge_to
+        assert dc is not None  # the field site is the one with a bridge
         if direction == "field->dc":
-            device = next(d for d in topology.devices if d.role == "meter" and d.site == field)
+            device = topology.first((d for d in topology.devices if d.role == "meter" and d.site == field),
+                                    f"meter at {field}")
             profile, body = "MeterReadingProfile", {"voltage_v": 120.0, "reason": "periodic"}
-            src, dst = topology.broker_for(field, "delivery"), topology.broker_for(dc, "delivery")  # type: ignore[arg-type]
+            src, dst = topology.broker_for(field, "delivery"), topology.broker_for(dc, "delivery")
         else:
-            device = next(d for d in topology.devices if d.role == "dms")
+            device = topology.first((d for d in topology.devices if d.role == "dms"), "DMS")
             profile, body = "SingleLineDiagramProfile", {"feeders": {}, "version": 0}
-            src, dst = topology.broker_for(dc, "delivery"), topology.broker_for(field, "delivery")  # type: ignore[arg-type]
+            src, dst = topology.broker_for(dc, "delivery"), topology.broker_for(field, "delivery")
         name = topic(topology.root, profile, device.id)
         tag = f"{run}-{direction}"
 
@@ -119,7 +126,8 @@ class _Stream:
             if got:
                 self.producer.first = min(s for s, _ in got)
                 return
-        raise RuntimeError(f"nothing crossed the bridge {self.direction} before the partition")
+        raise BenchmarkError(f"nothing crossed the bridge {self.direction} in {timeout_s:g} s before the partition: "
+                             "check the bridge's brokers (`docker compose logs`)")
 
     def whole(self) -> bool:
         got = {s for s, _ in self.consumer.snapshot()}
@@ -127,7 +135,7 @@ class _Stream:
             acked = {s for s in self.producer.acked if s >= self.producer.first}
         return acked <= got
 
-    def measure(self, fault_ns: int, heal_ns: int) -> dict[str, Any]:
+    def measure(self, fault_ns: int, heal_ns: int) -> RecoveryTrial:
         records = [(s, t) for s, t in self.consumer.snapshot() if s >= self.producer.first]
         acked = sorted(s for s in self.producer.acked if s >= self.producer.first)
         counts = count_loss_and_duplicates(acked, [s for s, _ in records])
@@ -147,8 +155,16 @@ class _Stream:
         self.consumer.close()
 
 
+def _await_whole(streams: list[_Stream], timeout_s: float) -> None:
+    """Wait up to ``timeout_s`` until every stream's consumer holds all its acknowledged messages
+    (a stream that does not by then is measured as it is)."""
+    with contextlib.suppress(WaitTimeout):
+        wait_until(lambda: all(s.whole() for s in streams), timeout_s, interval_s=0.1,
+                   what="every acknowledged message across the healed bridge")
+
+
 def _trial(bus: DockerBus, faults: DockerFaults, site: str, seconds: float, rate: float,
-           settle_s: float, whole_timeout_s: float) -> dict[str, dict[str, Any]]:
+           settle_s: float, whole_timeout_s: float) -> dict[str, RecoveryTrial]:
     run = f"{os.getpid()}-{secrets.token_hex(3)}"
     streams: list[_Stream] = []
     try:
@@ -166,14 +182,10 @@ def _trial(bus: DockerBus, faults: DockerFaults, site: str, seconds: float, rate
             faults.heal(site)
         heal_ns = time.time_ns()
         time.sleep(1.0)  # at least one message published after the heal
-        deadline = time.monotonic() + whole_timeout_s
-        while time.monotonic() < deadline and not all(s.whole() for s in streams):
-            time.sleep(0.1)
+        _await_whole(streams, whole_timeout_s)
         for s in streams:
             s.producer.finish(timeout_s=10)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not all(s.whole() for s in streams):
-            time.sleep(0.1)
+        _await_whole(streams, 10)
         return {s.direction: s.measure(fault_ns, heal_ns) for s in streams}
     finally:
         for s in streams:
@@ -182,15 +194,16 @@ def _trial(bus: DockerBus, faults: DockerFaults, site: str, seconds: float, rate
 
 def run_partition_recovery(bus: DockerBus, durations: list[float], repetitions: int, rate: float, out: Path,
                            progress: Callable[[str], None] | None = None, settle_s: float = 2.0,
-                           whole_timeout_s: float = 60.0) -> dict[str, Any]:
+                           whole_timeout_s: float = 60.0) -> RecoveryResult:
     """Partition the field site for each duration, ``repetitions`` times; writes
     ``out/bench-recovery.json`` (``fmb.bench-recovery/1``, backend docker) and returns it."""
     say = progress or (lambda line: None)
-    site = next(s.name for s in bus.topology.sites if s.bridge_to)
+    site = bus.topology.first((s.name for s in bus.topology.sites if s.bridge_to),
+                              "field site bridged to a data centre")
     faults = DockerFaults(bus.project, bus.topology)
-    entries: list[dict[str, Any]] = []
+    entries: list[RecoveryFault] = []
     for seconds in durations:
-        trials: dict[str, list[dict[str, Any]]] = {d: [] for d in DIRECTIONS}
+        trials: dict[str, list[RecoveryTrial]] = {d: [] for d in DIRECTIONS}
         for _ in range(repetitions):
             for direction, trial in _trial(bus, faults, site, seconds, rate, settle_s, whole_timeout_s).items():
                 trials[direction].append(trial)
@@ -201,7 +214,7 @@ def run_partition_recovery(bus: DockerBus, durations: list[float], repetitions: 
                                            f"{direction} across the delivery bridge",
                             "target": {"lost": 0}, "trials": trials[direction]})
             say(fault_line(entries[-1]) + f" [{direction}]")
-    result = {
+    result: RecoveryResult = {
         "schema": RESULT_SCHEMA, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "conditions": {"backend": "docker", "repetitions": repetitions, "message_rate_per_s": rate,
                        "partitions_s": durations, "qos": 1, "tls_version": "TLSv1.2+ (mutual)",

@@ -4,7 +4,7 @@ Each Compose service's ``command`` is one of these: ``init`` fills the volumes, 
 ``feeder`` exec a device or feeder model with its environment derived from the topology,
 ``scenario`` and ``runner`` are the harness services, ``request-run`` is what a tablet's button
 starts. Thin: it parses, calls :mod:`testbed.backends.containers` or
-:mod:`testbed.harness.service`, and prints one line on error.
+:mod:`testbed.harness.service`, and prints one line on error (an unknown command or name too).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from testbed.backends.containers import FEEDER_DIR, container_topology, device_env, exec_module, init_volumes
 from testbed.core.errors import TestbedError
+from testbed.harness import service
 
 __all__ = ["main"]
 
@@ -28,14 +29,14 @@ USAGE = """usage: python -m testbed.cli.containers COMMAND
   runner          serve run requests from the tablets' run buttons on /ui/runner.sock
   request-run NAME --out DIR
                   ask the runner for scenario NAME into DIR (what a tablet's button starts)"""
+COMMANDS = ("init", "device", "feeder", "scenario", "runner", "request-run")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if args and args[0] in ("scenario", "runner", "request-run"):
-        # Only the harness services load the harness (and matplotlib, which needs a writable
-        # directory that the read-only init and device containers do not have).
-        from testbed.harness import service
+    if args in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
     try:
         if args == ["init"]:
             created = init_volumes(container_topology())
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             topology = container_topology()
             exec_module(f"devices.{topology.device(args[1]).role}", device_env(topology, args[1]))
         if len(args) == 2 and args[0] == "feeder":
-            spec = next(f for f in container_topology().feeders if f.id == args[1])
+            spec = container_topology().feeder(args[1])
             exec_module("devices.feeder", {"FMB_FEEDER": json.dumps(asdict(spec)),
                                      "FMB_FEEDER_SOCKET": str(FEEDER_DIR / f"{spec.id}.sock")})
         if args == ["runner"]:
@@ -56,13 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         if len(args) == 2 and args[0] == "scenario":
             out = os.environ.get("FMB_OUT")
             return service.run_scenario(args[1], out=Path(out) if out else None)
-    except StopIteration:
-        print(f"error: no {args[0]} {args[1]!r} in the topology", file=sys.stderr)
-        return 2
     except TestbedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(USAGE, file=sys.stderr)
+    problem = ("give a command" if not args else f"wrong arguments for {args[0]}" if args[0] in COMMANDS
+               else f"unknown command {args[0]!r}")
+    print(f"error: {problem}; `python -m testbed.cli.containers --help` lists the commands and their arguments",
+          file=sys.stderr)
     return 2
 
 

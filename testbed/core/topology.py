@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from testbed.core.errors import ConfigError
 from testbed.core.ports import free_port
@@ -31,6 +32,7 @@ __all__ = [
 DEFAULT_TOPOLOGY = Path(__file__).resolve().parents[2] / "brokers" / "topologies" / "appendix-a.toml"
 DEVICE_ROLES = ("tablet", "supply", "meter", "capbank", "dms")
 HARNESS_IDENTITIES = ("recorder", "operator", "bench", "monitor", "responder")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -186,16 +188,29 @@ class Topology:
         return (bridge.local, bridge.remote) if way == "out" else (bridge.remote, bridge.local)
 
     def site(self, name: str) -> SiteSpec:
-        return next(s for s in self.sites if s.name == name)
+        return _named(self.path, "sites", "site", {s.name: s for s in self.sites}, name)
 
     def broker(self, name: str) -> BrokerSpec:
-        return next(b for b in self.brokers if b.name == name)
+        return _named(self.path, "sites", "broker", {b.name: b for b in self.brokers}, name)
 
     def broker_for(self, site: str, plane: Plane) -> BrokerSpec:
         return self.broker(f"{site}-{plane}")
 
     def device(self, ident: str) -> DeviceSpec:
-        return next(d for d in self.devices if d.id == ident)
+        return _named(self.path, "devices", "device", {d.id: d for d in self.devices}, ident)
+
+    def feeder(self, ident: str) -> FeederSpec:
+        return _named(self.path, "feeders", "feeder", {f.id: f for f in self.feeders}, ident)
+
+    def first(self, items: Iterable[_T], what: str) -> _T:
+        """The first of ``items`` (a search of this topology), or a ConfigError saying it has no ``what``.
+
+        For code that needs a kind of thing rather than a named one, e.g. a benchmark that needs
+        a field site bridged to a data centre, or a DMS."""
+        for item in items:
+            return item
+        raise ConfigError(self.path, "", f"has no {what}",
+                          f"this needs one: add it, or use {DEFAULT_TOPOLOGY.name} (brokers/topologies/)")
 
     def devices_matching(self, name: str) -> list[DeviceSpec]:
         """Devices whose id or role is ``name``."""
@@ -280,6 +295,13 @@ class _Reader:
                     self.path, self.field(key), "is not a known field",
                     f"remove it or use one of: {', '.join(sorted(allowed))}",
                 )
+
+
+def _named(path: str, field: str, what: str, items: dict[str, _T], name: str) -> _T:
+    """``items[name]``, or a ConfigError that lists the names there are."""
+    if name not in items:
+        raise ConfigError(path, field, f"no {what} {name!r}", f"use one of: {', '.join(items) or '(none)'}")
+    return items[name]
 
 
 def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -387,7 +409,7 @@ def _feeder(path: Path, i: int, table: Any, sites: set[str], devices: dict[str, 
             raise ConfigError(path, r.field(role), f"is {ident!r}, not a {role} device",
                               f"use one of: {', '.join(known) or '(declare a ' + role + ' device)'}")
         refs[role] = ident
-    numbers = {}
+    numbers: dict[str, Any] = {}  # keyword arguments of FeederSpec, read by field name
     for f in dataclasses.fields(FeederSpec):
         if f.type == "float":
             value = float(r.get(f.name, (int, float), f.default))
@@ -398,7 +420,7 @@ def _feeder(path: Path, i: int, table: Any, sites: set[str], devices: dict[str, 
 
 
 def _ident(r: _Reader, key: str) -> str:
-    value = r.get(key, str)
+    value: str = r.get(key, str)
     if not value or not all(c.isalnum() or c in "-_" for c in value):
         raise ConfigError(r.path, r.field(key), f"is {value!r}",
                           "use letters, digits, - and _ only (it becomes a topic level and a CN)")

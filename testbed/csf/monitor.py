@@ -37,11 +37,15 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
+from testbed.backends.local import LocalBus
+from testbed.core.errors import BrokerError, DeviceError, TestbedError
 from testbed.core.payloads import PayloadError, decode, encode
 from testbed.core.topics import subscriptions, topic
 from testbed.core.topology import load_topology
 from testbed.csf.brokerlog import BrokerLogParser, device_log_event, log_sources
 from testbed.csf.detect import Alert, Detector, load_monitor_config
+from testbed.csf.respond import Responder
+from testbed.transport.guard import describe_sender, one_line
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 
 __all__ = ["Monitor", "main"]
@@ -72,9 +76,10 @@ class Monitor:
         self._stopped = threading.Event()
         self._clients: dict[str, paho.Client] = {}
         self._seq = 0
+        self.rejected = 0  # payloads seen that do not decode (each is also fed to the rules as such)
         self._replayed = threading.Event()
         self._pending_replays = len(self.sources)
-        self._responder: Any = None
+        self._responder: Responder | None = None
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -106,8 +111,12 @@ class Monitor:
     def _on_message(self, broker: str, msg: paho.MQTTMessage) -> None:
         try:
             message = decode(msg.payload)
-        except PayloadError:
+        except PayloadError as e:  # evidence for the rules (a payload nobody should send), not a reason to stop
             message = None
+            self.rejected += 1
+            log.warning("payload on %s from %s via %s does not decode: %s (undecodable so far: %d)",
+                        one_line(msg.topic), describe_sender(msg.topic, msg.payload), broker, one_line(str(e), 300),
+                        self.rejected)
         with self._lock:
             alerts = self.detector.on_message(broker, msg.topic, message, bool(msg.retain))
         self._raise(alerts)
@@ -127,10 +136,6 @@ class Monitor:
             self._publish(alert)
 
     def _respond(self, action: str, record: dict[str, Any]) -> dict[str, Any]:
-        from testbed.backends.local import LocalBus
-        from testbed.core.errors import TestbedError
-        from testbed.csf.respond import Responder
-
         try:
             if self._responder is None:
                 bus = LocalBus.attach(Path(self.env["FMB_STATE_DIR"]))
@@ -161,20 +166,25 @@ class Monitor:
         for source in self.sources:
             threading.Thread(target=self._read_logs, args=(source,), daemon=True).start()
         if not self._replayed.wait(60):
-            raise SystemExit("error: the monitor could not read the broker logs in 60 s")
+            raise DeviceError("the monitor could not read the broker logs in 60 s: check FMB_MONITOR_LOGS")
         for broker in self.topology.brokers:
             subs = subscriptions(self.topology.root, "monitor", self.id, broker.plane)
             subscribed = threading.Event()
 
-            def on_connect(c: paho.Client, subs: list = subs, ev: threading.Event = subscribed) -> None:
+            def on_connect(c: paho.Client, subs: list[tuple[str, int]] = subs,
+                           ev: threading.Event = subscribed) -> None:
                 c.on_subscribe = lambda *a: ev.set()
                 c.subscribe(subs)
 
+            def on_message(c: paho.Client, u: Any, m: paho.MQTTMessage, b: str = broker.name) -> None:
+                self._on_message(b, m)
+
             self._clients[broker.name] = connect(
                 f"{self.id}-{broker.name}", self.tls, self.endpoints[broker.name],
-                on_message=lambda c, u, m, b=broker.name: self._on_message(b, m), on_connect=on_connect)
+                on_message=on_message, on_connect=on_connect)
             if not subscribed.wait(10):
-                raise SystemExit(f"error: the monitor could not subscribe on {broker.name}")
+                raise BrokerError(f"the monitor could not subscribe on {broker.name} in 10 s: check that the broker "
+                                  "runs and accepts the monitor's certificate")
         ready = self.env.get("FMB_READY_FILE")
         if ready:
             Path(ready).write_text(str(os.getpid()))
@@ -207,7 +217,10 @@ def main() -> None:
                if not os.environ.get(k)]
     if missing:
         raise SystemExit(f"error: set {', '.join(missing)} (see --help)")
-    Monitor(dict(os.environ)).run()
+    try:
+        Monitor(dict(os.environ)).run()
+    except TestbedError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

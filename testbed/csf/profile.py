@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from testbed.core.errors import TestbedError
+
 __all__ = ["PROFILE_SCHEMA", "SUBCATEGORIES", "Subcategory", "build_profile", "render_markdown"]
 
 PROFILE_SCHEMA = "fmb.profile/1"
@@ -227,7 +229,7 @@ SUBCATEGORIES: tuple[Subcategory, ...] = (
 
 def _outcome(evidence: tuple[str, ...], results: dict[str, dict[str, str]]) -> tuple[str, list[dict[str, str]]]:
     """(verified | failing | not run, the matching test results) for one subcategory."""
-    found = []
+    found: list[dict[str, str]] = []
     for prefix in evidence:
         matches = {node: r for node, r in results.items() if node.startswith(prefix)}
         if not matches:
@@ -242,7 +244,11 @@ def _outcome(evidence: tuple[str, ...], results: dict[str, dict[str, str]]) -> t
 
 def build_profile(results_file: Path) -> dict[str, Any]:
     """The profile as a JSON-ready dict, from the last test outcomes in ``results_file``."""
-    results = json.loads(results_file.read_text())["results"] if results_file.exists() else {}
+    try:
+        results = json.loads(results_file.read_text())["results"] if results_file.exists() else {}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise TestbedError(f"{results_file} holds no test outcomes ({type(e).__name__}: {e}); delete it and run "
+                           "scripts/test to write it again") from None
     rows = []
     for s in SUBCATEGORIES:
         row: dict[str, Any] = {"function": s.function, "category": s.category, "subcategory": s.name,

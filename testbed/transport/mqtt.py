@@ -22,6 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+import testbed.transport.guard as guard
 from testbed.core.errors import TestbedError
 
 __all__ = ["Endpoint", "TLSIdentity", "connect", "publish_properties", "tls_context", "user_properties"]
@@ -74,7 +75,7 @@ def connect(
     endpoint: Endpoint,
     *,
     on_message: Callable[[paho.Client, Any, paho.MQTTMessage], None] | None = None,
-    on_connect: Callable[[paho.Client], None] | None = None,
+    on_connect: Callable[[paho.Client], object] | None = None,  # what it returns is ignored
     clean_start: bool = True,
     session_expiry_s: int = 0,
     wait_s: float | None = 20.0,
@@ -91,9 +92,12 @@ def connect(
     )
     client.tls_set_context(tls_context(identity))
     client.on_socket_open = _nodelay
+    # paho annotates the delays as int, but takes (and the tuned backoff needs) fractions of a second.
     client.reconnect_delay_set(min_delay=reconnect_s[0], max_delay=reconnect_s[1])  # type: ignore[arg-type]
     connected = threading.Event()
     refused: list[str] = []
+    if on_message is not None:  # whatever a message makes it raise, it must not end paho's network thread
+        on_message = guard.contain(on_message, client_id)
 
     def _on_connect(c: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:

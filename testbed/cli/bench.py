@@ -1,0 +1,227 @@
+"""``fmb bench NAME``: a benchmark (latency, prioritization, recovery, wan, ui) and its result JSON.
+
+Each starts its own buses or brokers, so every argument is checked first: a typo costs a line,
+not a bus started and stopped. A benchmark that starts local buses refuses to run beside a bus
+already up from ``--state``, which would share the cores with the measured one.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from testbed.backends.compose import compose_bus
+from testbed.backends.local import LocalBus
+from testbed.bench import latency, partition, prioritization, recovery, ui, wan
+from testbed.cli.common import ROOT, Commands, paths, stamp
+from testbed.core.errors import TestbedError
+from testbed.core.scenario import load_scenario
+from testbed.core.topology import load_topology
+from testbed.security.provision import ensure_pki
+
+__all__ = ["add_bench"]
+
+
+def _render(out: Path) -> None:
+    # Deliberately here: rendering loads matplotlib, which only the benchmarks that draw need.
+    from testbed.reporting.render import render_run
+
+    render_run(out)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _refuse_beside_running_bus(state: Path, benchmark: str) -> None:
+    """A benchmark that starts its own buses needs the machine to itself: a running bus's brokers and
+    devices would share the cores with the measured ones and skew the figures."""
+    if LocalBus.attach(state) is not None:
+        raise TestbedError(f"a bus is running from {state}: {benchmark} starts its own and needs the machine "
+                           "to itself; `fmb down` first")
+
+
+def _reps(args: argparse.Namespace, default: int) -> int:
+    """--repeat, whose default depends on the benchmark."""
+    return default if args.repeat is None else args.repeat
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Refuse a number no benchmark can use (latency and ui check theirs before they start anything)."""
+    if args.name == "recovery" and args.repeat is not None and args.repeat < 1:
+        raise TestbedError(f"--repeat is {args.repeat}; give 1 or more trials per fault")
+    for option, value, fine, want in (
+        ("--step-seconds", args.step_seconds, args.step_seconds > 0, "seconds > 0"),
+        ("--command-rate", args.command_rate, args.command_rate > 0, "commands per second > 0"),
+        ("--rate", args.rate, args.rate > 0, "messages per second > 0"),
+        ("--payload", args.payload, args.payload >= 0, "bytes >= 0"),
+        ("--publishers", args.publishers, args.publishers >= 1, "1 or more"),
+    ):
+        if not fine:
+            raise TestbedError(f"{option} is {value:g}; give {want}")
+
+
+def _bench_latency(args: argparse.Namespace, out: Path) -> int:
+    certs, state = paths(args)
+    qos_levels = latency.parse_qos_levels(args.qos)
+    _refuse_beside_running_bus(state, "the latency benchmark")
+    topology = load_topology(args.topology)
+    scenario = load_scenario("appendix-a", {d.id: d.role for d in topology.devices})
+    result = latency.run_latency(latency.local_buses(topology, ensure_pki(topology, certs)), topology, scenario,
+                                 qos_levels, _reps(args, 200), args.warmup, args.hops, out)
+    print(latency.summary(result))
+    _render(out)
+    print(f"result: {out}/{latency.RESULT_FILE}; figures and report.md beside it")
+    return 0
+
+
+def _bench_ui(args: argparse.Namespace, out: Path) -> int:
+    certs, state = paths(args)
+    _refuse_beside_running_bus(state, "the UI benchmark")
+    topology = load_topology(args.topology)
+    scenario = load_scenario("appendix-a", {d.id: d.role for d in topology.devices})
+    repeat = _reps(args, 20)
+    result = ui.run_ui(topology, ensure_pki(topology, certs), scenario, repeat, out, log=_say)
+    print(ui.summary(result))
+    print(f"result: {out}/{ui.RESULT_FILE}")
+    return 0
+
+
+def _bench_wan(args: argparse.Namespace, out: Path) -> int:
+    rate_bps, delay_ms = wan.parse_wan(args.wan)
+    wan.check_wan(delay_ms)
+    command_rate = args.command_rate if args.command_rate != 50.0 else 10.0  # 50/s would take a third of 1 Mbit/s
+    print(f"WAN benchmark on the Compose bus: link {rate_bps / 1e6:g} Mbit/s (DC -> field), "
+          f"{args.step_seconds:g} s per step", flush=True)
+    with compose_bus(topology_path=args.topology) as bus:
+        result = wan.run_wan(bus, rate_bps, delay_ms, args.step_seconds, command_rate, args.payload,
+                             args.publishers, out, progress=_say)
+    _render(out)
+    print(wan.summary(result))
+    print(f"result: {out}/bench-wan.json; figures and report.md beside it")
+    return 0
+
+
+def _bench_recovery_docker(args: argparse.Namespace, out: Path) -> int:
+    try:
+        durations = [float(x) for x in args.partitions.split(",") if x.strip()]
+    except ValueError:
+        durations = []
+    if not durations or min(durations) <= 0:
+        raise TestbedError(f"--partitions is {args.partitions!r}; give seconds, e.g. 5,30")
+    reps = _reps(args, 1)
+    rate = args.rate if args.rate != 200.0 else 20.0  # a steady stream, not a load test
+    print(f"recovery benchmark (docker): partitions {durations} s, {reps} trial(s) each, {rate:g} msg/s "
+          "each way", flush=True)
+    with compose_bus(topology_path=args.topology) as bus:
+        result = partition.run_partition_recovery(bus, durations, reps, rate, out, progress=_say)
+    _render(out)
+    print(recovery.summary(result))
+    print(f"result: {out}/bench-recovery.json; figures and report.md beside it")
+    return 0
+
+
+def _bench_recovery(args: argparse.Namespace, out: Path) -> int:
+    if args.backend == "docker":
+        return _bench_recovery_docker(args, out)
+    certs, state = paths(args)
+    _refuse_beside_running_bus(state, "the recovery benchmark")
+    try:
+        autosaves = [int(x) for x in args.autosave.split(",") if x.strip()]
+    except ValueError:
+        raise TestbedError(f"--autosave is {args.autosave!r}; give seconds, e.g. 1,5,30") from None
+    topology = load_topology(args.topology)
+    pki = ensure_pki(topology, certs)
+    reps = _reps(args, 3)
+    print(f"recovery benchmark: {reps} trials per fault, {args.rate:g} msg/s, autosave sweep {autosaves} s", flush=True)
+    result = recovery.run_recovery(pki, certs, topology.root, reps, args.rate, args.payload, autosaves, out,
+                                   progress=_say)
+    _render(out)
+    print(recovery.summary(result))
+    print(f"result: {out}/bench-recovery.json; figures and report.md beside it")
+    return 0
+
+
+def _bench_prioritization(args: argparse.Namespace, out: Path) -> int:
+    def rate(text: str) -> float | None:
+        if text == "max":
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            raise TestbedError(f"--rates has {text!r}; give numbers of msg/s or 'max'") from None
+        if value < 0:
+            raise TestbedError(f"--rates has {text}; rates are >= 0")
+        return value
+
+    rates = [rate(r.strip()) for r in args.rates.split(",") if r.strip()]
+    if not rates or rates[0] != 0:
+        raise TestbedError("--rates must start with 0 (the idle baseline), e.g. 0,5000,20000,max")
+    configs = tuple(c.strip() for c in args.configs.split(","))
+    unknown = [c for c in configs if c not in prioritization.CONFIGS]
+    if unknown:
+        raise TestbedError(f"--configs has {', '.join(unknown)}; use {', '.join(prioritization.CONFIGS)}")
+    certs, _ = paths(args)
+    topology = load_topology(args.topology)
+    pki = ensure_pki(topology, certs)
+    print(f"prioritization benchmark: {len(configs)} configurations x {len(rates)} flood rates x "
+          f"{args.step_seconds:g} s", flush=True)
+    result = prioritization.run_prioritization(
+        pki, topology.root, rates, args.step_seconds, 1.0, args.command_rate, args.payload, args.flood_qos,
+        args.command_qos, args.publishers, out, configs, progress=_say)
+    print(prioritization.summary(result))
+    print(f"result: {out}/bench-prioritization.json")
+    return 0
+
+
+BENCHMARKS: dict[str, Callable[[argparse.Namespace, Path], int]] = {
+    "latency": _bench_latency, "prioritization": _bench_prioritization, "recovery": _bench_recovery,
+    "wan": _bench_wan, "ui": _bench_ui}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    _check_numbers(args)
+    out = Path(args.out) if args.out else ROOT / "runs" / f"bench-{args.name}-{stamp()}"
+    return BENCHMARKS[args.name](args, out)
+
+
+def add_bench(commands: Commands) -> None:
+    bench = commands.add("bench", cmd_bench, "run a benchmark (not a test): figures as JSON with their conditions")
+    bench.add_argument("name", choices=list(BENCHMARKS), help="which benchmark")
+    bench.description = (bench.description or "") + (
+        ". latency: for each --qos level a fresh bus of local processes is started on free ports in a "
+        "temporary state directory (PKI from --certs), the Appendix A scenario is repeated after a warm-up, "
+        "then a one-hop baseline runs on the same brokers; it refuses to run beside a bus already up from "
+        "--state, which would compete for the cores.")
+    bench.add_argument("--repeat", type=int, help="latency: scenario repetitions per QoS (default 200); recovery: "
+                       "trials per fault (default 3; docker: 1); ui: presses of Set voltage (default 20)")
+    bench.add_argument("--warmup", type=int, default=5, help="latency: warm-up repetitions per QoS (default 5)")
+    bench.add_argument("--hops", type=int, default=1000,
+                       help="latency: one-hop baseline messages per QoS (default 1000)")
+    bench.add_argument("--qos", default="0,1,2", help="latency: QoS levels, comma-separated (default 0,1,2)")
+    bench.add_argument("--rates", default="0,5000,20000,40000,max",
+                       help="prioritization: flood rates in msg/s, from 0, 'max' = as fast as the publishers can")
+    bench.add_argument("--configs", default="segregated,shared,segregated+priority",
+                       help="prioritization: configurations to compare")
+    bench.add_argument("--step-seconds", type=float, default=10.0,
+                       help="prioritization, wan: measuring time per step (default 10)")
+    bench.add_argument("--command-rate", type=float, default=50.0,
+                       help="prioritization: control commands per second (default 50; wan: 10)")
+    bench.add_argument("--payload", type=int, default=256,
+                       help="prioritization, wan: flood payload bytes (default 256)")
+    bench.add_argument("--flood-qos", type=int, choices=[0, 1, 2], default=1, help="prioritization: flood QoS")
+    bench.add_argument("--command-qos", type=int, choices=[0, 1, 2], default=1, help="prioritization: command QoS")
+    bench.add_argument("--publishers", type=int, default=3, help="prioritization, wan: flood publisher processes")
+    bench.add_argument("--rate", type=float, default=200.0,
+                       help="recovery: producer messages per second (default 200; docker: 20)")
+    bench.add_argument("--autosave", default="1,5,30", help="recovery: autosave intervals to sweep, seconds")
+    bench.add_argument("--backend", choices=["local", "docker"], default="local",
+                       help="recovery: local processes (default), or field <-> data-centre partitions on the "
+                            "Compose bus (started for the run if not up); wan always runs on docker")
+    bench.add_argument("--partitions", default="5,30",
+                       help="recovery --backend docker: partition lengths in seconds (default 5,30)")
+    bench.add_argument("--wan", default="1mbit",
+                       help="wan: the DC -> field link, RATE[,DELAY] (default 1mbit; a delay needs netem, "
+                            "which this kernel lacks)")
+    bench.add_argument("--out", help="result directory (default runs/bench-<name>-<time>)")
