@@ -28,6 +28,7 @@ from testbed.core.topics import PROFILES, ROLES
 from testbed.core.topology import DeviceSpec, Topology, load_topology
 from testbed.security.blocklist import Blocklist
 from testbed.security.pki import PKI
+from testbed.transport.health import read_health
 from testbed.transport.mqtt import Endpoint, TLSIdentity
 
 __all__ = ["LocalBus", "ProcessRecord", "device_environment", "monitor_environment"]
@@ -356,6 +357,18 @@ class LocalBus:
 
     def alive(self, name: str) -> bool:
         return self._alive(self._record(name))
+
+    def health(self, name: str) -> tuple[str, str]:
+        """``("up" | "unhealthy" | "DOWN", why)`` of process ``name``. A running device or monitor is
+        up only while its heartbeat says its MQTT clients work (testbed.transport.health): a process
+        whose network thread died, or cut off from a broker past its backoff, is still alive."""
+        record = self._record(name)
+        if not self._alive(record):
+            return "DOWN", "not running"
+        if record.kind not in ("device", "monitor"):
+            return "up", ""
+        health = read_health(self.run_dir / f"{name}.ready", pid=record.pid)
+        return ("up", "") if health.healthy else ("unhealthy", health.why)
 
     def signal(self, name: str, sig: signal.Signals) -> None:
         """Send ``sig`` to one of our processes (by recorded pid, if it is still ours)."""
