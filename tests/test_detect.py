@@ -253,6 +253,67 @@ def test_rejected_command_fires_with_the_claimed_signer(clock: Clock) -> None:
     assert alert.evidence["actuator"] == "capbank-1"
 
 
+# -- a burst of rejected payloads: >= payload_rejects from one sender in payload_reject_window_s ------
+
+SUPPLY_COMMAND = "fmb/supplymodule/SupplyControlProfile/supply-1"
+
+
+def rejected(clock: Clock, receiver: str = "dms-1", topic: str = METER_TOPIC,
+             claimed: str | None = None) -> BrokerEvent:
+    return event(clock, "payload_rejected", receiver, detail={"receiver": receiver, "topic": topic,
+                                                              "reason": "not JSON", "claimed": claimed})
+
+
+def test_rejected_payload_burst_fires_at_its_threshold_on_the_sender_the_topic_authenticates(clock: Clock) -> None:
+    d = detector(clock, payload_rejects=3, payload_reject_window_s=10)
+    assert d.on_event(rejected(clock)) == []
+    assert d.on_event(rejected(clock, claimed="supply-1")) == []  # a claim in the payload changes nothing
+    (alert,) = d.on_event(rejected(clock, "tablet-1"))  # the receivers' rejections add up
+    assert alert.kind == "payload_rejected_burst" and alert.identity == alert.subject == "meter-1"
+    assert alert.evidence["rejections"] == 3 and alert.evidence["receivers"] == ["dms-1", "tablet-1"]
+    assert alert.evidence["topics"] == [METER_TOPIC] and alert.evidence["sender_from"] == "topic (ACL-enforced)"
+    assert alert.time_ns == clock()
+
+
+def test_rejected_payload_burst_window_expires_and_senders_are_apart(clock: Clock) -> None:
+    d = detector(clock, payload_rejects=3, payload_reject_window_s=10)
+    supply = "fmb/supplymodule/SupplyStatusProfile/supply-1"
+    d.on_event(rejected(clock))
+    d.on_event(rejected(clock))
+    assert d.on_event(rejected(clock, topic=supply)) == []  # another sender: its own count
+    clock.advance(10.5)  # the meter's two fall out of the window
+    assert d.on_event(rejected(clock)) == []
+    assert d.on_event(rejected(clock)) == []
+    assert kinds(d.on_event(rejected(clock))) == ["payload_rejected_burst"]
+
+
+def test_a_command_burst_names_the_claimed_sender_but_gives_a_response_nothing_to_act_on(clock: Clock) -> None:
+    """A command's topic names its target, not its sender: what the payload claims is not proof."""
+    d = detector(clock, payload_rejects=2)
+    d.on_event(rejected(clock, "supply-1", SUPPLY_COMMAND, claimed="tablet-1"))
+    (alert,) = d.on_event(rejected(clock, "supply-1", SUPPLY_COMMAND, claimed="tablet-1"))
+    assert alert.identity == "tablet-1" and alert.subject == ""
+    assert alert.evidence["sender_from"].startswith("payload claim")
+    d.on_event(rejected(clock, "supply-1", SUPPLY_COMMAND))
+    (unknown,) = d.on_event(rejected(clock, "supply-1", SUPPLY_COMMAND))
+    assert unknown.identity is None and unknown.subject == "" and unknown.evidence["rejections"] == 2
+
+
+def test_device_log_lines_of_rejected_payloads_are_events() -> None:
+    from testbed.csf.brokerlog import device_log_event
+
+    line = (f"2024-01-01 00:00:00,000 dms.dms-1 ERROR rejected payload on {METER_TOPIC}: not valid JSON "
+            "(rejected so far: 4)")
+    ev = device_log_event("dms-1", line, now_ns=T0)
+    assert ev is not None and ev.kind == "payload_rejected" and ev.time_ns == T0
+    assert ev.detail["topic"] == METER_TOPIC and ev.detail["claimed"] is None and ev.identity is None
+    contained = (f"guard ERROR contained a failure of supply-1-control handling a message on {SUPPLY_COMMAND} "
+                 "from supply-1 (payload source 'tablet-1') (12 bytes): handler failed: KeyError: 'x'")
+    ev = device_log_event("supply-1", contained, now_ns=T0)
+    assert ev is not None and ev.detail["topic"] == SUPPLY_COMMAND and ev.detail["claimed"] == "tablet-1"
+    assert device_log_event("dms-1", "dms.dms-1 INFO ready (delivery ...)") is None
+
+
 def test_events_replayed_from_an_old_log_raise_nothing(clock: Clock) -> None:
     d = detector(clock, connect_attempts=1)
     replayed = [BrokerEvent("connection", "field-delivery", clock(), "l", address="10.0.0.9", replay=True)

@@ -103,9 +103,9 @@ def monitor_environment(topology: Topology, certs: Path, state_dir: Path, log_di
                         run_dir: Path) -> dict[str, str]:
     """The monitor's ``FMB_*`` environment on the local bus (logs tailed from their files)."""
     logs = {b.name: f"file:{log_dir / (b.name + '.log')}" for b in topology.brokers}
-    actuators = [d.id for d in topology.devices
-                 if any(PROFILES[g.profile].kind == "command" for g in ROLES[d.role].reads)]
-    logs.update({d: f"file:{log_dir / (d + '.log')}" for d in actuators})
+    # Every device that reads: actuators log the commands they refuse, every reader the payloads.
+    readers = [d.id for d in topology.devices if ROLES[d.role].reads]
+    logs.update({d: f"file:{log_dir / (d + '.log')}" for d in readers})
     return {
         "FMB_DEVICE_ID": "monitor",
         "FMB_BROKERS": json.dumps({b.name: f"{b.host}:{b.port}" for b in topology.brokers}),

@@ -19,6 +19,8 @@ tick, and publishes what it returns. Thresholds are a frozen :class:`Thresholds`
     rate_anomaly           one publisher's delivery-plane rate above rate_msgs_per_s and rate_factor x its baseline
     implausible_reading    a meter reading that its feeder's supply and cap bank cannot explain
     command_rejected       an actuator refused a command (bad or missing signature, stale, replayed)
+    payload_rejected_burst >= payload_rejects payloads from one sender that devices rejected (did not decode,
+                           or their handler failed) in payload_reject_window_s
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import Any
 from brokers.mosquitto import DYNSEC_TOPIC
 from testbed.core.errors import ConfigError
 from testbed.core.payloads import Message
-from testbed.core.topics import PROFILES, ROLES, topic
+from testbed.core.topics import PROFILES, ROLES, parse_topic, topic
 from testbed.core.topology import Topology
 from testbed.csf.brokerlog import BrokerEvent
 
@@ -43,7 +45,7 @@ __all__ = ["ACTIONS", "ALERT_KINDS", "Alert", "Detector", "MonitorConfig", "Thre
 
 ALERT_KINDS = ("connection_flood", "tls_failures", "auth_failures", "topic_scan", "undeliverable", "idle_client",
                "abnormal_termination", "malformed_packet", "rate_anomaly", "implausible_reading",
-               "command_rejected")
+               "command_rejected", "payload_rejected_burst")
 ACTIONS = ("revoke", "block", "block-topic", "evict")
 OBSERVERS = ("monitor", "recorder")  # their subscriptions do not make a message delivered
 _AUTH_REASONS = ("certificate verify failed", "certificate revoked", "unknown ca", "bad certificate")
@@ -71,6 +73,8 @@ class Thresholds:
     # outside these bounds is implausible for a 120 V service (ANSI C84.1 range B is 110-127 V).
     voltage_min_v: float = 100.5
     voltage_max_v: float = 130.0
+    payload_rejects: int = 5  # a device's own software never sends a payload the others reject
+    payload_reject_window_s: float = 10.0
     repeat_s: float = 30.0  # the same alert (kind and subject) at most once per repeat_s
 
     def __post_init__(self) -> None:
@@ -286,7 +290,33 @@ class Detector:
         if ev.kind == "command_rejected":
             return self._alert("command_rejected", now, ev.line, identity=who, address=None, broker=None,
                                subject=who or "", evidence=dict(ev.detail))
+        if ev.kind == "payload_rejected":
+            return self._payload_rejected(ev)
         return []
+
+    def _payload_rejected(self, ev: BrokerEvent) -> list[Alert]:
+        name = str(ev.detail.get("topic", ""))
+        try:
+            profile, mrid = parse_topic(self.topology.root, name)
+        except ValueError:
+            profile, mrid = None, ""
+        # A status or reading can only have been published by the identity its topic names (the ACL
+        # lets no one else write it), so that sender is authenticated and a response may act on it.
+        # A command's topic names its target; its sender is only what the payload claims.
+        authenticated = profile is not None and profile.kind != "command"
+        sender = mrid if authenticated else ev.detail.get("claimed")
+        key = sender or f"an unknown sender on {name}"
+        seen = self._count(("rejects", key), ev.time_ns, self.t.payload_reject_window_s, f"{ev.source}\t{name}")
+        if len(seen) < self.t.payload_rejects:
+            return []
+        return self._alert("payload_rejected_burst", ev.time_ns, key, identity=sender, address=None, broker=None,
+                           subject=sender if authenticated else "", evidence={
+                               "rejections": len(seen), "window_s": self.t.payload_reject_window_s,
+                               "receivers": sorted({i.split("\t")[0] for i in seen}),
+                               "topics": sorted({i.split("\t")[1] for i in seen})[:10],
+                               "sender_from": "topic (ACL-enforced)" if authenticated
+                               else "payload claim (not authenticated: no automatic response)",
+                               "last_reason": ev.detail.get("reason"), "line": ev.line})
 
     def _denied(self, ev: BrokerEvent, name: str, how: str) -> list[Alert]:
         who = ev.identity or f"client {ev.client_id}"

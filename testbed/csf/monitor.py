@@ -3,7 +3,7 @@
 A harness process with its own certificate (``monitor``), started by the local bus after the
 devices. It watches every broker three ways: their logs (connections, TLS failures, disconnects,
 subscriptions and, on the control plane where debug logging is on, denied and oversize
-publishes: ``testbed.csf.brokerlog``), the actuators' logs (rejected commands), and the messages of
+publishes: ``testbed.csf.brokerlog``), the devices' logs (rejected commands and payloads), and the messages of
 every profile of the tree, which its ACL lets it read (rates, plausibility, messages nobody
 reads). The rules are ``testbed.csf.detect``. Each alert is one JSON line appended to the alert file
 and one ``AlertProfile`` message on every control-plane broker, and, if the policy of the
