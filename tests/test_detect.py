@@ -314,6 +314,42 @@ def test_device_log_lines_of_rejected_payloads_are_events() -> None:
     assert device_log_event("dms-1", "dms.dms-1 INFO ready (delivery ...)") is None
 
 
+# -- session cap: one identity holding more than max_sessions sessions on one broker -----------------
+
+
+def session(clock: Clock, kind: str, cid: str, identity: str = "meter-1", broker: str = "field-delivery",
+            replay: bool = False) -> BrokerEvent:
+    return BrokerEvent(kind, broker, clock(), f"{kind} {cid}", client_id=cid, identity=identity,
+                       address="10.0.0.9", detail={"clean_start": True, "clean": True}, replay=replay)
+
+
+def test_session_cap_fires_above_max_sessions_of_one_identity_on_one_broker(clock: Clock) -> None:
+    d = detector(clock, max_sessions=2)
+    assert d.on_event(session(clock, "connected", "meter-1-delivery")) == []
+    assert d.on_event(session(clock, "connected", "x1")) == []
+    assert d.on_event(session(clock, "connected", "x1")) == []  # the same client id again: one session
+    assert d.on_event(session(clock, "connected", "x2", broker="field-control")) == []  # another broker
+    assert d.on_event(session(clock, "connected", "x3", identity="supply-1")) == []  # another identity
+    (alert,) = d.on_event(session(clock, "connected", "x4"))
+    assert alert.kind == "session_cap" and alert.identity == alert.subject == "meter-1"
+    assert alert.broker == "field-delivery" and alert.evidence["sessions"] == 3
+    assert alert.evidence["client_ids"] == ["meter-1-delivery", "x1", "x4"]
+
+
+def test_session_cap_counts_live_sessions_only_and_spares_the_harness(clock: Clock) -> None:
+    d = detector(clock, max_sessions=2, repeat_s=0.001)
+    for cid in ("old-1", "old-2", "old-3"):  # replayed from the log: state, no alert
+        assert d.on_event(session(clock, "connected", cid, replay=True)) == []
+    d.on_event(session(clock, "disconnected", "old-1"))
+    d.on_event(session(clock, "evicted", "old-2"))
+    assert d.on_event(session(clock, "connected", "new-1")) == []  # old-3 and new-1: two
+    clock.advance(1)
+    assert kinds(d.on_event(session(clock, "connected", "new-2"))) == ["session_cap"]
+    d.on_event(BrokerEvent("restarted", "field-delivery", clock(), "mosquitto version 2.0.11 starting"))
+    assert d.on_event(session(clock, "connected", "new-3")) == []  # a restarted broker holds nothing
+    assert [d.on_event(session(clock, "connected", f"rec-{i}", identity="recorder")) for i in range(9)] == [[]] * 9
+
+
 def test_events_replayed_from_an_old_log_raise_nothing(clock: Clock) -> None:
     d = detector(clock, connect_attempts=1)
     replayed = [BrokerEvent("connection", "field-delivery", clock(), "l", address="10.0.0.9", replay=True)
