@@ -191,14 +191,14 @@ def render_acl(topology: Topology, broker: BrokerSpec, blocked_identities: tuple
     # A bridge connecting *to* this broker writes what it carries here (readwrite if both ways).
     for bridge in topology.bridges:
         directions = topology.bridge_directions(bridge)
-        entries = [
+        carried = [
             f"topic {'readwrite' if directions[p] == 'both' else 'write'} {topic(topology.root, p, '+')}"
             for way, profiles in topology.bridge_connections(bridge).items()
             if topology.bridge_endpoints(bridge, way)[1] == broker.name
             for p in profiles
         ]
-        if entries:
-            out += ["", f"user {bridge.name}", *deny, *entries]
+        if carried:
+            out += ["", f"user {bridge.name}", *deny, *carried]
     return "\n".join(out) + "\n"
 
 

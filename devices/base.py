@@ -134,12 +134,18 @@ class Device:
     def start(self) -> None:
         """Connect both planes (blocking until each has subscribed), then :meth:`on_started`."""
         persistent = self.config.session_expiry_s > 0
-        for plane, endpoint in (("control", self.config.control), ("delivery", self.config.delivery)):
+        planes: tuple[tuple[Plane, Endpoint], ...] = (("control", self.config.control),
+                                                      ("delivery", self.config.delivery))
+        for plane, endpoint in planes:
             subscribed = threading.Event()
+
+            def on_connect(c: paho.Client, plane: Plane = plane, ev: threading.Event = subscribed) -> None:
+                self._subscribe(c, plane, ev)
+
             self._clients[plane] = connect(
                 f"{self.id}-{plane}", self.config.tls, endpoint,
                 on_message=self._on_message,
-                on_connect=lambda c, plane=plane, ev=subscribed: self._subscribe(c, plane, ev),
+                on_connect=on_connect,
                 clean_start=not persistent, session_expiry_s=self.config.session_expiry_s,
                 wait_s=None,
             )
@@ -263,8 +269,8 @@ class Device:
         message = Message(profile, self.id, seq, time.time_ns(), body)
         payload = encode(profile, self.id, seq, body, ts_ns=message.ts_ns)
         name = topic(self.config.root, profile, mrid)
-        signed = self.signer is not None and PROFILES[profile].kind == "command"
-        signature = self.signer.properties(name, payload) if signed else None  # type: ignore[union-attr]
+        signer = self.signer if PROFILES[profile].kind == "command" else None  # only commands are signed
+        signature = signer.properties(name, payload) if signer is not None else None
         props = publish_properties(child_traceparent(cause), signature)
         client = self._clients[PROFILES[profile].plane]
         info = client.publish(name, payload, self.config.qos, retain=retain, properties=props)

@@ -8,6 +8,7 @@ on the delivery plane. Extra setting: ``FMB_FEEDER_SOCKET``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from devices.base import Device, main
 from devices.feeder import FeederLink
@@ -32,7 +33,7 @@ class CapBankController(Device):
         self._report(self.feeder.request(op="set_capbank", closed=closed, traceparent=traceparent),
                      traceparent)
 
-    def _report(self, state: dict, cause: str | None) -> None:
+    def _report(self, state: dict[str, Any], cause: str | None) -> None:
         body = {"state": "closed" if state["capbank_closed"] else "open"}
         self.publish("CapBankStatusProfile", self.id, body, cause)
 

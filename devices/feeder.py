@@ -28,10 +28,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from testbed.core.errors import DeviceError
 from testbed.core.payloads import NOMINAL_V
+from testbed.core.waiting import wait_until
 from testbed.transport.localsock import private_unix_server
 
 __all__ = ["FeederLink", "FeederModel", "serve"]
@@ -39,10 +40,26 @@ __all__ = ["FeederLink", "FeederModel", "serve"]
 log = logging.getLogger("feeder")
 
 
+class FeederSettings(TypedDict, total=False):
+    """``FMB_FEEDER``: the fields of testbed.core.topology.FeederSpec, as JSON; a missing number takes its default."""
+
+    id: str
+    site: str
+    supply: str
+    capbank: str
+    meter: str
+    line_drop_v: float
+    capbank_boost_v: float
+    supply_delay_s: float
+    capbank_delay_s: float
+    meter_deadband_v: float
+    meter_period_s: float
+
+
 class FeederModel:
     """The state of one feeder and the rule that gives the meter's voltage."""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, settings: FeederSettings) -> None:
         self.settings = settings
         self.supply_v = NOMINAL_V
         self.capbank_closed = False
@@ -110,7 +127,11 @@ class _Handler(socketserver.StreamRequestHandler):
         seen = -1
         while True:
             with model.changed:
-                model.changed.wait_for(lambda seen=seen: model.version != seen, timeout=1.0)
+
+                def changed(seen: int = seen) -> bool:
+                    return model.version != seen
+
+                model.changed.wait_for(changed, timeout=1.0)
                 state = model.state()
             if state["version"] != seen:
                 seen = state["version"]
@@ -124,7 +145,7 @@ class _Server(socketserver.ThreadingUnixStreamServer):
     model: FeederModel
 
 
-def serve(settings: dict[str, Any], path: Path) -> None:
+def serve(settings: FeederSettings, path: Path) -> None:
     """Serve the model on ``path`` until SIGTERM."""
     server = private_unix_server(path, _Handler, _Server)  # only the owner (the devices' user) may drive the physics
     server.model = FeederModel(settings)
@@ -141,17 +162,20 @@ class FeederLink:
     """A device's connection to the feeder model."""
 
     def __init__(self, path: Path | str, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
+        refused: list[OSError] = []
+
+        def connected() -> socket.socket | None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(str(path))
-                break
+                sock.connect(str(path))
             except OSError as e:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise DeviceError(f"no feeder model at {path} ({e}); start it first") from None
-                time.sleep(0.1)
+                sock.close()
+                refused[:] = [e]
+                return None
+            return sock
+
+        self.sock = wait_until(connected, timeout_s, interval_s=0.1, error=DeviceError,
+                               what=lambda: f"no feeder model at {path} ({refused[0]}); start it first")
         self.file = self.sock.makefile("rwb")
         self.lock = threading.Lock()
 

@@ -8,6 +8,7 @@ Extra setting: ``FMB_FEEDER_SOCKET``, the feeder model's socket.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from devices.base import Device, main
 from devices.feeder import FeederLink
@@ -34,7 +35,7 @@ class PowerSupply(Device):
         state = self.feeder.request(op="set_supply", volts=self.setpoint_v, traceparent=traceparent)
         self._report(state, traceparent)
 
-    def _report(self, state: dict, cause: str | None) -> None:
+    def _report(self, state: dict[str, Any], cause: str | None) -> None:
         self.publish("SupplyStatusProfile", self.id,
                      {"setpoint_v": self.setpoint_v, "output_v": state["supply_v"]}, cause)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import email.message
 import hmac
 import http.server
 import json
@@ -49,10 +50,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from testbed.core.errors import DeviceError
+from testbed.core.results import ScenarioResultDoc
 
 __all__ = ["TabletWeb", "WebSettings", "run_summary"]
 
@@ -127,12 +129,13 @@ class WebSettings:
 def run_summary(run_dir: Path) -> dict[str, Any] | None:
     """What the page shows of one scenario run directory, or None if it holds no finished run."""
     try:
-        result = json.loads((run_dir / "result.json").read_text())
+        loaded = json.loads((run_dir / "result.json").read_text())
     except (OSError, ValueError):
         return None
     # summary.txt is written last: before it exists the timeline may still be being drawn.
-    if not isinstance(result, dict) or result.get("schema") != RESULT_SCHEMA or not (run_dir / "summary.txt").exists():
+    if not isinstance(loaded, dict) or loaded.get("schema") != RESULT_SCHEMA or not (run_dir / "summary.txt").exists():
         return None
+    result = cast(ScenarioResultDoc, loaded)  # its schema string says so
     return {
         "dir": run_dir.name, "scenario": result.get("scenario"), "passed": bool(result.get("passed")),
         "failure": result.get("failure"), "e2e_ms": result.get("e2e_ms"), "created": result.get("created"),
@@ -221,7 +224,7 @@ class TabletWeb:
             self._server.shutdown()
             self._server.server_close()
 
-    def authorised(self, headers: Mapping[str, str], query_token: str | None) -> bool:
+    def authorised(self, headers: email.message.Message[str, str], query_token: str | None) -> bool:
         if query_token is not None:
             return hmac.compare_digest(query_token.encode(), self.settings.token.encode())
         for part in headers.get("Cookie", "").split(";"):

@@ -36,13 +36,17 @@ import contextlib
 import dataclasses
 import os
 import re
+import secrets
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
 if TYPE_CHECKING:
+    from testbed.core.results import ScenarioResultDoc, ScenarioStep
     from testbed.core.scenario import Scenario
     from testbed.core.topology import Topology
     from testbed.security.pki import PKI
@@ -149,13 +153,13 @@ def require(condition: bool, reason: str) -> None:
 
 def docker_problem() -> str | None:
     """Why the docker backend cannot run here (what to install or start), or None."""
-    import shutil
-
+    # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
     from testbed.core.errors import TestbedError
 
     if shutil.which("docker") is None:
         return "docker is not installed (https://docs.docker.com/engine/install/, with the Compose plugin)"
     try:
+        # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
         from testbed.backends.compose import compose_command, docker_client
 
         client = docker_client()
@@ -178,6 +182,7 @@ def docker_problem() -> str | None:
 
 
 def _load_topology(options: FmbSettings, topology: Topology | str | Path | None = None) -> Topology:
+    # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
     from testbed.core.topology import Topology, load_topology
 
     if isinstance(topology, Topology):
@@ -193,9 +198,7 @@ _SOCKET_PATH_MAX = 107  # sun_path of a Unix socket (108 bytes on Linux, NUL inc
 
 @contextlib.contextmanager
 def _local_bus(topology: Topology, pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    import shutil
-    import tempfile
-
+    # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
     from brokers.mosquitto import mosquitto_binary
     from testbed.backends.local import LocalBus
     from testbed.core.errors import BrokerError
@@ -222,10 +225,9 @@ def _local_bus(topology: Topology, pki: PKI, tmp_path_factory: pytest.TempPathFa
 @contextlib.contextmanager
 def _docker_bus(topology: Topology) -> Iterator[Any]:
     """A Compose project of its own, publishing the brokers on ``topology``'s ports, removed after."""
-    import secrets
-
     problem = docker_problem()
     require(problem is None, f"the fmb docker backend cannot run here: {problem}")
+    # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
     from testbed.backends.compose import HARNESS_SERVICE, ComposeProject, DockerBus
     from testbed.core.ports import free_port
     from testbed.core.topology import load_topology
@@ -248,6 +250,7 @@ def _docker_bus(topology: Topology) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def fmb_topology(request: pytest.FixtureRequest) -> Topology:
     """The topology of the session's bus (``--fmb-topology``), on ports that were free."""
+    # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
     from testbed.core.errors import ConfigError
 
     try:
@@ -261,7 +264,9 @@ def fmb_pki(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             fmb_topology: Topology) -> PKI:
     """The PKI of the bus: a fresh one in a temporary folder (docker: the harness's copy of the bus's)."""
     if settings(request.config).backend == "docker":
-        return request.getfixturevalue("fmb_bus").pki  # type: ignore[no-any-return]
+        pki: PKI = request.getfixturevalue("fmb_bus").pki
+        return pki
+    # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
     from testbed.security.provision import ensure_pki
 
     return ensure_pki(fmb_topology, tmp_path_factory.mktemp("fmb-certs"))
@@ -294,6 +299,7 @@ def fmb_bus_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
             return
         assert pki is not None
         if topo.path != fmb_topology.path:
+            # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
             from testbed.security.provision import ensure_pki
 
             ensure_pki(topo, pki.directory)  # identities the other topology adds
@@ -314,10 +320,11 @@ def fmb_bus(fmb_bus_factory: Callable[..., contextlib.AbstractContextManager[Any
 # -- running scenarios -----------------------------------------------------------------------
 
 
-class ScenarioResult(dict):  # type: ignore[type-arg]
+class ScenarioResult(dict[str, Any]):
     """A scenario run's result: the ``fmb.scenario-result/1`` dict, plus where its files are.
 
-    Index it like the dict (``result["steps"]``) or use the attributes."""
+    Index it like the dict (``result["steps"]``) or use the attributes, which are typed by the
+    schema (:class:`testbed.core.results.ScenarioResultDoc`)."""
 
     __slots__ = ("out",)
 
@@ -325,27 +332,31 @@ class ScenarioResult(dict):  # type: ignore[type-arg]
         super().__init__(data)
         self.out = out  # the folder of result.json, messages.jsonl, timeline.png, summary.txt
 
+    def _doc(self) -> ScenarioResultDoc:
+        return cast("ScenarioResultDoc", self)  # built from one: the runner's, or a result.json read back
+
     @property
     def passed(self) -> bool:
-        return bool(self.get("passed"))
+        return bool(self._doc().get("passed"))
 
     @property
     def failure(self) -> str | None:
-        return self.get("failure")
+        return self._doc().get("failure")
 
     @property
-    def steps(self) -> list[dict[str, Any]]:
-        return list(self.get("steps") or [])
+    def steps(self) -> list[ScenarioStep]:
+        return list(self._doc().get("steps") or [])
 
     @property
     def e2e_ms(self) -> float | None:
-        return self.get("e2e_ms")
+        return self._doc().get("e2e_ms")
 
     def summary(self) -> str:
         """The timeline as a plain-text table with the verdict (what ``fmb run`` prints)."""
-        from testbed.reporting.scenario import summary_table
+        # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
+        from testbed.reporting.text import summary_table
 
-        return summary_table(self)
+        return summary_table(self._doc())
 
     def __repr__(self) -> str:
         verdict = "passed" if self.passed else f"FAILED: {self.failure}"
@@ -353,17 +364,21 @@ class ScenarioResult(dict):  # type: ignore[type-arg]
 
 
 def assert_scenario_passed(result: Mapping[str, Any]) -> None:
-    """Fail the test unless ``result`` passed, with the reason, the timeline table and the files."""
+    """Fail the test unless ``result`` passed, with the reason, the timeline table and the files.
+
+    ``result`` is a scenario result however held: a :class:`ScenarioResult`, what
+    ``ScenarioRunner.run`` returned, or a ``result.json`` read back."""
     __tracebackhide__ = True
     if result.get("passed"):
         return
-    from testbed.reporting.scenario import summary_table
+    # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
+    from testbed.reporting.text import summary_table
 
     reps = result.get("runs") or []
     failed = next((r for r in reps if not r.get("passed")), None)
     which = f" in repetition {failed['rep']} of {len(reps)}" if failed and len(reps) > 1 else ""
     lines = [f"scenario {result.get('scenario')} failed{which}: {result.get('failure')}", "",
-             summary_table(result).rstrip()]
+             summary_table(cast("ScenarioResultDoc", result)).rstrip()]
     out = getattr(result, "out", None)
     if out is not None:
         lines += ["", f"result files: {out} ({RESULT_FILES})"]
@@ -389,6 +404,7 @@ def fmb_run(request: pytest.FixtureRequest, fmb_bus: Any, tmp_path: Path) -> Cal
 
     def run(scenario: str | Path | Scenario, repeat: int = 1, *, timeout_s: float | None = None,
             out: Path | None = None) -> ScenarioResult:
+        # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
         from testbed.core.scenario import load_scenario
         from testbed.harness.runner import ScenarioRunner
 

@@ -9,13 +9,18 @@ instead: a green CI must mean they ran.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from testbed.core.scenario import Scenario, load_scenario
 from testbed.core.topology import Topology
+from testbed.core.waiting import wait_until
+from testbed.harness.recorder import Recorder
 from testbed.pytest_plugin import require, settings  # noqa: F401 (tests import require from here)
 
 
@@ -41,9 +46,31 @@ def bus(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     return _local_only(request, "fmb_bus")
 
 
+def wait_log(path: Path, start: int, needle: str, timeout_s: float = 5) -> str:
+    """The text of ``path`` from character ``start`` on, once ``needle`` is in it (a device's log)."""
+    def text() -> str:
+        new = path.read_text()[start:]
+        return new if needle in new else ""
+
+    return wait_until(text, timeout_s, what=lambda: f"no {needle!r} in {path} within {timeout_s:g} s; "
+                                                    f"it has: {path.read_text()[start:][-2000:]}")
+
+
 @pytest.fixture(scope="session")
 def appendix_a(fmb_topology: Topology) -> Scenario:
     return load_scenario("appendix-a", {d.id: d.role for d in fmb_topology.devices})
+
+
+@pytest.fixture
+def recorder(bus) -> Iterator[Recorder]:  # type: ignore[no-untyped-def]
+    """A recorder on every broker of the session's bus, for tests that watch what crosses it."""
+    endpoints = {b.name: bus.endpoint(b.name) for b in bus.topology.brokers}
+    rec = Recorder(bus.topology, bus.identity("recorder"), endpoints)
+    rec.start()
+    try:
+        yield rec
+    finally:
+        rec.stop()
 
 
 @pytest.fixture
@@ -66,9 +93,6 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Merge this run's outcomes into var/evidence/test-results.json (read by `fmb profile`)."""
-    import datetime as dt
-    import json
-
     if not _OUTCOMES:
         return
     path = Path(os.environ.get("FMB_EVIDENCE", Path(__file__).resolve().parent.parent / "var" / "evidence"

@@ -8,7 +8,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from testbed.core.payloads import encode
-from testbed.reporting.scenario import summary_table
+from testbed.reporting.text import summary_table
 from testbed.transport.mqtt import Endpoint, TLSIdentity, tls_context
 
 NOT_AUTHORIZED = 0x87

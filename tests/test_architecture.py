@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,8 +39,6 @@ def test_no_private_name_is_imported_from_another_module() -> None:
 
 
 def test_every_package_is_in_the_layers_contract() -> None:
-    import tomllib
-
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
     layers = next(c for c in config["contracts"] if c["id"] == "layers")["layers"]
     named = {m.strip() for layer in layers for m in layer.split("|")}
@@ -47,3 +46,15 @@ def test_every_package_is_in_the_layers_contract() -> None:
     packages |= {f"testbed.{p.stem}" for p in (ROOT / "testbed").glob("*.py") if not p.stem.startswith("__")}
     assert packages - named == set(), "add every package of testbed/ to the layers contract in pyproject.toml"
     assert {"devices", "brokers"} <= named
+
+
+def test_the_command_lines_do_not_load_matplotlib() -> None:
+    """``fmb`` starts fast, and the Compose services' command line runs in read-only containers
+    where matplotlib cannot even import (it needs a writable configuration directory): only
+    figure-drawing code (``testbed.reporting.scenario``, ``plots``, ``render``) may load it."""
+    probe = ("import sys, testbed.cli.fmb, testbed.cli.containers, testbed.harness.service, "
+             "testbed.bench.recovery; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('matplotlib', 'playwright', 'docker')))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", f"heavy modules loaded by the command lines: {done.stdout}"

@@ -26,12 +26,14 @@ import pytest
 from testbed.bench.cutoff import tls_refused
 from testbed.core.payloads import encode
 from testbed.core.stats import count_loss_and_duplicates
+from testbed.core.waiting import wait_until
 from testbed.csf.detect import Thresholds, filter_within, load_monitor_config
 from testbed.csf.respond import Responder
-from testbed.reporting.scenario import summary_table
+from testbed.reporting.text import summary_table
 from testbed.security.pki import PKI
 from testbed.transport.mqtt import TLSIdentity, connect, publish_properties
 from tests.probes import client_context, mqtt5_connect_packet, try_mqtt
+from tests.test_signed_commands import ATTACKS, TOPIC, _command, _operator_signer, _publish
 
 INJECTED_SEQ = 10**7  # sequence numbers of attacker-injected messages start here, so loss counts skip them
 CONFIG = """
@@ -69,20 +71,20 @@ class Alerts:
 
     def wait(self, kind: str, match: Callable[[dict[str, Any]], bool] = lambda a: True,
              timeout_s: float = 10) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
         seen: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
+
+        def matching() -> dict[str, Any] | None:
             if self.path.exists():
                 with open(self.path) as f:
                     f.seek(self.offset)
-                    seen = [json.loads(line) for line in f if line.strip()]
-            for a in seen:
-                if a["kind"] == kind and match(a):
-                    _figure(kind, (a["time_ns"] - self.t0) / 1e6)
-                    return a
-            time.sleep(0.05)
-        raise AssertionError(f"no {kind} alert in {timeout_s} s; alerts since the mark: "
-                             f"{[(a['kind'], a.get('identity')) for a in seen][-10:]}")
+                    seen[:] = [json.loads(line) for line in f if line.strip()]
+            return next((a for a in seen if a["kind"] == kind and match(a)), None)
+
+        alert = wait_until(matching, timeout_s, error=AssertionError,
+                           what=lambda: f"no {kind} alert in {timeout_s} s; alerts since the mark: "
+                                        f"{[(a['kind'], a.get('identity')) for a in seen][-10:]}")
+        _figure(kind, (alert["time_ns"] - self.t0) / 1e6)
+        return alert
 
 
 def _figure(kind: str, delay_ms: float) -> None:
@@ -306,8 +308,6 @@ def test_delivery_plane_flood(monitor) -> None:
 
 @pytest.mark.parametrize("attack", ["forged", "replayed"])
 def test_forged_and_replayed_commands_raise_alerts(monitor, attack: str) -> None:
-    from tests.test_signed_commands import ATTACKS, TOPIC, _command, _operator_signer, _publish
-
     alerts = Alerts(monitor)
     if attack == "forged":
         payload, props = ATTACKS["forged"][0](monitor)

@@ -18,7 +18,7 @@ import pytest
 
 from testbed.bench import latency
 from testbed.bench.latency import critical_path_traversals, parse_qos_levels, run_latency, step_traversals
-from testbed.cli import main
+from testbed.cli.fmb import main
 from testbed.core.errors import TestbedError
 from testbed.reporting import plots
 from testbed.reporting import render as reporting

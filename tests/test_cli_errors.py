@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from brokers.mosquitto import mosquitto_binary
-from testbed.cli import build_parser
+from testbed.cli.fmb import build_parser
 from testbed.core.topology import DEFAULT_TOPOLOGY, load_topology
 from testbed.security.provision import ensure_pki
 from tests.conftest import require

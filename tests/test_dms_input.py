@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from testbed.reporting.scenario import summary_table
+from testbed.reporting.text import summary_table
+from tests.conftest import wait_log
 from tests.test_acl import _publish_as
 
 TOPIC = "fmb/metermodule/MeterReadingProfile/meter-1"
@@ -40,13 +41,7 @@ def test_malformed_meter_reading_is_rejected_and_logged(bus, case: str) -> None:
     # Published with the meter's own identity on its own topic: the ACL lets it through,
     # so it is the DMS's validation that must stop it.
     assert _publish_as(bus.identity("meter-1"), bus.endpoint("field-delivery"), TOPIC, payload) == 0
-    deadline = time.monotonic() + 5
-    new = ""
-    while time.monotonic() < deadline:
-        new = log.read_text()[len(before):]
-        if "rejected payload" in new:
-            break
-        time.sleep(0.05)
+    new = wait_log(log, len(before), "rejected payload")
     assert "ERROR" in new and "rejected payload on " + TOPIC in new, new
     assert reason in new, new
     assert bus.alive("dms-1")

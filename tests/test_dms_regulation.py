@@ -9,27 +9,13 @@ are what the recorder sees on the bus. Appendix A, run first, leaves the bank cl
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from testbed.core.payloads import encode
 from testbed.harness.recorder import Observation, Recorder
-from testbed.reporting.scenario import summary_table
+from testbed.reporting.text import summary_table
 from tests.test_acl import _publish_as
 
 METER_TOPIC = "fmb/metermodule/MeterReadingProfile/meter-1"
-
-
-@pytest.fixture
-def recorder(bus) -> Iterator[Recorder]:  # type: ignore[no-untyped-def]
-    endpoints = {b.name: bus.endpoint(b.name) for b in bus.topology.brokers}
-    rec = Recorder(bus.topology, bus.identity("recorder"), endpoints)
-    rec.start()
-    try:
-        yield rec
-    finally:
-        rec.stop()
 
 
 def _found(observations: list[Observation], source: str, profile: str, **body: object) -> list[Observation]:

@@ -11,25 +11,38 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import http.client
+import io
 import json
 import os
 import secrets
 import shutil
+import ssl
 import subprocess
 import sys
+import tarfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from testbed.backends.compose import COMPOSE_FILE, ComposeProject, DockerBus, compose_command, docker_client
+from testbed.backends.faults import DockerFaults, FaultError, LocalFaults
+from testbed.bench.partition import run_partition_recovery
+from testbed.bench.recovery import RESULT_SCHEMA as RECOVERY_SCHEMA
+from testbed.bench.wan import RESULT_SCHEMA as WAN_SCHEMA
+from testbed.bench.wan import run_wan
 from testbed.core.errors import TestbedError
 from testbed.core.ports import free_port
 from testbed.core.scenario import Scenario, load_scenario
 from testbed.core.topology import load_topology
+from testbed.core.waiting import wait_until
 from testbed.harness.runner import ScenarioRunner
-from testbed.reporting.scenario import summary_table
+from testbed.reporting.render import render_run
+from testbed.reporting.text import summary_table
 from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,8 +63,6 @@ def _docker_problem(compose_version: str | None = None) -> str | None:
     """Why the docker tests cannot run here (with Compose ``compose_version``), or None."""
     if shutil.which("docker") is None:
         return "docker is not installed"
-    from testbed.backends.compose import compose_command, docker_client
-
     try:
         docker_client()
         compose_command(compose_version)
@@ -87,8 +98,6 @@ def images() -> dict[str, float]:
 @contextlib.contextmanager
 def _demo_bus(compose_version: str) -> Iterator:  # type: ignore[type-arg]
     """The whole Compose bus, scenario service included, up under a unique project name."""
-    from testbed.backends.compose import ComposeProject
-
     _require_compose(compose_version)
     name = f"fmbtest-{os.getpid()}-{compose_version}-{secrets.token_hex(3)}"
     ports = {b.name: free_port() for b in load_topology().brokers}
@@ -126,8 +135,6 @@ def demo(request: pytest.FixtureRequest, images: dict[str, float]) -> Iterator: 
 
 @pytest.fixture
 def docker_bus(compose):  # type: ignore[no-untyped-def]
-    from testbed.backends.compose import DockerBus
-
     compose.wait_healthy()  # a previous test may have restarted something
     bus = DockerBus(compose)
     try:
@@ -145,7 +152,7 @@ def patient_scenario(docker_bus) -> Scenario:  # type: ignore[no-untyped-def]
 
 @pytest.mark.docker
 def test_images_build_and_a_rebuild_is_cached(images: dict[str, float]) -> None:
-    import docker
+    import docker  # the Docker SDK (~0.2 s) only in this test, not at every collection of this file
 
     client = docker.from_env()
     for image in IMAGES:
@@ -160,8 +167,6 @@ def test_images_build_and_a_rebuild_is_cached(images: dict[str, float]) -> None:
 @pytest.mark.parametrize("compose_version", COMPOSE_VERSIONS)
 def test_the_compose_file_reads_without_a_warning(compose_version: str) -> None:
     """Neither Compose version complains about the file (v2 did about a `version:` key)."""
-    from testbed.backends.compose import COMPOSE_FILE, compose_command
-
     _require_compose(compose_version)
     done = subprocess.run([*compose_command(compose_version), "-p", "fmbtest-config", "-f", str(COMPOSE_FILE),
                            "config", "--services"], capture_output=True, text=True, timeout=60)
@@ -185,12 +190,6 @@ def test_compose_demo_scenario_passes_with_nine_steps(demo) -> None:  # type: ig
 
 @pytest.mark.docker
 def test_the_tablet_console_is_published_on_loopback_over_https(compose, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    import http.client
-    import io
-    import ssl
-    import tarfile
-    import urllib.parse
-
     line = next(ln for ln in compose.demo_log.splitlines() if ln.startswith("tablet UI tablet-1: "))
     url = urllib.parse.urlsplit(line.split()[3])
     assert url.scheme == "https" and url.hostname == "127.0.0.1" and url.port == compose.ui_port, line
@@ -225,12 +224,12 @@ def test_the_tablet_console_is_published_on_loopback_over_https(compose, tmp_pat
     assert state["run_available"] is True
     status, reply = request("POST", "/api/run", {**cookie, "Content-Type": "application/json"}, b"{}")
     assert status == 202, reply
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+
+    def finished() -> dict | None:
         state = request("GET", "/api/state", cookie)[1]
-        if not state["run_state"]["running"]:
-            break
-        time.sleep(0.5)
+        return None if state["run_state"]["running"] else state
+
+    state = wait_until(finished, 90, interval_s=0.5, what="the run the tablet's button started still runs after 90 s")
     assert state["run_state"].get("error") is None, state["run_state"]
     assert state["run"]["dir"] == reply["dir"] and state["run"]["passed"] is True, state["run"]
     assert len(state["run"]["steps"]) == 9 and state["run"]["timeline"]
@@ -358,8 +357,6 @@ def test_devices_cut_off_from_a_broker_turn_unhealthy_and_healthy_again(compose,
 @pytest.mark.slow
 def test_killed_data_centre_delivery_broker_restarts_and_the_scenario_completes(
         compose, docker_bus, patient_scenario) -> None:  # type: ignore[no-untyped-def]
-    from testbed.backends.faults import DockerFaults
-
     faults = DockerFaults(compose, docker_bus.topology)
     broker = compose.container("dc-delivery")
     restarts, pid = broker.attrs["RestartCount"], broker.attrs["State"]["Pid"]
@@ -381,8 +378,6 @@ def test_killed_data_centre_delivery_broker_restarts_and_the_scenario_completes(
 @pytest.mark.slow
 def test_field_to_data_centre_partition_heals_and_no_qos1_message_is_lost(
         compose, docker_bus, patient_scenario) -> None:  # type: ignore[no-untyped-def]
-    from testbed.backends.faults import DockerFaults
-
     topology = docker_bus.topology
     faults = DockerFaults(compose, topology)
     partition_s = 4.0
@@ -450,8 +445,6 @@ def _crossing(topology) -> dict[tuple[str, str], set[str]]:  # type: ignore[no-u
 
 @pytest.mark.docker
 def test_link_faults_reach_the_container_namespace(compose, docker_bus) -> None:  # type: ignore[no-untyped-def]
-    from testbed.backends.faults import DockerFaults
-
     require(os.geteuid() == 0 and shutil.which("nsenter") is not None,
             "link faults need root and nsenter on the host")
     faults = DockerFaults(compose, docker_bus.topology)
@@ -469,13 +462,10 @@ def test_link_faults_reach_the_container_namespace(compose, docker_bus) -> None:
 @pytest.mark.docker
 def test_wan_benchmark_smoke_shapes_the_bridge_link(docker_bus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`fmb bench wan` in miniature: one 1 s step each, the schema, sane figures, nothing left."""
-    from testbed.bench.wan import RESULT_SCHEMA, run_wan
-    from testbed.reporting.render import render_run
-
     require(os.geteuid() == 0 and all(shutil.which(t) for t in ("tc", "ip", "nsenter", "mosquitto_pub")),
             "the WAN benchmark needs root, iproute2, nsenter and mosquitto-clients on the host")
     result = run_wan(docker_bus, 1_000_000, 0, 1.0, 10, 256, 1, tmp_path)
-    assert result["schema"] == RESULT_SCHEMA and result["conditions"]["delay"].startswith("not available")
+    assert result["schema"] == WAN_SCHEMA and result["conditions"]["delay"].startswith("not available")
     assert set(result["results"]) == {"no-priority", "priority"}
     for rows in result["results"].values():
         assert [r["step"] for r in rows] == ["idle", "flood"]
@@ -495,11 +485,8 @@ def test_wan_benchmark_smoke_shapes_the_bridge_link(docker_bus, tmp_path: Path) 
 @pytest.mark.docker
 def test_partition_recovery_benchmark_smoke(docker_bus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`fmb bench recovery --backend docker` in miniature: one 3 s partition, both directions."""
-    from testbed.bench.partition import run_partition_recovery
-    from testbed.bench.recovery import RESULT_SCHEMA
-
     result = run_partition_recovery(docker_bus, [3.0], 1, 20, tmp_path, settle_s=1.0, whole_timeout_s=30)
-    assert result["schema"] == RESULT_SCHEMA and result["conditions"]["backend"] == "docker"
+    assert result["schema"] == RECOVERY_SCHEMA and result["conditions"]["backend"] == "docker"
     assert [(f["name"], f["direction"]) for f in result["faults"]] == [("partition-3s", "field->dc"),
                                                                         ("partition-3s", "dc->field")]
     for fault in result["faults"]:
@@ -515,8 +502,6 @@ def test_partition_recovery_benchmark_smoke(docker_bus, tmp_path: Path) -> None:
 
 @pytest.mark.docker
 def test_everything_is_removed_even_when_the_run_fails(images) -> None:  # type: ignore[no-untyped-def]
-    from testbed.backends.compose import ComposeProject
-
     _require_compose("v2")
     name = f"fmbtest-{os.getpid()}-fail-{secrets.token_hex(3)}"
     with pytest.raises(RuntimeError, match="simulated"), ComposeProject(name, compose_version="v2") as project:
@@ -528,23 +513,15 @@ def test_everything_is_removed_even_when_the_run_fails(images) -> None:  # type:
 
 def test_local_backend_faults_kill_freeze_restart(bus) -> None:  # type: ignore[no-untyped-def]
     """The same fault API on local processes: by recorded pid, never by name."""
-    from testbed.backends.faults import FaultError, LocalFaults
-
     faults = LocalFaults(bus)
     record = next(p for p in bus.processes if p.name == "meter-1")
     def state() -> str:
         return Path(f"/proc/{record.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
     with faults.frozen("meter-1"):
-        deadline = time.monotonic() + 5
-        while state() != "T" and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert state() == "T"
+        wait_until(lambda: state() == "T", 5, interval_s=0.01, what=lambda: f"frozen meter-1 is in state {state()}")
     faults.kill("meter-1")
-    deadline = time.monotonic() + 5
-    while bus.alive("meter-1") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not bus.alive("meter-1")
+    wait_until(lambda: not bus.alive("meter-1"), 5, interval_s=0.02, what="meter-1 still running 5 s after kill")
     faults.start("meter-1")
     assert bus.alive("meter-1")
     assert next(p for p in bus.processes if p.name == "meter-1").pid != record.pid

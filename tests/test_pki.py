@@ -13,7 +13,6 @@ import ssl
 import stat
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,8 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from testbed.core.errors import PKIError
+from testbed.core.ports import free_port
+from testbed.core.waiting import wait_until
 from testbed.pytest_plugin import require
 from testbed.security import pki as pki_module
 from testbed.security.pki import PKI, CertPaths
@@ -57,12 +58,6 @@ def _installed(binary: str) -> str:
     found = shutil.which(binary)
     require(found is not None, f"{binary} is not installed (Debian package mosquitto / mosquitto-clients)")
     return str(found)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_exports_are_complete() -> None:
@@ -336,7 +331,7 @@ def test_mosquitto_accepts_its_clients_only(pki: PKI, tmp_path: Path) -> None:
     stranger = PKI(tmp_path / "stranger")
     stranger.init({}, ["meter-1"])
     pki.revoke("dms")
-    port = _free_port()
+    port = free_port()
     server = pki.server("broker-field")
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(
@@ -350,13 +345,13 @@ def test_mosquitto_accepts_its_clients_only(pki: PKI, tmp_path: Path) -> None:
     with open(log, "wb") as out:
         broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=out, stderr=out)
     try:
-        deadline = time.monotonic() + 10
-        while True:
+        def listening() -> bool:
             assert broker.poll() is None, f"mosquitto exited: {log.read_text()}"
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            assert time.monotonic() < deadline, f"mosquitto did not listen: {log.read_text()}"
-            time.sleep(0.05)
+                return True
+            return False
+
+        wait_until(listening, 10, error=AssertionError, what=lambda: f"mosquitto did not listen: {log.read_text()}")
 
         def publish(client: CertPaths) -> subprocess.CompletedProcess[str]:
             return subprocess.run(

@@ -11,12 +11,15 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from brokers.mosquitto import mosquitto_binary
+from testbed.core.errors import BrokerError
 from testbed.pytest_plugin import ScenarioResult, assert_scenario_passed, docker_problem
 from tests.conftest import require
 
@@ -66,9 +69,6 @@ def readme_example() -> str:
 
 
 def _need_mosquitto() -> None:
-    from brokers.mosquitto import mosquitto_binary
-    from testbed.core.errors import BrokerError
-
     try:
         mosquitto_binary()
     except BrokerError as e:
@@ -175,8 +175,6 @@ def test_the_assertion_helper_fails_with_reason_table_and_files() -> None:
 
 
 def test_docker_problem_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    import shutil
-
     monkeypatch.setattr(shutil, "which", lambda name: None)
     problem = docker_problem()
     assert problem and "docker is not installed" in problem and "install" in problem
@@ -187,8 +185,6 @@ def test_docker_problem_says_what_to_install(monkeypatch: pytest.MonkeyPatch) ->
 def test_the_readme_example_on_the_docker_backend(pytester: pytest.Pytester) -> None:
     """The same copyable file with --fmb-backend docker: its Appendix A test passes on a Compose bus
     of its own (the attack test is for the local backend, as the README says, and is not selected)."""
-    import shutil
-
     require(shutil.which("docker") is not None, "docker is not installed")
     images = subprocess.run([str(ROOT / "scripts" / "images")], capture_output=True, text=True, timeout=1200)
     assert images.returncode == 0, images.stderr[-2000:]  # cached when test_docker.py built them

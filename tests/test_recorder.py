@@ -9,9 +9,6 @@ tests/test_acl.py does), with values the devices report anyway, so the DMS has n
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from testbed.core.payloads import encode
 from testbed.harness.recorder import Observation, Recorder
@@ -20,17 +17,6 @@ from tests.test_acl import _publish_as
 METER_TOPIC = "fmb/metermodule/MeterReadingProfile/meter-1"
 SUPPLY_TOPIC = "fmb/supplymodule/SupplyStatusProfile/supply-1"
 BOTH = {"field-delivery", "dc-delivery"}  # both profiles cross the bridge to the DMS
-
-
-@pytest.fixture
-def recorder(bus) -> Iterator[Recorder]:  # type: ignore[no-untyped-def]
-    endpoints = {b.name: bus.endpoint(b.name) for b in bus.topology.brokers}
-    rec = Recorder(bus.topology, bus.identity("recorder"), endpoints)
-    rec.start()
-    try:
-        yield rec
-    finally:
-        rec.stop()
 
 
 def _key(obs: Observation) -> tuple[str, str, int] | None:

@@ -12,13 +12,15 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
+import tarfile
 import urllib.parse
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
+from testbed.backends.processes import ProcessRecord, alive
+from testbed.core.waiting import wait_until
 from tests.test_cli import _free_port_topology
 
 
@@ -31,7 +33,7 @@ def _fmb(*args: str) -> subprocess.CompletedProcess[str]:
 def bus_dirs(tmp_path: Path):  # type: ignore[no-untyped-def]
     topo = _free_port_topology(tmp_path)
     dirs = ["--topology", str(topo), "--certs", str(tmp_path / "certs"), "--state", str(tmp_path / "state")]
-    up = _fmb("up", *dirs)
+    up = _fmb("up", "--ui-port", "0", *dirs)  # any free port: 8443 may be another bus's console
     assert up.returncode == 0, up.stderr
     try:
         yield tmp_path, dirs
@@ -39,25 +41,18 @@ def bus_dirs(tmp_path: Path):  # type: ignore[no-untyped-def]
         _fmb("down", *dirs)
 
 
-def _pid(tmp_path: Path, name: str) -> int:
+def _record(tmp_path: Path, name: str) -> ProcessRecord:
     state = json.loads((tmp_path / "state" / "bus.json").read_text())
-    return next(p["pid"] for p in state["processes"] if p["name"] == name)
-
-
-def _wait_gone(pid: int) -> None:
-    deadline = time.monotonic() + 5
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        if "zombie" in Path(f"/proc/{pid}/status").read_text():
-            break
-        time.sleep(0.02)
+    return next(ProcessRecord(**p) for p in state["processes"] if p["name"] == name)
 
 
 def test_recover_restarts_crashed_broker_and_dms_and_verifies(bus_dirs) -> None:
     tmp_path, dirs = bus_dirs
     for name in ("dc-delivery", "dms-1"):
-        pid = _pid(tmp_path, name)
-        os.kill(pid, signal.SIGKILL)  # a crash: no clean exit, no save
-        _wait_gone(pid)
+        record = _record(tmp_path, name)
+        os.kill(record.pid, signal.SIGKILL)  # a crash: no clean exit, no save
+        wait_until(lambda record=record: not alive(record), 5, interval_s=0.02,
+                   what=f"{name} still running 5 s after SIGKILL")
     out = _fmb("recover", *dirs)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "restarted: dc-delivery, dms-1" in out.stdout
@@ -97,8 +92,6 @@ def test_backup_and_restore_bring_back_the_same_pki_and_verify(bus_dirs) -> None
 
 def test_restore_refuses_a_foreign_archive(tmp_path: Path) -> None:
     bad = tmp_path / "bad.tar.gz"
-    import tarfile
-
     evil = tmp_path / "evil"
     evil.write_text("x")
     with tarfile.open(bad, "w:gz") as tar:
@@ -112,7 +105,7 @@ def test_rotation_without_stopping_the_bus(bus_dirs) -> None:
     tmp_path, dirs = bus_dirs
     before = {n: (tmp_path / "certs" / sub / f"{n}.pem").read_bytes()
               for sub, n in (("servers", "field-control"), ("clients", "capbank-1"), ("clients", "dms-1"))}
-    pids = {n: _pid(tmp_path, n) for n in ("field-control", "dc-delivery")}
+    records = {n: _record(tmp_path, n) for n in ("field-control", "dc-delivery")}
     run = _fmb("run", "appendix-a", *dirs)
     assert run.returncode == 0, run.stdout + run.stderr
     out = _fmb("certs", "rotate", "--revoke-old", *dirs)
@@ -121,7 +114,7 @@ def test_rotation_without_stopping_the_bus(bus_dirs) -> None:
     after = {n: (tmp_path / "certs" / sub / f"{n}.pem").read_bytes()
              for sub, n in (("servers", "field-control"), ("clients", "capbank-1"), ("clients", "dms-1"))}
     assert all(before[n] != after[n] for n in before)
-    assert {n: _pid(tmp_path, n) for n in pids} == pids  # the brokers kept running throughout
+    assert {n: _record(tmp_path, n) for n in records} == records  # the brokers kept running throughout
     # The tablet's web console came back with its new certificate, at the same address.
     assert "rotated tablet-1-ui" in out.stdout
     url = urllib.parse.urlsplit((tmp_path / "state" / "run" / "tablet-1.url").read_text().strip())

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from testbed.reporting import scenario as report
-from testbed.reporting.scenario import plot_timeline, summary_table
+from testbed.reporting.scenario import plot_timeline
+from testbed.reporting.text import summary_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

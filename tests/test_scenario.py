@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+from testbed.core.scenario import Expectation
 from testbed.pytest_plugin import assert_scenario_passed
 
 
@@ -54,10 +56,6 @@ def test_result_files_are_written(fmb_run) -> None:  # type: ignore[no-untyped-d
 
 def test_final_state_is_checked(fmb_run, appendix_a) -> None:  # type: ignore[no-untyped-def]
     """A scenario whose final state cannot hold fails, naming it: the check is not a formality."""
-    import dataclasses
-
-    from testbed.core.scenario import Expectation
-
     impossible = dataclasses.replace(appendix_a, final=(
         Expectation("capbank", "CapBankStatusProfile", {"state": "open"}, "delivery"),))
     result = fmb_run(impossible)

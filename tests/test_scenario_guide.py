@@ -27,7 +27,7 @@ from testbed.core.errors import ConfigError
 from testbed.core.scenario import load_scenario
 from testbed.core.topology import load_topology
 from testbed.harness.runner import RESULT_SCHEMA, ScenarioRunner
-from testbed.reporting.scenario import summary_table
+from testbed.reporting.text import summary_table
 
 GUIDE = Path(__file__).resolve().parent.parent / "scenarios" / "README.md"
 KINDS = ("run", "full", "fragment", "error")

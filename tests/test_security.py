@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from testbed.core.waiting import wait_until
 from testbed.security.pki import PKI
 from tests.probes import client_context, try_mqtt
 
@@ -70,14 +70,13 @@ def test_revoked_certificate_is_refused_after_fmb_certs_revoke(bus, pki: PKI) ->
     assert cli.returncode == 0, cli.stderr
     assert "reloaded 4 running brokers" in cli.stdout
 
-    deadline = time.monotonic() + 10
-    outcomes = {}
-    while time.monotonic() < deadline:
-        outcomes = {name: try_mqtt(p, ctx, "probe-spare") for name, p in _ports(bus)}
-        if all(_tls_refusal(o, "REVOKED") for o in outcomes.values()):
-            break
-        time.sleep(0.2)
-    assert all(_tls_refusal(o, "REVOKED") for o in outcomes.values()), outcomes
+    outcomes: dict[str, str] = {}
+
+    def refused_everywhere() -> bool:
+        outcomes.update({name: try_mqtt(p, ctx, "probe-spare") for name, p in _ports(bus)})
+        return all(_tls_refusal(o, "REVOKED") for o in outcomes.values())
+
+    wait_until(refused_everywhere, 10, interval_s=0.2, what=lambda: f"spare-1 not refused as revoked: {outcomes}")
     # The legitimate identities are unaffected by the CRL reload.
     recorder = pki.client("recorder")
     assert try_mqtt(port, client_context(pki.ca_cert, recorder.cert, recorder.key)) == "connack"

@@ -8,18 +8,21 @@ command through, and only the end-to-end signature stops it.
 from __future__ import annotations
 
 import base64
+import json
 import time
 from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from testbed.core.payloads import decode, encode
-from testbed.reporting.scenario import summary_table
+from testbed.reporting.text import summary_table
 from testbed.security.signing import CommandRejected, CommandSigner, CommandVerifier, SigningKeys, load_trusted
 from testbed.transport.mqtt import publish_properties, tls_context
+from tests.conftest import wait_log
 
 TOPIC = "fmb/supplymodule/SupplyControlProfile/supply-1"
 
@@ -37,17 +40,6 @@ def _publish(bus, payload: bytes, props: list[tuple[str, str]] | None) -> None: 
     finally:
         client.disconnect()
         client.loop_stop()
-
-
-def _wait_log(path: Path, start: int, needle: str, timeout_s: float = 5) -> str:
-    deadline = time.monotonic() + timeout_s
-    text = ""
-    while time.monotonic() < deadline:
-        text = path.read_text()[start:]
-        if needle in text:
-            return text
-        time.sleep(0.05)
-    return text
 
 
 def _operator_signer(bus) -> CommandSigner:  # type: ignore[no-untyped-def]
@@ -82,7 +74,7 @@ def test_attack_command_is_rejected_and_not_executed(bus, attack: str) -> None:
     start = len(log.read_text())
     payload, props = make(bus)
     _publish(bus, payload, props)
-    text = _wait_log(log, start, "rejected command")
+    text = wait_log(log, start, "rejected command")
     assert "rejected command on " + TOPIC in text and reason in text, text
     assert "set-point" not in text  # the supply did not act
     assert bus.alive("supply-1")
@@ -94,9 +86,9 @@ def test_replayed_command_is_rejected(bus, run_scenario) -> None:
     payload = _command(117.0)
     props = _operator_signer(bus).properties(TOPIC, payload)
     _publish(bus, payload, props)
-    assert "set-point 117.0 V from operator" in _wait_log(log, start, "set-point 117.0")
+    assert "set-point 117.0 V from operator" in wait_log(log, start, "set-point 117.0")
     _publish(bus, payload, props)  # the same bytes and signature, captured and sent again
-    text = _wait_log(log, start, "replayed command")
+    text = wait_log(log, start, "replayed command")
     assert "replayed command from 'operator'" in text
     assert text.count("set-point 117.0 V") == 1
     result = run_scenario(repeat=1)  # restores 120 V and runs Appendix A: legitimate commands work
@@ -104,8 +96,6 @@ def test_replayed_command_is_rejected(bus, run_scenario) -> None:
 
 
 def test_scenario_commands_are_signed(run_scenario, tmp_path: Path) -> None:
-    import json
-
     result = run_scenario(repeat=1, out=tmp_path)
     assert result["passed"], summary_table(result)
     commands = [json.loads(line) for line in (tmp_path / "messages.jsonl").read_text().splitlines()
@@ -116,8 +106,6 @@ def test_scenario_commands_are_signed(run_scenario, tmp_path: Path) -> None:
 
 def test_verifier_unit() -> None:
     key = Ed25519PrivateKey.generate()
-    from cryptography.hazmat.primitives import serialization
-
     pub = base64.b64encode(key.public_key().public_bytes(serialization.Encoding.Raw,
                                                          serialization.PublicFormat.Raw)).decode()
     verifier = CommandVerifier(load_trusted(f'{{"dms-1": "{pub}"}}'), max_age_s=5)

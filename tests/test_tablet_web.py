@@ -10,7 +10,6 @@ import http.client
 import json
 import socket
 import ssl
-import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from testbed.backends.local import LocalBus
 from testbed.bench.ui import find_chromium
 from testbed.core.payloads import encode
 from testbed.core.scenario import Scenario
+from testbed.core.waiting import wait_until
 from testbed.harness.runner import ScenarioRunner
 from testbed.security.pki import spki_pin
 from testbed.transport.mqtt import connect, publish_properties
@@ -40,7 +40,7 @@ def ui_url(bus: LocalBus) -> str:
 def browser(bus: LocalBus) -> Iterator[Any]:
     chromium = find_chromium()
     require(chromium is not None, "Chromium is not installed (apt-get install chromium)")
-    try:
+    try:  # Playwright is a dev extra: without it the browser tests skip, the others still run
         from playwright.sync_api import sync_playwright
     except ImportError:
         require(False, "Playwright is not installed (pip install -e '.[dev]')")
@@ -115,7 +115,9 @@ def test_run_button_runs_appendix_a_and_shows_its_timeline(bus: LocalBus, page: 
     assert page.locator("#run-steps tbody tr").count() == 9
     assert "PASSED" in page.text_content("#run-verdict")
     page.wait_for_function("() => document.querySelector('#run-timeline').naturalWidth > 0")
-    assert page.is_enabled("#run-scenario")
+    # The verdict can show (the watcher sees result.json) a moment before the run's process has
+    # exited and the button comes back: wait for that, but not long.
+    page.wait_for_selector("#run-scenario:enabled", timeout=15_000)
     # The run's files are where the page says, and the operator's view of it joins them.
     run_dir = bus.runs_dir / page.get_attribute("#run-verdict", "data-dir")
     assert json.loads((run_dir / "result.json").read_text())["passed"] is True
@@ -225,8 +227,5 @@ def test_plaintext_http_gets_no_page(ui_url: str) -> None:
 
 def test_a_restarted_tablet_keeps_its_address_and_token(bus: LocalBus, ui_url: str) -> None:
     bus.restart("tablet-1")
-    deadline = time.monotonic() + 10
-    while bus.ui_url("tablet-1") is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert bus.ui_url("tablet-1") == ui_url
+    assert wait_until(lambda: bus.ui_url("tablet-1"), 10, what="the restarted tablet-1 serves no web UI") == ui_url
     assert _request(bus, ui_url, "GET", "/api/state", headers={"Cookie": _cookie(bus, ui_url)})[0] == 200

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path, PurePath
 
 from brokers.mosquitto import BrokerFiles, render_broker
@@ -111,7 +112,7 @@ def _drop_root(volumes: list[Path]) -> None:
     os.setuid(UID)
 
 
-def _fill(target: Path, pki: PKI, clients: list[str] = (), servers: list[str] = ()) -> None:  # type: ignore[assignment]
+def _fill(target: Path, pki: PKI, clients: Sequence[str] = (), servers: Sequence[str] = ()) -> None:
     """Copy the CA certificate, the CRL and the named identities into ``target`` (PKI layout)."""
     _copy(pki.ca_cert, target / "ca" / "ca.pem", 0o644)
     _copy(pki.crl, target / "crl.pem", 0o644)

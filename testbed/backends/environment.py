@@ -8,9 +8,9 @@ import ssl
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from brokers.mosquitto import mosquitto_binary
+from testbed.core.results import Environment
 from testbed.core.topology import Topology
 
 __all__ = ["environment", "mosquitto_version"]
@@ -52,7 +52,7 @@ def _memory_gib() -> float | None:
     return None
 
 
-def environment(topology: Topology, tls_version: str | None, backend: str) -> dict[str, Any]:
+def environment(topology: Topology, tls_version: str | None, backend: str) -> Environment:
     """Everything a reader needs to judge a figure: software, machine and bus conditions."""
     return {
         "backend": backend,

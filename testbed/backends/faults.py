@@ -33,7 +33,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -146,13 +145,7 @@ class LocalFaults(Faults):
 
     def stop(self, name: str) -> None:
         self._check(name)
-        self.bus.signal(name, signal.SIGCONT)  # a frozen process would not see the SIGTERM
-        self.bus.signal(name, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while self.bus.alive(name) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if self.bus.alive(name):
-            self.bus.signal(name, signal.SIGKILL)
+        self.bus.stop_process(name, timeout_s=10)
 
     def start(self, name: str) -> None:
         self._check(name)

@@ -10,22 +10,23 @@ bus; processes are stopped by the pid recorded, after checking the pid is still 
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 import urllib.parse
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 from brokers.mosquitto import BrokerFiles, mosquitto_binary, render_broker
+from testbed.backends import processes
+from testbed.backends.processes import ProcessRecord
 from testbed.core.errors import BrokerError, DeviceError, TestbedError
-from testbed.core.topics import PROFILES, ROLES
+from testbed.core.topics import PROFILES, ROLES, Plane
 from testbed.core.topology import DeviceSpec, Topology, load_topology
+from testbed.core.waiting import wait_until
 from testbed.security.blocklist import Blocklist
 from testbed.security.pki import PKI
 from testbed.transport.health import read_health
@@ -38,30 +39,11 @@ START_ORDER = ("dms", "tablet", "supply", "capbank", "meter")
 DYNSEC_PLUGIN = os.environ.get("FMB_DYNSEC_PLUGIN", "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
 
 
-@dataclass(frozen=True)
-class ProcessRecord:
-    """A process the bus started: enough to find it again and to stop only it."""
-
-    name: str
-    kind: str  # broker, feeder or device
-    pid: int
-    start_ticks: int  # /proc/<pid>/stat start time: tells our process from a reused pid
-    log: str
-
-
-def _start_ticks(pid: int) -> int:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return -1
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
 def device_environment(topology: Topology, device: DeviceSpec, certs: Path, run_dir: Path,
                        hosts: dict[str, str] | None = None) -> dict[str, str]:
     """The ``FMB_*`` environment of one device (the same for a process and a container)."""
-    def endpoint(plane: str) -> str:
-        b = topology.broker_for(device.site, plane)  # type: ignore[arg-type]
+    def endpoint(plane: Plane) -> str:
+        b = topology.broker_for(device.site, plane)
         return f"{(hosts or {}).get(b.name, b.host)}:{b.port}"
 
     env = {
@@ -161,7 +143,7 @@ class LocalBus:
                   ui_port=data.get("ui_port", 0), runs_dir=runs)
         bus.topology = bus.topology.with_ports({k: tuple(v) for k, v in data["ports"].items()})
         bus.processes = [ProcessRecord(**p) for p in data["processes"]]
-        if not any(p.kind == "broker" and bus._alive(p) for p in bus.processes):
+        if not any(p.kind == "broker" and processes.alive(p) for p in bus.processes):
             return None
         return bus
 
@@ -236,14 +218,8 @@ class LocalBus:
         self._save()
 
     def _spawn(self, name: str, kind: str, argv: list[str], env: dict[str, str] | None = None) -> ProcessRecord:
-        log = self.log_dir / f"{name}.log"
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {})}, start_new_session=True,
-                cwd=Path(__file__).resolve().parents[2],
-            )
-        record = ProcessRecord(name, kind, proc.pid, _start_ticks(proc.pid), str(log))
+        record = processes.spawn(name, kind, argv, self.log_dir / f"{name}.log", env,
+                                 cwd=Path(__file__).resolve().parents[2])
         self.processes.append(record)
         self._save()
         return record
@@ -318,16 +294,18 @@ class LocalBus:
 
         self._wait_for(found, record or self._record(name), what, timeout_s)
 
-    def _wait_for(self, condition, record: ProcessRecord, what: str, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            if not self._alive(record):
-                raise (BrokerError if record.kind == "broker" else DeviceError)(
-                    f"{what} exited at start-up: {self._tail(record)} (log: {record.log})")
-            if time.monotonic() > deadline:
-                raise (BrokerError if record.kind == "broker" else DeviceError)(
-                    f"{what} not ready after {timeout_s:g} s: {self._tail(record)} (log: {record.log})")
-            time.sleep(0.02)
+    def _wait_for(self, condition: Callable[[], bool], record: ProcessRecord, what: str, timeout_s: float) -> None:
+        error = BrokerError if record.kind == "broker" else DeviceError
+
+        def ready() -> bool:
+            if condition():
+                return True
+            if not processes.alive(record):
+                raise error(f"{what} exited at start-up: {self._tail(record)} (log: {record.log})")
+            return False
+
+        wait_until(ready, timeout_s, interval_s=0.02, error=error,
+                   what=lambda: f"{what} not ready after {timeout_s:g} s: {self._tail(record)} (log: {record.log})")
 
     def _record(self, name: str) -> ProcessRecord:
         for p in self.processes:
@@ -344,26 +322,15 @@ class LocalBus:
             return "(no log)"
         return " | ".join(lines[-3:]) or "(empty log)"
 
-    @staticmethod
-    def _alive(record: ProcessRecord) -> bool:
-        if _start_ticks(record.pid) != record.start_ticks:
-            return False  # gone, or the pid now belongs to someone else
-        state = Path(f"/proc/{record.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state == "Z":
-            with contextlib.suppress(ChildProcessError):  # reap our own child
-                os.waitpid(record.pid, os.WNOHANG)
-            return False
-        return True
-
     def alive(self, name: str) -> bool:
-        return self._alive(self._record(name))
+        return processes.alive(self._record(name))
 
     def health(self, name: str) -> tuple[str, str]:
         """``("up" | "unhealthy" | "DOWN", why)`` of process ``name``. A running device or monitor is
         up only while its heartbeat says its MQTT clients work (testbed.transport.health): a process
         whose network thread died, or cut off from a broker past its backoff, is still alive."""
         record = self._record(name)
-        if not self._alive(record):
+        if not processes.alive(record):
             return "DOWN", "not running"
         if record.kind not in ("device", "monitor"):
             return "up", ""
@@ -372,21 +339,16 @@ class LocalBus:
 
     def signal(self, name: str, sig: signal.Signals) -> None:
         """Send ``sig`` to one of our processes (by recorded pid, if it is still ours)."""
-        record = self._record(name)
-        if self._alive(record):
-            os.kill(record.pid, sig)
+        processes.send(self._record(name), sig)
+
+    def stop_process(self, name: str, timeout_s: float = 10) -> None:
+        """SIGTERM process ``name`` if it still runs; SIGKILL it if it has not exited after ``timeout_s``."""
+        processes.stop([self._record(name)], timeout_s)
 
     def restart(self, name: str, timeout_s: float = 10) -> None:
         """Stop process ``name`` if it still runs, start it as at start-up, wait until ready."""
         record = self._record(name)
-        if self._alive(record):
-            os.kill(record.pid, signal.SIGCONT)  # a frozen process would not see the SIGTERM
-            os.kill(record.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout_s
-            while self._alive(record) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if self._alive(record):
-                os.kill(record.pid, signal.SIGKILL)
+        processes.stop([record], timeout_s)
         self.processes.remove(record)
         if record.kind == "broker":
             self._start_broker(mosquitto_binary(), name)
@@ -401,10 +363,10 @@ class LocalBus:
     def reload_brokers(self, timeout_s: float = 10) -> int:
         """SIGHUP every running broker (re-reads certificates, CRL and ACL) and wait until each has
         logged the reload, so that what follows meets the new configuration; returns how many."""
-        brokers = [p for p in self.processes if p.kind == "broker" and self._alive(p)]
+        brokers = [p for p in self.processes if p.kind == "broker" and processes.alive(p)]
         offsets = {p.name: Path(p.log).stat().st_size for p in brokers}
         for p in brokers:
-            os.kill(p.pid, signal.SIGHUP)
+            processes.send(p, signal.SIGHUP)
         for p in brokers:
             self._wait_log(p.name, "Reloading config", f"broker {p.name} reload", offset=offsets[p.name],
                            record=p, timeout_s=timeout_s)
@@ -413,15 +375,7 @@ class LocalBus:
     def stop(self, timeout_s: float = 10) -> None:
         """Stop devices, feeders, then brokers (so the data-centre brokers save last)."""
         order = {"monitor": 0, "device": 1, "feeder": 2, "broker": 3}
-        for kind in sorted(order, key=order.get):  # type: ignore[arg-type]
-            group = [p for p in self.processes if p.kind == kind and self._alive(p)]
-            for p in group:
-                os.kill(p.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout_s
-            for p in group:
-                while self._alive(p) and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                if self._alive(p):
-                    os.kill(p.pid, signal.SIGKILL)
+        for kind in sorted(order, key=order.__getitem__):
+            processes.stop([p for p in self.processes if p.kind == kind], timeout_s)
         self.processes = []
         self.state_file.unlink(missing_ok=True)

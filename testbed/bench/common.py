@@ -3,63 +3,54 @@
 from __future__ import annotations
 
 import getpass
-import os
-import signal
-import subprocess
 import time
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from brokers.mosquitto import BrokerFiles, mosquitto_binary, render_acl, render_conf
+from testbed.backends import processes
+from testbed.backends.processes import ProcessRecord
 from testbed.core.errors import TestbedError
 from testbed.core.topology import BrokerSpec, SiteSpec, Topology
+from testbed.core.waiting import wait_until
 from testbed.security.pki import PKI
 from testbed.transport.mqtt import Endpoint
 
-__all__ = ["Processes", "bench_topology", "start_broker", "wait_for_log"]
+__all__ = ["Placement", "Processes", "bench_topology", "start_broker", "wait_for_log"]
+
+
+class Placement(TypedDict, total=False):
+    """Where a process runs: its nice value and the CPUs it may use (keywords of :meth:`Processes.start`)."""
+
+    nice: int
+    cpus: set[int]
 
 
 class Processes:
-    """Processes a benchmark started, stopped by their pid (never by name)."""
+    """Processes a benchmark started, stopped by their recorded pid (never by name)."""
 
     def __init__(self, logs: Path) -> None:
         self.logs = logs
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.records: list[ProcessRecord] = []
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, nice: int = 0,
-              stdout: Path | None = None, cpus: set[int] | None = None) -> subprocess.Popen[bytes]:
-        def placement() -> None:
-            if nice:
-                os.nice(nice)
-            if cpus:
-                os.sched_setaffinity(0, cpus)
+              stdout: Path | None = None, cpus: set[int] | None = None) -> ProcessRecord:
+        """Start ``argv`` with its output in ``stdout`` (default ``<logs>/<name>.log``)."""
+        record = processes.spawn(name, "bench", argv, stdout or self.logs / f"{name}.log", env, nice=nice, cpus=cpus)
+        self.records.append(record)
+        return record
 
-        out = open(stdout or self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT if stdout is None else out,
-                                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
-                                start_new_session=True, preexec_fn=placement if (nice or cpus) else None)
-        out.close()
-        self.procs.append(proc)
-        return proc
-
-    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+    def kill(self, record: ProcessRecord) -> None:
         """SIGKILL: a crash, with no chance to save anything."""
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        self.procs.remove(proc)
+        processes.kill(record)
+        self.records.remove(record)
 
-    def stop(self, procs: list[subprocess.Popen[bytes]] | None = None) -> None:
-        group = list(self.procs if procs is None else procs)
-        for p in group:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in group:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-            if p in self.procs:
-                self.procs.remove(p)
+    def stop(self, records: list[ProcessRecord] | None = None, timeout_s: float = 5) -> list[ProcessRecord]:
+        """SIGTERM, then SIGKILL after ``timeout_s`` (all of ours by default); those that had to be killed."""
+        group = list(self.records if records is None else records)
+        killed = processes.stop(group, timeout_s)
+        self.records = [r for r in self.records if r not in group]
+        return killed
 
 
 def bench_topology(root: str, qos: int, ports: tuple[int, int], kind: str = "edge",
@@ -70,23 +61,26 @@ def bench_topology(root: str, qos: int, ports: tuple[int, int], kind: str = "edg
                     max_queued_messages=100000, sites=(site,), devices=(), feeders=())
 
 
-def wait_for_log(log: Path, needle: str, proc: subprocess.Popen[bytes], offset: int = 0,
+def wait_for_log(log: Path, needle: str, record: ProcessRecord, offset: int = 0,
                  timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    """Wait until ``needle`` is in ``log`` after ``offset``; fails at once if the process exits."""
+    failed = f"benchmark broker did not start: see {log}"
+
+    def logged() -> bool:
         if log.exists():
             with open(log, "rb") as f:
                 f.seek(offset)
                 if needle.encode() in f.read():
-                    return
-        if proc.poll() is not None:
-            break
-        time.sleep(0.005)
-    raise TestbedError(f"benchmark broker did not start: see {log}")
+                    return True
+        if not processes.alive(record):
+            raise TestbedError(failed)
+        return False
+
+    wait_until(logged, timeout_s, interval_s=0.005, what=failed)
 
 
 def start_broker(procs: Processes, topology: Topology, broker: BrokerSpec, pki: PKI, directory: Path,
-                 extra_acl: str = "", **placement: object) -> tuple[subprocess.Popen[bytes], Endpoint]:
+                 extra_acl: str = "", **placement: Unpack[Placement]) -> tuple[ProcessRecord, Endpoint]:
     """Configure (first time) and start one broker; returns once it accepts connections."""
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / "mosquitto.log"
@@ -96,6 +90,6 @@ def start_broker(procs: Processes, topology: Topology, broker: BrokerSpec, pki: 
     (directory / "data").mkdir(exist_ok=True)
     offset = log.stat().st_size if log.exists() else 0
     proc = procs.start(f"{broker.name}-{time.monotonic_ns()}", [mosquitto_binary(), "-c",
-                       str(directory / "mosquitto.conf")], **placement)  # type: ignore[arg-type]
+                       str(directory / "mosquitto.conf")], **placement)
     wait_for_log(log, " running", proc, offset)
     return proc, Endpoint(broker.host, broker.port)

@@ -15,6 +15,9 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
 
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 
@@ -26,14 +29,15 @@ def main() -> None:
     out = open(env["FMB_OUT"], "a", buffering=1)  # noqa: SIM115 - line-buffered for the process's life
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    low, high = (float(x) for x in env.get("FMB_RECONNECT", "0.25,5").split(","))
 
-    def on_message(client, userdata, msg):  # type: ignore[no-untyped-def]
+    def on_message(client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         out.write(f"{int(msg.payload.split(b',', 1)[0])} {time.time_ns()}\n")
 
     client = connect(env["FMB_CLIENT_ID"], tls, Endpoint.parse(env["FMB_BROKER"]), on_message=on_message,
                      on_connect=lambda c: c.subscribe(env["FMB_TOPIC"], qos), clean_start=False,
                      session_expiry_s=int(env.get("FMB_SESSION_EXPIRY", "3600")), wait_s=None,
-                     reconnect_s=tuple(float(x) for x in env.get("FMB_RECONNECT", "0.25,5").split(",")))  # type: ignore[arg-type]
+                     reconnect_s=(low, high))
     stop.wait()
     client.disconnect()
     client.loop_stop()

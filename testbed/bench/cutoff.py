@@ -14,6 +14,7 @@ The result is a JSON document with the conditions, the machine and percentiles p
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import socket
@@ -25,6 +26,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
+from testbed.core.results import CutoffAction, CutoffRepetition, CutoffResult
 from testbed.core.stats import percentiles
 from testbed.core.topics import topic
 from testbed.csf.respond import Responder
@@ -64,7 +66,7 @@ def _victim(bus: Any, identity: str, broker: str) -> tuple[paho.Client, threadin
     return client, dropped
 
 
-def _one(bus: Any, responder: Responder, action: str, rep: int, broker: str) -> dict[str, Any]:
+def _one(bus: Any, responder: Responder, action: str, rep: int, broker: str) -> CutoffRepetition:
     if action == "block-topic":
         name = topic(bus.topology.root, "BenchFloodProfile", f"cutoff-{os.getpid()}-{rep}")
         denied = threading.Event()
@@ -98,7 +100,12 @@ def _one(bus: Any, responder: Responder, action: str, rep: int, broker: str) -> 
     bus.pki.issue_client(identity)
     client, dropped = _victim(bus, identity, broker)
     t_drop = [0.0]
-    client.on_disconnect = lambda *a: (t_drop.__setitem__(0, time.perf_counter()), dropped.set())
+
+    def on_disconnect(*a: Any) -> None:
+        t_drop[0] = time.perf_counter()
+        dropped.set()
+
+    client.on_disconnect = on_disconnect
     t0 = time.perf_counter()
     outcome = responder.revoke(identity) if action == "revoke" else responder.block(identity)
     dropped.wait(5)
@@ -112,11 +119,11 @@ def _one(bus: Any, responder: Responder, action: str, rep: int, broker: str) -> 
 
 
 def measure_cutoff(bus: Any, actions: tuple[str, ...] = ("revoke", "block", "block-topic"), repeat: int = 5,
-                   broker: str | None = None) -> dict[str, Any]:
+                   broker: str | None = None) -> CutoffResult:
     """Time from the start of each action to cut-off, ``repeat`` times each, as a result document."""
     broker = broker or next(b.name for b in bus.topology.brokers if b.plane == "delivery")
     responder = Responder(bus)
-    results: dict[str, Any] = {}
+    results: dict[str, CutoffAction] = {}
     for action in actions:
         reps = [_one(bus, responder, action, i, broker) for i in range(repeat)]
         values = [r["cutoff_ms"] for r in reps if r["cutoff_ms"] is not None]
@@ -133,9 +140,7 @@ def measure_cutoff(bus: Any, actions: tuple[str, ...] = ("revoke", "block", "blo
     }
 
 
-def write_result(result: dict[str, Any], out: Path) -> Path:
-    import json
-
+def write_result(result: CutoffResult, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "bench-respond.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

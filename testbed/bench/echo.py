@@ -13,6 +13,9 @@ import os
 import signal
 import threading
 from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
 
 from testbed.core.topics import topic
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
@@ -26,7 +29,7 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
-    def on_message(client, userdata, msg):  # type: ignore[no-untyped-def]
+    def on_message(client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         client.publish(ack_topic, msg.payload, qos)
 
     client = connect(f"{ident}-responder", tls, Endpoint.parse(env["FMB_CONTROL"]), on_message=on_message,

@@ -26,13 +26,24 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from testbed.backends.environment import environment
+from testbed.backends.local import LocalBus
 from testbed.core.errors import ScenarioError, TestbedError
 from testbed.core.payloads import encode
+from testbed.core.results import (
+    CriticalPath,
+    LatencyByQos,
+    LatencyResult,
+    LatencyStep,
+    OneHop,
+    Percentiles,
+    Repetition,
+    ScenarioStep,
+)
 from testbed.core.scenario import Scenario
-from testbed.core.stats import percentiles
+from testbed.core.stats import percentiles, rounded
 from testbed.core.topics import topic
 from testbed.core.topology import Topology
 from testbed.harness.runner import Bus, ScenarioRunner
@@ -55,7 +66,7 @@ __all__ = [
     "summary",
 ]
 
-RESULT_SCHEMA = "fmb.bench-latency/2"
+RESULT_SCHEMA: Final = "fmb.bench-latency/2"  # the shape: testbed.core.results.LatencyResult
 RESULT_FILE = "bench-latency.json"
 TARGET_RATIO = 1.3
 PERCENTILES = (50, 90, 99)
@@ -65,12 +76,8 @@ BusFactory = Callable[[int], AbstractContextManager[Bus]]
 Log = Callable[[str], None]
 
 
-def _rounded(stats: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, _DIGITS) if isinstance(v, float) else v for k, v in stats.items()}
-
-
-def _stats(samples: Sequence[float]) -> dict[str, float]:
-    return _rounded(percentiles(samples, PERCENTILES))
+def _stats(samples: Sequence[float]) -> Percentiles:
+    return rounded(percentiles(samples, PERCENTILES), _DIGITS)
 
 
 def parse_qos_levels(text: str) -> list[int]:
@@ -84,7 +91,7 @@ def parse_qos_levels(text: str) -> list[int]:
     return levels
 
 
-def one_hop(bus: Bus, count: int, broker: str = "field-control", warmup: int = 50) -> dict[str, Any]:
+def one_hop(bus: Bus, count: int, broker: str = "field-control", warmup: int = 50) -> OneHop:
     """Time ``count`` sequential publish -> subscriber hops on ``broker`` at the bus's QoS.
 
     Returns the broker, the payload size, the counts and the raw samples in ms.
@@ -99,10 +106,13 @@ def one_hop(bus: Bus, count: int, broker: str = "field-control", warmup: int = 5
         received.set()
 
     subscribed = threading.Event()
+
+    def on_connect(c: Any) -> None:
+        c.on_subscribe = lambda *a: subscribed.set()
+        c.subscribe(name, t.qos)
+
     sub = connect(f"bench-sub-{time.monotonic_ns() % 10**9}", bus.identity("recorder"), bus.endpoint(broker),
-                  on_message=on_message,
-                  on_connect=lambda c: (setattr(c, "on_subscribe", lambda *a: subscribed.set()),
-                                        c.subscribe(name, t.qos)))
+                  on_message=on_message, on_connect=on_connect)
     pub = connect(f"bench-pub-{time.monotonic_ns() % 10**9}", bus.identity("operator"), bus.endpoint(broker))
     try:
         if not subscribed.wait(10):
@@ -125,7 +135,7 @@ def one_hop(bus: Bus, count: int, broker: str = "field-control", warmup: int = 5
             "samples_ms": samples}
 
 
-def critical_path_traversals(topology: Topology, scenario: Scenario, steps: list[dict[str, Any]]) -> dict[str, Any]:
+def critical_path_traversals(topology: Topology, scenario: Scenario, steps: list[ScenarioStep]) -> CriticalPath:
     """Broker traversals from the trigger to the end, following each step's ``after`` link back.
 
     A step whose receivers sit at its publisher's site crosses one broker; one whose receivers
@@ -140,13 +150,13 @@ def critical_path_traversals(topology: Topology, scenario: Scenario, steps: list
     return {"path": chain, "per_step": per_step, "total": sum(per_step.values())}
 
 
-def step_traversals(topology: Topology, step: dict[str, Any]) -> int:
+def step_traversals(topology: Topology, step: ScenarioStep) -> int:
     """Brokers a step's message crosses: 1 to receivers at its publisher's site, 2 over the bridge."""
     here = topology.device(step["device"]).site
     return 2 if any(topology.device(r).site != here for r in step["receivers"]) else 1
 
 
-def _repetitions(runner: ScenarioRunner, count: int, qos: int, phase: str, log: Log) -> list[dict[str, Any]]:
+def _repetitions(runner: ScenarioRunner, count: int, qos: int, phase: str, log: Log) -> list[Repetition]:
     """``count`` repetitions; stops at the first failure (a benchmark of a broken bus is no figure)."""
     reps = []
     every = max(1, count // 10)
@@ -156,13 +166,13 @@ def _repetitions(runner: ScenarioRunner, count: int, qos: int, phase: str, log: 
             raise ScenarioError(f"QoS {qos}: {phase} repetition {i} failed: {rep['failure']}")
         reps.append(rep)
         if phase == "measured" and (i % every == 0 or i == count):
-            so_far = percentiles([r["e2e_ms"] for r in reps], (50,))["p50"]
+            so_far = percentiles([r["e2e_ms"] for r in reps if r["e2e_ms"] is not None], (50,))["p50"]
             log(f"  QoS {qos}: repetition {i}/{count}, end-to-end p50 so far {so_far:.2f} ms")
     return reps
 
 
 def measure_qos(bus: Bus, scenario: Scenario, repeat: int, warmup: int, hops: int,
-                log: Log = print) -> dict[str, Any]:
+                log: Log = print) -> LatencyByQos:
     """One QoS level on one running bus: the scenario repetitions, then the one-hop baseline."""
     qos = bus.topology.qos
     with ScenarioRunner(bus, scenario) as runner:
@@ -173,8 +183,8 @@ def measure_qos(bus: Bus, scenario: Scenario, repeat: int, warmup: int, hops: in
     hop = one_hop(bus, hops)
     shown = reps[-1]["steps"]
     traversals = critical_path_traversals(bus.topology, scenario, shown)
-    e2e_samples = [r["e2e_ms"] for r in reps]
-    steps = []
+    e2e_samples = [r["e2e_ms"] for r in reps if r["e2e_ms"] is not None]  # every one: they all passed
+    steps: list[LatencyStep] = []
     for i, step in enumerate(shown):
         key = str(step["n"])
         steps.append({
@@ -184,7 +194,7 @@ def measure_qos(bus: Bus, scenario: Scenario, repeat: int, warmup: int, hops: in
             "hop_ms": _stats([r["steps"][i]["hop_ms"] for r in reps]),
         })
     # The last leg, from the diagram's publish to the tablet's display, belongs to no step.
-    display = _stats([r["e2e_ms"] - r["steps"][-1]["t_ms"] for r in reps])
+    display = _stats([r["e2e_ms"] - r["steps"][-1]["t_ms"] for r in reps if r["e2e_ms"] is not None])
     e2e, hop_stats = _stats(e2e_samples), _stats(hop["samples_ms"])
     expected = traversals["total"] * hop_stats["p50"]
     ratio = e2e["p50"] / expected
@@ -195,7 +205,8 @@ def measure_qos(bus: Bus, scenario: Scenario, repeat: int, warmup: int, hops: in
         "steps": steps,
         "display_ms": display,
         "one_hop_ms": hop_stats,
-        "one_hop": {k: hop[k] for k in ("broker", "payload_bytes", "count", "warmup")},
+        "one_hop": {"broker": hop["broker"], "payload_bytes": hop["payload_bytes"], "count": hop["count"],
+                    "warmup": hop["warmup"]},
         "critical_path": traversals,
         "critical_path_one_hop_ms": round(expected, _DIGITS),
         "overhead_ratio": round(ratio, 3),
@@ -207,8 +218,6 @@ def measure_qos(bus: Bus, scenario: Scenario, repeat: int, warmup: int, hops: in
 
 @contextlib.contextmanager
 def _local_bus(topology: Topology, pki: PKI, qos: int, log: Log) -> Iterator[Bus]:
-    from testbed.backends.local import LocalBus
-
     variant = dataclasses.replace(topology, qos=qos).with_free_ports()
     with tempfile.TemporaryDirectory(prefix=f"fmb-bench-qos{qos}-") as state:
         bus = LocalBus(variant, pki, Path(state))
@@ -240,7 +249,7 @@ def source_revision() -> str | None:
 
 
 def run_latency(buses: BusFactory, topology: Topology, scenario: Scenario, qos_levels: Iterable[int],
-                repeat: int, warmup: int, hops: int, out: Path, log: Log = print) -> dict[str, Any]:
+                repeat: int, warmup: int, hops: int, out: Path, log: Log = print) -> LatencyResult:
     """The whole benchmark, one fresh bus per QoS level; writes ``out/bench-latency.json``."""
     if repeat < 2:
         raise TestbedError(f"--repeat is {repeat}; percentiles need 2 or more repetitions")
@@ -254,7 +263,7 @@ def run_latency(buses: BusFactory, topology: Topology, scenario: Scenario, qos_l
             by_qos.append(measure_qos(bus, scenario, repeat, warmup, hops, log))
     env = environment(topology, by_qos[0]["tls_version"], "local")
     env["qos"] = levels
-    result = {
+    result: LatencyResult = {
         "schema": RESULT_SCHEMA,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "conditions": {
@@ -283,7 +292,7 @@ def run_latency(buses: BusFactory, topology: Topology, scenario: Scenario, qos_l
     return result
 
 
-def summary(result: dict[str, Any]) -> str:
+def summary(result: LatencyResult) -> str:
     """The headline table of a latency result, for a terminal."""
     c = result["conditions"]
     lines = [

@@ -22,6 +22,7 @@ message up to one published after the heal, ``lost`` / ``duplicated`` against th
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -37,8 +38,10 @@ from testbed.backends.faults import DockerFaults
 from testbed.bench.recovery import RESULT_SCHEMA, TUNED, Producer, fault_line, whole_at
 from testbed.core.errors import BenchmarkError
 from testbed.core.payloads import encode
+from testbed.core.results import RecoveryFault, RecoveryResult, RecoveryTrial
 from testbed.core.stats import count_loss_and_duplicates
 from testbed.core.topics import topic
+from testbed.core.waiting import WaitTimeout, wait_until
 from testbed.transport.mqtt import TLSIdentity, connect
 
 if TYPE_CHECKING:
@@ -92,14 +95,15 @@ class _Stream:
         topology = bus.topology
         field = next(s.name for s in topology.sites if s.bridge_to)
         dc = topology.site(field).bridge_to
+        assert dc is not None  # the field site is the one with a bridge
         if direction == "field->dc":
             device = next(d for d in topology.devices if d.role == "meter" and d.site == field)
             profile, body = "MeterReadingProfile", {"voltage_v": 120.0, "reason": "periodic"}
-            src, dst = topology.broker_for(field, "delivery"), topology.broker_for(dc, "delivery")  # type: ignore[arg-type]
+            src, dst = topology.broker_for(field, "delivery"), topology.broker_for(dc, "delivery")
         else:
             device = next(d for d in topology.devices if d.role == "dms")
             profile, body = "SingleLineDiagramProfile", {"feeders": {}, "version": 0}
-            src, dst = topology.broker_for(dc, "delivery"), topology.broker_for(field, "delivery")  # type: ignore[arg-type]
+            src, dst = topology.broker_for(dc, "delivery"), topology.broker_for(field, "delivery")
         name = topic(topology.root, profile, device.id)
         tag = f"{run}-{direction}"
 
@@ -129,7 +133,7 @@ class _Stream:
             acked = {s for s in self.producer.acked if s >= self.producer.first}
         return acked <= got
 
-    def measure(self, fault_ns: int, heal_ns: int) -> dict[str, Any]:
+    def measure(self, fault_ns: int, heal_ns: int) -> RecoveryTrial:
         records = [(s, t) for s, t in self.consumer.snapshot() if s >= self.producer.first]
         acked = sorted(s for s in self.producer.acked if s >= self.producer.first)
         counts = count_loss_and_duplicates(acked, [s for s, _ in records])
@@ -149,8 +153,16 @@ class _Stream:
         self.consumer.close()
 
 
+def _await_whole(streams: list[_Stream], timeout_s: float) -> None:
+    """Wait up to ``timeout_s`` until every stream's consumer holds all its acknowledged messages
+    (a stream that does not by then is measured as it is)."""
+    with contextlib.suppress(WaitTimeout):
+        wait_until(lambda: all(s.whole() for s in streams), timeout_s, interval_s=0.1,
+                   what="every acknowledged message across the healed bridge")
+
+
 def _trial(bus: DockerBus, faults: DockerFaults, site: str, seconds: float, rate: float,
-           settle_s: float, whole_timeout_s: float) -> dict[str, dict[str, Any]]:
+           settle_s: float, whole_timeout_s: float) -> dict[str, RecoveryTrial]:
     run = f"{os.getpid()}-{secrets.token_hex(3)}"
     streams: list[_Stream] = []
     try:
@@ -168,14 +180,10 @@ def _trial(bus: DockerBus, faults: DockerFaults, site: str, seconds: float, rate
             faults.heal(site)
         heal_ns = time.time_ns()
         time.sleep(1.0)  # at least one message published after the heal
-        deadline = time.monotonic() + whole_timeout_s
-        while time.monotonic() < deadline and not all(s.whole() for s in streams):
-            time.sleep(0.1)
+        _await_whole(streams, whole_timeout_s)
         for s in streams:
             s.producer.finish(timeout_s=10)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not all(s.whole() for s in streams):
-            time.sleep(0.1)
+        _await_whole(streams, 10)
         return {s.direction: s.measure(fault_ns, heal_ns) for s in streams}
     finally:
         for s in streams:
@@ -184,15 +192,15 @@ def _trial(bus: DockerBus, faults: DockerFaults, site: str, seconds: float, rate
 
 def run_partition_recovery(bus: DockerBus, durations: list[float], repetitions: int, rate: float, out: Path,
                            progress: Callable[[str], None] | None = None, settle_s: float = 2.0,
-                           whole_timeout_s: float = 60.0) -> dict[str, Any]:
+                           whole_timeout_s: float = 60.0) -> RecoveryResult:
     """Partition the field site for each duration, ``repetitions`` times; writes
     ``out/bench-recovery.json`` (``fmb.bench-recovery/1``, backend docker) and returns it."""
     say = progress or (lambda line: None)
     site = next(s.name for s in bus.topology.sites if s.bridge_to)
     faults = DockerFaults(bus.project, bus.topology)
-    entries: list[dict[str, Any]] = []
+    entries: list[RecoveryFault] = []
     for seconds in durations:
-        trials: dict[str, list[dict[str, Any]]] = {d: [] for d in DIRECTIONS}
+        trials: dict[str, list[RecoveryTrial]] = {d: [] for d in DIRECTIONS}
         for _ in range(repetitions):
             for direction, trial in _trial(bus, faults, site, seconds, rate, settle_s, whole_timeout_s).items():
                 trials[direction].append(trial)
@@ -203,7 +211,7 @@ def run_partition_recovery(bus: DockerBus, durations: list[float], repetitions: 
                                            f"{direction} across the delivery bridge",
                             "target": {"lost": 0}, "trials": trials[direction]})
             say(fault_line(entries[-1]) + f" [{direction}]")
-    result = {
+    result: RecoveryResult = {
         "schema": RESULT_SCHEMA, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "conditions": {"backend": "docker", "repetitions": repetitions, "message_rate_per_s": rate,
                        "partitions_s": durations, "qos": 1, "tls_version": "TLSv1.2+ (mutual)",

@@ -19,6 +19,7 @@ the same generator as the testbed's (``brokers.mosquitto``), with nothing on dis
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -31,28 +32,38 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from brokers.mosquitto import render_acl
 from testbed.backends.environment import environment
-from testbed.bench.common import Processes, bench_topology, start_broker
+from testbed.backends.processes import ProcessRecord
+from testbed.bench.common import Placement, Processes, bench_topology, start_broker
 from testbed.core.errors import TestbedError
 from testbed.core.ports import free_port
-from testbed.core.stats import percentiles
+from testbed.core.results import (
+    PrioritizationConditions,
+    PrioritizationControl,
+    PrioritizationHeadline,
+    PrioritizationResult,
+    PrioritizationRow,
+    PrioritizationTargets,
+)
+from testbed.core.stats import percentiles, rounded
 from testbed.core.topics import topic
 from testbed.core.topology import Topology
+from testbed.core.waiting import WaitTimeout, wait_until
 from testbed.security.pki import PKI
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 
 __all__ = ["CONFIGS", "RESULT_SCHEMA", "run_prioritization", "summary"]
 
-RESULT_SCHEMA = "fmb.bench-prioritization/1"
+RESULT_SCHEMA: Final = "fmb.bench-prioritization/1"  # the shape: testbed.core.results.PrioritizationResult
 CONFIGS = ("segregated", "shared", "segregated+priority")
 FLOOD_NICE = 15
 ACK_TIMEOUT_S = 2.0
 
 
-def _placement(config: str) -> tuple[dict[str, object], dict[str, object]]:
+def _placement(config: str) -> tuple[Placement, Placement]:
     """(control-plane placement, delivery-plane placement) of a configuration."""
     if config != "segregated+priority":
         return {}, {}
@@ -66,7 +77,7 @@ def _placement(config: str) -> tuple[dict[str, object], dict[str, object]]:
 class _Setup:
     control: Endpoint
     delivery: Endpoint
-    procs: list[subprocess.Popen[bytes]]
+    procs: list[ProcessRecord]
 
 
 def _start_brokers(config: str, topology: Topology, pki: PKI, work: Path, procs: Processes) -> _Setup:
@@ -87,7 +98,9 @@ class _Commander:
     """Publishes commands at a steady rate and times each until its acknowledgement arrives."""
 
     def __init__(self, identity: TLSIdentity, endpoint: Endpoint, root: str, qos: int, target: str) -> None:
-        self.qos, self.sent, self.rtts = qos, {}, {}
+        self.qos = qos
+        self.sent: dict[int, int] = {}  # seq -> perf_counter_ns at publish
+        self.rtts: dict[int, float] = {}  # seq -> round trip, ms
         self.lock = threading.Lock()
         self.command_topic = topic(root, "BenchCommandProfile", target)
         subscribed = threading.Event()
@@ -115,7 +128,7 @@ class _Commander:
             self.sent[self.seq] = time.perf_counter_ns()
         self.client.publish(self.command_topic, f"{self.seq},{'c' * 64}".encode(), self.qos)
 
-    def window(self, rate: float, seconds: float) -> dict[str, Any]:
+    def window(self, rate: float, seconds: float) -> PrioritizationControl:
         """Send at ``rate`` for ``seconds``; the round trips of this window (ms)."""
         first = self.seq + 1
         period = 1.0 / rate
@@ -126,18 +139,19 @@ class _Commander:
                 time.sleep(delay)
             self.send()
         last = self.seq
-        deadline = time.monotonic() + ACK_TIMEOUT_S
-        while time.monotonic() < deadline:
+
+        def acked() -> bool:
             with self.lock:
-                if all(s in self.rtts for s in range(first, last + 1)):
-                    break
-            time.sleep(0.01)
+                return all(s in self.rtts for s in range(first, last + 1))
+
+        with contextlib.suppress(WaitTimeout):  # those still unacknowledged are counted lost
+            wait_until(acked, ACK_TIMEOUT_S, interval_s=0.01, what=f"acknowledgements of commands {first} to {last}")
         with self.lock:
             samples = [self.rtts[s] for s in range(first, last + 1) if s in self.rtts]
         lost = (last - first + 1) - len(samples)
-        stats = percentiles(samples) if samples else {}
-        return {"sent": last - first + 1, "acked": len(samples), "unacked_within_s": ACK_TIMEOUT_S,
-                "lost": lost, **{k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()}}
+        counts: PrioritizationControl = {"sent": last - first + 1, "acked": len(samples),
+                                         "unacked_within_s": ACK_TIMEOUT_S, "lost": lost}
+        return {**counts, **rounded(percentiles(samples), 4)} if samples else counts
 
     def close(self) -> None:
         self.client.disconnect()
@@ -145,8 +159,8 @@ class _Commander:
 
 
 def _flood(procs: Processes, pki: PKI, endpoint: Endpoint, root: str, rate: float | None, seconds: float,
-           payload_bytes: int, qos: int, publishers: int, place: dict[str, object],
-           tag: str) -> list[subprocess.Popen[bytes]]:
+           payload_bytes: int, qos: int, publishers: int, place: Placement,
+           tag: str) -> list[ProcessRecord]:
     """Start ``publishers`` mosquitto_pub processes offering ``rate`` msg/s in all (None: as fast as they can)."""
     client = pki.client("bench")
     base = ["mosquitto_pub", "-V", "5", "-h", endpoint.host, "-p", str(endpoint.port), "--cafile",
@@ -160,14 +174,14 @@ def _flood(procs: Processes, pki: PKI, endpoint: Endpoint, root: str, rate: floa
             count, delay = int(rate * seconds / publishers) + 1, publishers / rate
         argv = base + ["-i", f"flood-{tag}-{i}", "-t", topic(root, "BenchFloodProfile", f"flood-{i}"),
                        "--repeat", str(count), "--repeat-delay", f"{delay:.6f}"]
-        started.append(procs.start(f"flood-{tag}-{i}", argv, **place))  # type: ignore[arg-type]
+        started.append(procs.start(f"flood-{tag}-{i}", argv, **place))
     return started
 
 
 def run_prioritization(pki: PKI, root: str, rates: list[float | None], seconds: float, settle_s: float,
                        command_rate: float, payload_bytes: int, flood_qos: int, command_qos: int,
                        publishers: int, out: Path, configs: tuple[str, ...] = CONFIGS,
-                       progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                       progress: Callable[[str], None] | None = None) -> PrioritizationResult:
     """The whole benchmark; writes ``out/bench-prioritization.json`` and returns it."""
     for tool in ("mosquitto_pub", "mosquitto_sub"):
         if shutil.which(tool) is None:
@@ -175,7 +189,7 @@ def run_prioritization(pki: PKI, root: str, rates: list[float | None], seconds: 
     topology = bench_topology(root, command_qos, (free_port(), free_port()))
     pki.init({b.name: [] for b in topology.brokers}, ["bench"])
     identity = TLSIdentity(pki.ca_cert, pki.client("bench").cert, pki.client("bench").key)
-    results: dict[str, list[dict[str, Any]]] = {}
+    results: dict[str, list[PrioritizationRow]] = {}
     tls_version = None
     with tempfile.TemporaryDirectory(prefix="fmb-bench-prio-") as tmp:
         work = Path(tmp)
@@ -191,20 +205,20 @@ def run_prioritization(pki: PKI, root: str, rates: list[float | None], seconds: 
                     "FMB_CONTROL": f"{setup.control.host}:{setup.control.port}", "FMB_CA": str(pki.ca_cert),
                     "FMB_CERT": str(identity.cert), "FMB_KEY": str(identity.key), "FMB_ROOT": root,
                     "FMB_QOS": str(command_qos), "FMB_DEVICE_ID": "responder-1"},
-                    **control_place)  # type: ignore[arg-type]
+                    **control_place)
                 commander = _Commander(identity, setup.control, root, command_qos, "responder-1")
                 flood_log = work / f"{config}-flood-sub.out"
                 subscriber = procs.start(f"{config}-flood-sub", [
                     "mosquitto_sub", "-V", "5", "-h", setup.delivery.host, "-p", str(setup.delivery.port),
                     "--cafile", str(pki.ca_cert), "--cert", str(identity.cert), "--key", str(identity.key),
                     "-q", str(flood_qos), "-i", f"flood-sub-{config}", "-t", topic(root, "BenchFloodProfile", "+"),
-                    "-F", "x"], stdout=flood_log, **delivery_place)  # type: ignore[arg-type]
+                    "-F", "x"], stdout=flood_log, **delivery_place)
                 try:
                     _wait_for_ack(commander)
                     if tls_version is None:
                         sock = commander.client.socket()
                         tls_version = sock.version() if sock is not None and hasattr(sock, "version") else None
-                    rows = []
+                    rows: list[PrioritizationRow] = []
                     for rate in rates:
                         flood = [] if rate == 0 else _flood(
                             procs, pki, setup.delivery, root, rate, seconds + settle_s + 1, payload_bytes,
@@ -228,7 +242,7 @@ def run_prioritization(pki: PKI, root: str, rates: list[float | None], seconds: 
                     os.sched_setaffinity(0, own_cpus)
         finally:
             procs.stop()
-    result = _summarise(results, rates, dict(
+    result = _summarise(results, rates, PrioritizationConditions(
         rates=["max" if r is None else r for r in rates], seconds_per_step=seconds, settle_s=settle_s,
         command_rate=command_rate, command_qos=command_qos, flood_qos=flood_qos, payload_bytes=payload_bytes,
         flood_publishers=publishers, flood_client=_mosquitto_pub_version(), flood_nice_priority=FLOOD_NICE,
@@ -242,14 +256,15 @@ def run_prioritization(pki: PKI, root: str, rates: list[float | None], seconds: 
     return result
 
 
-def _summarise(results: dict[str, list[dict[str, Any]]], rates: list[float | None], conditions: dict[str, Any],
-               topology: Topology, tls_version: str | None) -> dict[str, Any]:
+def _summarise(results: dict[str, list[PrioritizationRow]], rates: list[float | None],
+               conditions: PrioritizationConditions, topology: Topology,
+               tls_version: str | None) -> PrioritizationResult:
     def p99(config: str, index: int) -> float | None:
         rows = results.get(config)
         return rows[index]["control_ms"].get("p99") if rows else None
 
     top = len(rates) - 1
-    headline: dict[str, Any] = {}
+    headline: dict[str, PrioritizationHeadline] = {}
     for config in results:
         idle, sat = p99(config, 0), p99(config, top)
         headline[config] = {"idle_p99_ms": idle, "saturation_p99_ms": sat,
@@ -257,10 +272,10 @@ def _summarise(results: dict[str, list[dict[str, Any]]], rates: list[float | Non
                             "saturation_achieved_rate": results[config][top]["achieved_rate"]}
     seg, shared = p99("segregated", top), p99("shared", top)
     ratio = round(shared / seg, 2) if seg and shared else None
-    targets = {
+    over_idle = headline["segregated"]["saturation_over_idle"] if "segregated" in headline else None
+    targets: PrioritizationTargets = {
         "segregated_saturation_over_idle_max": 2.0,
-        "segregated_met": bool(headline.get("segregated", {}).get("saturation_over_idle")
-                               and headline["segregated"]["saturation_over_idle"] <= 2.0),
+        "segregated_met": bool(over_idle and over_idle <= 2.0),
         "shared_over_segregated_min": 10.0,
         "shared_over_segregated": ratio,
         "shared_over_segregated_met": bool(ratio and ratio >= 10.0),
@@ -295,7 +310,7 @@ def _mosquitto_pub_version() -> str | None:
         return None
 
 
-def summary(result: dict[str, Any]) -> str:
+def summary(result: PrioritizationResult) -> str:
     lines = ["prioritization benchmark: control round trip (ms) under a delivery-plane flood",
              f"{'config':22}{'flood offered':>14}{'delivered':>11}{'ctl p50':>9}{'ctl p99':>9}{'unacked':>9}"]
     for config, rows in result["results"].items():
@@ -304,7 +319,7 @@ def summary(result: dict[str, Any]) -> str:
             lines.append(f"{config:22}{str(row['offered_rate']):>14}{row['achieved_rate']:>11.0f}"
                          f"{c.get('p50', float('nan')):>9.2f}{c.get('p99', float('nan')):>9.2f}{c['lost']:>9}")
     t = result["targets"]
-    seg = result["headline"].get("segregated", {}).get("saturation_over_idle")
+    seg = result["headline"]["segregated"]["saturation_over_idle"] if "segregated" in result["headline"] else None
     lines.append(f"shared / segregated p99 at saturation: {t['shared_over_segregated']} "
                  f"(target >= 10: {'met' if t['shared_over_segregated_met'] else 'NOT met'}); "
                  f"segregated saturation/idle p99: {seg} (target <= 2: {'met' if t['segregated_met'] else 'NOT met'})")

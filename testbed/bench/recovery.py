@@ -22,6 +22,7 @@ loss window against the save cost, measured as throughput with each policy.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -32,14 +33,23 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from testbed.backends.environment import environment
+from testbed.backends.local import LocalBus
+from testbed.backends.processes import ProcessRecord
 from testbed.bench.common import Processes, bench_topology, start_broker
-from testbed.core.errors import BenchmarkError
+from testbed.core.errors import BenchmarkError, TestbedError
 from testbed.core.ports import free_port
+from testbed.core.results import AutosavePoint, RecoveryFault, RecoveryResult, RecoveryTime, RecoveryTrial
+from testbed.core.scenario import load_scenario
 from testbed.core.stats import count_loss_and_duplicates
 from testbed.core.topics import topic
+from testbed.core.topology import BrokerSpec, Topology, load_topology
+from testbed.core.waiting import WaitTimeout, wait_until
+from testbed.harness.recorder import Recorder
+from testbed.harness.runner import ScenarioRunner
+from testbed.reporting.text import recovery_markdown
 from testbed.security.pki import PKI
 from testbed.transport.mqtt import (
     PAHO_DEFAULT_RECONNECT_S,
@@ -52,7 +62,7 @@ from testbed.transport.mqtt import (
 
 __all__ = ["RESULT_SCHEMA", "TUNED", "Producer", "fault_line", "run_recovery", "whole_at"]
 
-RESULT_SCHEMA = "fmb.bench-recovery/1"
+RESULT_SCHEMA: Final = "fmb.bench-recovery/1"  # the shape: testbed.core.results.RecoveryResult
 TUNED = (RECONNECT_MIN_S, RECONNECT_MAX_S)
 
 
@@ -121,12 +131,18 @@ class Producer:
         self.thread.start()
 
     def finish(self, timeout_s: float = 15) -> None:
+        """Stop publishing; wait up to ``timeout_s`` for the broker to acknowledge what was sent."""
         self.stop.set()
         if self.thread:
             self.thread.join()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and len(self.acked) < self.seq:
-            time.sleep(0.02)
+        self.await_acks(timeout_s)
+
+    def await_acks(self, timeout_s: float, interval_s: float = 0.02) -> None:
+        """Wait up to ``timeout_s`` until every message published is acknowledged (those that are not
+        by then count as unacknowledged: not an error)."""
+        with contextlib.suppress(WaitTimeout):
+            wait_until(lambda: len(self.acked) >= self.seq, timeout_s, interval_s=interval_s,
+                       what=f"acknowledgements of {self.topic} up to {self.seq}")
 
     def close(self) -> None:
         self.client.disconnect()
@@ -160,24 +176,26 @@ class _Harness:
         self.pki, self.root, self.work = pki, root, work
         self.rate, self.payload_bytes = rate, payload_bytes
         self.procs = Processes(work)
+        self.broker_record: ProcessRecord | None = None  # the broker of the trial under way
         self.identity = TLSIdentity(pki.ca_cert, pki.client("bench").cert, pki.client("bench").key)
         self.progress = progress or (lambda line: None)
         self.trial = 0
 
-    def broker(self, autosave_s: int = 60) -> tuple[Any, Any, Path, Endpoint]:
+    def broker(self, autosave_s: int = 60) -> tuple[Topology, BrokerSpec, Path, Endpoint]:
         self.trial += 1
         topology = bench_topology(self.root, 1, (free_port(), free_port()), kind="datacentre",
                                   autosave_interval_s=autosave_s)
         spec = topology.broker("bench-delivery")
         directory = self.work / f"trial-{self.trial}"
-        proc, endpoint = start_broker(self.procs, topology, spec, self.pki, directory)
+        self.broker_record, endpoint = start_broker(self.procs, topology, spec, self.pki, directory)
         return topology, spec, directory, endpoint
 
-    def restart(self, topology: Any, spec: Any, directory: Path) -> tuple[Any, int]:
-        proc, _ = start_broker(self.procs, topology, spec, self.pki, directory)
-        return proc, time.time_ns()
+    def restart(self, topology: Topology, spec: BrokerSpec, directory: Path) -> tuple[ProcessRecord, int]:
+        self.broker_record, _ = start_broker(self.procs, topology, spec, self.pki, directory)
+        return self.broker_record, time.time_ns()
 
-    def consumer(self, endpoint: Endpoint, qos: int, out: Path, reconnect: tuple[float, float]) -> Any:
+    def consumer(self, endpoint: Endpoint, qos: int, out: Path,
+                 reconnect: tuple[float, float]) -> ProcessRecord:
         return self.procs.start(f"consumer-{self.trial}-{time.monotonic_ns()}", [sys.executable, "-m",
                                 "testbed.bench.consumer"], {
             "FMB_BROKER": f"{endpoint.host}:{endpoint.port}", "FMB_CA": str(self.identity.ca),
@@ -205,11 +223,12 @@ class _Harness:
 
     @staticmethod
     def wait_records(path: Path, count: int, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and len({s for s, _ in _read_consumer(path)}) < count:
-            time.sleep(0.05)
+        """Wait up to ``timeout_s`` for the consumer to hold ``count`` distinct messages (fewer: measured as lost)."""
+        with contextlib.suppress(WaitTimeout):
+            wait_until(lambda: len({s for s, _ in _read_consumer(path)}) >= count, timeout_s, interval_s=0.05,
+                       what=f"{count} messages in {path}")
 
-    def measure(self, producer: Producer, records_path: Path, fault_ns: int, back_ns: int) -> dict[str, Any]:
+    def measure(self, producer: Producer, records_path: Path, fault_ns: int, back_ns: int) -> RecoveryTrial:
         records = _read_consumer(records_path)
         acked = sorted(s for s in producer.acked if s >= producer.first)
         counts = count_loss_and_duplicates(acked, [s for s, _ in records if s >= producer.first])
@@ -224,7 +243,7 @@ class _Harness:
 
     # -- the faults ---------------------------------------------------------------------------------
 
-    def broker_sigterm(self, qos: int, reconnect: tuple[float, float]) -> dict[str, Any]:
+    def broker_sigterm(self, qos: int, reconnect: tuple[float, float]) -> RecoveryTrial:
         topology, spec, directory, endpoint = self.broker()
         records = directory / "consumer.txt"
         consumer = self.consumer(endpoint, qos, records, reconnect)
@@ -233,11 +252,12 @@ class _Harness:
             self.await_subscription(producer, records)
             producer.run(self.rate)
             time.sleep(1.0)
-            broker = _broker_proc(self.procs, directory)
+            broker = self.broker_record
+            assert broker is not None
             fault_ns = time.time_ns()
-            broker.send_signal(signal.SIGTERM)  # graceful: Mosquitto saves its database on the way out
-            broker.wait(10)
-            self.procs.procs.remove(broker)
+            # Graceful: Mosquitto saves its database on the way out; a broker that needs SIGKILL is not this fault.
+            if self.procs.stop([broker], timeout_s=10):
+                raise TestbedError(f"the benchmark broker did not exit within 10 s of SIGTERM; see {directory}")
             _, back_ns = self.restart(topology, spec, directory)
             time.sleep(max(2.0, reconnect[0] * 2 + 1))
             producer.finish()
@@ -248,7 +268,7 @@ class _Harness:
             self.procs.stop([consumer])
             self.procs.stop()
 
-    def consumer_kill9(self, qos: int) -> dict[str, Any]:
+    def consumer_kill9(self, qos: int) -> RecoveryTrial:
         topology, spec, directory, endpoint = self.broker()
         records = directory / "consumer.txt"
         consumer = self.consumer(endpoint, qos, records, TUNED)
@@ -285,13 +305,11 @@ class _Harness:
             self.procs.stop([consumer])  # offline: from now on messages queue in its session
             producer.run(self.rate)
             time.sleep(seconds)
-            producer.stop.set()
-            producer.thread.join()  # type: ignore[union-attr]
-            deadline = time.monotonic() + 5
-            while len(producer.acked) < producer.seq and time.monotonic() < deadline:
-                time.sleep(0.02)
+            producer.finish(timeout_s=5)
             acked = {s for s in producer.acked if s >= producer.first}
-            self.procs.kill(_broker_proc(self.procs, directory))
+            broker = self.broker_record
+            assert broker is not None  # set by self.broker() above
+            self.procs.kill(broker)
             self.restart(topology, spec, directory)
             consumer = self.consumer(endpoint, qos, records, TUNED)
             time.sleep(2.5)
@@ -313,29 +331,16 @@ class _Harness:
             start = time.perf_counter()
             for _ in range(count):
                 producer.publish_one()
-            deadline = time.monotonic() + 60
-            while len(producer.acked) < producer.seq and time.monotonic() < deadline:
-                time.sleep(0.001)
+            producer.await_acks(60, interval_s=0.001)
             return round(count / (time.perf_counter() - start), 1)
         finally:
             producer.close()
             self.procs.stop()
 
 
-def _broker_proc(procs: Processes, directory: Path) -> Any:
-    conf = str(directory / "mosquitto.conf")
-    return next(p for p in procs.procs if conf in p.args)  # type: ignore[operator]
-
-
-def _field_broker_kill9(pki: PKI, certs: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+def _field_broker_kill9(pki: PKI, certs: Path, progress: Callable[[str], None]) -> RecoveryTrial:
     """Kill -9 the field delivery broker of a whole Appendix A bus; time until the tablet shows the
     data centre's diagram again (the bridge resubscribes, the DC resends the retained diagram)."""
-    from testbed.backends.local import LocalBus
-    from testbed.core.scenario import load_scenario
-    from testbed.core.topology import load_topology
-    from testbed.harness.recorder import Recorder
-    from testbed.harness.runner import ScenarioRunner
-
     topology = load_topology().with_free_ports()
     with tempfile.TemporaryDirectory(prefix="fmb-bench-field-") as tmp:
         bus = LocalBus(topology, pki, Path(tmp))
@@ -375,12 +380,12 @@ def _field_broker_kill9(pki: PKI, certs: Path, progress: Callable[[str], None]) 
 
 def run_recovery(pki: PKI, certs: Path, root: str, repetitions: int, rate: float, payload_bytes: int,
                  autosave_intervals: list[int], out: Path, progress: Callable[[str], None] | None = None,
-                 include_field: bool = True) -> dict[str, Any]:
+                 include_field: bool = True) -> RecoveryResult:
     """The whole benchmark; writes ``out/bench-recovery.json`` and returns it."""
     say = progress or (lambda line: None)
     pki.init({b.name: [] for b in bench_topology(root, 1, (1, 2)).brokers}, ["bench"])
-    faults: list[dict[str, Any]] = []
-    sweep: list[dict[str, Any]] = []
+    faults: list[RecoveryFault] = []
+    sweep: list[AutosavePoint] = []
     with tempfile.TemporaryDirectory(prefix="fmb-bench-recovery-") as tmp:
         h = _Harness(pki, root, Path(tmp), rate, payload_bytes, say)
         try:
@@ -423,7 +428,7 @@ def run_recovery(pki: PKI, certs: Path, root: str, repetitions: int, rate: float
                        "description": "field delivery broker kill -9 (non-persistent), restarted; time until "
                                       "the tablet displays the data centre's diagram again",
                        "target": None, "trials": trials})
-    result = {
+    result: RecoveryResult = {
         "schema": RESULT_SCHEMA, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "conditions": {"backend": "local", "repetitions": repetitions, "message_rate_per_s": rate,
                        "payload_bytes": payload_bytes, "tls_version": "TLSv1.2+ (mutual)",
@@ -441,12 +446,12 @@ def run_recovery(pki: PKI, certs: Path, root: str, repetitions: int, rate: float
     return result
 
 
-def fault_line(fault: dict[str, Any]) -> str:
+def fault_line(fault: RecoveryFault) -> str:
     """One fault's trials summarised on one line, as the benchmark prints them while it runs."""
     t = fault["trials"]
 
-    def worst(key: str) -> str:
-        values = [x[key] for x in t if x.get(key) is not None]
+    def worst(key: RecoveryTime) -> str:
+        values = [v for x in t if (v := x.get(key)) is not None]
         return f"{max(values):.3f}" if values else "-"
 
     return (f"  {fault['name']} QoS {fault['qos']} ({fault['client']}): worst detect {worst('detect_s')} s, "
@@ -454,7 +459,5 @@ def fault_line(fault: dict[str, Any]) -> str:
             f"duplicated {sum(x['duplicated'] for x in t)} over {len(t)} trials")
 
 
-def summary(result: dict[str, Any]) -> str:
-    from testbed.reporting.render import recovery_markdown
-
+def summary(result: RecoveryResult) -> str:
     return "recovery benchmark\n" + recovery_markdown(result)

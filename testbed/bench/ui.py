@@ -20,11 +20,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Final, cast
 
 from testbed.backends.environment import environment
+from testbed.backends.local import LocalBus
 from testbed.core.errors import TestbedError
+from testbed.core.results import UiResult, UiSample
 from testbed.core.scenario import Scenario
 from testbed.core.stats import percentiles
 from testbed.core.topology import Topology
@@ -33,7 +36,7 @@ from testbed.security.pki import PKI, spki_pin
 
 __all__ = ["RESULT_FILE", "SCHEMA", "chromium_path", "find_chromium", "run_ui", "summary"]
 
-SCHEMA = "fmb.bench-ui/1"
+SCHEMA: Final = "fmb.bench-ui/1"  # the shape: testbed.core.results.UiResult
 RESULT_FILE = "bench-ui.json"
 SETPOINT_V = 114.0
 NOMINAL_V = 120.0
@@ -67,13 +70,11 @@ def chromium_path() -> str:
 
 
 def run_ui(topology: Topology, pki: PKI, scenario: Scenario, repeat: int, out: Path,
-           log: Callable[[str], None] = print) -> dict[str, Any]:
+           log: Callable[[str], None] = print) -> UiResult:
     """The whole benchmark on a fresh local bus; writes ``out/bench-ui.json`` and a screenshot."""
-    from testbed.backends.local import LocalBus
-
     if repeat < 2:
         raise TestbedError(f"--repeat is {repeat}; percentiles need 2 or more repetitions")
-    try:
+    try:  # Playwright is a dev extra: without it, a one-line error instead of an import failure
         from playwright.sync_api import Error as PlaywrightError
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -84,7 +85,7 @@ def run_ui(topology: Topology, pki: PKI, scenario: Scenario, repeat: int, out: P
     load_before = os.getloadavg()
     variant = topology.with_free_ports()
     tablet = next(d.id for d in variant.devices if d.role == "tablet")
-    samples: list[dict[str, Any]] = []
+    samples: list[UiSample] = []
     with tempfile.TemporaryDirectory(prefix="fmb-bench-ui-") as state:
         bus = LocalBus(variant, pki, Path(state), ui_port=0)
         log(f"starting {len(variant.brokers)} brokers and {len(variant.devices)} devices on free ports (state {state})")
@@ -120,8 +121,9 @@ def run_ui(topology: Topology, pki: PKI, scenario: Scenario, repeat: int, out: P
                                            f"{out / f'{tablet}-failed.png'}, tablet log {bus.device_log(tablet)}"
                                            ) from None
                     sample = page.evaluate(_EFFECT_JS, NOMINAL_V)
-                    samples.append({"rep": rep, **{k: round(v, 2) if v is not None else None
-                                                   for k, v in sample.items()}})
+                    # The page's closed_ms, restored_ms (both shown by now, waited for above) and low_ms.
+                    samples.append(cast(UiSample, {"rep": rep, **{k: round(v, 2) if v is not None else None
+                                                                  for k, v in sample.items()}}))
                     if rep % 5 == 0 or rep == repeat:
                         log(f"  repetition {rep}/{repeat}: cap bank shown closed after {sample['closed_ms']:.1f} ms, "
                             f"meter back at {NOMINAL_V:g} V after {sample['restored_ms']:.1f} ms")
@@ -132,9 +134,7 @@ def run_ui(topology: Topology, pki: PKI, scenario: Scenario, repeat: int, out: P
                 tls = runner.recorder.tls_version
         finally:
             bus.stop()
-    from importlib.metadata import version
-
-    result: dict[str, Any] = {
+    result: UiResult = {
         "schema": SCHEMA,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "what": "operator presses Set voltage (114 V) in the tablet's web page -> the page shows the cap bank "
@@ -156,10 +156,10 @@ def run_ui(topology: Topology, pki: PKI, scenario: Scenario, repeat: int, out: P
     return result
 
 
-def summary(result: dict[str, Any]) -> str:
+def summary(result: UiResult) -> str:
     lines = [f"tablet web UI, {result['repetitions']} presses of Set voltage (114 V), page clock, ms:"]
-    for key, label in (("closed_ms", "cap bank shown closed"), ("restored_ms", "meter shown back at 120 V")):
-        s = result[key]
+    for s, label in ((result["closed_ms"], "cap bank shown closed"),
+                     (result["restored_ms"], "meter shown back at 120 V")):
         lines.append(f"  {label:26} p50 {s['p50']:8.1f}  p90 {s['p90']:8.1f}  p99 {s['p99']:8.1f}  "
                      f"max {s['max']:8.1f}  (n={s['n']})")
     lines.append(f"  screenshot: {result['screenshot']} beside the JSON")

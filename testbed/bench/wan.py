@@ -31,6 +31,7 @@ DC -> field direction is shaped (the direction both the commands and the flood c
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -42,14 +43,17 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from testbed.backends.environment import environment
+from testbed.backends.processes import ProcessRecord
 from testbed.bench.common import Processes
 from testbed.core.errors import TestbedError
 from testbed.core.payloads import decode, encode, new_traceparent
-from testbed.core.stats import percentiles
+from testbed.core.results import WanControl, WanHeadline, WanResult, WanRow
+from testbed.core.stats import percentiles, rounded
 from testbed.core.topics import topic
+from testbed.core.waiting import WaitTimeout, wait_until
 from testbed.security.signing import CommandSigner, SigningKeys
 from testbed.transport.mqtt import connect, publish_properties
 
@@ -58,7 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CONFIGS", "RESULT_SCHEMA", "SharedLink", "check_wan", "parse_rate", "parse_wan", "run_wan", "summary"]
 
-RESULT_SCHEMA = "fmb.bench-wan/1"
+RESULT_SCHEMA: Final = "fmb.bench-wan/1"  # the shape: testbed.core.results.WanResult
 CONFIGS = ("no-priority", "priority")
 NO_NETEM = "not available: kernel has no netem"
 # Bytes on the wire per flood message beyond its payload: MQTT fixed header + topic, TLS record,
@@ -234,7 +238,7 @@ class _ControlProbe:
             self.sent[self.seq] = time.perf_counter_ns()
         self.operator.publish(self.name, payload, 1, properties=props)
 
-    def window(self, rate: float, seconds: float, wait_s: float) -> dict[str, Any]:
+    def window(self, rate: float, seconds: float, wait_s: float) -> WanControl:
         first = self.seq + 1
         period, start = 1.0 / rate, time.perf_counter()
         for i in range(max(1, int(rate * seconds))):
@@ -243,17 +247,18 @@ class _ControlProbe:
                 time.sleep(delay)
             self.send()
         last = self.seq
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
+
+        def arrived() -> bool:
             with self.lock:
-                if all(s in self.got for s in range(first, last + 1)):
-                    break
-            time.sleep(0.01)
+                return all(s in self.got for s in range(first, last + 1))
+
+        with contextlib.suppress(WaitTimeout):  # those still missing are counted missing
+            wait_until(arrived, wait_s, interval_s=0.01, what=f"control messages {first} to {last}")
         with self.lock:
             samples = [self.got[s] for s in range(first, last + 1) if s in self.got]
-        stats = percentiles(samples) if samples else {}
-        return {"sent": last - first + 1, "received": len(samples), "missing": last - first + 1 - len(samples),
-                "waited_s": wait_s, **{k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}}
+        counts: WanControl = {"sent": last - first + 1, "received": len(samples),
+                              "missing": last - first + 1 - len(samples), "waited_s": wait_s}
+        return {**counts, **rounded(percentiles(samples), 3)} if samples else counts
 
     def close(self) -> None:
         for c in (self.operator, self.watcher):
@@ -285,7 +290,7 @@ def check_wan(delay_ms: float) -> None:
 def run_wan(bus: DockerBus, rate_bps: int, delay_ms: float, seconds: float, command_rate: float,
             payload_bytes: int, publishers: int, out: Path, configs: tuple[str, ...] = CONFIGS,
             queue_packets: int = 100, control_share: float = 0.2, flood_factor: float = 2.0,
-            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+            progress: Callable[[str], None] | None = None) -> WanResult:
     """The whole benchmark on a running Compose bus; writes ``out/bench-wan.json`` and returns it."""
     say = progress or (lambda line: None)
     check_wan(delay_ms)
@@ -309,7 +314,7 @@ def run_wan(bus: DockerBus, rate_bps: int, delay_ms: float, seconds: float, comm
     offered = round(capacity * flood_factor, 1)
     # The container ports of the control brokers (the bridge connects to the field broker's).
     ports = sorted({bus.container_topology.broker(b.name).port for b in (field_control, dc_control)})
-    results: dict[str, list[dict[str, Any]]] = {}
+    results: dict[str, list[WanRow]] = {}
     with tempfile.TemporaryDirectory(prefix="fmb-bench-wan-") as tmp:
         work = Path(tmp)
         procs = Processes(work)
@@ -326,7 +331,7 @@ def run_wan(bus: DockerBus, rate_bps: int, delay_ms: float, seconds: float, comm
             probe.window(20, 0.5, 5)  # warm up both connections and the bridge
             for config in configs:
                 link.install(priority=config == "priority")
-                rows = []
+                rows: list[WanRow] = []
                 for step, rate in (("idle", 0.0), ("flood", offered)):
                     flood = [] if not rate else _flood(procs, flood_identity, bus.endpoint(dc_delivery.name),
                                                        flood_topic, flood_payload, rate, seconds + 3,
@@ -352,12 +357,13 @@ def run_wan(bus: DockerBus, rate_bps: int, delay_ms: float, seconds: float, comm
             probe.close()
             procs.stop()
             link.remove()
+    headline: dict[str, WanHeadline]
     headline = {c: {"idle_p99_ms": rows[0]["control_ms"].get("p99"),
                     "flood_p50_ms": rows[1]["control_ms"].get("p50"),
                     "flood_p99_ms": rows[1]["control_ms"].get("p99"),
                     "flood_delivered_rate": rows[1]["delivered_rate"]} for c, rows in results.items()}
-    nop, pri = (headline.get(c, {}).get("flood_p99_ms") for c in CONFIGS)
-    result = {
+    nop, pri = (headline[c]["flood_p99_ms"] if c in headline else None for c in CONFIGS)
+    result: WanResult = {
         "schema": RESULT_SCHEMA, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "conditions": {
             "backend": "docker", "link_rate_bits_per_s": rate_bps, "delay": NO_NETEM,
@@ -387,18 +393,22 @@ def run_wan(bus: DockerBus, rate_bps: int, delay_ms: float, seconds: float, comm
 
 def _drain(flood_log: Path, quiet_s: float = 1.0, timeout_s: float = 30) -> None:
     """Wait until the flood subscriber has had nothing for ``quiet_s`` (the backlog crossed)."""
-    deadline, last, since = time.monotonic() + timeout_s, -1, time.monotonic()
-    while time.monotonic() < deadline:
+    last, since = -1, time.monotonic()
+
+    def quiet() -> bool:
+        nonlocal last, since
         now = _lines(flood_log)
         if now != last:
             last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            return
-        time.sleep(0.1)
+            return False
+        return time.monotonic() - since >= quiet_s
+
+    with contextlib.suppress(WaitTimeout):  # a flood still draining after timeout_s: go on regardless
+        wait_until(quiet, timeout_s, interval_s=0.1, what=f"{quiet_s:g} s without a message in {flood_log}")
 
 
 def _flood(procs: Processes, identity: Any, endpoint: Any, name: str, payload: str, rate: float, seconds: float,
-           publishers: int, tag: str) -> list[subprocess.Popen[bytes]]:
+           publishers: int, tag: str) -> list[ProcessRecord]:
     started = []
     for i in range(publishers):
         count, delay = int(rate * seconds / publishers) + 1, publishers / rate
@@ -410,7 +420,7 @@ def _flood(procs: Processes, identity: Any, endpoint: Any, name: str, payload: s
     return started
 
 
-def summary(result: dict[str, Any]) -> str:
+def summary(result: WanResult) -> str:
     c = result["conditions"]
     lines = [f"WAN benchmark: {c['link_rate_bits_per_s'] / 1e6:g} Mbit/s {c['shaped_direction'].split(' (')[0]}, "
              f"delay {c['delay']}; control one-way latency (ms) across the control bridge",

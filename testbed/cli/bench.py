@@ -189,7 +189,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def add_bench(commands: Commands) -> None:
     bench = commands.add("bench", cmd_bench, "run a benchmark (not a test): figures as JSON with their conditions")
     bench.add_argument("name", choices=list(BENCHMARKS), help="which benchmark")
-    bench.description += (
+    bench.description = (bench.description or "") + (
         ". latency: for each --qos level a fresh bus of local processes is started on free ports in a "
         "temporary state directory (PKI from --certs), the Appendix A scenario is repeated after a warm-up, "
         "then a one-hop baseline runs on the same brokers; it refuses to run beside a bus already up from "

@@ -14,15 +14,16 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from testbed.backends.compose import compose_bus
 from testbed.backends.local import LocalBus
 from testbed.cli.common import DEFAULT_UI_PORT, ROOT, Commands, paths, stamp
 from testbed.core.errors import TestbedError
+from testbed.core.results import Repetition
 from testbed.core.scenario import Scenario, load_scenario
 from testbed.core.topology import load_topology
 from testbed.harness.runner import ScenarioRunner
+from testbed.reporting.text import summary_table
 from testbed.security.provision import ensure_pki
 
 __all__ = ["add_demo", "add_down", "add_run", "add_status", "add_up", "local_bus", "run_scenario", "verify"]
@@ -78,8 +79,8 @@ def _print_ui(bus: LocalBus, when: str = "") -> None:
               "the browser, or accept the warning once")
 
 
-def _progress(repeat: int) -> Callable[[dict[str, Any]], None]:
-    def show(rep: dict[str, Any]) -> None:
+def _progress(repeat: int) -> Callable[[Repetition], None]:
+    def show(rep: Repetition) -> None:
         if repeat > 1 and (rep["rep"] % 10 == 0 or rep["rep"] == repeat or not rep["passed"]):
             e2e = f"{rep['e2e_ms']:.2f} ms" if rep["e2e_ms"] is not None else "-"
             print(f"  repetition {rep['rep']}/{repeat}: {'passed' if rep['passed'] else 'FAILED'}, "
@@ -105,9 +106,6 @@ def run_scenario(args: argparse.Namespace, scenario_name: str) -> int:
         with ScenarioRunner(bus, scenario) as runner:
             result = runner.run(args.repeat, out, backend=args.backend,
                                 progress=_progress(args.repeat))
-        # Deliberately here: the summary table's module loads matplotlib, which only a finished run needs.
-        from testbed.reporting.scenario import summary_table
-
         print(summary_table(result))
         print(f"results: {out}/ (result.json, messages.jsonl, timeline.png, summary.txt)")
     return 0 if result["passed"] else 1

@@ -73,7 +73,11 @@ def cmd_certs_rotate(args: argparse.Namespace) -> int:
 
 
 def add_certs(commands: Commands) -> None:
-    certs = commands.add("certs", lambda a: certs.print_help() or 2, "manage the PKI")
+    def certs_help(a: argparse.Namespace) -> int:  # `fmb certs` without an action
+        certs.print_help()
+        return 2
+
+    certs = commands.add("certs", certs_help, "manage the PKI")
     csub = certs.add_subparsers(dest="certs_command", metavar="ACTION")
     init = csub.add_parser("init", parents=[commands.common], help="create the CA and every certificate")
     init.set_defaults(func=cmd_certs_init)

@@ -1,7 +1,7 @@
 """What the ``fmb`` command groups share: where generated material lives, the options every
 command takes (``--topology``, ``--certs``, ``--state``), a parser whose usage errors are one line
 like every other error, and the running bus. Each group module adds its commands through
-:class:`Commands`; :func:`testbed.cli.build_parser` calls them in the order ``fmb --help`` lists.
+:class:`Commands`; :func:`testbed.cli.fmb.build_parser` calls them in the order ``fmb --help`` lists.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from testbed.backends.containers import FEEDER_DIR, container_topology, device_env, exec_module, init_volumes
 from testbed.core.errors import TestbedError
+from testbed.harness import service
 
 __all__ = ["main"]
 
@@ -36,10 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     if args in (["-h"], ["--help"]):
         print(USAGE)
         return 0
-    if args and args[0] in ("scenario", "runner", "request-run"):
-        # Only the harness services load the harness (and matplotlib, which needs a writable
-        # directory that the read-only init and device containers do not have).
-        from testbed.harness import service
     try:
         if args == ["init"]:
             created = init_volumes(container_topology())

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from testbed.backends.local import LocalBus
 from testbed.bench.cutoff import measure_cutoff, write_result
@@ -88,9 +90,10 @@ def cmd_respond(args: argparse.Namespace) -> int:
     if not args.target:
         raise TestbedError(f"`fmb respond {args.action}` needs a target: an identity (e.g. meter-1) or a topic")
     responder = Responder(running(args))
-    outcome = {"revoke": responder.revoke, "block": responder.block, "unblock": responder.unblock,
-               "evict": lambda t: {"action": "evict", "identity": t, "evicted_on": responder.evict(t)}}[args.action](
-        args.target)
+    actions: dict[str, Callable[[str], dict[str, Any]]] = {
+        "revoke": responder.revoke, "block": responder.block, "unblock": responder.unblock,
+        "evict": lambda t: {"action": "evict", "identity": t, "evicted_on": responder.evict(t)}}
+    outcome = actions[args.action](args.target)
     print(json.dumps(outcome, indent=2))
     return 0
 

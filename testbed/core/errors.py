@@ -9,6 +9,7 @@
     ├── ScenarioError            a scenario could not be run (not: a scenario that failed)
     ├── BenchmarkError           a benchmark could not measure (nothing flowed, a helper never subscribed)
     ├── FaultError               a fault could not be injected (testbed.backends.faults)
+    ├── WaitTimeout              what testbed.core.waiting.wait_until waited for did not happen in time
     ├── PayloadError             a message does not fit its profile; also a ValueError (testbed.core.payloads)
     └── CommandRejected          a command an actuator must not execute (testbed.security.signing)
 
@@ -21,6 +22,7 @@ where they have always been.
 from __future__ import annotations
 
 __all__ = [
+    "WaitTimeout",
     "BenchmarkError",
     "BrokerError",
     "CommandRejected",
@@ -85,3 +87,7 @@ class PayloadError(TestbedError, ValueError):
 
 class CommandRejected(TestbedError):
     """A command an actuator must not execute; the message says why."""
+
+
+class WaitTimeout(TestbedError):
+    """What :func:`testbed.core.waiting.wait_until` waited for did not happen before its deadline."""

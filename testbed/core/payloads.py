@@ -76,7 +76,7 @@ def encode(profile: str, source: str, seq: int, body: dict[str, Any], ts_ns: int
     return json.dumps(msg.as_dict(), separators=(",", ":")).encode()
 
 
-def decode(payload: bytes, profile: str | None = None, source: str | None = None) -> Message:
+def decode(payload: bytes | bytearray, profile: str | None = None, source: str | None = None) -> Message:
     """Parse and validate a payload; ``profile``/``source`` are what the topic says they must be."""
     try:
         data = json.loads(payload)

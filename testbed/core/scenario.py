@@ -19,9 +19,10 @@ a bare value means equality, or a table of ``eq``, ``ne``, ``lt``, ``le``, ``gt`
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from testbed.core.errors import ConfigError
 from testbed.core.payloads import BODY_RULES, PayloadError, decode, encode
@@ -36,7 +37,7 @@ TRIGGER_ARGS = {"set_supply": ("target", "volts"), "publish": ("profile", "targe
 # Where each expectation is written, and the fields only some of them use.
 _SECTIONS = {"initial": "[[initial.expect]]", "step": "[[steps]]", "end": "[end]", "final": "[[final]]"}
 _ONLY = {"fresh": ("initial",), "plane": ("step", "end"), "after": ("step", "end")}
-_OPS = {
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
     "eq": lambda v, a: v == a,
     "ne": lambda v, a: v != a,
     "lt": lambda v, a: _num(v) and v < a,
@@ -49,7 +50,7 @@ _OPS = {
 }
 
 
-def _num(v: Any) -> bool:
+def _num(v: Any) -> TypeGuard[float]:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
@@ -259,7 +260,7 @@ class _Validator:
             raise self.fail(f"{where}.device", "names a tablet, but the topology has none",
                             "add a tablet to the topology, or use a publish trigger")
         if name not in ("tablet", *tablets):
-            what = "not a tablet" if name in self.names else "no device of the topology"
+            what = "not a tablet" if name in (self.names or ()) else "no device of the topology"
             raise self.fail(f"{where}.device", f"is {name!r}, {what}",
                             f"set_supply is an input on a tablet's UI: use one of: {', '.join(['tablet', *tablets])}")
         return name
@@ -421,7 +422,7 @@ class _Validator:
 
 def _describe(rule: tuple[Any, ...]) -> str:
     """One field of a body schema (``payloads.BODY_RULES``) in words."""
-    kind = rule[0]
+    kind: str = rule[0]
     if kind == "volts":
         return f"a number of volts, {rule[1]:g}-{rule[2]:g}"
     if kind == "enum":

@@ -1,18 +1,23 @@
-"""Summary statistics for scenario and benchmark results, in pure Python.
+"""Summary statistics for scenario and benchmark results.
 
 Percentiles use linear interpolation between closest ranks (numpy's default ``'linear'`` method,
-Hyndman & Fan type 7), so figures agree with anything a reader recomputes from raw samples with
-numpy; the implementation has no numpy dependency so that devices and slim images can use it.
-Loss and duplicate counting compares the sequence numbers a publisher sent with those a subscriber
-received, which is how the recovery scenarios prove that nothing was lost.
+Hyndman & Fan type 7), computed by numpy itself (installed with matplotlib), so figures are what
+a reader recomputes from the raw samples with ``numpy.percentile``. Loss and duplicate counting
+compares the sequence numbers a publisher sent with those a subscriber received, which is how
+the recovery scenarios prove that nothing was lost.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import TypedDict, cast
 
-__all__ = ["count_loss_and_duplicates", "percentiles"]
+import numpy
+
+from testbed.core.results import Percentiles
+
+__all__ = ["LossCount", "count_loss_and_duplicates", "percentiles", "rounded"]
 
 # Enough to see the pattern of a loss (one gap or many) without bloating result.json.
 _MAX_LOST_SEQS = 100
@@ -23,16 +28,7 @@ def _percentile_key(q: float) -> str:
     return f"p{q:g}"
 
 
-def _interpolate(ordered: Sequence[float], q: float) -> float:
-    """Return percentile ``q`` of an ascending, non-empty sequence (numpy 'linear')."""
-    rank = (len(ordered) - 1) * q / 100.0
-    lower = math.floor(rank)
-    upper = min(lower + 1, len(ordered) - 1)
-    fraction = rank - lower
-    return ordered[lower] + fraction * (ordered[upper] - ordered[lower])
-
-
-def percentiles(values: Sequence[float], qs: Iterable[float] = (50, 90, 99)) -> dict[str, float]:
+def percentiles(values: Sequence[float], qs: Iterable[float] = (50, 90, 99)) -> Percentiles:
     """Return ``n``, ``min``, ``p<q>`` for each ``q``, ``max`` and ``mean`` of ``values``.
 
     Raises ``ValueError`` on an empty sequence, a NaN value or a ``q`` outside 0..100.
@@ -42,19 +38,40 @@ def percentiles(values: Sequence[float], qs: Iterable[float] = (50, 90, 99)) -> 
         raise ValueError("percentiles() needs at least one value; got an empty sequence")
     if any(math.isnan(v) for v in ordered):
         raise ValueError("percentiles() got a NaN value; drop or fix unmeasured samples first")
-    summary: dict[str, float] = {"n": len(ordered), "min": ordered[0]}
-    for q in qs:
+    wanted = list(qs)
+    for q in wanted:
         if not 0 <= q <= 100:
             raise ValueError(f"percentile q must be within 0..100; got {q!r}")
-        summary[_percentile_key(q)] = _interpolate(ordered, q)
+    summary: dict[str, float] = {"n": len(ordered), "min": ordered[0]}
+    if wanted:  # qs=() asks for n, min, max and mean only
+        at = numpy.percentile(ordered, wanted, method="linear")
+        for q, value in zip(wanted, at, strict=True):
+            summary[_percentile_key(q)] = float(value)
     summary["max"] = ordered[-1]
     summary["mean"] = math.fsum(ordered) / len(ordered)
-    return summary
+    return cast(Percentiles, summary)  # its p<q> keys are the qs asked for: built, not spelt out
+
+
+def rounded(stats: Percentiles, digits: int) -> Percentiles:
+    """``stats`` with every figure but ``n`` rounded to ``digits`` decimals, as results store them."""
+    return cast(Percentiles, {k: round(v, digits) if isinstance(v, float) else v for k, v in stats.items()})
+
+
+class LossCount(TypedDict):
+    """What :func:`count_loss_and_duplicates` finds."""
+
+    sent: int
+    received: int
+    lost: int
+    duplicated: int
+    lost_seqs: list[int]
+    out_of_order: int
+    unexpected: int
 
 
 def count_loss_and_duplicates(
     sent_seqs: Iterable[int], received_seqs: Iterable[int]
-) -> dict[str, object]:
+) -> LossCount:
     """Compare sent and received sequence numbers.
 
     Returns ``sent`` (distinct seqs sent), ``received`` (messages received, duplicates included),

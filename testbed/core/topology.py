@@ -398,7 +398,7 @@ def _feeder(path: Path, i: int, table: Any, sites: set[str], devices: dict[str, 
             raise ConfigError(path, r.field(role), f"is {ident!r}, not a {role} device",
                               f"use one of: {', '.join(known) or '(declare a ' + role + ' device)'}")
         refs[role] = ident
-    numbers = {}
+    numbers: dict[str, Any] = {}  # keyword arguments of FeederSpec, read by field name
     for f in dataclasses.fields(FeederSpec):
         if f.type == "float":
             value = float(r.get(f.name, (int, float), f.default))
@@ -409,7 +409,7 @@ def _feeder(path: Path, i: int, table: Any, sites: set[str], devices: dict[str, 
 
 
 def _ident(r: _Reader, key: str) -> str:
-    value = r.get(key, str)
+    value: str = r.get(key, str)
     if not value or not all(c.isalnum() or c in "-_" for c in value):
         raise ConfigError(r.path, r.field(key), f"is {value!r}",
                           "use letters, digits, - and _ only (it becomes a topic level and a CN)")

@@ -108,7 +108,7 @@ def load_monitor_config(path: Path | None) -> MonitorConfig:
         if key not in ("thresholds", "policy"):
             raise ConfigError(path, key, "is not a known table", "use [thresholds] and [policy]")
     names = {f.name: f.type for f in dataclasses.fields(Thresholds)}
-    values = {}
+    values: dict[str, Any] = {}  # keyword arguments of Thresholds, read by field name
     for key, value in data.get("thresholds", {}).items():
         if key not in names:
             raise ConfigError(path, f"thresholds.{key}", "is not a known threshold", f"use one of: {', '.join(names)}")

@@ -42,6 +42,7 @@ def build_inventory(topology: Topology, pki: PKI | None) -> dict[str, Any]:
         "listener": {"tls": "1.2+", "client_certificate": "required", "identity": "certificate CN",
                      "anonymous": False, "crl": True, "plaintext": False},
     } for b in topology.brokers]
+    devices: list[dict[str, Any]]  # a tablet's gets its web console below
     devices = [{"id": d.id, "role": d.role, "site": d.site,
                 "brokers": [topology.broker_for(d.site, p).name for p in ("delivery", "control")],
                 "rights": _rights(topology, d.id, d.role, d.site)} for d in topology.devices]
@@ -83,6 +84,7 @@ def build_inventory(topology: Topology, pki: PKI | None) -> dict[str, Any]:
 
 def plot_data_flows(inventory: dict[str, Any], path: Path) -> Path:
     """A data-flow diagram: sites side by side, devices in their site, one arrow per flow."""
+    # matplotlib only for the diagram: the inventory itself (and the responder) do not need it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -131,6 +133,6 @@ def plot_data_flows(inventory: dict[str, Any], path: Path) -> Path:
 
 
 def _box(x: float, y: float, w: float, h: float, color: str) -> Any:
-    from matplotlib.patches import FancyBboxPatch
+    from matplotlib.patches import FancyBboxPatch  # as in plot_data_flows: matplotlib only for the diagram
 
     return FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.01", fc=color, ec="#999")

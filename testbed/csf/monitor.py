@@ -38,12 +38,14 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
+from testbed.backends.local import LocalBus
 from testbed.core.errors import BrokerError, DeviceError, TestbedError
 from testbed.core.payloads import PayloadError, decode, encode
 from testbed.core.topics import subscriptions, topic
 from testbed.core.topology import load_topology
 from testbed.csf.brokerlog import BrokerLogParser, device_log_event, log_sources
 from testbed.csf.detect import Alert, Detector, load_monitor_config
+from testbed.csf.respond import Responder
 from testbed.transport.health import TICK_S, Heartbeat, install
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 
@@ -77,7 +79,7 @@ class Monitor:
         self._seq = 0
         self._replayed = threading.Event()
         self._pending_replays = len(self.sources)
-        self._responder: Any = None
+        self._responder: Responder | None = None
         ready = env.get("FMB_READY_FILE")
         self.heartbeat = Heartbeat(Path(ready) if ready else None, self.id)
         install(self.heartbeat)
@@ -136,9 +138,6 @@ class Monitor:
             self._publish(alert)
 
     def _respond(self, action: str, record: dict[str, Any]) -> dict[str, Any]:
-        from testbed.backends.local import LocalBus
-        from testbed.csf.respond import Responder
-
         try:
             if self._responder is None:
                 bus = LocalBus.attach(Path(self.env["FMB_STATE_DIR"]))
@@ -176,13 +175,17 @@ class Monitor:
             subs = subscriptions(self.topology.root, "monitor", self.id, broker.plane)
             subscribed = threading.Event()
 
-            def on_connect(c: paho.Client, subs: list = subs, ev: threading.Event = subscribed) -> None:
+            def on_connect(c: paho.Client, subs: list[tuple[str, int]] = subs,
+                           ev: threading.Event = subscribed) -> None:
                 c.on_subscribe = lambda *a: ev.set()
                 c.subscribe(subs)
 
+            def on_message(c: paho.Client, u: Any, m: paho.MQTTMessage, b: str = broker.name) -> None:
+                self._on_message(b, m)
+
             self._clients[broker.name] = connect(
                 f"{self.id}-{broker.name}", self.tls, self.endpoints[broker.name],
-                on_message=lambda c, u, m, b=broker.name: self._on_message(b, m), on_connect=on_connect)
+                on_message=on_message, on_connect=on_connect)
             if not subscribed.wait(10):
                 raise BrokerError(f"the monitor could not subscribe on {broker.name} in 10 s: check that the broker "
                                   "runs and accepts the monitor's certificate")

@@ -238,7 +238,7 @@ SUBCATEGORIES: tuple[Subcategory, ...] = (
 
 def _outcome(evidence: tuple[str, ...], results: dict[str, dict[str, str]]) -> tuple[str, list[dict[str, str]]]:
     """(verified | failing | not run, the matching test results) for one subcategory."""
-    found = []
+    found: list[dict[str, str]] = []
     for prefix in evidence:
         matches = {node: r for node, r in results.items() if node.startswith(prefix)}
         if not matches:

@@ -29,6 +29,7 @@ import paho.mqtt.client as paho
 
 from brokers.mosquitto import DYNSEC_TOPIC, render_acl
 from testbed.core.errors import TestbedError
+from testbed.core.waiting import wait_until
 from testbed.security.blocklist import Blocklist
 from testbed.transport.mqtt import connect
 
@@ -99,17 +100,18 @@ class Responder:
         offsets = {p.name: Path(p.log).stat().st_size for p in brokers}
         for p in brokers:
             self.bus.signal(p.name, signal.SIGHUP)
-        deadline = time.monotonic() + timeout_s
         waiting = set(offsets)
-        while waiting and time.monotonic() < deadline:
+
+        def reloaded() -> bool:
             for name in list(waiting):
                 with open(self.bus.log_dir / f"{name}.log", "rb") as f:
                     f.seek(offsets[name])
                     if b"Reloading config" in f.read():
                         waiting.discard(name)
-            time.sleep(0.002)
-        if waiting:
-            raise TestbedError(f"brokers {', '.join(sorted(waiting))} did not reload in {timeout_s:g} s")
+            return not waiting
+
+        wait_until(reloaded, timeout_s, interval_s=0.002,
+                   what=lambda: f"brokers {', '.join(sorted(waiting))} did not reload in {timeout_s:g} s")
         return len(brokers)
 
     def evict(self, identity: str, timeout_s: float = 5.0) -> list[str]:

@@ -15,18 +15,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
 
 from testbed.core.errors import BrokerError
 from testbed.core.payloads import Message, PayloadError, decode
 from testbed.core.topics import parse_topic, subscriptions
-from testbed.core.topology import Topology
+from testbed.core.topology import BrokerSpec, Topology
 from testbed.transport.health import current
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect, user_properties
 
 __all__ = ["Observation", "Recorder"]
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -49,6 +51,13 @@ class Observation:
     @property
     def planes(self) -> set[str]:
         return {plane for _, plane, _ in self.sightings}
+
+    @property
+    def decoded(self) -> Message:
+        """``message``, of an observation known to have decoded (as every one a scenario matched has)."""
+        if self.message is None:
+            raise ValueError(f"observation {self.index} on {self.topic} did not decode: {self.error}")
+        return self.message
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -79,14 +88,18 @@ class Recorder:
             subs = subscriptions(self.topology.root, "recorder", "recorder", broker.plane)
             subscribed = threading.Event()
 
-            def on_connect(c: paho.Client, subs: list = subs, ev: threading.Event = subscribed) -> None:
+            def on_connect(c: paho.Client, subs: list[tuple[str, int]] = subs,
+                           ev: threading.Event = subscribed) -> None:
                 c.on_subscribe = lambda *a: ev.set()
                 c.subscribe(subs)
+
+            def on_message(c: paho.Client, u: Any, m: paho.MQTTMessage, b: BrokerSpec = broker) -> None:
+                self._on_message(b.name, b.plane, m)
 
             client = connect(
                 f"recorder-{broker.name}-{time.monotonic_ns() % 10**9}", self.identity,
                 self.endpoints[broker.name],
-                on_message=lambda c, u, m, b=broker: self._on_message(b.name, b.plane, m),
+                on_message=on_message,
                 on_connect=on_connect,
             )
             self._clients.append(client)
@@ -141,7 +154,7 @@ class Recorder:
         with self._cond:
             return list(self.observations[since:])
 
-    def wait_for(self, condition: Callable[[list[Observation]], Any], timeout_s: float) -> Any:
+    def wait_for(self, condition: Callable[[list[Observation]], _T], timeout_s: float) -> _T:
         """Re-evaluate ``condition`` on every new observation until it is truthy or time is up."""
         deadline = time.monotonic() + timeout_s
         with self._cond:

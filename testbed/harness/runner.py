@@ -14,30 +14,35 @@ The bus is whatever offers ``topology``, ``identity(name)``, ``endpoint(broker)`
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import paho.mqtt.client as paho
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from testbed.backends.environment import environment
 from testbed.core.errors import ScenarioError
 from testbed.core.payloads import decode, encode, new_traceparent
+from testbed.core.results import Repetition, RepetitionSpread, ScenarioEnd, ScenarioResultDoc, ScenarioStep
 from testbed.core.scenario import Expectation, Scenario
-from testbed.core.stats import percentiles
+from testbed.core.stats import percentiles, rounded
 from testbed.core.topics import PROFILES, ROLES, topic
 from testbed.core.topology import Topology
 from testbed.harness.recorder import Observation, Recorder
+from testbed.reporting.text import summary_table
 from testbed.security.signing import CommandSigner, SigningKeys
 from testbed.transport.localsock import unix_request
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect, publish_properties
 
 __all__ = ["RESULT_SCHEMA", "Bus", "ScenarioRunner"]
 
-RESULT_SCHEMA = "fmb.scenario-result/1"
+RESULT_SCHEMA: Final = "fmb.scenario-result/1"  # the shape: testbed.core.results.ScenarioResultDoc
 LANE_ORDER = ("tablet", "supply", "meter", "dms", "capbank")
 
 
@@ -117,8 +122,8 @@ class ScenarioRunner:
         for exp in self.scenario.initial_expect:
             for device in self.topology.devices_matching(exp.device):
                 last = _latest(observations, device.id, exp.profile)
-                if last is None or (exp.fresh and last.message.ts_ns < start_ns) or not exp.matches(
-                        last.message.body):
+                if last is None or (exp.fresh and last.decoded.ts_ns < start_ns) or not exp.matches(
+                        last.decoded.body):
                     unmet.append(f"{device.id} {exp.profile} {exp.where}")
         return unmet
 
@@ -144,10 +149,6 @@ class ScenarioRunner:
         """Publish with ``identity``'s own certificate (and signing key, unless told to forge or
         not to sign) where that identity connects (a device: its own site's broker; a harness
         identity: the target's), ``repeat`` times the same bytes."""
-        import base64
-
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
         profile, target = args["profile"], args["target"]
         publisher = next((d for d in self.topology.devices if d.id == identity), None)
         device = next((d for d in self.topology.devices if d.id == target), None)
@@ -178,7 +179,7 @@ class ScenarioRunner:
             client.loop_stop()
         return decode(payload).ts_ns
 
-    def run_once(self, rep: int = 1) -> dict[str, Any]:
+    def run_once(self, rep: int = 1) -> Repetition:
         """Restore, trigger and check one repetition; the result as a dict."""
         self.restore()
         mark = self.recorder.mark()
@@ -195,21 +196,21 @@ class ScenarioRunner:
             failure = f"end condition ({self.scenario.end.name}) not seen within {self.scenario.timeout_s:g} s"
         else:
             failure = self._check_final(end)
-        steps: list[dict[str, Any]] = []
+        steps: list[ScenarioStep] = []
         for n, m in enumerate(matched, 1):
-            t_ms = (m.obs.message.ts_ns - t0) / 1e6
+            t_ms = (m.obs.decoded.ts_ns - t0) / 1e6
             prev = steps[m.step.after - 1]["t_ms"] if m.step.after else 0.0
             steps.append({
-                "n": n, "name": m.step.name, "device": m.obs.message.source,
+                "n": n, "name": m.step.name, "device": m.obs.decoded.source,
                 "receivers": self._receivers(m.obs), "topic": m.obs.topic,
                 "plane": m.step.plane, "t_ms": round(t_ms, 3), "hop_ms": round(t_ms - prev, 3),
-                "after": m.step.after, "seq": m.obs.message.seq, "traceparent": m.obs.traceparent,
+                "after": m.step.after, "seq": m.obs.decoded.seq, "traceparent": m.obs.traceparent,
             })
         e2e = None
-        end_view = None
+        end_view: ScenarioEnd | None = None
         if end is not None:
-            e2e = (end.message.body.get("displayed_ns", end.message.ts_ns) - t0) / 1e6
-            end_view = {"device": end.message.source, "t_ms": round(e2e, 3), "topic": end.topic}
+            e2e = (end.decoded.body.get("displayed_ns", end.decoded.ts_ns) - t0) / 1e6
+            end_view = {"device": end.decoded.source, "t_ms": round(e2e, 3), "topic": end.topic}
         return {"rep": rep, "passed": failure is None, "failure": failure, "t0_ns": t0,
                 "steps": steps, "end": end_view, "e2e_ms": None if e2e is None else round(e2e, 3),
                 "first_index": mark}
@@ -217,12 +218,12 @@ class ScenarioRunner:
     def _progress(self, observations: list[Observation], t0: int) -> tuple[list[_Match], Observation | None] | None:
         """Steps matched so far (in publish order) and the end; None while incomplete."""
         ordered = sorted((o for o in observations if o.message and o.message.ts_ns >= t0),
-                         key=lambda o: o.message.ts_ns)
+                         key=lambda o: o.decoded.ts_ns)
         matched: list[_Match] = []
         used: set[int] = set()
         for step in self.scenario.steps:
-            after_ns = t0 - 1 if step.after == 0 else matched[step.after - 1].obs.message.ts_ns
-            found = next((o for o in ordered if o.message.ts_ns > after_ns and o.index not in used
+            after_ns = t0 - 1 if step.after == 0 else matched[step.after - 1].obs.decoded.ts_ns
+            found = next((o for o in ordered if o.decoded.ts_ns > after_ns and o.index not in used
                           and self._fits(step, o)), None)
             if found is None:
                 break
@@ -231,9 +232,9 @@ class ScenarioRunner:
         end = None
         if len(matched) == len(self.scenario.steps):
             after = self.scenario.end.after
-            last_ns = matched[after - 1].obs.message.ts_ns if 0 < after < len(matched) else max(
-                m.obs.message.ts_ns for m in matched)
-            end = next((o for o in ordered if o.message.ts_ns > last_ns and self._fits(self.scenario.end, o)),
+            last_ns = matched[after - 1].obs.decoded.ts_ns if 0 < after < len(matched) else max(
+                m.obs.decoded.ts_ns for m in matched)
+            end = next((o for o in ordered if o.decoded.ts_ns > last_ns and self._fits(self.scenario.end, o)),
                        None)
         self._last_progress = (matched, end)
         return (matched, end) if end is not None else None
@@ -251,14 +252,14 @@ class ScenarioRunner:
         observations = self.recorder.snapshot()
         for exp in self.scenario.final:
             for device in self.topology.devices_matching(exp.device):
-                last = _latest(observations, device.id, exp.profile, until_ns=end.message.ts_ns)
-                if last is None or not exp.matches(last.message.body):
-                    got = last.message.body if last else "nothing"
+                last = _latest(observations, device.id, exp.profile, until_ns=end.decoded.ts_ns)
+                if last is None or not exp.matches(last.decoded.body):
+                    got = last.decoded.body if last else "nothing"
                     return f"final state: {device.id} {exp.profile} {exp.where} does not hold (got {got})"
         return None
 
     def _receivers(self, obs: Observation) -> list[str]:
-        profile = PROFILES[obs.message.profile]
+        profile = PROFILES[obs.decoded.profile]
         return [d.id for d in self.topology.devices
                 for g in ROLES[d.role].reads
                 if g.profile == profile.name and (g.scope == "any" or obs.mrid == d.id)]
@@ -266,9 +267,9 @@ class ScenarioRunner:
     # -- many repetitions and the result files ------------------------------------------------
 
     def run(self, repeat: int = 1, out: Path | None = None, backend: str = "local",
-            progress: Any = None) -> dict[str, Any]:
+            progress: Callable[[Repetition], object] | None = None) -> ScenarioResultDoc:
         """Run ``repeat`` repetitions; write the result files into ``out`` if given."""
-        reps = []
+        reps: list[Repetition] = []
         for i in range(1, repeat + 1):
             reps.append(self.run_once(i))
             if progress:
@@ -280,12 +281,23 @@ class ScenarioRunner:
             self.write(result, out)
         return result
 
-    def _summarise(self, reps: list[dict[str, Any]], backend: str) -> dict[str, Any]:
+    def _summarise(self, reps: list[Repetition], backend: str) -> ScenarioResultDoc:
         shown = next((r for r in reps if not r["passed"]), reps[-1])
         lanes = sorted((d.id for d in self.topology.devices),
                        key=lambda i: (LANE_ORDER.index(self.topology.device(i).role)
                                       if self.topology.device(i).role in LANE_ORDER else 99, i))
-        result: dict[str, Any] = {
+        spread: RepetitionSpread = {}
+        e2e = [r["e2e_ms"] for r in reps if r["passed"] and r["e2e_ms"] is not None]  # a passed one has it
+        if len(reps) > 1 and e2e:
+            stats = percentiles(e2e)
+            spread = {"p50": round(stats["p50"], 3), "p90": round(stats["p90"], 3), "p99": round(stats["p99"], 3),
+                      "max": round(stats["max"], 3), "e2e_stats": rounded(stats, 3)}
+            per_step = {}
+            for n in range(len(self.scenario.steps)):
+                hops = [r["steps"][n]["hop_ms"] for r in reps if r["passed"]]
+                per_step[str(n + 1)] = rounded(percentiles(hops), 3)
+            spread["hop_stats"] = per_step
+        return {
             "schema": RESULT_SCHEMA,
             "scenario": self.scenario.name,
             "scenario_file": self.scenario.path,
@@ -296,25 +308,16 @@ class ScenarioRunner:
             "end": shown["end"],
             "e2e_ms": shown["e2e_ms"],
             "repetitions": len(reps),
+            **spread,
+            "runs": [{"rep": r["rep"], "passed": r["passed"], "failure": r["failure"], "e2e_ms": r["e2e_ms"]}
+                     for r in reps],
+            "environment": environment(self.topology, self.recorder.tls_version, backend),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
-        e2e = [r["e2e_ms"] for r in reps if r["passed"]]
-        if len(reps) > 1 and e2e:
-            stats = percentiles(e2e)
-            result.update({k: round(stats[k], 3) for k in ("p50", "p90", "p99", "max")})
-            result["e2e_stats"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}
-            per_step = {}
-            for n in range(len(self.scenario.steps)):
-                hops = [r["steps"][n]["hop_ms"] for r in reps if r["passed"]]
-                per_step[str(n + 1)] = {k: round(v, 3) if isinstance(v, float) else v
-                                        for k, v in percentiles(hops).items()}
-            result["hop_stats"] = per_step
-        result["runs"] = [{k: r[k] for k in ("rep", "passed", "failure", "e2e_ms")} for r in reps]
-        result["environment"] = environment(self.topology, self.recorder.tls_version, backend)
-        result["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        return result
 
-    def write(self, result: dict[str, Any], out: Path) -> None:
-        from testbed.reporting.scenario import plot_timeline, summary_table
+    def write(self, result: ScenarioResultDoc, out: Path) -> None:
+        # Here, not at the top: the plot needs matplotlib, which running a scenario does not.
+        from testbed.reporting.scenario import plot_timeline
 
         out.mkdir(parents=True, exist_ok=True)
         (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -328,7 +331,9 @@ def _latest(observations: list[Observation], device: str, profile: str,
     best = None
     for o in observations:
         m = o.message
-        fits = m and m.source == device and m.profile == profile and (until_ns is None or m.ts_ns <= until_ns)
-        if fits and (best is None or m.ts_ns > best.message.ts_ns):
+        if m is None:
+            continue
+        fits = m.source == device and m.profile == profile and (until_ns is None or m.ts_ns <= until_ns)
+        if fits and (best is None or m.ts_ns > best.decoded.ts_ns):
             best = o
     return best

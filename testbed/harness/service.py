@@ -28,7 +28,7 @@ from testbed.backends.containers import (
 from testbed.core.errors import TestbedError
 from testbed.core.scenario import load_scenario
 from testbed.harness.runner import ScenarioRunner
-from testbed.reporting.scenario import summary_table
+from testbed.reporting.text import summary_table
 from testbed.transport.health import Heartbeat, install
 from testbed.transport.localsock import private_unix_server, unix_request
 
@@ -80,7 +80,7 @@ def serve_runner(socket_path: Path = RUNNER_SOCKET, runs: Path = RUNS_DIR,
                     code = run_scenario(scenario, out=runs / out)
                 finally:
                     lock.release()
-                reply = {"ok": True, "passed": code == 0}
+                reply: dict[str, object] = {"ok": True, "passed": code == 0}
             except (ValueError, TypeError, TestbedError) as e:
                 reply = {"ok": False, "error": str(e)}
             self.wfile.write(json.dumps(reply).encode() + b"\n")

@@ -10,14 +10,26 @@ recovery (``fmb.bench-recovery/1``); the JSON shapes are described in ``testbed/
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from testbed.core.results import (
+    LatencyResult,
+    Percentiles,
+    PrioritizationResult,
+    RecoveryResult,
+    RecoveryTime,
+    RecoveryTrial,
+    UiResult,
+    WanResult,
+    WanRow,
+)
 from testbed.core.stats import percentiles
+from testbed.reporting.text import RECOVERY_TIMES
 
 __all__ = [
     "conditions_caption",
@@ -34,7 +46,7 @@ __all__ = [
     "wan_throughput",
 ]
 
-Result = Mapping[str, Any]
+Result = Mapping[str, Any]  # any result document: the conditions caption serves every schema
 
 # One colour *and* marker / hatch per series, so greyscale prints keep them apart.
 _QOS_STYLE = {0: ("#1f618d", "o", ""), 1: ("#b03a2e", "s", "//"), 2: ("#1e8449", "^", "..")}
@@ -83,13 +95,14 @@ def _finish(figure: Figure, title: str, result: Result) -> Figure:
 
 # -- latency (fmb.bench-latency/2) ---------------------------------------------------------------
 
-def latency_cdf(result: Result) -> Figure:
+def latency_cdf(result: LatencyResult) -> Figure:
     """One panel per QoS: the CDF of Appendix A end to end and of one broker hop (log time axis)."""
     levels = result["by_qos"]
     figure = _figure(max(9.5, 4.6 * len(levels)), 4.4)  # room for the legend under one panel
     axes_row = figure.subplots(1, len(levels), sharex=True, sharey=True, squeeze=False)[0]
     for axes, q in zip(axes_row, levels, strict=True):
         colour, marker, _ = _QOS_STYLE.get(q["qos"], (_GREY, "o", ""))
+        key: Literal["one_hop_ms", "e2e_ms"]
         for key, style in (("one_hop_ms", ":"), ("e2e_ms", "-")):
             xs, ys = ecdf(q["samples"][key])
             axes.step(xs, ys, where="post", color=colour if key == "e2e_ms" else _GREY, linestyle=style,
@@ -98,6 +111,7 @@ def latency_cdf(result: Result) -> Figure:
         axes.axvline(expected, color=_GREY, linestyle="--", linewidth=1)
         axes.text(expected, 0.03, f" {q['critical_path']['total']} hops × p50\n = {expected:.2f} ms",
                   fontsize=8, color=_GREY, va="bottom")
+        p: Literal["p50", "p99"]
         for p, y in (("p50", 0.5), ("p99", 0.99)):
             axes.plot(q["e2e_ms"][p], y, marker=marker, color=colour, markersize=6)
             axes.annotate(f"{p} {q['e2e_ms'][p]:.2f}", (q["e2e_ms"][p], y), textcoords="offset points",
@@ -120,7 +134,7 @@ def latency_cdf(result: Result) -> Figure:
     return _finish(figure, f"Latency CDF: {c['scenario']} ×{c['repetitions']} vs one broker hop", result)
 
 
-def latency_steps(result: Result) -> Figure:
+def latency_steps(result: LatencyResult) -> Figure:
     """Per step and QoS: a bar at the p50 of the step's time with a whisker to its p99.
 
     A step's time runs from the publish of the step it follows to its own publish; ``display``
@@ -142,7 +156,7 @@ def latency_steps(result: Result) -> Figure:
         upper = [s["p99"] - s["p50"] for s in stats]
         xs = [x + (j - (len(levels) - 1) / 2) * width for x in range(len(labels))]
         axes.bar(xs, p50, width, color=colour, alpha=0.75, hatch=hatch, edgecolor="white", label=f"QoS {q['qos']}")
-        axes.errorbar(xs, p50, yerr=[[0] * len(p50), upper], fmt="none", ecolor="#17202a", capsize=3, linewidth=1)
+        axes.errorbar(xs, p50, yerr=[[0.0] * len(p50), upper], fmt="none", ecolor="#17202a", capsize=3, linewidth=1)
         bus_only = [q["steps"][i]["traversals"] * q["one_hop_ms"]["p50"] for i in shown]
         axes.plot(xs[:-1], bus_only, linestyle="none", marker="_", markersize=14, markeredgewidth=2.5,
                   color="#17202a", label="traversals × one-hop p50" if j == 0 else None)
@@ -156,11 +170,11 @@ def latency_steps(result: Result) -> Figure:
 
 # -- prioritisation (fmb.bench-prioritization/1) ------------------------------------------------
 
-def _rate_label(rate: Any) -> str:
+def _rate_label(rate: float | str) -> str:
     return str(rate) if not isinstance(rate, float) else f"{rate:g}"
 
 
-def prioritization_control_latency(result: Result) -> Figure:
+def prioritization_control_latency(result: PrioritizationResult) -> Figure:
     """Control round trip (p99 solid, p50 faint) per offered flood rate and configuration.
 
     Offered rates are categories (the last may be ``"max"``: publishers unthrottled); a step
@@ -170,11 +184,13 @@ def prioritization_control_latency(result: Result) -> Figure:
     axes: Axes = figure.add_subplot()
     labels = [_rate_label(r) for r in result["conditions"]["rates"]]
     for (colour, line, marker), (name, rows) in zip(_SERIES, result["results"].items(), strict=False):
+        key: Literal["p99", "p50"]
         for key, alpha in (("p99", 1.0), ("p50", 0.35)):
             ys = [row["control_ms"].get(key, float("nan")) for row in rows]
             axes.plot(range(len(rows)), ys, color=colour, linestyle=line, marker=marker, alpha=alpha,
                       markersize=6 if key == "p99" else 4, label=f"{name} {key}")
-    idle = ((result.get("headline") or {}).get("segregated") or {}).get("idle_p99_ms")
+    segregated = (result.get("headline") or {}).get("segregated")
+    idle = segregated.get("idle_p99_ms") if segregated else None
     if idle:
         axes.axhline(2 * idle, color=_GREY, linestyle="--", linewidth=1, label="target: 2 × segregated idle p99")
     axes.set_xticks(range(len(labels)), labels)
@@ -186,7 +202,7 @@ def prioritization_control_latency(result: Result) -> Figure:
     return _finish(figure, "Control-plane latency under a delivery-plane flood", result)
 
 
-def prioritization_throughput(result: Result) -> Figure:
+def prioritization_throughput(result: PrioritizationResult) -> Figure:
     """Delivery-plane throughput achieved per offered flood rate and configuration (grouped bars)."""
     figure = _figure(8, 4.6)
     axes: Axes = figure.add_subplot()
@@ -205,15 +221,13 @@ def prioritization_throughput(result: Result) -> Figure:
 
 # -- recovery (fmb.bench-recovery/1) -------------------------------------------------------------
 
-RECOVERY_TIMES = (("detect_s", "detect"), ("reconnect_s", "reconnect"), ("whole_s", "delivery whole"))
 
-
-def _trial_stats(trials: Sequence[Mapping[str, Any]], key: str) -> dict[str, float] | None:
-    values = [t[key] for t in trials if t.get(key) is not None]
+def _trial_stats(trials: Sequence[RecoveryTrial], key: RecoveryTime) -> Percentiles | None:
+    values = [v for t in trials if (v := t.get(key)) is not None]
     return percentiles(values, (50,)) if values else None
 
 
-def recovery_times(result: Result) -> Figure:
+def recovery_times(result: RecoveryResult) -> Figure:
     """Per fault: median time to detect, reconnect and whole delivery, whiskers to the worst trial."""
     faults = result["faults"]
     figure = _figure(9, 1.0 + 0.75 * len(faults))
@@ -226,7 +240,7 @@ def recovery_times(result: Result) -> Figure:
                 continue
             y = row + (i - 1) * height
             axes.barh(y, stats["p50"], height, color=colour, alpha=0.8, label=label if row == 0 else None)
-            axes.errorbar(stats["p50"], y, xerr=[[0], [stats["max"] - stats["p50"]]], fmt="none",
+            axes.errorbar(stats["p50"], y, xerr=[[0.0], [stats["max"] - stats["p50"]]], fmt="none",
                           ecolor="#17202a", capsize=2, linewidth=1)
     axes.set_yticks(range(len(faults)), [f"{f['name']} (QoS {f.get('qos', '?')}"
                                          + (f", {f['direction']})" if f.get("direction") else ")") for f in faults],
@@ -238,7 +252,7 @@ def recovery_times(result: Result) -> Figure:
     return _finish(figure, "Fault recovery times", result)
 
 
-def recovery_autosave(result: Result) -> Figure:
+def recovery_autosave(result: RecoveryResult) -> Figure:
     """The persistence trade-off: messages lost on ``kill -9`` against throughput, per autosave policy."""
     sweep = result.get("autosave_sweep") or []
     figure = _figure(7, 4.6)
@@ -259,21 +273,22 @@ def recovery_autosave(result: Result) -> Figure:
 
 # -- WAN link (fmb.bench-wan/1) ------------------------------------------------------------------
 
-def _wan_rows(result: Result) -> tuple[list[str], list[tuple[str, list[Mapping[str, Any]]]]]:
+def _wan_rows(result: WanResult) -> tuple[list[str], list[tuple[str, list[WanRow]]]]:
     series = list(result["results"].items())
     steps = [row["step"] for row in series[0][1]] if series else []
     return steps, series
 
 
-def wan_control_latency(result: Result) -> Figure:
+def wan_control_latency(result: WanResult) -> Figure:
     """Control one-way latency across the constrained bridge: p50 and p99 per step, with and
     without the priority class (grouped bars, log scale)."""
     figure = _figure(8, 4.6)
     axes: Axes = figure.add_subplot()
     steps, series = _wan_rows(result)
     width = 0.8 / max(1, 2 * len(series))
+    bars: tuple[tuple[Literal["p50", "p99"], float, str], ...] = (("p50", 0.45, ""), ("p99", 0.9, "//"))
     for j, ((colour, _, _), (name, rows)) in enumerate(zip(_SERIES, series, strict=False)):
-        for k, (key, alpha, hatch) in enumerate((("p50", 0.45, ""), ("p99", 0.9, "//"))):
+        for k, (key, alpha, hatch) in enumerate(bars):
             offset = (2 * j + k - (2 * len(series) - 1) / 2) * width
             axes.bar([x + offset for x in range(len(rows))], [r["control_ms"].get(key, float("nan")) for r in rows],
                      width, color=colour, alpha=alpha, hatch=hatch, label=f"{name} {key}")
@@ -287,7 +302,7 @@ def wan_control_latency(result: Result) -> Figure:
     return _finish(figure, f"Control across a {rate:g} Mbit/s bridge link", result)
 
 
-def wan_throughput(result: Result) -> Figure:
+def wan_throughput(result: WanResult) -> Figure:
     """What crossed the link per step: delivered flood messages/s and the link's bits/s by class."""
     figure = _figure(8, 4.6)
     axes: Axes = figure.add_subplot()
@@ -311,10 +326,11 @@ def wan_throughput(result: Result) -> Figure:
 
 # -- the operator's view in a browser (fmb.bench-ui/1) ------------------------------------------
 
-def ui_cdf(result: Result) -> Figure:
+def ui_cdf(result: UiResult) -> Figure:
     """The CDF of press -> cap bank shown closed, and press -> meter shown back at 120 V."""
     figure = _figure(7.5, 4.2)
     axes = figure.subplots()
+    key: Literal["closed_ms", "restored_ms"]
     for key, label, colour in (("closed_ms", "cap bank shown closed", "#1f5fa8"),
                                ("restored_ms", "meter shown back at 120 V", "#2e7d32")):
         xs, ys = ecdf([s[key] for s in result["samples"]])
@@ -330,11 +346,12 @@ def ui_cdf(result: Result) -> Figure:
     return _finish(figure, f"Operator's view in Chromium: {result['repetitions']} presses of 114 V", result)
 
 
-def ui_repetitions(result: Result) -> Figure:
+def ui_repetitions(result: UiResult) -> Figure:
     """Each press in order: a drift or an outlier shows here, not in the CDF."""
     figure = _figure(7.5, 3.6)
     axes = figure.subplots()
     reps = [s["rep"] for s in result["samples"]]
+    key: Literal["closed_ms", "restored_ms"]
     for key, label, colour in (("closed_ms", "cap bank shown closed", "#1f5fa8"),
                                ("restored_ms", "meter shown back at 120 V", "#2e7d32")):
         axes.plot(reps, [s[key] for s in result["samples"]], marker="o", markersize=3, color=colour, label=label)

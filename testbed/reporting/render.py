@@ -2,26 +2,36 @@
 
 A result names its shape in its ``"schema"`` string; :data:`RENDERERS` maps each schema to a
 :class:`Renderer` (its figures and its Markdown section). Adding a benchmark means writing its
-figure functions (``testbed/reporting/plots.py``), a Markdown function and one :func:`register`
-call below. Rendering reads the JSON only; nothing is re-measured. A file whose schema has no
-renderer, or that cannot be read, is listed in the report rather than failing the whole run.
+figure functions (``testbed/reporting/plots.py``), a Markdown function
+(``testbed/reporting/text.py``) and one :func:`register` call below. Rendering reads the JSON
+only; nothing is re-measured. A file whose schema has no renderer, or that cannot be read, is
+listed in the report rather than failing the whole run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from matplotlib.figure import Figure
 
 from testbed.core.errors import TestbedError
-from testbed.core.stats import percentiles
 from testbed.reporting import plots
-from testbed.reporting.scenario import summary_table, timeline_figure
+from testbed.reporting.scenario import timeline_figure
+from testbed.reporting.text import (  # re-exported: the notebooks read them from here
+    conditions_markdown,
+    latency_markdown,
+    markdown_table,
+    prioritization_markdown,
+    recovery_markdown,
+    scenario_markdown,
+    ui_markdown,
+    wan_markdown,
+)
 
 __all__ = [
     "RENDERERS",
@@ -41,24 +51,26 @@ __all__ = [
     "wan_markdown",
 ]
 
-Result = Mapping[str, Any]
+Result = Mapping[str, Any]  # any result document; each schema's own type is in testbed.core.results
+R = TypeVar("R")
 REPORT_FILE = "report.md"
 
 
 @dataclass(frozen=True)
-class Renderer:
-    """How to show one result schema: a title, named figures and a Markdown section."""
+class Renderer(Generic[R]):
+    """How to show one result schema (``R``, its type): a title, named figures and a Markdown section."""
 
     schema: str
     title: str
-    figures: Callable[[Result], dict[str, Figure]]
-    markdown: Callable[[Result], str]
+    figures: Callable[[R], dict[str, Figure]]
+    markdown: Callable[[R], str]
 
 
-RENDERERS: dict[str, Renderer] = {}
+# By schema string: a document loaded from a file is handed to the renderer its "schema" names.
+RENDERERS: dict[str, Renderer[Any]] = {}
 
 
-def register(renderer: Renderer) -> Renderer:
+def register(renderer: Renderer[R]) -> Renderer[R]:
     """Add ``renderer`` to :data:`RENDERERS` under its schema (replacing any earlier one)."""
     RENDERERS[renderer.schema] = renderer
     return renderer
@@ -76,136 +88,7 @@ def load_result(path: Path | str) -> dict[str, Any]:
     return result
 
 
-# -- Markdown helpers ---------------------------------------------------------------------------
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "**no**"
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
-    return str(value).replace("|", "\\|")
-
-
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A GitHub-flavoured Markdown table; floats to 3 decimals (1 from 10 up), None as –."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _flatten(prefix: str, value: Any) -> Iterable[tuple[str, Any]]:
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            yield from _flatten(f"{prefix}.{k}" if prefix else str(k), v)
-    else:
-        yield prefix, ", ".join(map(str, value)) if isinstance(value, list) else value
-
-
-def conditions_markdown(result: Result) -> str:
-    """The result's ``conditions`` and ``environment`` as one key/value table."""
-    rows = [*_flatten("", result.get("conditions") or {}), *_flatten("", result.get("environment") or {})]
-    if result.get("created"):
-        rows.insert(0, ("created", result["created"]))
-    return markdown_table(["condition", "value"], rows)
-
-
-# -- scenario results (fmb.scenario-result/1) ---------------------------------------------------
-
-def scenario_markdown(result: Result) -> str:
-    """The scenario's step table and verdict, as the terminal prints it."""
-    return "```\n" + summary_table(result) + "```\n"
-
-
-# -- latency (fmb.bench-latency/2) --------------------------------------------------------------
-
-def latency_markdown(result: Result) -> str:
-    """Headline table per QoS, then the per-step table (p50 / p90 / p99 / max, ms)."""
-    target = result["target_ratio"]
-    out = [markdown_table(
-        ["QoS", "e2e p50", "p90", "p99", "max", "one hop p50", "p90", "p99", "max", "traversals",
-         "traversals × hop p50", f"ratio (target ≤ {target})", "met"],
-        [[q["qos"], *(q["e2e_ms"][k] for k in ("p50", "p90", "p99", "max")),
-          *(q["one_hop_ms"][k] for k in ("p50", "p90", "p99", "max")), q["critical_path"]["total"],
-          q["critical_path_one_hop_ms"], q["overhead_ratio"], q["meets_target"]] for q in result["by_qos"]])]
-    out.append("\nMilliseconds. Ratio = end-to-end p50 ÷ (broker traversals on the critical path × one-hop p50); "
-               f"critical path: steps {result['by_qos'][0]['critical_path']['path']}.\n\n"
-               "Per step (time from the publish of the step it follows to its own publish; `display` is the "
-               "diagram's publish to the tablet showing it), p50 / p99 ms:\n\n")
-    levels = result["by_qos"]
-    names = [(s["n"], s["name"], s["plane"], s["traversals"]) for s in levels[0]["steps"]]
-    rows = []
-    for i, (n, name, plane, traversals) in enumerate(names):
-        on_path = levels[0]["steps"][i]["on_critical_path"]
-        rows.append([n, name, plane, f"{traversals}{'' if on_path else ' (off path)'}",
-                     *(f"{q['steps'][i]['hop_ms']['p50']:.2f} / {q['steps'][i]['hop_ms']['p99']:.2f}" for q in levels)])
-    rows.append(["–", "display", "–", "–",
-                 *(f"{q['display_ms']['p50']:.2f} / {q['display_ms']['p99']:.2f}" for q in levels)])
-    out.append(markdown_table(["step", "name", "plane", "traversals", *(f"QoS {q['qos']}" for q in levels)], rows))
-    return "".join(out)
-
-
-# -- prioritisation (fmb.bench-prioritization/1) -----------------------------------------------
-
-def prioritization_markdown(result: Result) -> str:
-    """Control p50 / p99 and throughput per flood rate and configuration, then the targets."""
-    rows = []
-    for name, steps in result["results"].items():
-        for s in steps:
-            c = s["control_ms"]
-            rows.append([name, s["offered_rate"], s["achieved_rate"], c.get("p50"), c.get("p99"), c.get("max"),
-                         c.get("lost")])
-    out = [markdown_table(["configuration", "flood offered /s", "delivered /s", "control p50 ms", "p99 ms",
-                           "max ms", "unacked"], rows)]
-    headline = result.get("headline") or {}
-    if headline:
-        out.append("\nAt the highest flood rate:\n\n" + markdown_table(
-            ["configuration", "idle p99 ms", "saturation p99 ms", "saturation ÷ idle", "delivered /s"],
-            [[name, h.get("idle_p99_ms"), h.get("saturation_p99_ms"), h.get("saturation_over_idle"),
-              h.get("saturation_achieved_rate")] for name, h in headline.items()]))
-    targets = result.get("targets")
-    if targets:
-        out.append("\nTargets:\n\n" + markdown_table(["target", "value"], list(targets.items())))
-    return "".join(out)
-
-
-# -- recovery (fmb.bench-recovery/1, proposed shape) --------------------------------------------
-
-def _met(fault: Mapping[str, Any]) -> bool | None:
-    target = fault.get("target")
-    if not target:
-        return None
-    ok = True
-    for t in fault["trials"]:
-        if "lost" in target and t.get("lost") is not None:
-            ok &= t["lost"] <= target["lost"]
-        if "whole_s" in target and t.get("whole_s") is not None:
-            ok &= t["whole_s"] <= target["whole_s"]
-    return ok
-
-
-def recovery_markdown(result: Result) -> str:
-    """Per fault: median and worst times, messages lost and duplicated over the trials, the target."""
-    rows = []
-    for f in result["faults"]:
-        times = []
-        for key, _ in plots.RECOVERY_TIMES:
-            values = [t[key] for t in f["trials"] if t.get(key) is not None]
-            times.append(f"{percentiles(values, (50,))['p50']:.3f} / {max(values):.3f}" if values else None)
-        name = f"{f['name']} ({f['direction']})" if f.get("direction") else f["name"]
-        rows.append([name, f.get("qos"), len(f["trials"]), *times, sum(t.get("lost", 0) for t in f["trials"]),
-                     sum(t.get("duplicated", 0) for t in f["trials"]), _met(f)])
-    out = [markdown_table(["fault", "QoS", "trials", "detect s (median / worst)", "reconnect s", "whole s",
-                           "lost (all trials)", "duplicated", "target met"], rows)]
-    sweep = result.get("autosave_sweep")
-    if sweep:
-        out.append("\nAutosave sweep (data-centre broker `kill -9`):\n\n" + markdown_table(
-            ["autosave interval s", "throughput /s", "lost median", "lost max"],
-            [[p["autosave_interval_s"], p["throughput_per_s"], percentiles(p["lost"], (50,))["p50"], max(p["lost"])]
-             for p in sweep]))
-    return "".join(out)
-
+# -- what each schema shows ------------------------------------------------------------------
 
 register(Renderer("fmb.scenario-result/1", "Scenario", lambda r: {"timeline": timeline_figure(r)},
                   scenario_markdown))
@@ -217,40 +100,9 @@ register(Renderer("fmb.bench-prioritization/1", "Control-plane prioritisation be
 register(Renderer("fmb.bench-recovery/1", "Recovery benchmark",
                   lambda r: {"times": plots.recovery_times(r), "autosave": plots.recovery_autosave(r)},
                   recovery_markdown))
-
-
-# -- WAN link (fmb.bench-wan/1) -----------------------------------------------------------------
-
-def wan_markdown(result: Result) -> str:
-    """Control p50 / p99 and what crossed the link, per configuration and step."""
-    rows = []
-    for name, steps in result["results"].items():
-        for s in steps:
-            c = s["control_ms"]
-            rows.append([name, s["step"], s["offered_rate"], s["delivered_rate"],
-                         round(sum(s["link_bits_per_s"].values()) / 1e3, 1), c.get("p50"), c.get("p99"),
-                         c.get("max"), c.get("missing")])
-    out = [markdown_table(["configuration", "step", "flood offered /s", "delivered /s", "link kbit/s",
-                           "control p50 ms", "p99 ms", "max ms", "missing"], rows)]
-    out.append(f"\nNo priority ÷ priority, control p99 under flood: "
-               f"{_cell(result.get('no_priority_over_priority_p99'))}. Delay: {result['conditions'].get('delay')}.\n")
-    return "".join(out)
-
-
 register(Renderer("fmb.bench-wan/1", "WAN link benchmark (control across a constrained bridge)",
                   lambda r: {"control": plots.wan_control_latency(r), "throughput": plots.wan_throughput(r)},
                   wan_markdown))
-
-
-def ui_markdown(result: Result) -> str:
-    """Percentiles of what the operator saw, the browser, and the screenshot."""
-    rows = [[label, *(result[key].get(p) for p in ("n", "p50", "p90", "p99", "max"))]
-            for key, label in (("closed_ms", "cap bank shown closed"), ("restored_ms", "meter shown back at 120 V"))]
-    return (markdown_table(["after pressing Set voltage (114 V)", "n", "p50 ms", "p90 ms", "p99 ms", "max ms"], rows)
-            + f"\n{result['what']}. {result['conditions']['browser']}; {result['conditions']['page']}. "
-              f"Screenshot: `{Path(result['screenshot']).name}`.\n")
-
-
 register(Renderer("fmb.bench-ui/1", "Tablet web UI in a browser",
                   lambda r: {"cdf": plots.ui_cdf(r), "repetitions": plots.ui_repetitions(r)}, ui_markdown))
 

@@ -1,8 +1,7 @@
-"""Render a scenario result (the dict loaded from a ``result.json``) for people to read.
+"""Draw a scenario result (the dict loaded from a ``result.json``) as a timeline for people to read.
 
-Two views of one run: ``summary_table`` is a plain-text table of the matched steps with the
-end-to-end latency, the repetition percentiles and the verdict, for terminals and CI logs;
-``plot_timeline`` draws the same steps as a swimlane sequence diagram (one lane per device,
+The plain-text view of the same run, ``summary_table``, is in :mod:`testbed.reporting.text`;
+``plot_timeline`` draws the steps as a swimlane sequence diagram (one lane per device,
 time flowing downward) into a PNG. This module only reads results and never measures; it uses
 matplotlib's object API with the Agg canvas, so it touches no global pyplot state and needs no
 display. A failed result (fewer steps, ``end`` null, no percentiles) renders what it has.
@@ -10,7 +9,7 @@ display. A failed result (fewer steps, ``end`` null, no percentiles) renders wha
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +18,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-__all__ = ["plot_timeline", "summary_table", "timeline_figure"]
+from testbed.core.results import ScenarioResultDoc, ScenarioStep
+from testbed.reporting.text import failure_reason, format_ms, percentiles_line
 
-Result = Mapping[str, Any]
+__all__ = ["plot_timeline", "timeline_figure"]
 
-# (key, alignment) of each table column, in order.
-_COLUMNS = (
-    ("n", ">"),
-    ("name", "<"),
-    ("device", "<"),
-    ("plane", "<"),
-    ("topic", "<"),
-    ("t_ms", ">"),
-    ("hop_ms", ">"),
-)
-_PERCENTILE_KEYS = ("p50", "p90", "p99", "max")
+Result = ScenarioResultDoc
 
 # Colour *and* line style differ, so the planes stay distinct in greyscale prints.
 _PLANE_STYLES: dict[str, dict[str, Any]] = {
@@ -53,73 +43,10 @@ _LABEL_BOX = {
 }
 
 
-def _ms(value: object) -> str:
-    """Format a millisecond figure with 2 decimals, or ``-`` when it is missing."""
-    return "-" if value is None else f"{float(value):.2f}"  # type: ignore[arg-type]
-
-
-def _failure_reason(result: Result) -> str:
-    """Return the failure reason of a result as one line, whatever shape it was recorded in."""
-    failure = result.get("failure")
-    if isinstance(failure, Mapping):
-        failure = failure.get("reason") or failure.get("message") or dict(failure)
-    return " ".join(str(failure).split()) if failure else "no reason recorded"
-
-
-def _verdict(result: Result) -> str:
-    """Return ``PASSED`` or ``FAILED: <reason>``."""
-    return "PASSED" if result.get("passed") else f"FAILED: {_failure_reason(result)}"
-
-
-def _percentiles_line(result: Result) -> str | None:
-    """Return ``n=20  p50=… p90=… p99=… max=… ms``, or None for a single run."""
-    present = [key for key in _PERCENTILE_KEYS if result.get(key) is not None]
-    if not present:
-        return None
-    figures = " ".join(f"{key}={_ms(result[key])}" for key in present)
-    return f"n={result.get('repetitions', '?')}  {figures} ms"
-
-
-def summary_table(result: Result) -> str:
-    """Return the steps of ``result`` as a fixed-width plain-text table with its verdict."""
-    header = [key for key, _ in _COLUMNS]
-    rows = [
-        [
-            str(step.get("n", "")),
-            str(step.get("name", "")),
-            str(step.get("device", "")),
-            str(step.get("plane", "")),
-            str(step.get("topic", "")),
-            _ms(step.get("t_ms")),
-            _ms(step.get("hop_ms")),
-        ]
-        for step in result.get("steps") or []
-    ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            f"{cell:{align}{width}}"
-            for cell, (_, align), width in zip(cells, _COLUMNS, widths, strict=True)
-        ).rstrip()
-
-    lines = [f"scenario {result.get('scenario', '?')}", line(header)]
-    lines.append("  ".join("-" * width for width in widths))
-    lines.extend(line(row) for row in rows)
-    if not rows:
-        lines.append("(no steps matched)")
-    lines.append(f"e2e_ms={_ms(result.get('e2e_ms'))}")
-    percentiles = _percentiles_line(result)
-    if percentiles:
-        lines.append(percentiles)
-    lines.append(_verdict(result))
-    return "\n".join(lines) + "\n"
-
-
 def _lane_order(result: Result) -> list[str]:
     """Return the lanes of ``result``, then any device the steps name that is not among them."""
     lanes = list(result.get("lanes") or [])
-    end = result.get("end") or {}
+    end: Mapping[str, Any] = result.get("end") or {}
     for step in result.get("steps") or []:
         for device in [step.get("device"), *(step.get("receivers") or [])]:
             if device is not None and device not in lanes:
@@ -133,9 +60,9 @@ def _title(result: Result) -> tuple[str, str]:
     """Return the headline and the conditions line of the timeline."""
     verdict = "PASSED" if result.get("passed") else "FAILED"
     e2e = result.get("e2e_ms")
-    latency = "no e2e" if e2e is None else f"e2e {_ms(e2e)} ms"
+    latency = "no e2e" if e2e is None else f"e2e {format_ms(e2e)} ms"
     headline = f"{result.get('scenario', '?')} — {verdict} — {latency}"
-    environment = result.get("environment") or {}
+    environment: Mapping[str, Any] = result.get("environment") or {}
     conditions = [
         f"QoS {environment.get('qos', '?')}",
         str(environment.get("tls_version", "TLS ?")),
@@ -144,13 +71,13 @@ def _title(result: Result) -> tuple[str, str]:
         conditions.append(f"mosquitto {environment['mosquitto']}")
     if environment.get("python"):
         conditions.append(f"Python {environment['python']}")
-    percentiles = _percentiles_line(result)
+    percentiles = percentiles_line(result)
     if percentiles:
         conditions.append(percentiles)
     return headline, "   ·   ".join(conditions)
 
 
-def _draw_step(axes: Axes, row: int, step: Mapping[str, Any], lane_x: dict[str, int]) -> None:
+def _draw_step(axes: Axes, row: int, step: ScenarioStep, lane_x: dict[str, int]) -> None:
     """Draw one step as arrows from its publisher to each receiver on ``row``."""
     style = _PLANE_STYLES.get(str(step.get("plane", "")), _OTHER_PLANE_STYLE)
     source = lane_x[step["device"]]
@@ -173,7 +100,7 @@ def _draw_step(axes: Axes, row: int, step: Mapping[str, Any], lane_x: dict[str, 
         axes.annotate("", xy=end, xytext=start, arrowprops=arrow_here, zorder=3)
     axes.plot(source, row, "o", color=style["color"], markersize=5, zorder=4)
     span = [source, *targets]
-    label = f"{step.get('n', row + 1)}. {step.get('name', '')} (+{_ms(step.get('hop_ms'))} ms)"
+    label = f"{step.get('n', row + 1)}. {step.get('name', '')} (+{format_ms(step.get('hop_ms'))} ms)"
     axes.text(
         (min(span) + max(span)) / 2,
         row - 0.2,
@@ -196,7 +123,7 @@ def _draw_outcome(axes: Axes, row: int, result: Result, lane_x: dict[str, int]) 
         axes.text(
             x,
             row - 0.25,
-            f"displayed, e2e = {_ms(result.get('e2e_ms'))} ms",
+            f"displayed, e2e = {format_ms(result.get('e2e_ms'))} ms",
             ha="center",
             va="bottom",
             fontsize=10,
@@ -206,9 +133,9 @@ def _draw_outcome(axes: Axes, row: int, result: Result, lane_x: dict[str, int]) 
             zorder=5,
             bbox=_LABEL_BOX,
         )
-        return f"t={_ms(end.get('t_ms'))} ms"
+        return f"t={format_ms(end.get('t_ms'))} ms"
     if not result.get("passed"):
-        reason = _failure_reason(result)
+        reason = failure_reason(result)
         reason = reason if len(reason) <= 90 else reason[:89] + "…"
         axes.text(
             (len(lane_x) - 1) / 2,
@@ -259,7 +186,7 @@ def _timeline_figure(result: Result) -> Figure:
     # one rather than stretching its few arrows over the whole figure.
     layout_rows = max(len(steps) + 1, _MIN_LAYOUT_ROWS)
     axes.vlines(range(len(lanes)), -0.7, layout_rows - 0.3, color="#bfc9ca", linewidth=1.5)
-    time_labels = [f"t={_ms(step.get('t_ms'))} ms" for step in steps]
+    time_labels = [f"t={format_ms(step.get('t_ms'))} ms" for step in steps]
     for row, step in enumerate(steps):
         _draw_step(axes, row, step, lane_x)
     end_label = _draw_outcome(axes, len(steps), result, lane_x)

@@ -107,7 +107,7 @@ class CommandVerifier:
         self._seen: OrderedDict[bytes, float] = OrderedDict()  # signature -> when seen
         self.rejected = 0
 
-    def verify(self, topic: str, payload: bytes, props: dict[str, str], message: Message) -> str:
+    def verify(self, topic: str, payload: bytes | bytearray, props: dict[str, str], message: Message) -> str:
         """The signer's name, or CommandRejected (counted) with the reason."""
         try:
             return self._verify(topic, payload, props, message)
@@ -115,7 +115,7 @@ class CommandVerifier:
             self.rejected += 1
             raise
 
-    def _verify(self, topic: str, payload: bytes, props: dict[str, str], message: Message) -> str:
+    def _verify(self, topic: str, payload: bytes | bytearray, props: dict[str, str], message: Message) -> str:
         signer, sig_b64 = props.get("signer"), props.get("sig")
         if not signer or not sig_b64:
             raise CommandRejected("unsigned command")

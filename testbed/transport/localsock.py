@@ -13,14 +13,19 @@ import os
 import socket
 import socketserver
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 __all__ = ["private_unix_server", "unix_request"]
 
 
 _Server = socketserver.ThreadingUnixStreamServer
+_S = TypeVar("_S", bound=_Server)
 
 
+@overload
+def private_unix_server(path: Path, handler: type[socketserver.BaseRequestHandler]) -> _Server: ...
+@overload
+def private_unix_server(path: Path, handler: type[socketserver.BaseRequestHandler], server_class: type[_S]) -> _S: ...
 def private_unix_server(path: Path, handler: type[socketserver.BaseRequestHandler],
                         server_class: type[_Server] = _Server) -> _Server:
     """A threading Unix-socket server at ``path`` (replacing a stale socket file), mode 0600."""
@@ -43,4 +48,5 @@ def unix_request(path: Path, request: dict[str, Any], timeout_s: float) -> dict[
         s.settimeout(timeout_s)
         s.connect(str(path))
         s.sendall(json.dumps(request).encode() + b"\n")
-        return json.loads(s.makefile("rb").readline() or b"{}")  # type: ignore[no-any-return]
+        reply: dict[str, Any] = json.loads(s.makefile("rb").readline() or b"{}")
+        return reply

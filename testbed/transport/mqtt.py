@@ -74,7 +74,7 @@ def connect(
     endpoint: Endpoint,
     *,
     on_message: Callable[[paho.Client, Any, paho.MQTTMessage], None] | None = None,
-    on_connect: Callable[[paho.Client], None] | None = None,
+    on_connect: Callable[[paho.Client], object] | None = None,  # what it returns is ignored
     clean_start: bool = True,
     session_expiry_s: int = 0,
     wait_s: float | None = 20.0,
@@ -91,6 +91,7 @@ def connect(
     )
     client.tls_set_context(tls_context(identity))
     client.on_socket_open = _nodelay
+    # paho annotates the delays as int, but takes (and the tuned backoff needs) fractions of a second.
     client.reconnect_delay_set(min_delay=reconnect_s[0], max_delay=reconnect_s[1])  # type: ignore[arg-type]
     connected = threading.Event()
     refused: list[str] = []

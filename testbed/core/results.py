@@ -1,0 +1,539 @@
+"""The shapes of the result documents: a scenario run's ``result.json`` and each ``bench-*.json``.
+
+Results are JSON documents, written with ``json.dumps`` and read back with ``json.loads`` by
+``fmb report``, the notebooks, the pytest plugin and the tablet, so their types are TypedDicts:
+a TypedDict is a plain dict at run time (nothing to convert, the JSON written is the dict as
+built, key order included) while mypy checks every key a writer sets and a reader uses.
+Dataclasses would need a conversion each way and a second description of the same fields.
+They live here, in the bottom layer, so that writers (``testbed.harness``, ``testbed.bench``)
+and readers (``testbed.reporting``, the plugin, ``devices.tablet_web``) can both import them.
+
+Each document names its shape and version in ``schema`` (the writers' ``RESULT_SCHEMA``
+constants): a change of shape is a new version, and a new TypedDict beside the old one as long as
+old files are read. A key marked ``NotRequired`` is one a reader must not count on: it is written
+only in some cases (said beside it) or was added after files of the same version were written
+(the fixtures in ``tests/fixtures/`` are such files).
+"""
+
+# No ``from __future__ import annotations`` here: with it, Python 3.11 cannot see ``NotRequired`` at
+# run time and lists every key in ``__required_keys__``; tests/test_typing.py checks files by those.
+from typing import Literal, NotRequired, TypedDict
+
+__all__ = [
+    "AutosavePoint",
+    "CriticalPath",
+    "CutoffAction",
+    "CutoffConditions",
+    "CutoffEnvironment",
+    "CutoffRepetition",
+    "CutoffResult",
+    "Environment",
+    "LatencyByQos",
+    "LatencyConditions",
+    "LatencyResult",
+    "LatencySamples",
+    "LatencyStep",
+    "Machine",
+    "OneHop",
+    "OneHopSetup",
+    "Percentiles",
+    "PrioritizationConditions",
+    "PrioritizationControl",
+    "PrioritizationHeadline",
+    "PrioritizationResult",
+    "PrioritizationRow",
+    "PrioritizationTargets",
+    "RecoveryConditions",
+    "RecoveryFault",
+    "RecoveryResult",
+    "RecoveryTarget",
+    "RecoveryTime",
+    "RecoveryTrial",
+    "Repetition",
+    "RepetitionSpread",
+    "RunOutcome",
+    "ScenarioEnd",
+    "ScenarioResultDoc",
+    "ScenarioStep",
+    "UiConditions",
+    "UiResult",
+    "UiSample",
+    "WanConditions",
+    "WanControl",
+    "WanHeadline",
+    "WanPriorityClass",
+    "WanResult",
+    "WanRow",
+]
+
+
+# -- shared parts -------------------------------------------------------------------------------
+
+class Percentiles(TypedDict):
+    """``testbed.core.stats.percentiles``: ``p<q>`` for each percentile asked (50, 90, 99 unless told)."""
+
+    n: int
+    min: float
+    p50: NotRequired[float]
+    p90: NotRequired[float]
+    p99: NotRequired[float]
+    max: float
+    mean: float
+
+
+class Machine(TypedDict):
+    cpu: str
+    cores: int | None
+    memory_gib: float | None
+    kernel: str
+    system: str
+    arch: str
+
+
+class Environment(TypedDict):
+    """``testbed.backends.environment.environment``: the conditions stated next to every figure."""
+
+    backend: str
+    topology: str
+    qos: int | list[int]  # the latency benchmark runs every level: the list of them
+    tls_version: str | None
+    mqtt: str
+    python: str
+    mosquitto: str | None
+    paho_mqtt: str | None
+    gmqtt: str | None
+    openssl: str
+    machine: Machine
+
+
+# -- a scenario run: result.json (fmb.scenario-result/1) -----------------------------------------
+
+class ScenarioStep(TypedDict):
+    """One matched step; times in ms from the trigger's publish (``hop_ms``: from its ``after`` step's)."""
+
+    n: int
+    name: str
+    device: str
+    receivers: list[str]
+    topic: str
+    plane: str | None
+    t_ms: float
+    hop_ms: float
+    after: int
+    seq: int
+    traceparent: str | None
+
+
+class ScenarioEnd(TypedDict):
+    device: str
+    t_ms: float
+    topic: str
+
+
+class RunOutcome(TypedDict):
+    """One repetition in the result's ``runs``."""
+
+    rep: int
+    passed: bool
+    failure: str | None
+    e2e_ms: float | None
+
+
+class Repetition(RunOutcome):
+    """One repetition as ``ScenarioRunner.run_once`` returns it (not written on its own)."""
+
+    t0_ns: int
+    steps: list[ScenarioStep]
+    end: ScenarioEnd | None
+    first_index: int
+
+
+class RepetitionSpread(TypedDict, total=False):
+    """Over the passed repetitions, in a result of more than one: end-to-end ms, and each step's hop."""
+
+    p50: float
+    p90: float
+    p99: float
+    max: float
+    e2e_stats: Percentiles
+    hop_stats: dict[str, Percentiles]  # by step number, "1", "2", ...
+
+
+class ScenarioResultDoc(RepetitionSpread):
+    """``result.json``, with :class:`RepetitionSpread`'s keys between ``repetitions`` and ``runs``.
+
+    (``testbed.pytest_plugin.ScenarioResult`` is this document in a dict subclass that also knows
+    where its files are; hence this one's longer name.)"""
+
+    schema: Literal["fmb.scenario-result/1"]
+    scenario: str
+    scenario_file: str
+    passed: bool
+    failure: str | None
+    lanes: list[str]
+    steps: list[ScenarioStep]  # of the first failed repetition, else of the last
+    end: ScenarioEnd | None
+    e2e_ms: float | None
+    repetitions: int
+    runs: list[RunOutcome]
+    environment: Environment
+    created: str
+
+
+# -- fmb bench latency: bench-latency.json (fmb.bench-latency/2) ---------------------------------
+
+class LatencyStep(TypedDict):
+    n: int
+    name: str
+    device: str
+    receivers: list[str]
+    plane: str | None
+    after: int
+    on_critical_path: bool
+    traversals: int
+    hop_ms: Percentiles
+
+
+class OneHopSetup(TypedDict):
+    broker: str
+    payload_bytes: int
+    count: int
+    warmup: int
+
+
+class OneHop(OneHopSetup):
+    """``testbed.bench.latency.one_hop``: the setup and the raw samples."""
+
+    samples_ms: list[float]
+
+
+class CriticalPath(TypedDict):
+    path: list[int]
+    per_step: dict[str, int]  # step number -> broker traversals
+    total: int
+
+
+class LatencySamples(TypedDict):
+    e2e_ms: list[float]
+    one_hop_ms: list[float]
+
+
+class LatencyByQos(TypedDict):
+    qos: int
+    tls_version: str | None
+    e2e_ms: Percentiles
+    steps: list[LatencyStep]
+    display_ms: Percentiles
+    one_hop_ms: Percentiles
+    one_hop: OneHopSetup
+    critical_path: CriticalPath
+    critical_path_one_hop_ms: float
+    overhead_ratio: float
+    meets_target: bool
+    samples: LatencySamples
+
+
+class LatencyConditions(TypedDict):
+    scenario: str
+    topology: str
+    qos_levels: list[int]
+    repetitions: int
+    warmup_repetitions: int
+    one_hop_messages: int
+    one_hop_warmup_messages: int
+    one_hop_broker: str
+    one_hop_payload_bytes: int
+    tls_version: str | None
+    bus: str
+    client: str
+    percentile_method: str
+    duration_s: float
+    # Added after the first results of this version:
+    source_revision: NotRequired[str | None]
+    load_average_before: NotRequired[list[float]]
+    load_average_after: NotRequired[list[float]]
+
+
+class LatencyResult(TypedDict):
+    schema: Literal["fmb.bench-latency/2"]
+    created: str
+    conditions: LatencyConditions
+    target_ratio: float
+    by_qos: list[LatencyByQos]
+    environment: Environment
+
+
+# -- fmb bench prioritization: bench-prioritization.json (fmb.bench-prioritization/1) -------------
+
+class PrioritizationControl(TypedDict):
+    """Command round trips of one step; the statistics only when some command was acknowledged."""
+
+    sent: int
+    acked: int
+    unacked_within_s: float
+    lost: int
+    n: NotRequired[int]
+    min: NotRequired[float]
+    p50: NotRequired[float]
+    p90: NotRequired[float]
+    p99: NotRequired[float]
+    max: NotRequired[float]
+    mean: NotRequired[float]
+
+
+class PrioritizationRow(TypedDict):
+    offered_rate: float | Literal["max"]  # "max": publishers unthrottled
+    achieved_rate: float
+    control_ms: PrioritizationControl
+
+
+class PrioritizationHeadline(TypedDict):
+    idle_p99_ms: float | None
+    saturation_p99_ms: float | None
+    saturation_over_idle: float | None
+    saturation_achieved_rate: float
+
+
+class PrioritizationTargets(TypedDict):
+    segregated_saturation_over_idle_max: float
+    segregated_met: bool
+    shared_over_segregated_min: float
+    shared_over_segregated: float | None
+    shared_over_segregated_met: bool
+
+
+class PrioritizationConditions(TypedDict):
+    rates: list[float | Literal["max"]]
+    seconds_per_step: float
+    settle_s: float
+    command_rate: float
+    command_qos: int
+    flood_qos: int
+    payload_bytes: int
+    flood_publishers: int
+    flood_client: str | None
+    flood_nice_priority: int
+    # {"control" | "delivery": {"nice": int, "cpus": [int]}}; added after the first results.
+    priority_placement: NotRequired[dict[str, dict[str, object]]]
+    command_payload_bytes: int
+    tls_version: str | None
+    commander: str
+    placement: str
+    note: NotRequired[str]  # synthetic fixtures say so here
+
+
+class PrioritizationResult(TypedDict):
+    schema: Literal["fmb.bench-prioritization/1"]
+    created: str
+    conditions: PrioritizationConditions
+    results: dict[str, list[PrioritizationRow]]  # by configuration: segregated, shared, ...
+    headline: dict[str, PrioritizationHeadline]
+    targets: PrioritizationTargets
+    environment: Environment
+
+
+# -- fmb bench recovery: bench-recovery.json (fmb.bench-recovery/1), local and docker ------------
+
+RecoveryTime = Literal["detect_s", "reconnect_s", "whole_s"]  # the times of a trial
+
+
+class RecoveryTrial(TypedDict):
+    """Seconds after the fault (a restart: after the broker accepts again); None: not seen / not measured."""
+
+    detect_s: float | None
+    reconnect_s: float | None
+    whole_s: float | None
+    lost: int
+    duplicated: int
+    acked: NotRequired[int]  # not for the field broker's kill -9 (no producer of ours)
+    scenario_after: NotRequired[bool]  # the field broker's kill -9: Appendix A passes afterwards
+    restart_s: NotRequired[float]  # the field broker's kill -9: fault -> restarted
+    published_during_partition: NotRequired[int]  # partitions (docker)
+
+
+class RecoveryTarget(TypedDict, total=False):
+    lost: int
+    whole_s: float
+
+
+class RecoveryFault(TypedDict):
+    name: str
+    description: str
+    qos: int
+    client: NotRequired[str]  # "tuned" | "defaults": the reconnect settings compared
+    direction: NotRequired[str]  # partitions (docker): "field->dc" | "dc->field"
+    target: RecoveryTarget | None
+    trials: list[RecoveryTrial]
+
+
+class AutosavePoint(TypedDict):
+    autosave_interval_s: int
+    throughput_per_s: float
+    lost: list[int]
+    acked: NotRequired[list[int]]  # added after the first results, as was queued_for_s
+    queued_for_s: NotRequired[float]
+
+
+class RecoveryConditions(TypedDict):
+    backend: str
+    repetitions: int
+    message_rate_per_s: float
+    client: str
+    tls_version: str
+    payload_bytes: NotRequired[int]  # local
+    consumer: NotRequired[str]  # added after the first results, as was partition
+    autosave_sweep: NotRequired[str]  # local
+    partition: NotRequired[str]
+    partitions_s: NotRequired[list[float]]  # docker
+    qos: NotRequired[int]  # docker
+    detect: NotRequired[str]  # docker
+    streams: NotRequired[str]  # docker
+    note: NotRequired[str]  # synthetic fixtures say so here
+
+
+class RecoveryResult(TypedDict):
+    schema: Literal["fmb.bench-recovery/1"]
+    created: str
+    conditions: RecoveryConditions
+    faults: list[RecoveryFault]
+    autosave_sweep: list[AutosavePoint]  # empty for partitions
+    environment: Environment
+
+
+# -- fmb bench wan: bench-wan.json (fmb.bench-wan/1) ----------------------------------------------
+
+class WanControl(TypedDict):
+    """One-way control latency of one step; the statistics only when some command arrived."""
+
+    sent: int
+    received: int
+    missing: int
+    waited_s: float
+    n: NotRequired[int]
+    min: NotRequired[float]
+    p50: NotRequired[float]
+    p90: NotRequired[float]
+    p99: NotRequired[float]
+    max: NotRequired[float]
+    mean: NotRequired[float]
+
+
+class WanRow(TypedDict):
+    step: str  # "idle" | "flood"
+    offered_rate: float
+    delivered_rate: float
+    link_bits_per_s: dict[str, int]  # by link class: "delivery", and "control" with priority
+    control_ms: WanControl
+
+
+class WanHeadline(TypedDict):
+    idle_p99_ms: float | None
+    flood_p50_ms: float | None
+    flood_p99_ms: float | None
+    flood_delivered_rate: float
+
+
+class WanPriorityClass(TypedDict):
+    match: str
+    htb_prio: int
+    guaranteed_bits_per_s: int
+    ceil: str
+
+
+class WanConditions(TypedDict):
+    backend: str
+    link_rate_bits_per_s: int
+    delay: str
+    shaped_direction: str
+    unshaped: str
+    queue_packets: int
+    priority_class: WanPriorityClass
+    seconds_per_step: float
+    command_rate: float
+    command: str
+    flood: str
+    flood_payload_bytes: int
+    flood_offered_rate: float
+    link_capacity_estimate_msgs_per_s: float
+    wire_overhead_estimate_bytes: int
+
+
+class WanResult(TypedDict):
+    schema: Literal["fmb.bench-wan/1"]
+    created: str
+    conditions: WanConditions
+    results: dict[str, list[WanRow]]  # by configuration: no-priority, priority
+    headline: dict[str, WanHeadline]
+    no_priority_over_priority_p99: float | None
+    environment: Environment
+
+
+# -- fmb bench ui: bench-ui.json (fmb.bench-ui/1) -------------------------------------------------
+
+class UiSample(TypedDict):
+    """One press, ms in the page's clock (a press counts once the page shows both effects)."""
+
+    rep: int
+    closed_ms: float
+    restored_ms: float
+    low_ms: float | None  # None: the DMS acted before a diagram showed the low reading
+
+
+class UiConditions(TypedDict):
+    browser: str
+    page: str
+    load_average_before: list[float]
+    load_average_after: list[float]
+
+
+class UiResult(TypedDict):
+    schema: Literal["fmb.bench-ui/1"]
+    created: str
+    what: str
+    repetitions: int
+    closed_ms: Percentiles
+    restored_ms: Percentiles
+    samples: list[UiSample]
+    screenshot: str  # a file name, beside the JSON
+    conditions: UiConditions
+    environment: Environment
+
+
+# -- fmb respond measure: bench-respond.json (schema 1) -------------------------------------------
+
+class CutoffRepetition(TypedDict):
+    cutoff_ms: float | None  # None: not cut off within 5 s
+    reconnect_refused: NotRequired[bool | None]  # identities: checked for revoke, None for block
+    steps: dict[str, float]  # the responder's own steps, ms
+
+
+class CutoffAction(TypedDict):
+    cutoff_ms: Percentiles | None
+    not_cut_off: int
+    repetitions: list[CutoffRepetition]
+
+
+class CutoffConditions(TypedDict):
+    broker: str
+    repeat: int
+    topology: str
+    eviction: str
+    reload: str
+
+
+class CutoffEnvironment(TypedDict):
+    python: str
+    machine: str
+    kernel: str
+    cpus: int | None
+    time: str
+
+
+class CutoffResult(TypedDict):
+    """Older than the ``fmb.*`` schema strings: its version is the number 1, its kind ``benchmark``."""
+
+    schema: Literal[1]
+    benchmark: Literal["respond-cutoff"]
+    conditions: CutoffConditions
+    environment: CutoffEnvironment
+    results: dict[str, CutoffAction]  # by action: revoke, block, block-topic

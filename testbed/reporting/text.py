@@ -1,0 +1,282 @@
+"""Results as text: the scenario's step table for terminals and CI logs, and Markdown per benchmark.
+
+Everything here is plain strings, with no matplotlib: the processes that only print (``fmb``, the
+Compose harness, the benchmarks while they run) load this, not the figures of
+:mod:`testbed.reporting.scenario` and :mod:`testbed.reporting.plots`, and start fast in read-only
+containers. :mod:`testbed.reporting.render` puts the two together for ``fmb report``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from testbed.core.results import (
+    LatencyResult,
+    PrioritizationResult,
+    RecoveryFault,
+    RecoveryResult,
+    RecoveryTime,
+    ScenarioResultDoc,
+    UiResult,
+    WanResult,
+)
+from testbed.core.stats import percentiles
+
+__all__ = [
+    "RECOVERY_TIMES",
+    "conditions_markdown",
+    "failure_reason",
+    "format_ms",
+    "latency_markdown",
+    "markdown_table",
+    "percentiles_line",
+    "prioritization_markdown",
+    "recovery_markdown",
+    "scenario_markdown",
+    "summary_table",
+    "ui_markdown",
+    "verdict",
+    "wan_markdown",
+]
+
+Result = Mapping[str, Any]  # any result document; each schema's own type is in testbed.core.results
+
+# The recovery times a trial records, and their labels (the Markdown table's and the figure's columns).
+RECOVERY_TIMES: tuple[tuple[RecoveryTime, str], ...] = (
+    ("detect_s", "detect"), ("reconnect_s", "reconnect"), ("whole_s", "delivery whole"))
+
+# (key, alignment) of each table column, in order.
+_COLUMNS = (
+    ("n", ">"),
+    ("name", "<"),
+    ("device", "<"),
+    ("plane", "<"),
+    ("topic", "<"),
+    ("t_ms", ">"),
+    ("hop_ms", ">"),
+)
+_PERCENTILE_KEYS: tuple[Literal["p50", "p90", "p99", "max"], ...] = ("p50", "p90", "p99", "max")
+
+
+def format_ms(value: float | None) -> str:
+    """Format a millisecond figure with 2 decimals, or ``-`` when it is missing."""
+    return "-" if value is None else f"{float(value):.2f}"
+
+
+def failure_reason(result: ScenarioResultDoc) -> str:
+    """Return the failure reason of a result as one line, whatever shape it was recorded in."""
+    failure = result.get("failure")
+    if isinstance(failure, Mapping):
+        failure = failure.get("reason") or failure.get("message") or dict(failure)
+    return " ".join(str(failure).split()) if failure else "no reason recorded"
+
+
+def verdict(result: ScenarioResultDoc) -> str:
+    """Return ``PASSED`` or ``FAILED: <reason>``."""
+    return "PASSED" if result.get("passed") else f"FAILED: {failure_reason(result)}"
+
+
+def percentiles_line(result: ScenarioResultDoc) -> str | None:
+    """Return ``n=20  p50=… p90=… p99=… max=… ms``, or None for a single run."""
+    present = [key for key in _PERCENTILE_KEYS if result.get(key) is not None]
+    if not present:
+        return None
+    figures = " ".join(f"{key}={format_ms(result[key])}" for key in present)
+    return f"n={result.get('repetitions', '?')}  {figures} ms"
+
+
+def summary_table(result: ScenarioResultDoc) -> str:
+    """Return the steps of ``result`` as a fixed-width plain-text table with its verdict."""
+    header = [key for key, _ in _COLUMNS]
+    rows = [
+        [
+            str(step.get("n", "")),
+            str(step.get("name", "")),
+            str(step.get("device", "")),
+            str(step.get("plane", "")),
+            str(step.get("topic", "")),
+            format_ms(step.get("t_ms")),
+            format_ms(step.get("hop_ms")),
+        ]
+        for step in result.get("steps") or []
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            f"{cell:{align}{width}}"
+            for cell, (_, align), width in zip(cells, _COLUMNS, widths, strict=True)
+        ).rstrip()
+
+    lines = [f"scenario {result.get('scenario', '?')}", line(header)]
+    lines.append("  ".join("-" * width for width in widths))
+    lines.extend(line(row) for row in rows)
+    if not rows:
+        lines.append("(no steps matched)")
+    lines.append(f"e2e_ms={format_ms(result.get('e2e_ms'))}")
+    percentiles = percentiles_line(result)
+    if percentiles:
+        lines.append(percentiles)
+    lines.append(verdict(result))
+    return "\n".join(lines) + "\n"
+
+
+# -- Markdown helpers ---------------------------------------------------------------------------
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "**no**"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table; floats to 3 decimals (1 from 10 up), None as –."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _flatten(prefix: str, value: Any) -> Iterable[tuple[str, Any]]:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _flatten(f"{prefix}.{k}" if prefix else str(k), v)
+    else:
+        yield prefix, ", ".join(map(str, value)) if isinstance(value, list) else value
+
+
+def conditions_markdown(result: Result) -> str:
+    """The result's ``conditions`` and ``environment`` as one key/value table."""
+    rows = [*_flatten("", result.get("conditions") or {}), *_flatten("", result.get("environment") or {})]
+    if result.get("created"):
+        rows.insert(0, ("created", result["created"]))
+    return markdown_table(["condition", "value"], rows)
+
+
+# -- scenario results (fmb.scenario-result/1) ---------------------------------------------------
+
+def scenario_markdown(result: ScenarioResultDoc) -> str:
+    """The scenario's step table and verdict, as the terminal prints it."""
+    return "```\n" + summary_table(result) + "```\n"
+
+
+# -- latency (fmb.bench-latency/2) --------------------------------------------------------------
+
+def latency_markdown(result: LatencyResult) -> str:
+    """Headline table per QoS, then the per-step table (p50 / p90 / p99 / max, ms)."""
+    target = result["target_ratio"]
+    out = [markdown_table(
+        ["QoS", "e2e p50", "p90", "p99", "max", "one hop p50", "p90", "p99", "max", "traversals",
+         "traversals × hop p50", f"ratio (target ≤ {target})", "met"],
+        [[q["qos"], *(q["e2e_ms"][k] for k in ("p50", "p90", "p99", "max")),
+          *(q["one_hop_ms"][k] for k in ("p50", "p90", "p99", "max")), q["critical_path"]["total"],
+          q["critical_path_one_hop_ms"], q["overhead_ratio"], q["meets_target"]] for q in result["by_qos"]])]
+    out.append("\nMilliseconds. Ratio = end-to-end p50 ÷ (broker traversals on the critical path × one-hop p50); "
+               f"critical path: steps {result['by_qos'][0]['critical_path']['path']}.\n\n"
+               "Per step (time from the publish of the step it follows to its own publish; `display` is the "
+               "diagram's publish to the tablet showing it), p50 / p99 ms:\n\n")
+    levels = result["by_qos"]
+    names = [(s["n"], s["name"], s["plane"], s["traversals"]) for s in levels[0]["steps"]]
+    rows = []
+    for i, (n, name, plane, traversals) in enumerate(names):
+        on_path = levels[0]["steps"][i]["on_critical_path"]
+        rows.append([n, name, plane, f"{traversals}{'' if on_path else ' (off path)'}",
+                     *(f"{q['steps'][i]['hop_ms']['p50']:.2f} / {q['steps'][i]['hop_ms']['p99']:.2f}" for q in levels)])
+    rows.append(["–", "display", "–", "–",
+                 *(f"{q['display_ms']['p50']:.2f} / {q['display_ms']['p99']:.2f}" for q in levels)])
+    out.append(markdown_table(["step", "name", "plane", "traversals", *(f"QoS {q['qos']}" for q in levels)], rows))
+    return "".join(out)
+
+
+# -- prioritisation (fmb.bench-prioritization/1) -----------------------------------------------
+
+def prioritization_markdown(result: PrioritizationResult) -> str:
+    """Control p50 / p99 and throughput per flood rate and configuration, then the targets."""
+    rows = []
+    for name, steps in result["results"].items():
+        for s in steps:
+            c = s["control_ms"]
+            rows.append([name, s["offered_rate"], s["achieved_rate"], c.get("p50"), c.get("p99"), c.get("max"),
+                         c.get("lost")])
+    out = [markdown_table(["configuration", "flood offered /s", "delivered /s", "control p50 ms", "p99 ms",
+                           "max ms", "unacked"], rows)]
+    headline = result.get("headline") or {}
+    if headline:
+        out.append("\nAt the highest flood rate:\n\n" + markdown_table(
+            ["configuration", "idle p99 ms", "saturation p99 ms", "saturation ÷ idle", "delivered /s"],
+            [[name, h.get("idle_p99_ms"), h.get("saturation_p99_ms"), h.get("saturation_over_idle"),
+              h.get("saturation_achieved_rate")] for name, h in headline.items()]))
+    targets = result.get("targets")
+    if targets:
+        out.append("\nTargets:\n\n" + markdown_table(["target", "value"], list(targets.items())))
+    return "".join(out)
+
+
+# -- recovery (fmb.bench-recovery/1, proposed shape) --------------------------------------------
+
+def _met(fault: RecoveryFault) -> bool | None:
+    target = fault.get("target")
+    if not target:
+        return None
+    ok = True
+    for t in fault["trials"]:
+        if "lost" in target and t.get("lost") is not None:
+            ok &= t["lost"] <= target["lost"]
+        if "whole_s" in target and (whole := t.get("whole_s")) is not None:
+            ok &= whole <= target["whole_s"]
+    return ok
+
+
+def recovery_markdown(result: RecoveryResult) -> str:
+    """Per fault: median and worst times, messages lost and duplicated over the trials, the target."""
+    rows = []
+    for f in result["faults"]:
+        times = []
+        for key, _ in RECOVERY_TIMES:
+            values = [v for t in f["trials"] if (v := t.get(key)) is not None]
+            times.append(f"{percentiles(values, (50,))['p50']:.3f} / {max(values):.3f}" if values else None)
+        name = f"{f['name']} ({f['direction']})" if f.get("direction") else f["name"]
+        rows.append([name, f.get("qos"), len(f["trials"]), *times, sum(t.get("lost", 0) for t in f["trials"]),
+                     sum(t.get("duplicated", 0) for t in f["trials"]), _met(f)])
+    out = [markdown_table(["fault", "QoS", "trials", "detect s (median / worst)", "reconnect s", "whole s",
+                           "lost (all trials)", "duplicated", "target met"], rows)]
+    sweep = result.get("autosave_sweep")
+    if sweep:
+        out.append("\nAutosave sweep (data-centre broker `kill -9`):\n\n" + markdown_table(
+            ["autosave interval s", "throughput /s", "lost median", "lost max"],
+            [[p["autosave_interval_s"], p["throughput_per_s"], percentiles(p["lost"], (50,))["p50"], max(p["lost"])]
+             for p in sweep]))
+    return "".join(out)
+
+
+# -- WAN link (fmb.bench-wan/1) -----------------------------------------------------------------
+
+def wan_markdown(result: WanResult) -> str:
+    """Control p50 / p99 and what crossed the link, per configuration and step."""
+    rows = []
+    for name, steps in result["results"].items():
+        for s in steps:
+            c = s["control_ms"]
+            rows.append([name, s["step"], s["offered_rate"], s["delivered_rate"],
+                         round(sum(s["link_bits_per_s"].values()) / 1e3, 1), c.get("p50"), c.get("p99"),
+                         c.get("max"), c.get("missing")])
+    out = [markdown_table(["configuration", "step", "flood offered /s", "delivered /s", "link kbit/s",
+                           "control p50 ms", "p99 ms", "max ms", "missing"], rows)]
+    out.append(f"\nNo priority ÷ priority, control p99 under flood: "
+               f"{_cell(result.get('no_priority_over_priority_p99'))}. Delay: {result['conditions'].get('delay')}.\n")
+    return "".join(out)
+
+
+def ui_markdown(result: UiResult) -> str:
+    """Percentiles of what the operator saw, the browser, and the screenshot."""
+    rows = [[label, *(stats.get(p) for p in ("n", "p50", "p90", "p99", "max"))]
+            for stats, label in ((result["closed_ms"], "cap bank shown closed"),
+                                 (result["restored_ms"], "meter shown back at 120 V"))]
+    return (markdown_table(["after pressing Set voltage (114 V)", "n", "p50 ms", "p90 ms", "p99 ms", "max ms"], rows)
+            + f"\n{result['what']}. {result['conditions']['browser']}; {result['conditions']['page']}. "
+              f"Screenshot: `{Path(result['screenshot']).name}`.\n")
