@@ -2,7 +2,8 @@
 
 A device connects to the delivery-plane and the control-plane broker of its site, subscribes
 to what its role reads (``testbed.core.topics.ROLES``) on the plane each profile travels on,
-validates every payload (rejecting bad ones with a logged error, never crashing), and
+validates every payload (rejecting bad ones with a logged error and a dead letter, never
+crashing: ``testbed.transport.guard``), and
 publishes versioned JSON with a per-device sequence number and a W3C ``traceparent``.
 
 Configuration (environment; ``--help`` of any device prints this list):
@@ -20,6 +21,8 @@ Configuration (environment; ``--help`` of any device prints this list):
     FMB_SIGNING_DIR      directory of the signers' public keys (<name>.pub)
     FMB_SIGNERS          comma-separated signers whose commands this device executes
     FMB_LOG_LEVEL        DEBUG, INFO, ...                                 (default INFO)
+    FMB_DEADLETTERS      where messages it could not handle are recorded  (default <id>.deadletters.jsonl
+                         beside FMB_READY_FILE; testbed.transport.deadletter)
     FMB_TEST_HOOKS       tests only: kill-loop makes SIGUSR2 end the MQTT network threads
 """
 
@@ -44,6 +47,7 @@ from testbed.core.errors import BrokerError, DeviceError, TestbedError
 from testbed.core.payloads import Message, PayloadError, child_traceparent, decode, encode
 from testbed.core.topics import PROFILES, ROLES, Plane, Profile, parse_topic, subscriptions, topic
 from testbed.security.signing import CommandRejected, CommandSigner, CommandVerifier, load_trusted
+from testbed.transport.guard import counts, describe_sender, one_line, set_aside
 from testbed.transport.health import TICK_S, Heartbeat, install
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect, publish_properties, user_properties
 
@@ -182,6 +186,7 @@ class Device:
         self.stop()
 
     def _beat(self) -> None:
+        self.heartbeat.counters.update(counts())  # handler failures contained, dead letters
         self.heartbeat.counters["rejected"] = self.rejected
         if self.verifier is not None:
             self.heartbeat.counters["rejected_commands"] = self.verifier.rejected
@@ -240,7 +245,10 @@ class Device:
             message = decode(msg.payload, profile.name, source)
         except (ValueError, PayloadError) as e:
             self.rejected += 1
-            self.log.error("rejected payload on %s: %s (rejected so far: %d)", msg.topic, e, self.rejected)
+            reason = one_line(str(e), 300)
+            self.log.error("rejected payload on %s from %s: %s (rejected so far: %d; set aside as a dead letter)",
+                           one_line(msg.topic), describe_sender(msg.topic, msg.payload), reason, self.rejected)
+            set_aside(msg, f"rejected payload: {reason}", self.id)  # acknowledged all the same: the session drains
             return
         props = user_properties(msg)
         traceparent = props.get("traceparent")
@@ -250,12 +258,14 @@ class Device:
             except CommandRejected as e:
                 self.log.error("rejected command on %s: %s (rejected commands so far: %d)", msg.topic, e,
                                self.verifier.rejected)
+                set_aside(msg, f"rejected command: {one_line(str(e), 300)}", self.id)
                 return
         with self._lock:
             try:
                 self.handle(profile, mrid, message, traceparent)
-            except Exception:  # a bug in one handler must not take the device off the bus
+            except Exception as e:  # a bug in one handler must not take the device off the bus
                 self.log.exception("failed to handle %s from %s", profile.name, message.source)
+                set_aside(msg, one_line(f"handler failed: {type(e).__name__}: {e}", 300), self.id)
 
     def handle(self, profile: Profile, mrid: str, message: Message, traceparent: str | None) -> None:
         """React to one valid message (called with the device lock held)."""

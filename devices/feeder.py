@@ -185,7 +185,7 @@ class FeederLink:
             self.file.flush()
             reply = json.loads(self.file.readline() or b"{}")
         if not reply.get("ok"):
-            raise RuntimeError(f"feeder refused {request}: {reply.get('error', 'connection lost')}")
+            raise DeviceError(f"the feeder model refused {request}: {reply.get('error', 'connection lost')}")
         return dict(reply["state"])
 
     def watch(self) -> Any:

@@ -75,6 +75,7 @@ CASES: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
         (["monitor"], "no bus running"),
         (["monitor", "--last", "many"], "invalid int value: 'many'"),
     ],
+    ("deadletters",): [(["deadletters", "--last", "0"], "--last is 0")],
     (): [([], "the following arguments are required: COMMAND")],
 }
 

@@ -58,6 +58,13 @@ def test_default_topology_loads() -> None:
     assert {d.role for d in t.devices} == {"tablet", "supply", "meter", "capbank", "dms"}
 
 
+def test_a_topology_without_what_code_needs_says_so() -> None:
+    t = load_topology()
+    assert t.first((d.id for d in t.devices if d.role == "dms"), "DMS") == "dms-1"
+    with pytest.raises(ConfigError, match=r"appendix-a.toml: has no field site with a DMS; this needs one"):
+        t.first((d for d in t.devices if d.role == "dms" and d.site == "field"), "field site with a DMS")
+
+
 @pytest.mark.parametrize(("edit", "field", "fix"), [
     (lambda t: t.replace('profile = "MeterReadingProfile"', 'profile = "MeterReading"', 1),
      "steps[2].profile", "use one of"),

@@ -302,8 +302,8 @@ def test_a_command_burst_names_the_claimed_sender_but_gives_a_response_nothing_t
 def test_device_log_lines_of_rejected_payloads_are_events() -> None:
     from testbed.csf.brokerlog import device_log_event
 
-    line = (f"2024-01-01 00:00:00,000 dms.dms-1 ERROR rejected payload on {METER_TOPIC}: not valid JSON "
-            "(rejected so far: 4)")
+    line = (f"2024-01-01 00:00:00,000 dms.dms-1 ERROR rejected payload on {METER_TOPIC} from meter-1: not valid "
+            "JSON (rejected so far: 4; set aside as a dead letter)")
     ev = device_log_event("dms-1", line, now_ns=T0)
     assert ev is not None and ev.kind == "payload_rejected" and ev.time_ns == T0
     assert ev.detail["topic"] == METER_TOPIC and ev.detail["claimed"] is None and ev.identity is None

@@ -10,6 +10,7 @@ appends ``<seq> <receive time ns>`` for every message to a file, flushed at once
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -19,6 +20,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
+from testbed.transport.guard import one_line, set_aside
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 
 
@@ -32,7 +34,14 @@ def main() -> None:
     low, high = (float(x) for x in env.get("FMB_RECONNECT", "0.25,5").split(","))
 
     def on_message(client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        out.write(f"{int(msg.payload.split(b',', 1)[0])} {time.time_ns()}\n")
+        try:
+            seq = int(msg.payload.split(b",", 1)[0])
+        except ValueError:  # not a benchmark message: set aside and acknowledged, so the session still drains
+            logging.getLogger("consumer").warning("not a benchmark payload on %s (%d bytes): set aside",
+                                                  one_line(msg.topic), len(msg.payload))
+            set_aside(msg, "not a benchmark payload (<seq>,<padding>)", env["FMB_CLIENT_ID"])
+            return
+        out.write(f"{seq} {time.time_ns()}\n")
 
     client = connect(env["FMB_CLIENT_ID"], tls, Endpoint.parse(env["FMB_BROKER"]), on_message=on_message,
                      on_connect=lambda c: c.subscribe(env["FMB_TOPIC"], qos), clean_start=False,

@@ -121,7 +121,8 @@ def _one(bus: Any, responder: Responder, action: str, rep: int, broker: str) -> 
 def measure_cutoff(bus: Any, actions: tuple[str, ...] = ("revoke", "block", "block-topic"), repeat: int = 5,
                    broker: str | None = None) -> CutoffResult:
     """Time from the start of each action to cut-off, ``repeat`` times each, as a result document."""
-    broker = broker or next(b.name for b in bus.topology.brokers if b.plane == "delivery")
+    broker = broker or bus.topology.first((b.name for b in bus.topology.brokers if b.plane == "delivery"),
+                                          "delivery-plane broker")
     responder = Responder(bus)
     results: dict[str, CutoffAction] = {}
     for action in actions:

@@ -93,15 +93,16 @@ class _Consumer:
 class _Stream:
     def __init__(self, bus: DockerBus, direction: str, rate: float, run: str) -> None:
         topology = bus.topology
-        field = next(s.name for s in topology.sites if s.bridge_to)
+        field = topology.first((s.name for s in topology.sites if s.bridge_to), "field site bridged to a data centre")
         dc = topology.site(field).bridge_to
         assert dc is not None  # the field site is the one with a bridge
         if direction == "field->dc":
-            device = next(d for d in topology.devices if d.role == "meter" and d.site == field)
+            device = topology.first((d for d in topology.devices if d.role == "meter" and d.site == field),
+                                    f"meter at {field}")
             profile, body = "MeterReadingProfile", {"voltage_v": 120.0, "reason": "periodic"}
             src, dst = topology.broker_for(field, "delivery"), topology.broker_for(dc, "delivery")
         else:
-            device = next(d for d in topology.devices if d.role == "dms")
+            device = topology.first((d for d in topology.devices if d.role == "dms"), "DMS")
             profile, body = "SingleLineDiagramProfile", {"feeders": {}, "version": 0}
             src, dst = topology.broker_for(dc, "delivery"), topology.broker_for(field, "delivery")
         name = topic(topology.root, profile, device.id)
@@ -196,7 +197,8 @@ def run_partition_recovery(bus: DockerBus, durations: list[float], repetitions: 
     """Partition the field site for each duration, ``repetitions`` times; writes
     ``out/bench-recovery.json`` (``fmb.bench-recovery/1``, backend docker) and returns it."""
     say = progress or (lambda line: None)
-    site = next(s.name for s in bus.topology.sites if s.bridge_to)
+    site = bus.topology.first((s.name for s in bus.topology.sites if s.bridge_to),
+                              "field site bridged to a data centre")
     faults = DockerFaults(bus.project, bus.topology)
     entries: list[RecoveryFault] = []
     for seconds in durations:

@@ -84,7 +84,7 @@ def run_ui(topology: Topology, pki: PKI, scenario: Scenario, repeat: int, out: P
     out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     variant = topology.with_free_ports()
-    tablet = next(d.id for d in variant.devices if d.role == "tablet")
+    tablet = variant.first((d.id for d in variant.devices if d.role == "tablet"), "tablet")
     samples: list[UiSample] = []
     with tempfile.TemporaryDirectory(prefix="fmb-bench-ui-") as state:
         bus = LocalBus(variant, pki, Path(state), ui_port=0)
@@ -101,7 +101,7 @@ def run_ui(topology: Topology, pki: PKI, scenario: Scenario, repeat: int, out: P
                 page = browser.new_page(viewport={"width": 1280, "height": 900})
                 page.goto(url)
                 page.wait_for_selector("#connection.conn-up")
-                supply = next(f.supply for f in variant.feeders)
+                supply = variant.first((f.supply for f in variant.feeders), "feeder")
                 page.select_option("#supply-target", supply)
                 page.fill("#volts", f"{SETPOINT_V:g}")
                 for rep in range(1, repeat + 1):

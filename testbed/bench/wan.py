@@ -267,7 +267,7 @@ class _ControlProbe:
 
 
 def target_site(bus: DockerBus, device_id: str) -> str:
-    return next(d.site for d in bus.topology.devices if d.id == device_id)
+    return bus.topology.device(device_id).site
 
 
 def _lines(path: Path) -> int:
@@ -295,11 +295,12 @@ def run_wan(bus: DockerBus, rate_bps: int, delay_ms: float, seconds: float, comm
     say = progress or (lambda line: None)
     check_wan(delay_ms)
     topology = bus.topology
-    field_site = next(s.name for s in topology.sites if s.bridge_to)
+    field_site = topology.first((s.name for s in topology.sites if s.bridge_to), "field site bridged to a data centre")
     dc_site = topology.site(field_site).bridge_to
     assert dc_site is not None
-    dms = next(d.id for d in topology.devices if d.role == "dms")
-    supply = next(d.id for d in topology.devices if d.role == "supply" and d.site == field_site)
+    dms = topology.first((d.id for d in topology.devices if d.role == "dms"), "DMS")
+    supply = topology.first((d.id for d in topology.devices if d.role == "supply" and d.site == field_site),
+                            f"power supply at {field_site}")
     flood_identity = bus.borrow_identity(dms)
     recorder = bus.identity("recorder")
     field_delivery = topology.broker_for(field_site, "delivery")

@@ -7,7 +7,12 @@ its publish time in nanoseconds since the epoch, and a profile-specific body. Tr
 does not ride in the payload: it is a W3C ``traceparent`` in the MQTT v5 user properties.
 
 :func:`decode` checks the envelope and the body against the profile's schema and raises
-:class:`PayloadError` with the reason, so a device can reject bad input and carry on.
+:class:`PayloadError` with the reason, so a device can reject bad input and carry on. Every
+payload is untrusted, even from an authenticated identity, so parsing is bounded before and while
+``json`` runs: size (the brokers' ``message_size_limit``), UTF-8, nesting depth (counted by a
+linear scan before ``json.loads`` recurses), string length, control characters, number size,
+non-finite numbers and duplicate keys. :class:`PayloadError` is the only exception it raises,
+whatever the bytes (``tests/test_payload_fuzz.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +30,10 @@ from testbed.core.topics import PROFILES
 
 __all__ = [
     "BODY_RULES",
+    "MAX_DEPTH",
+    "MAX_NUMBER_CHARS",
+    "MAX_PAYLOAD_BYTES",
+    "MAX_STRING_CHARS",
     "PAYLOAD_VERSION",
     "Message",
     "PayloadError",
@@ -34,6 +44,15 @@ __all__ = [
 ]
 
 PAYLOAD_VERSION = 1
+# The bounds of decode(). The size is the brokers' message_size_limit (the topologies' default,
+# brokers/topologies/appendix-a.toml): no broker delivers more. An envelope nests 4 deep (the
+# diagram's feeders); an alert's evidence a little more. The longest legitimate string is a broker
+# log line in an alert's evidence; the longest number a nanosecond timestamp (19 digits).
+MAX_PAYLOAD_BYTES = 65536
+MAX_DEPTH = 16
+MAX_STRING_CHARS = 8192
+MAX_NUMBER_CHARS = 32
+_INT_RANGE = (-(2**63), 2**63 - 1)  # what a timestamp or a sequence number can be anywhere else
 NOMINAL_V = 120.0
 MAX_PLAUSIBLE_V = 2 * NOMINAL_V  # beyond this a 120 V service reading is a fault, not data
 
@@ -78,27 +97,125 @@ def encode(profile: str, source: str, seq: int, body: dict[str, Any], ts_ns: int
 
 def decode(payload: bytes | bytearray, profile: str | None = None, source: str | None = None) -> Message:
     """Parse and validate a payload; ``profile``/``source`` are what the topic says they must be."""
-    try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PayloadError(f"not JSON ({e})") from None
+    data = _parse(payload)
     if not isinstance(data, dict):
         raise PayloadError(f"not a JSON object but {type(data).__name__}")
     if data.get("v") != PAYLOAD_VERSION:
-        raise PayloadError(f"payload version {data.get('v')!r}, expected {PAYLOAD_VERSION}")
+        raise PayloadError(f"payload version {_show(data.get('v'))}, expected {PAYLOAD_VERSION}")
     for key, kind in (("profile", str), ("source", str), ("seq", int), ("ts_ns", int), ("body", dict)):
         if key not in data:
             raise PayloadError(f"missing field {key!r}")
         if not isinstance(data[key], kind) or isinstance(data[key], bool):
             raise PayloadError(f"field {key!r} is {type(data[key]).__name__}, expected {kind.__name__}")
     if profile is not None and data["profile"] != profile:
-        raise PayloadError(f"profile {data['profile']!r} on a {profile} topic")
+        raise PayloadError(f"profile {_show(data['profile'])} on a {profile} topic")
     if source is not None and data["source"] != source:
-        raise PayloadError(f"source {data['source']!r} on the topic of {source!r}")
+        raise PayloadError(f"source {_show(data['source'])} on the topic of {source!r}")
     if data["profile"] not in PROFILES:
-        raise PayloadError(f"unknown profile {data['profile']!r}")
+        raise PayloadError(f"unknown profile {_show(data['profile'])}")
     _check_body(data["profile"], data["body"])
     return Message(data["profile"], data["source"], data["seq"], data["ts_ns"], data["body"])
+
+
+# A JSON string (complete, escapes included), a bracket, or a quote that opens no complete string.
+_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}"]', re.DOTALL)
+# C0 and C1 controls and DEL (log and display injection), lone surrogates (not encodable: any later
+# .encode() of the string would raise).
+_FORBIDDEN_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _parse(payload: Any) -> Any:
+    """The JSON value of ``payload``, within every bound; :class:`PayloadError` otherwise."""
+    if not isinstance(payload, bytes | bytearray | memoryview | str):
+        raise PayloadError(f"payload is {type(payload).__name__}, not bytes")
+    size = len(payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else bytes(payload))
+    if size > MAX_PAYLOAD_BYTES:
+        raise PayloadError(f"payload of {size} bytes, over the limit of {MAX_PAYLOAD_BYTES}")
+    try:
+        text = payload if isinstance(payload, str) else bytes(payload).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PayloadError(f"not JSON (not UTF-8: {e.reason} at byte {e.start})") from None
+    _check_depth(text)
+    try:
+        data = json.loads(text, object_pairs_hook=_object, parse_int=_int, parse_float=_float,
+                          parse_constant=_constant)
+    except json.JSONDecodeError as e:
+        raise PayloadError(f"not JSON ({e})") from None
+    _check_strings(data)
+    return data
+
+
+def _check_depth(text: str) -> None:
+    # json.loads recurses once per nesting level and lets RecursionError escape: the depth is
+    # counted first, in one pass that skips strings (a bracket inside one is not structure).
+    if text.count("[") + text.count("{") <= MAX_DEPTH:  # every envelope: no scan needed
+        return
+    depth = 0
+    for m in _TOKENS.finditer(text):
+        c = text[m.start()]
+        if c in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise PayloadError(f"nested deeper than {MAX_DEPTH} levels (at character {m.start()})")
+        elif c in "]}":
+            depth -= 1
+        elif m.end() - m.start() == 1:  # a quote that opens no string: json.loads says where
+            return
+
+
+def _check_strings(data: Any) -> None:
+    stack = [data]  # depth is bounded already; a stack anyway, so that no input can make this recurse
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str):
+            if len(value) > MAX_STRING_CHARS:
+                raise PayloadError(f"a string of {len(value)} characters, over the limit of {MAX_STRING_CHARS}")
+            bad = _FORBIDDEN_CHARS.search(value)
+            if bad:
+                raise PayloadError(f"control character or lone surrogate U+{ord(bad.group()):04X} in the "
+                                   f"string {_show(value)}")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise PayloadError(f"duplicate key {_show(key)} (parsers differ on which one counts)")
+        obj[key] = value
+    return obj
+
+
+def _int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise PayloadError(f"a number of {len(text)} digits, over the limit of {MAX_NUMBER_CHARS}")
+    value = int(text)
+    if not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+        raise PayloadError(f"the integer {text} is outside the 64-bit range")
+    return value
+
+
+def _float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise PayloadError(f"a number of {len(text)} characters, over the limit of {MAX_NUMBER_CHARS}")
+    value = float(text)
+    if not math.isfinite(value):
+        raise PayloadError(f"the number {text} is not finite as a double")
+    return value
+
+
+def _constant(text: str) -> float:
+    raise PayloadError(f"{text} is not JSON (non-finite numbers are refused)")
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    """``value`` for an error message: repr'd (so one line), cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _check_body(profile: str, body: dict[str, Any]) -> None:
@@ -108,20 +225,20 @@ def _check_body(profile: str, body: dict[str, Any]) -> None:
         value, kind = body[name], rule[0]
         if kind == "volts":
             if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-                raise PayloadError(f"{profile}.{name} is {value!r}, not a number of volts")
+                raise PayloadError(f"{profile}.{name} is {_show(value)}, not a number of volts")
             if not rule[1] <= value <= rule[2]:
                 raise PayloadError(
                     f"{profile}.{name} = {value} V is outside the plausible {rule[1]:g}-{rule[2]:g} V"
                 )
         elif kind == "enum":
             if value not in rule[1:]:
-                raise PayloadError(f"{profile}.{name} is {value!r}, expected one of {list(rule[1:])}")
+                raise PayloadError(f"{profile}.{name} is {_show(value)}, expected one of {list(rule[1:])}")
         elif kind == "int":
             if not isinstance(value, int) or isinstance(value, bool):
-                raise PayloadError(f"{profile}.{name} is {value!r}, not an integer")
+                raise PayloadError(f"{profile}.{name} is {_show(value)}, not an integer")
         elif kind == "str":
             if not isinstance(value, str):
-                raise PayloadError(f"{profile}.{name} is {value!r}, not a string")
+                raise PayloadError(f"{profile}.{name} is {_show(value)}, not a string")
         elif kind == "dict" and not isinstance(value, dict):
             raise PayloadError(f"{profile}.{name} is {type(value).__name__}, not an object")
 

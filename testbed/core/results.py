@@ -37,6 +37,7 @@ __all__ = [
     "OneHop",
     "OneHopSetup",
     "Percentiles",
+    "PercentilesIfAny",
     "PrioritizationConditions",
     "PrioritizationControl",
     "PrioritizationHeadline",
@@ -77,6 +78,18 @@ class Percentiles(TypedDict):
     p50: NotRequired[float]
     p90: NotRequired[float]
     p99: NotRequired[float]
+    max: float
+    mean: float
+
+
+class PercentilesIfAny(TypedDict, total=False):
+    """The figures of :class:`Percentiles`, present only when there was something to measure."""
+
+    n: int
+    min: float
+    p50: float
+    p90: float
+    p99: float
     max: float
     mean: float
 
@@ -265,20 +278,13 @@ class LatencyResult(TypedDict):
 
 # -- fmb bench prioritization: bench-prioritization.json (fmb.bench-prioritization/1) -------------
 
-class PrioritizationControl(TypedDict):
+class PrioritizationControl(PercentilesIfAny):
     """Command round trips of one step; the statistics only when some command was acknowledged."""
 
     sent: int
     acked: int
     unacked_within_s: float
     lost: int
-    n: NotRequired[int]
-    min: NotRequired[float]
-    p50: NotRequired[float]
-    p90: NotRequired[float]
-    p99: NotRequired[float]
-    max: NotRequired[float]
-    mean: NotRequired[float]
 
 
 class PrioritizationRow(TypedDict):
@@ -402,20 +408,13 @@ class RecoveryResult(TypedDict):
 
 # -- fmb bench wan: bench-wan.json (fmb.bench-wan/1) ----------------------------------------------
 
-class WanControl(TypedDict):
+class WanControl(PercentilesIfAny):
     """One-way control latency of one step; the statistics only when some command arrived."""
 
     sent: int
     received: int
     missing: int
     waited_s: float
-    n: NotRequired[int]
-    min: NotRequired[float]
-    p50: NotRequired[float]
-    p90: NotRequired[float]
-    p99: NotRequired[float]
-    max: NotRequired[float]
-    mean: NotRequired[float]
 
 
 class WanRow(TypedDict):

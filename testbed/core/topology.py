@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -200,6 +201,16 @@ class Topology:
 
     def feeder(self, ident: str) -> FeederSpec:
         return _named(self.path, "feeders", "feeder", {f.id: f for f in self.feeders}, ident)
+
+    def first(self, items: Iterable[_T], what: str) -> _T:
+        """The first of ``items`` (a search of this topology), or a ConfigError saying it has no ``what``.
+
+        For code that needs a kind of thing rather than a named one, e.g. a benchmark that needs
+        a field site bridged to a data centre, or a DMS."""
+        for item in items:
+            return item
+        raise ConfigError(self.path, "", f"has no {what}",
+                          f"this needs one: add it, or use {DEFAULT_TOPOLOGY.name} (brokers/topologies/)")
 
     def devices_matching(self, name: str) -> list[DeviceSpec]:
         """Devices whose id or role is ``name``."""

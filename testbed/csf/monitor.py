@@ -46,6 +46,7 @@ from testbed.core.topology import load_topology
 from testbed.csf.brokerlog import BrokerLogParser, device_log_event, log_sources
 from testbed.csf.detect import Alert, Detector, load_monitor_config
 from testbed.csf.respond import Responder
+from testbed.transport.guard import counts, describe_sender, one_line
 from testbed.transport.health import TICK_S, Heartbeat, install
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 
@@ -77,6 +78,7 @@ class Monitor:
         self._stopped = threading.Event()
         self._clients: dict[str, paho.Client] = {}
         self._seq = 0
+        self.rejected = 0  # payloads seen that do not decode (each is also fed to the rules as such)
         self._replayed = threading.Event()
         self._pending_replays = len(self.sources)
         self._responder: Responder | None = None
@@ -116,8 +118,12 @@ class Monitor:
     def _on_message(self, broker: str, msg: paho.MQTTMessage) -> None:
         try:
             message = decode(msg.payload)
-        except PayloadError:
+        except PayloadError as e:  # evidence for the rules (a payload nobody should send), not a reason to stop
             message = None
+            self.rejected += 1
+            log.warning("payload on %s from %s via %s does not decode: %s (undecodable so far: %d)",
+                        one_line(msg.topic), describe_sender(msg.topic, msg.payload), broker, one_line(str(e), 300),
+                        self.rejected)
         with self._lock:
             alerts = self.detector.on_message(broker, msg.topic, message, bool(msg.retain))
         self._raise(alerts)
@@ -211,6 +217,7 @@ class Monitor:
     def _beat(self) -> None:
         # A log reader that stopped leaves the monitor blind to what that log says: not healthy.
         dead = sum(not r.is_alive() for r in self._readers)
+        self.heartbeat.counters.update(counts())  # handler failures contained, dead letters
         self.heartbeat.counters["alerts"] = self._alerts
         self.heartbeat.beat([f"{dead} of {len(self._readers)} log readers stopped"] if dead else [])
 

@@ -22,6 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+import testbed.transport.guard as guard
 from testbed.core.errors import TestbedError
 
 __all__ = ["Endpoint", "TLSIdentity", "connect", "publish_properties", "tls_context", "user_properties"]
@@ -95,6 +96,8 @@ def connect(
     client.reconnect_delay_set(min_delay=reconnect_s[0], max_delay=reconnect_s[1])  # type: ignore[arg-type]
     connected = threading.Event()
     refused: list[str] = []
+    if on_message is not None:  # whatever a message makes it raise, it must not end paho's network thread
+        on_message = guard.contain(on_message, client_id)
 
     def _on_connect(c: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
