@@ -318,6 +318,43 @@ def test_fmb_run_with_the_docker_backend(compose, tmp_path: Path) -> None:  # ty
 
 
 @pytest.mark.docker
+def test_devices_cut_off_from_a_broker_turn_unhealthy_and_healthy_again(compose, docker_bus) -> None:  # type: ignore[no-untyped-def]
+    """The containers' health check reads the devices' heartbeat: a device whose plane stays
+    disconnected past the reconnect backoff is unhealthy, not just running; healthy again once back."""
+    from testbed.backends.faults import DockerFaults
+
+    field = [d.id for d in docker_bus.topology.devices if d.site == "field"]
+
+    def health(service: str) -> dict:  # type: ignore[type-arg]
+        container = compose.container(service)
+        container.reload()
+        return container.attrs["State"]["Health"]  # type: ignore[no-any-return]
+
+    def until(status: str, services: list[str], timeout_s: float) -> dict[str, str]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            seen = {s: health(s)["Status"] for s in services}
+            if set(seen.values()) == {status} or time.monotonic() > deadline:
+                return seen
+            time.sleep(0.5)
+
+    faults = DockerFaults(compose, docker_bus.topology)
+    assert set(until("healthy", [*field, "dms-1"], 30).values()) == {"healthy"}
+    t0 = time.monotonic()
+    faults.stop("field-control")
+    try:
+        assert until("unhealthy", field, 60) == dict.fromkeys(field, "unhealthy")
+        took = time.monotonic() - t0
+        last = health("meter-1")["Log"][-1]
+        assert last["ExitCode"] == 1 and "unhealthy: control: disconnected for" in last["Output"], last
+        assert health("dms-1")["Status"] == "healthy"  # on the data centre's brokers: not cut off
+    finally:
+        faults.start("field-control")
+    assert set(until("healthy", field, 60).values()) == {"healthy"}
+    print(json.dumps({"unhealthy_after_s": round(took, 1), "healthy_again_after_s": round(time.monotonic() - t0, 1)}))
+
+
+@pytest.mark.docker
 @pytest.mark.slow
 def test_killed_data_centre_delivery_broker_restarts_and_the_scenario_completes(
         compose, docker_bus, patient_scenario) -> None:  # type: ignore[no-untyped-def]
