@@ -1,19 +1,17 @@
 """paho-mqtt's client, made to lose no QoS 2 message across reconnects (issue 11).
 
-paho 2.2 loses QoS 2 messages against Mosquitto 2.0 whenever a connection comes back with
-messages queued: on reconnect it sends every unacknowledged message at once, ignoring the
-server's Receive Maximum (paho #492: the reconnect reset never counts what it marks for
-sending); it ignores the reason code of PUBREC (paho #895), so a message the broker refused
-with 0x97 "quota exceeded" gets a PUBREL, Mosquitto completes it with PUBCOMP 0 and
-``on_publish`` reports success for a message that was dropped; and a PUBREL resent to a broker
-that has lost the session is completed the same way. Debian bookworm's Mosquitto 2.0.11 carries
-the receive-quota fixes of 2.0.16/2.0.17, so a flush above its Receive Maximum (20) loses every
-other message past the 20th. :class:`ReliableClient` fixes the three by overriding private paho
-methods; ``pyproject.toml`` pins the paho versions it was checked against and ``tests/test_qos2.py``
-fails when those internals change. A message the broker refuses for good is reported through
-``on_publish`` with the refusal's reason code and counted in ``publish_failures``, never as
-delivered. Exactly-once also needs a session that outlives the connection (``connect(...,
-exactly_once=True)``): without one, a broker restart drops what it had PUBREC'd.
+paho 2.2 sends every unacknowledged message at once on reconnect, ignoring the server's Receive
+Maximum (paho #492: its reconnect reset never counts what it marks for sending), and ignores
+PUBREC reason codes (#895). Mosquitto 2.0 (Debian bookworm's 2.0.11 too) refuses what exceeds its
+quota with PUBREC 0x97; paho sends PUBREL anyway, the broker's PUBCOMP makes ``on_publish`` report
+the dropped message delivered, and about every other message past the 20th is lost. A PUBREL
+resent to a broker that lost the session is completed the same way. :class:`ReliableClient`
+overrides the private paho methods involved: ``pyproject.toml`` pins the paho it was checked
+against and ``tests/test_qos2.py`` fails when they change. A refusal for quota is retried: it is
+transient by definition, and the message is still wanted. Any other refusal (not authorised, too
+large) would come back on every retry, so it is reported to ``on_publish`` with its reason code and
+counted in ``publish_failures``, never as delivered. Exactly-once also needs a session that
+outlives the connection: ``connect(..., exactly_once=True)``.
 """
 
 from __future__ import annotations
@@ -74,50 +72,37 @@ class ReliableClient(paho.Client):
     # -- reconnection: never flush more than the server accepts ----------------------------------
 
     def _messages_reconnect_reset_out(self) -> None:
-        super()._messages_reconnect_reset_out()
+        super()._messages_reconnect_reset_out()  # marks every unacknowledged message for sending
         with self._out_message_mutex:
-            sending = self._plan_flush()
-            # Until the CONNACK, publish() must see the planned flush as in flight, or it would
-            # send new messages ahead of older ones and past the limit.
-            self._inflight_messages += sending
+            # Until the CONNACK says the server's Receive Maximum and whether it kept the session,
+            # every PUBLISH waits, in order, behind the PUBRELs due: paho's CONNACK flush stops at
+            # the first queued message. The count held full keeps publish() queuing meanwhile.
+            held = [m.mid for m in self._out_messages.values() if m.qos > 0 and m.state in _TO_PUBLISH]
+            for mid in held:
+                self._out_messages[mid].state = MessageState.MQTT_MS_QUEUED
+                self._out_messages.move_to_end(mid)
+            self._inflight_messages = self._max_inflight_messages
 
     def _handle_connack(self) -> MQTTErrorCode:
-        if self._protocol == MQTTProtocolVersion.MQTTv5:
-            connack = _packet.decode_connack(self._in_packet["command"], self._in_packet["packet"], self._protocol)
-            if not connack.reason.is_failure:
-                with self._out_message_mutex:
-                    self._server_receive_maximum = getattr(connack.properties, "ReceiveMaximum",
-                                                           RECEIVE_MAXIMUM_DEFAULT)
-                    self._max_inflight_messages = self._limit()
-                    if not connack.flags & 0x01:  # no session: a PUBREL would complete a message it lacks
-                        for m in self._out_messages.values():
-                            if m.state == MessageState.MQTT_MS_RESEND_PUBREL:
-                                m.state, m.dup = MessageState.MQTT_MS_PUBLISH, True
-                    self._plan_flush()  # paho's flush, next, counts what it sends itself
-        return super()._handle_connack()
-
-    def _plan_flush(self) -> int:
-        """Mark which unacknowledged messages paho's CONNACK flush sends: every PUBREL due (the
-        server holds those messages and counts them already), then PUBLISHes in order while there
-        is room; hold the rest as queued (``_update_inflight`` sends them as acknowledgements come
-        back). Leaves ``_inflight_messages`` at what is already on the wire; returns how many the
-        flush will send. Called with ``_out_message_mutex`` held."""
-        messages = [m for m in self._out_messages.values() if m.qos > 0]
-        on_wire = sum(m.state in _ON_WIRE for m in messages)
-        sending = sum(m.state == MessageState.MQTT_MS_RESEND_PUBREL for m in messages)
-        room = self._max_inflight_messages - on_wire - sending
-        held = []
-        for m in messages:
-            if m.state in _TO_PUBLISH:
-                if room > 0:
-                    m.state, room, sending = MessageState.MQTT_MS_PUBLISH, room - 1, sending + 1
-                else:
-                    m.state = MessageState.MQTT_MS_QUEUED
-                    held.append(m.mid)
-        for mid in held:  # paho's flush stops at the first queued message: what it sends goes first
-            self._out_messages.move_to_end(mid)
-        self._inflight_messages = on_wire
-        return sending
+        connack = _packet.decode_connack(self._in_packet["command"], self._in_packet["packet"], self._protocol)
+        accepted = not connack.reason.is_failure
+        if accepted:
+            with self._out_message_mutex:
+                # MQTT 3.1.1 has no properties: no Receive Maximum but the client's own.
+                self._server_receive_maximum = getattr(connack.properties, "ReceiveMaximum", RECEIVE_MAXIMUM_DEFAULT)
+                self._max_inflight_messages = self._limit()
+                if not connack.flags & 0x01:  # no session: a PUBREL would complete a message it lacks
+                    for m in self._out_messages.values():
+                        if m.state == MessageState.MQTT_MS_RESEND_PUBREL:
+                            m.state, m.dup = MessageState.MQTT_MS_QUEUED, True
+        rc = super()._handle_connack()  # on_connect, then paho's flush: the PUBRELs due, all of them
+        if not accepted or rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return rc
+        with self._out_message_mutex:
+            # What is in flight, counted from the messages themselves; then PUBLISHes in order as
+            # far as the limit allows, the rest as acknowledgements come back.
+            self._inflight_messages = sum(m.state in _ON_WIRE for m in self._out_messages.values())
+            return self._update_inflight()
 
     # -- PUBREC with a failure reason: no PUBREL, never "delivered" -----------------------------------
 
