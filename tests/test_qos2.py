@@ -29,7 +29,7 @@ import paho.mqtt.client as paho
 import pytest
 from packaging.specifiers import SpecifierSet
 from paho.mqtt import _packet
-from paho.mqtt.enums import MessageState, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion, MessageState, MQTTErrorCode
 
 from testbed.bench.common import Processes, bench_topology, start_broker
 from testbed.core.ports import free_port
@@ -138,6 +138,8 @@ class Outcome:
     failed: dict[int, int]  # sequence number -> reason code on_publish reported
     received: list[int]  # what the consumer got, in order, duplicates included
     refused: dict[int, int] = field(default_factory=dict)  # sequence number -> reason code of a refusing PUBREC
+    pubrecs: int = 0  # PUBRECs the publisher received
+    sessions: list[bool] = field(default_factory=list)  # each CONNACK: did the broker have the session?
 
     @property
     def lost(self) -> set[int]:
@@ -201,7 +203,7 @@ class Run:
         _wait(arrived, 5)
         refused = {self.seq_of[mid]: code for mid, code in self.client.pubrecs if code >= 0x80}
         return Outcome(len(self.infos), delivered, {s: c for s, c in outcomes.items() if c >= 0x80},
-                       list(self.received), refused)
+                       list(self.received), refused, len(self.client.pubrecs), list(self.client.sessions))
 
     def close(self) -> None:
         for c in (self.client, self.consumer):
@@ -342,34 +344,11 @@ def test_the_server_receive_maximum_caps_what_is_in_flight(broker: Broker, ident
         run.close()
 
 
-def test_a_session_lost_between_pubrec_and_pubrel_is_published_again(broker: Broker, identity: Any) -> None:
-    """The connection drops after the broker's PUBREC, before the client's PUBREL, and comes back
-    to a broker without the session: the publisher's did not outlive the connection (session
-    expiry 0, paho's MQTT 5 default; clean start 0 on reconnecting, paho's default too). Stock
-    paho resends PUBREL, the broker completes a message it does not hold, and on_publish says
-    delivered; the project's client publishes it again."""
-    outcomes = {}
-    for name, cls in (("stock", ObservedPaho), ("fixed", ObservedReliable)):
-        run = Run(broker, identity[1], f"{name}-session", cls, clean_start=False, session_expiry_s=0)
-        try:
-            run.client.hold_pubrel = True
-            run.publish(5)
-            assert _wait(lambda r=run: len(r.client.pubrecs) == 5, 5), "the broker PUBREC'd nothing"
-            broker.stop_gracefully()
-            run.client.hold_pubrel = False
-            broker.start()
-            outcomes[name] = run.outcome()
-        finally:
-            run.close()
-    assert outcomes["stock"].lost == set(range(5))
-    assert not outcomes["fixed"].lost and outcomes["fixed"].delivered == set(range(5))
-
-
-def test_an_exactly_once_session_keeps_what_was_pubrecd_across_a_graceful_restart(broker: Broker,
-                                                                                  identity: Any) -> None:
-    """``connect(exactly_once=True)``: the broker saves the session, PUBREC'd messages included,
-    and releases them on the PUBREL resent after the restart: each delivered once."""
-    run = Run(broker, identity[1], "session", ObservedReliable, exactly_once=True)
+def _pubrecd_across_a_restart(broker: Broker, ident: TLSIdentity, name: str, client_class: type[paho.Client],
+                              **options: Any) -> Outcome:
+    """Five QoS 2 messages PUBREC'd by the broker, whose PUBRELs the client holds back (a
+    connection lost between the two), then a graceful restart."""
+    run = Run(broker, ident, name, client_class, clean_start=False, **options)
     try:
         run.client.hold_pubrel = True
         run.publish(5)
@@ -377,12 +356,32 @@ def test_an_exactly_once_session_keeps_what_was_pubrecd_across_a_graceful_restar
         broker.stop_gracefully()
         run.client.hold_pubrel = False
         broker.start()
-        out = run.outcome()
-        assert run.client.sessions == [False, True], "the broker did not keep the session"
+        return run.outcome()
     finally:
         run.close()
+
+
+def test_a_session_lost_between_pubrec_and_pubrel_is_published_again(broker: Broker, identity: Any) -> None:
+    """The connection drops after the broker's PUBREC, before the client's PUBREL, and comes back
+    to a broker without the session: the publisher's did not outlive the connection (session
+    expiry 0, paho's MQTT 5 default; clean start 0 on reconnecting, paho's default too). Stock
+    paho resends PUBREL, the broker completes a message it does not hold, and on_publish says
+    delivered; the project's client publishes it again."""
+    stock = _pubrecd_across_a_restart(broker, identity[1], "stock-session", ObservedPaho, session_expiry_s=0)
+    assert stock.sessions == [False, False] and stock.lost == set(range(5))
+    fixed = _pubrecd_across_a_restart(broker, identity[1], "fixed-session", ObservedReliable, session_expiry_s=0)
+    assert fixed.sessions == [False, False] and not fixed.lost and fixed.delivered == set(range(5))
+    assert fixed.pubrecs == 10  # each published again, and PUBREC'd again
+
+
+def test_an_exactly_once_session_keeps_what_was_pubrecd_across_a_graceful_restart(broker: Broker,
+                                                                                  identity: Any) -> None:
+    """``connect(exactly_once=True)``: the broker saves the session, PUBREC'd messages included,
+    and releases them on the PUBREL resent after the restart: each delivered once."""
+    out = _pubrecd_across_a_restart(broker, identity[1], "session", ObservedReliable, exactly_once=True)
+    assert out.sessions == [False, True], "the broker did not keep the session"
     assert not out.lost and out.delivered == set(range(5))
-    assert sorted(out.received) == list(range(5)) and len(run.client.pubrecs) == 5  # no PUBLISH again
+    assert sorted(out.received) == list(range(5)) and out.pubrecs == 5  # released, not published again
 
 
 # -- the paho internals ReliableClient relies on ---------------------------------------------------------
@@ -409,7 +408,7 @@ def _paho_source(name: str) -> str:
     if name.startswith("_packet."):
         return inspect.getsource(getattr(_packet, name.removeprefix("_packet.")))
     member = inspect.getattr_static(paho.Client, name)
-    return inspect.getsource(member.fset if isinstance(member, property) else member)
+    return inspect.getsource(member.fset if isinstance(member, property) else member)  # type: ignore[arg-type]
 
 
 def test_paho_internals_are_those_reliable_client_was_checked_against() -> None:
@@ -422,7 +421,7 @@ def test_paho_internals_are_those_reliable_client_was_checked_against() -> None:
         f"paho-mqtt {installed} (ReliableClient was checked against {CHECKED_PAHO}) changed what "
         f"testbed/transport/reliable.py overrides or relies on: {sorted(changed)}. Re-check ReliableClient "
         f"against the new code, then update PAHO_SOURCES and the pin: {changed}")
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    client = paho.Client(CallbackAPIVersion.VERSION2)
     for name in ("_out_messages", "_out_message_mutex", "_inflight_messages", "_max_inflight_messages",
                  "_in_packet", "_protocol", "_easy_log"):
         assert hasattr(client, name), f"paho.Client has no {name}: re-check testbed/transport/reliable.py"

@@ -54,7 +54,7 @@ class ReliableClient(paho.Client):
         self.pubrec_refusals: Counter[int] = Counter()  # PUBREC reason code >= 0x80 -> count
         self.publish_failures = 0  # messages given up on: reported to on_publish as failures
 
-    @property  # type: ignore[override]
+    @property
     def max_inflight_messages(self) -> int:
         """This client's own limit; the one applied is also capped by the server's Receive Maximum."""
         return self._own_max_inflight
