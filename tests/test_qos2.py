@@ -1,13 +1,13 @@
 """QoS 2 across reconnects, paho against Mosquitto 2.0 (issue 11): stock paho loses messages and
 reports them delivered; the project's client (``testbed.transport.reliable``) loses none.
 
-Every test runs a real data-centre broker of its own (Debian's Mosquitto, the project's mutual TLS,
+Each test runs a real data-centre broker of its own (Debian's Mosquitto, the project's mutual TLS,
 persistence on), restarted gracefully where it says so: SIGTERM, then the same configuration on
 the same port. A consumer with a persistent session records what arrives; a message is *lost*
 when ``on_publish`` reported it delivered and the consumer never got it. Stock paho is
 ``paho.Client`` configured as ``connect`` always configured it (clean start, no session expiry)
-unless a test says otherwise. The last tests pin the paho internals that ``ReliableClient``
-overrides, and keep every MQTT client in ``testbed/transport/``.
+unless a test says otherwise. The last two need no broker: they pin the paho internals that
+``ReliableClient`` overrides, and keep every MQTT client in ``testbed/transport/``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from packaging.specifiers import SpecifierSet
 from paho.mqtt import _packet
 from paho.mqtt.enums import CallbackAPIVersion, MessageState, MQTTErrorCode
 
+from devices.base import Device, DeviceConfig
 from testbed.bench.common import Processes, bench_topology, start_broker
 from testbed.core.ports import free_port
 from testbed.core.topics import topic
@@ -382,6 +383,26 @@ def test_an_exactly_once_session_keeps_what_was_pubrecd_across_a_graceful_restar
     assert out.sessions == [False, True], "the broker did not keep the session"
     assert not out.lost and out.delivered == set(range(5))
     assert sorted(out.received) == list(range(5)) and out.pubrecs == 5  # released, not published again
+
+
+class _Meter(Device):
+    """A device of the meter role (it reads nothing), without the feeder the real one needs."""
+
+    role = "meter"
+
+
+@pytest.mark.parametrize(("qos", "clean_start"), [(1, "c1"), (2, "c0")])
+def test_a_device_on_a_qos2_topology_keeps_a_session_the_broker_saves(broker: Broker, identity: Any, qos: int,
+                                                                     clean_start: str) -> None:
+    """Devices publish at the topology's QoS; at 2 they connect with clean start 0 (what Mosquitto
+    needs to write the session to disk), at 1 as before."""
+    device = _Meter(DeviceConfig(device_id="bench", delivery=broker.endpoint, control=broker.endpoint,
+                                 tls=identity[1], qos=qos))
+    device.start()
+    device.stop()
+    log = (broker.directory / "mosquitto.log").read_text()
+    for plane in ("delivery", "control"):
+        assert re.search(rf"as bench-{plane} \(p5, {clean_start},", log), log[-2000:]
 
 
 # -- the paho internals ReliableClient relies on ---------------------------------------------------------
