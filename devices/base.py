@@ -151,7 +151,7 @@ class Device:
                 on_message=self._on_message,
                 on_connect=on_connect,
                 clean_start=not persistent, session_expiry_s=self.config.session_expiry_s,
-                wait_s=None,
+                wait_s=None, exactly_once=self.config.qos == 2,
             )
             if not subscribed.wait(30):
                 raise BrokerError(f"{self.id} could not connect and subscribe to the "
