@@ -23,7 +23,8 @@ from testbed.core.errors import BrokerError
 from testbed.core.topics import PROFILES, ROLES, topic
 from testbed.core.topology import HARNESS_IDENTITIES, BrokerSpec, Topology
 
-__all__ = ["DYNSEC_TOPIC", "BrokerFiles", "mosquitto_binary", "render_acl", "render_broker", "render_conf"]
+__all__ = ["BRIDGE_KEEPALIVE_S", "BRIDGE_RESTART_S", "DYNSEC_TOPIC", "BrokerFiles", "mosquitto_binary", "render_acl",
+           "render_broker", "render_conf"]
 
 DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
 # Where the fmb-broker-2.1 image links Mosquitto 2.1's sqlite persistence plugin (whatever the
@@ -31,6 +32,16 @@ DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
 SQLITE_PLUGIN = PurePath("/usr/local/lib/mosquitto/mosquitto_persist_sqlite.so")
 # A comment in mosquitto.conf that asks the images' launcher for a snapshot every N ms.
 SAVER_MARK = "# fmb: snapshot every "
+# How fast a bridge gets over a partition (`fmb bench recovery --backend docker`). Mosquitto 2.0.11
+# sets neither TCP keepalive nor TCP_USER_TIMEOUT on a bridge's socket, whose retransmissions back
+# off for minutes: the link is found dead only by MQTT keepalive (a PINGREQ after this long
+# without input, the socket closed after as long again; 5 s is Mosquitto's minimum), and then the
+# heal waits for the next retry. Retries come every restart_timeout + 1 s (whole seconds, compared
+# with `>`); "1 1" is a constant 1 s, where "1 2" drew 1 or 2 and one value alone keeps the default
+# backoff (base 5 s, cap 30 s). An idle bridge connection pays one PINGREQ/PINGRESP exchange
+# (about 250 bytes on the wire) per keepalive; a busy one none.
+BRIDGE_KEEPALIVE_S = 5
+BRIDGE_RESTART_S = 1
 # The plugin's own state: no clients and no roles, since the acl_file decides access; the
 # responder creates a client on demand only to disable (evict) it.
 DYNSEC_STATE = ('{"clients": [], "groups": [], "roles": [], "defaultACLAccess": {"publishClientSend": false, '
@@ -171,8 +182,8 @@ def render_conf(topology: Topology, broker: BrokerSpec, files: BrokerFiles) -> s
                 "cleansession false",
                 "try_private true",
                 "notifications false",
-                "restart_timeout 1 2",
-                "keepalive_interval 10",
+                f"restart_timeout {BRIDGE_RESTART_S} {BRIDGE_RESTART_S}",
+                f"keepalive_interval {BRIDGE_KEEPALIVE_S}",
                 f"bridge_cafile {certs / 'ca' / 'ca.pem'}",
                 f"bridge_certfile {certs / 'clients' / (bridge.name + '.pem')}",
                 f"bridge_keyfile {certs / 'clients' / (bridge.name + '.key')}",

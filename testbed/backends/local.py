@@ -30,6 +30,7 @@ from testbed.core.topology import DeviceSpec, Topology, load_topology
 from testbed.core.waiting import wait_until
 from testbed.security.blocklist import Blocklist
 from testbed.security.pki import PKI
+from testbed.transport.health import read_health
 from testbed.transport.mqtt import Endpoint, TLSIdentity
 
 __all__ = ["LocalBus", "ProcessRecord", "device_environment", "monitor_environment"]
@@ -85,9 +86,9 @@ def monitor_environment(topology: Topology, certs: Path, state_dir: Path, log_di
                         run_dir: Path) -> dict[str, str]:
     """The monitor's ``FMB_*`` environment on the local bus (logs tailed from their files)."""
     logs = {b.name: f"file:{log_dir / (b.name + '.log')}" for b in topology.brokers}
-    actuators = [d.id for d in topology.devices
-                 if any(PROFILES[g.profile].kind == "command" for g in ROLES[d.role].reads)]
-    logs.update({d: f"file:{log_dir / (d + '.log')}" for d in actuators})
+    # Every device that reads: actuators log the commands they refuse, every reader the payloads.
+    readers = [d.id for d in topology.devices if ROLES[d.role].reads]
+    logs.update({d: f"file:{log_dir / (d + '.log')}" for d in readers})
     return {
         "FMB_DEVICE_ID": "monitor",
         "FMB_BROKERS": json.dumps({b.name: f"{b.host}:{b.port}" for b in topology.brokers}),
@@ -331,6 +332,18 @@ class LocalBus:
 
     def alive(self, name: str) -> bool:
         return processes.alive(self._record(name))
+
+    def health(self, name: str) -> tuple[str, str]:
+        """``("up" | "unhealthy" | "DOWN", why)`` of process ``name``. A running device or monitor is
+        up only while its heartbeat says its MQTT clients work (testbed.transport.health): a process
+        whose network thread died, or cut off from a broker past its backoff, is still alive."""
+        record = self._record(name)
+        if not processes.alive(record):
+            return "DOWN", "not running"
+        if record.kind not in ("device", "monitor"):
+            return "up", ""
+        health = read_health(self.run_dir / f"{name}.ready", pid=record.pid)
+        return ("up", "") if health.healthy else ("unhealthy", health.why)
 
     def signal(self, name: str, sig: signal.Signals) -> None:
         """Send ``sig`` to one of our processes (by recorded pid, if it is still ours)."""

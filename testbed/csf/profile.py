@@ -140,13 +140,17 @@ SUBCATEGORIES: tuple[Subcategory, ...] = (
        "keep-alive timeouts; `fmb respond revoke` evicts live sessions (dynsec disableClient after the CRL)",
        (T + "test_attacks.py::test_stolen_certificate",), "RS.MI-01"),
     _s("Protect", "Server-side Protection", "Suspicious behavior detection", IMPLEMENTED,
-       "the monitor's alerts on the control plane", (T + "test_attacks.py",), "DE.AE-02"),
+       "the monitor's alerts on the control plane, a burst of payloads the devices reject among them",
+       (T + "test_attacks.py", T + "test_rejected_payloads.py"), "DE.AE-02"),
     _s("Protect", "Server-side Protection", "Dynamic Access Control Listing (e.g. IP address or Client ID)",
        IMPLEMENTED, "`fmb respond block` changes the live brokers' access control",
        (T + "test_attacks.py::test_block_topic_and_identity",), "PR.AA-05"),
     _s("Protect", "Server-side Protection", "Rate limiting and/or blocking (e.g. IP address)", IMPLEMENTED,
-       "message_size_limit and max_queued_messages on every broker; blocking by identity or topic",
-       (T + "test_security.py::test_generated_configs", T + "test_attacks.py::test_block"), "PR.IR-01"),
+       "message_size_limit and max_queued_messages on every broker; blocking by identity or topic, automatic "
+       "on a burst of rejected payloads; an identity's sessions per broker capped by the monitor (session_cap "
+       "policy: 300 connections of one certificate -> 8 accepted, all dropped, the rest refused)",
+       (T + "test_security.py::test_generated_configs", T + "test_attacks.py::test_block",
+        T + "test_rejected_payloads.py", T + "test_connection_caps.py"), "PR.IR-01"),
     _s("Protect", "Server-side Protection", "Data-at-rest encryption", GAP,
        "the data-centre brokers' persistence file is plaintext on disk (keys are 0600); an encrypted "
        "volume is the deployment's job, not exercised here", (), "PR.DS-01"),
@@ -172,8 +176,10 @@ SUBCATEGORIES: tuple[Subcategory, ...] = (
        "the monitor alerts on socket errors and keep-alive timeouts",
        (T + "test_attacks.py::test_abnormal_termination",), "DE.CM-01"),
     _s("Detect", "Physical Monitoring", "Client availability verification", IMPLEMENTED,
-       "the scenario runner's initial-state check and the monitor's silent-client alert",
-       (T + "test_scenario.py", T + "test_attacks.py::test_abnormal_termination_and_idle"), "DE.CM-09"),
+       "the scenario runner's initial-state check, the monitor's silent-client alert, and every process's "
+       "heartbeat (MQTT loop alive, connected within its backoff) in `fmb status` and the containers' health",
+       (T + "test_scenario.py", T + "test_attacks.py::test_abnormal_termination_and_idle", T + "test_health.py"),
+       "DE.CM-09"),
     _s("Detect", "Physical Monitoring", "End-devices and their vicinity physical inspection", OUT_OF_SCOPE,
        "physical", (), "DE.CM-02"),
     _s("Detect", "Intrusion Detection", "Repeated authentication attempts", IMPLEMENTED,
@@ -201,7 +207,10 @@ SUBCATEGORIES: tuple[Subcategory, ...] = (
     _s("Respond", "Response Planning", "Block compromised telemetry channels", IMPLEMENTED,
        "`fmb respond block TOPIC`", (T + "test_attacks.py::test_block_topic_and_identity",), "RS.MI-01"),
     _s("Respond", "Response Planning", "Increase Firewall policies", GAP,
-       "network-level blocking (nftables on the broker hosts) is not automated", (), "RS.MI-01"),
+       "network-level blocking (nftables on the broker hosts) is not automated: a per-source connection "
+       "limit needs NET_ADMIN in the broker's network namespace and, on the local bus, sees one source "
+       "(loopback) for every client; the per-identity cap is the monitor's session_cap policy instead",
+       (), "RS.MI-01"),
     _s("Respond", "Response Planning", "Shutdown compromised brokers and servers", IMPLEMENTED,
        "the fault API and `fmb down` stop a broker by its pid",
        (T + "test_docker.py::test_local_backend_faults", T + "test_recover.py"), "RS.MI-02"),
