@@ -32,6 +32,7 @@ from paho.mqtt import _packet
 from paho.mqtt.enums import CallbackAPIVersion, MessageState, MQTTErrorCode
 
 from devices.base import Device, DeviceConfig
+from testbed.backends import processes
 from testbed.bench.common import Processes, bench_topology, start_broker
 from testbed.core.ports import free_port
 from testbed.core.topics import topic
@@ -76,12 +77,10 @@ class Broker:
         self.proc, self.endpoint = start_broker(self.procs, self.topology, self.spec, pki, self.directory)
 
     def stop_gracefully(self, *, frozen: bool = False) -> None:
-        """SIGTERM (Mosquitto saves its database on the way out); ``frozen``: it was SIGSTOPped."""
-        self.proc.send_signal(signal.SIGTERM)
-        if frozen:
-            self.proc.send_signal(signal.SIGCONT)
-        self.proc.wait(10)
-        self.procs.procs.remove(self.proc)
+        """SIGTERM (Mosquitto saves its database on the way out); ``frozen``: it was SIGSTOPped
+        (the process helper sends SIGCONT before SIGTERM anyway)."""
+        killed = self.procs.stop([self.proc], timeout_s=10)
+        assert not killed, "the broker did not exit within 10 s of SIGTERM: not a graceful restart"
 
     def start(self) -> None:
         self.proc, _ = start_broker(self.procs, self.topology, self.spec, self.pki, self.directory)
@@ -218,7 +217,7 @@ def _burst_across_a_restart(broker: Broker, ident: TLSIdentity, name: str, clien
     client), restart it gracefully, and see what becomes of them."""
     run = Run(broker, ident, name, client_class, **options)
     try:
-        broker.proc.send_signal(signal.SIGSTOP)  # nothing acknowledged: in flight and queued at the fault
+        processes.send(broker.proc, signal.SIGSTOP)  # nothing acknowledged: in flight and queued at the fault
         run.publish(count)
         broker.stop_gracefully(frozen=True)
         broker.start()
@@ -326,14 +325,14 @@ def test_the_server_receive_maximum_caps_what_is_in_flight(broker: Broker, ident
     run = Run(broker, identity[1], "cap", Own50)
     try:
         assert run.client.max_inflight_messages == 50  # the client's own setting is kept
-        broker.proc.send_signal(signal.SIGSTOP)  # nothing acknowledged: what is sent stays in flight
+        processes.send(broker.proc, signal.SIGSTOP)  # nothing acknowledged: what is sent stays in flight
         try:
             run.publish(60)
             time.sleep(0.2)
             with run.client._out_message_mutex:
                 waiting = [m.state == MessageState.MQTT_MS_WAIT_FOR_PUBREC for m in run.client._out_messages.values()]
         finally:
-            broker.proc.send_signal(signal.SIGCONT)
+            processes.send(broker.proc, signal.SIGCONT)
         assert sum(waiting) == MOSQUITTO_RECEIVE_MAXIMUM and waiting[:MOSQUITTO_RECEIVE_MAXIMUM] == [True] * 20
         out = run.outcome()
         assert not out.refused and out.delivered == set(range(60)) and not out.lost

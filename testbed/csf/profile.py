@@ -121,8 +121,10 @@ SUBCATEGORIES: tuple[Subcategory, ...] = (
     _s("Protect", "Information Protection", "Use of cryptographic suites (e.g. TLS, VPN)", IMPLEMENTED,
        "TLS 1.2+ on every hop including bridges", (T + "test_security.py",), "PR.DS-02"),
     _s("Protect", "Information Protection", "Integrity of Application Messages and Control Packets",
-       IMPLEMENTED, "TLS per hop; commands signed end to end (Ed25519) and checked by the actuator",
-       (T + "test_signed_commands.py",), "PR.DS-02"),
+       IMPLEMENTED, "TLS per hop; commands signed end to end (Ed25519) and checked by the actuator; every "
+       "payload decoded within bounds (size, depth, strings, numbers) and every message handler contained, "
+       "so a hostile message from an authenticated device is set aside as a dead letter, never fatal",
+       (T + "test_signed_commands.py", T + "test_payload_fuzz.py", T + "test_bus_fuzz.py"), "PR.DS-02"),
     _s("Protect", "Information Protection", "Privacy of Application Messages and Control Packets",
        IMPLEMENTED, "TLS per hop; no plaintext listener (brokers, and the tablet's web console: HTTPS only)",
        (T + "test_security.py::test_plaintext", T + "test_tablet_web.py::test_plaintext_http_gets_no_page"),
@@ -134,8 +136,10 @@ SUBCATEGORIES: tuple[Subcategory, ...] = (
        IMPLEMENTED, "keys, serials and trace ids from the OS CSPRNG (cryptography, os.urandom)",
        (T + "test_pki.py",), "PR.DS-02"),
     _s("Protect", "Server-side Protection", "Compliance with MQTT specification", IMPLEMENTED,
-       "Mosquitto 2.0 rejects malformed packets; MQTT v5 throughout",
-       (T + "test_attacks.py::test_malformed_packets",), "PR.PS-01"),
+       "Mosquitto 2.0 rejects malformed packets; MQTT v5 throughout, and the clients honour it: a PUBREC "
+       "failure reason is a failed publish, never a delivered one, and a reconnect sends no more than the "
+       "server's Receive Maximum",
+       (T + "test_attacks.py::test_malformed_packets", T + "test_qos2.py"), "PR.PS-01"),
     _s("Protect", "Server-side Protection", "Automatic Client disconnect mechanisms", IMPLEMENTED,
        "keep-alive timeouts; `fmb respond revoke` evicts live sessions (dynsec disableClient after the CRL)",
        (T + "test_attacks.py::test_stolen_certificate",), "RS.MI-01"),
@@ -217,7 +221,8 @@ SUBCATEGORIES: tuple[Subcategory, ...] = (
     # -- Recover --------------------------------------------------------------------------------
     _s("Recover", "Recover Planning",
        "Perform information system recovery (e.g. restart broker, create new telemetry channels, etc.)",
-       IMPLEMENTED, "`fmb recover` restarts what is down from persisted state, then verifies with Appendix A",
+       IMPLEMENTED, "`fmb recover` restarts what is down or unhealthy from persisted state, then verifies "
+       "with Appendix A",
        (T + "test_recover.py::test_recover",), "RC.RP-01"),
     _s("Recover", "Recover Planning", "Perform reconstitution activities", IMPLEMENTED,
        "`fmb restore` brings back PKI and broker persistence, verified", (T + "test_recover.py::test_backup",),
