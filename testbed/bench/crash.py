@@ -413,7 +413,11 @@ class _Bench:
         else:
             broker = DockerBroker(self.client, self.images.get(policy.mosquitto, spec.image), topology, spec,
                                   self.pki, directory)
-        broker.start()
+        try:
+            broker.start()
+        except BaseException:
+            broker.remove()  # a container that exited at start is still ours to remove
+            raise
         if policy.mosquitto not in self.versions:
             head = broker.log.read_text(errors="replace").split("mosquitto version ", 1)[-1].split()[:1]
             self.versions[policy.mosquitto] = head[0] if head else "?"
