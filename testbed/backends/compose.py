@@ -294,6 +294,12 @@ def compose_bus(project_name: str | None = None,
     topology = load_topology(topology_path) if topology_path else None
     # Each broker in the image of the Mosquitto build its topology asks for (`mosquitto`).
     project = ComposeProject(name, images={b.name: b.image for b in (topology or load_topology()).brokers})
+    for broker, image in project.images.items():  # fmb-broker-2.1 is built only when asked for
+        try:
+            project.client.images.get(image)
+        except Exception:
+            raise TestbedError(f"broker {broker} runs image {image}, which is not built: run scripts/images "
+                               "--broker all") from None
     started = False
     if not _project_running(project):
         services = [s for s in project.compose("config", "--services").split()
