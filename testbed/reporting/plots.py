@@ -368,6 +368,10 @@ def ui_repetitions(result: UiResult) -> Figure:
 
 # -- soak (fmb.bench-soak/1) ---------------------------------------------------------------------
 
+_SOAK_KINDS = {"broker-sigterm": "SIGTERM", "broker-kill9": "kill -9", "device-crash": "crash", "partition": "cut",
+               "link-loss": "link loss", "poison": "poison"}
+
+
 def soak_timeline(result: SoakResult) -> Figure:
     """The whole soak in time: each stream's worst delivery delay per second (log) under the fault windows,
     then per stream what went wrong (at its publish time), and every Appendix A run (pass / fail)."""
@@ -382,8 +386,12 @@ def soak_timeline(result: SoakResult) -> Figure:
     for f in result["faults"]:
         for axes in (top, bottom):  # the window the ledger attributes messages to: from lookback_s before the fault
             axes.axvspan(f["start_s"] - lookback, f["end_s"], color=_GREY, alpha=0.15, linewidth=0)
-        top.annotate(f"{f['n']} {f['kind']}\n{f['target']}", (f["start_s"], 1.0), xycoords=("data", "axes fraction"),
-                     xytext=(2, -2), textcoords="offset points", fontsize=6.5, va="top", color="#17202a")
+        # Vertical, at the window's start: many faults in a long soak, and each label still readable.
+        target = f["target"].split(" as ")[0].split("/")[-2] if f["kind"] == "poison" else f["target"]
+        top.annotate(f"{f['n']} {_SOAK_KINDS.get(f['kind'], f['kind'])} {target}", (f["start_s"], 1.0),
+                     xycoords=("data", "axes fraction"), xytext=(1, -3), textcoords="offset points", fontsize=6,
+                     rotation=90, va="top", ha="left", color="#17202a",
+                     bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.6, "linewidth": 0})
     top.set_yscale("log")
     top.set_ylabel("worst publish → received per second (ms, log)")
     top.grid(True, which="both", alpha=0.3)
