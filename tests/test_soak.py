@@ -46,7 +46,7 @@ def soak(pki: Any, topology: Any, tmp_path_factory: pytest.TempPathFactory) -> t
 
 
 def _invariants(result: SoakResult, **where: Any) -> list[dict[str, Any]]:
-    return [dict(i) for i in result["invariants"] if all(i.get(k) == v for k, v in where.items())]  # type: ignore[misc]
+    return [dict(i) for i in result["invariants"] if all(i.get(k) == v for k, v in where.items())]
 
 
 def test_two_minutes_of_every_local_fault_fit_in_ci(soak: tuple[SoakResult, Path, float]) -> None:
@@ -97,7 +97,7 @@ def test_every_message_is_accounted_for(soak: tuple[SoakResult, Path, float]) ->
         assert len(ledger) == len(result["faults"]) + 1
         for key, total in (("published", s["sent"]), ("lost", s["lost"]), ("duplicated", s["duplicated"]),
                            ("unacknowledged", s["unacknowledged"]), ("reordered", s["reordered"])):
-            assert sum(r[key] for r in ledger) == total, key  # type: ignore[literal-required]
+            assert sum(r[key] for r in ledger) == total, key
         windows = Counter(r["window"] for r in mine)
         assert windows == Counter({r["window"]: r["published"] for r in ledger if r["published"]})
 
@@ -110,8 +110,9 @@ def test_the_invariants_that_hold_on_main_are_kept(soak: tuple[SoakResult, Path,
     for kind in ("no fault", "device-crash", "poison"):
         broken = [i for i in _invariants(result, kind=kind) if not i["holds"]]
         assert broken == [], broken
-    # Every recovery: the first Appendix A run afterwards passes, within the scenario's own limits.
-    broken = [i for i in _invariants(result, invariant="appendix-a-after-recovery") if not i["holds"]]
+    # Every graceful recovery: the first Appendix A run afterwards passes, within the scenario's own limits.
+    broken = [i for i in _invariants(result, invariant="appendix-a-after-recovery")
+              if not i["holds"] and i["kind"] != "broker-kill9"]
     assert broken == [], broken
     # A broker restart the stream does not cross loses nothing of it, whatever its QoS; nor does a SIGTERM of
     # the broker a QoS 1 stream crosses (Mosquitto saves on the way out; paho resends what was in flight).
@@ -135,12 +136,18 @@ def test_invariants_that_do_not_hold_yet_are_reported(soak: tuple[SoakResult, Pa
     # default). Expected to narrow with the crash-loss engineer's persistence policy per broker (run the soak with
     # --crash-window-s set to the policy's window then).
     crash = _invariants(result, invariant="crash-loss-within-window", kind="broker-kill9")
+    # After a kill -9 of dc-delivery within its first autosave interval the DMS's session is gone, and the first
+    # Appendix A run has failed to reach the initial state in 15 s (a 10-minute soak; not this seed's schedule):
+    # expected to hold with the crash-loss engineer's persistence policy (a session saved within a second).
+    crash += _invariants(result, invariant="appendix-a-after-recovery", kind="broker-kill9")
     assert sigterm and crash, "the seed's schedule no longer strikes dc-control with both; pick a seed that does"
     for i in sigterm + crash:
+        assert i["fault"] is not None and i["detail"] and i["counts"]
+    for i in sigterm + [i for i in crash if i["invariant"] == "crash-loss-within-window"]:
         assert set(i["counts"]) >= {"published", "delivered", "lost", "unacknowledged", "duplicated", "reordered"}
-        assert i["counts"]["published"] > 0 and i["fault"] is not None and i["detail"]
-    for i in crash:
-        assert i["counts"]["bound"] is not None and i["counts"]["crash_window_s"] == 60
+        assert i["counts"]["published"] > 0
+        if i["invariant"] == "crash-loss-within-window":
+            assert i["counts"]["bound"] is not None and i["counts"]["crash_window_s"] == 60
     # Whatever does not hold is counted and shown with its evidence in the report.
     broken = [i for i in result["invariants"] if not i["holds"]]
     assert result["violations"] == len(broken)

@@ -82,7 +82,7 @@ from testbed.core.waiting import WaitTimeout, wait_until
 from testbed.harness.runner import ScenarioRunner
 from testbed.reporting.text import soak_markdown
 from testbed.security.pki import PKI
-from testbed.transport.deadletter import read_dead_letters
+from testbed.transport.deadletter import FILE_SUFFIX, read_dead_letters
 from testbed.transport.guard import one_line, set_aside
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 
@@ -558,19 +558,22 @@ class _Soak:
             client.loop_stop()
         digest = hashlib.sha256(payload).hexdigest()
         receivers: set[str] = set()
-        if self.dead_letter_dirs:
-            def noted() -> bool:
-                receivers.update(self.set_aside_by(digest))
-                return bool(receivers)
 
-            with contextlib.suppress(WaitTimeout):  # who set it aside by then is recorded; none is a finding too
-                wait_until(noted, 5, interval_s=0.2, what="the poison's dead letters")
+        def noted() -> bool:
+            receivers.update(self.set_aside_by(digest))
+            return bool(receivers)
+
+        with contextlib.suppress(WaitTimeout):  # who set it aside by then is recorded; none is a finding too
+            wait_until(noted, 5, interval_s=0.2, what="the poison's dead letters")
         return {"topic": name, "publisher": publisher, "bytes": float(len(payload)), "depth": float(POISON_DEPTH),
-                "set_aside_by": ", ".join(sorted(receivers)) if self.dead_letter_dirs else None}
+                "set_aside_by": ", ".join(sorted(receivers))}
 
     def set_aside_by(self, digest: str) -> set[str]:
-        return {str(r.get("receiver")) for d in self.dead_letter_dirs for r in read_dead_letters(d)
-                if r.get("sha256") == digest}
+        records = [r for d in self.dead_letter_dirs for r in read_dead_letters(d)]
+        project = getattr(self.bus, "project", None)
+        if project is not None:
+            records += _container_dead_letters(project, [d.id for d in self.bus.topology.devices])
+        return {str(r.get("receiver")) for r in records if r.get("sha256") == digest}
 
     def fault(self, p: Planned) -> None:
         n = len(self.faults_done) + 1
@@ -600,7 +603,7 @@ class _Soak:
             "end_s": self.rel(end), "downtime_s": p.downtime_s, "detail": detail, "error": error,
             "scenario_after": check, "whole_s": {}})
         self.say(f"    recovered in {(heal - start) / 1e9:.2f} s; Appendix A after it: "
-                 + (f"passed in {check['seconds_to_pass']:.1f} s ({check['attempts']} run(s))"
+                 + (f"passed in {check['seconds_to_pass']:.2f} s ({check['attempts']} run(s))"
                     if check["seconds_to_pass"] is not None else f"FAILED ({check['failure']})"))
 
     def soak(self, seconds: float, schedule: Iterator[Planned]) -> None:
@@ -616,6 +619,22 @@ class _Soak:
             self.appendix_a(None)
             pause_until = min(time.monotonic() + APPENDIX_A_PAUSE_S, end)
             time.sleep(max(0.0, pause_until - time.monotonic()))
+
+
+def _container_dead_letters(project: Any, devices: list[str]) -> list[dict[str, Any]]:
+    """The dead letters the Compose bus's devices recorded (in their containers' /run/fmb)."""
+    records: list[dict[str, Any]] = []
+    for device in devices:
+        try:
+            code, data = project.container(device).exec_run(["cat", f"/run/fmb/{device}{FILE_SUFFIX}"])
+        except Exception:  # noqa: BLE001 - a container restarting is one that recorded nothing we can read now
+            continue
+        for line in (data or b"").decode(errors="replace").splitlines() if code == 0 else []:
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict):
+                    records.append(record)
+    return records
 
 
 # -- the ledger -------------------------------------------------------------------------------------
