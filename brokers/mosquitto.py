@@ -23,9 +23,25 @@ from testbed.core.errors import BrokerError
 from testbed.core.topics import PROFILES, ROLES, topic
 from testbed.core.topology import HARNESS_IDENTITIES, BrokerSpec, Topology
 
-__all__ = ["DYNSEC_TOPIC", "BrokerFiles", "mosquitto_binary", "render_acl", "render_broker", "render_conf"]
+__all__ = ["BRIDGE_KEEPALIVE_S", "BRIDGE_RESTART_S", "DYNSEC_TOPIC", "BrokerFiles", "mosquitto_binary", "render_acl",
+           "render_broker", "render_conf"]
 
 DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
+# Where the fmb-broker-2.1 image links Mosquitto 2.1's sqlite persistence plugin (whatever the
+# architecture's library folder): compose/images/broker-2.1/Dockerfile.
+SQLITE_PLUGIN = PurePath("/usr/local/lib/mosquitto/mosquitto_persist_sqlite.so")
+# A comment in mosquitto.conf that asks the images' launcher for a snapshot every N ms.
+SAVER_MARK = "# fmb: snapshot every "
+# How fast a bridge gets over a partition (`fmb bench recovery --backend docker`). Mosquitto 2.0.11
+# sets neither TCP keepalive nor TCP_USER_TIMEOUT on a bridge's socket, whose retransmissions back
+# off for minutes: the link is found dead only by MQTT keepalive (a PINGREQ after this long
+# without input, the socket closed after as long again; 5 s is Mosquitto's minimum), and then the
+# heal waits for the next retry. Retries come every restart_timeout + 1 s (whole seconds, compared
+# with `>`); "1 1" is a constant 1 s, where "1 2" drew 1 or 2 and one value alone keeps the default
+# backoff (base 5 s, cap 30 s). An idle bridge connection pays one PINGREQ/PINGRESP exchange
+# (about 250 bytes on the wire) per keepalive; a busy one none.
+BRIDGE_KEEPALIVE_S = 5
+BRIDGE_RESTART_S = 1
 # The plugin's own state: no clients and no roles, since the acl_file decides access; the
 # responder creates a client on demand only to disable (evict) it.
 DYNSEC_STATE = ('{"clients": [], "groups": [], "roles": [], "defaultACLAccess": {"publishClientSend": false, '
@@ -98,15 +114,34 @@ def render_conf(topology: Topology, broker: BrokerSpec, files: BrokerFiles) -> s
             f"plugin {files.dynsec_plugin}",
             f"plugin_opt_config_file {here / 'dynamic-security.json'}",
         ]
-    if broker.persistent:
+    if broker.persistence == "snapshot":
+        # autosave_on_changes makes autosave_interval a count of changes instead of seconds.
         lines += [
             "# Persistent queues: sessions and queued QoS>0 messages survive a restart. The",
-            "# database is written on clean exit, on SIGUSR1 and every autosave_interval: a",
-            "# kill -9 loses what arrived since the last save (see the recovery benchmark).",
+            "# database is written whole on clean exit, on SIGUSR1 and per the autosave policy: a",
+            "# kill -9 loses what arrived since the last save (see `fmb bench crash`).",
             "persistence true",
             f"persistence_location {files.data or here / 'data'}/",
-            f"autosave_interval {broker.autosave_interval_s}",
-            "autosave_on_changes false",
+            f"autosave_interval {broker.autosave_on_changes or broker.autosave_interval_s}",
+            f"autosave_on_changes {'true' if broker.autosave_on_changes else 'false'}",
+        ]
+        if broker.snapshot_every_ms:
+            # Read by the images' launcher (compose/images/broker/mosquitto-saver); the local backend
+            # passes the period itself (testbed.backends.saver).
+            lines.append(f"{SAVER_MARK}{broker.snapshot_every_ms} ms by SIGUSR1 from mosquitto-saver")
+    elif broker.persistence == "sqlite":
+        # Mosquitto 2.1's plugin replaces the built-in snapshot (which stays off): the plugin
+        # keeps its database in persistence_location. Options: man mosquitto.conf(5) of 2.1 and
+        # the plugin's documentation (plugin_opt_flush_period: seconds, 0 = every loop).
+        lines += [
+            "# Persistent queues in SQLite (Mosquitto 2.1 persist-sqlite): every change is written",
+            f"# as it happens and committed every {broker.flush_period_s} s; a kill -9 loses at most the",
+            "# uncommitted ones (see `fmb bench crash`).",
+            "persistence false",
+            f"persistence_location {files.data or here / 'data'}/",
+            f"plugin {SQLITE_PLUGIN}",
+            f"plugin_opt_flush_period {broker.flush_period_s}",
+            f"plugin_opt_sync {broker.sync}",
         ]
     else:
         lines += ["# Edge broker: nothing on disk; devices re-synchronise from the data centre.",
@@ -147,8 +182,8 @@ def render_conf(topology: Topology, broker: BrokerSpec, files: BrokerFiles) -> s
                 "cleansession false",
                 "try_private true",
                 "notifications false",
-                "restart_timeout 1 2",
-                "keepalive_interval 10",
+                f"restart_timeout {BRIDGE_RESTART_S} {BRIDGE_RESTART_S}",
+                f"keepalive_interval {BRIDGE_KEEPALIVE_S}",
                 f"bridge_cafile {certs / 'ca' / 'ca.pem'}",
                 f"bridge_certfile {certs / 'clients' / (bridge.name + '.pem')}",
                 f"bridge_keyfile {certs / 'clients' / (bridge.name + '.key')}",

@@ -15,13 +15,15 @@ Configuration (environment; ``--help`` of any device prints this list):
     FMB_ROOT             topic root                                       (default fmb)
     FMB_QOS              QoS of publications and subscriptions            (default 1)
     FMB_SESSION_EXPIRY   seconds; > 0 keeps a persistent session          (default 0)
-    FMB_READY_FILE       touched once both planes are connected and subscribed
+    FMB_READY_FILE       the heartbeat: written once both planes are connected and subscribed,
+                         then every tick (testbed.transport.health)
     FMB_SIGNING_KEY      Ed25519 key that signs this device's commands (issuers: tablet, DMS)
     FMB_SIGNING_DIR      directory of the signers' public keys (<name>.pub)
     FMB_SIGNERS          comma-separated signers whose commands this device executes
     FMB_LOG_LEVEL        DEBUG, INFO, ...                                 (default INFO)
     FMB_DEADLETTERS      where messages it could not handle are recorded  (default <id>.deadletters.jsonl
                          beside FMB_READY_FILE; testbed.transport.deadletter)
+    FMB_TEST_HOOKS       tests only: kill-loop makes SIGUSR2 end the MQTT network threads
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from testbed.core.errors import BrokerError, DeviceError, TestbedError
 from testbed.core.payloads import Message, PayloadError, child_traceparent, decode, encode
 from testbed.core.topics import PROFILES, ROLES, Plane, Profile, parse_topic, subscriptions, topic
 from testbed.security.signing import CommandRejected, CommandSigner, CommandVerifier, load_trusted
-from testbed.transport.guard import describe_sender, one_line, set_aside
+from testbed.transport.guard import counts, describe_sender, one_line, set_aside
+from testbed.transport.health import TICK_S, Heartbeat, install
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect, publish_properties, user_properties
 
 __all__ = ["Device", "DeviceConfig", "main"]
@@ -107,6 +110,8 @@ class Device:
         self._lock = threading.RLock()  # one message handled at a time, whichever plane
         self._stopped = threading.Event()
         self._clients: dict[Plane, paho.Client] = {}
+        self.heartbeat = Heartbeat(config.ready_file, self.id)
+        install(self.heartbeat)
         extra = config.extra
         self.signer = CommandSigner(self.id, Path(extra["FMB_SIGNING_KEY"])) if extra.get("FMB_SIGNING_KEY") else None
         self.verifier: CommandVerifier | None = None
@@ -146,14 +151,15 @@ class Device:
                 on_message=self._on_message,
                 on_connect=on_connect,
                 clean_start=not persistent, session_expiry_s=self.config.session_expiry_s,
-                wait_s=None,
+                wait_s=None, exactly_once=self.config.qos == 2,
             )
             if not subscribed.wait(30):
                 raise BrokerError(f"{self.id} could not connect and subscribe to the "
                                   f"{plane} broker at {endpoint.host}:{endpoint.port} in 30 s")
         self.on_started()
-        if self.config.ready_file:
-            self.config.ready_file.write_text(str(os.getpid()))
+        for plane, client in self._clients.items():
+            self.heartbeat.watch(plane, client)
+        self._beat()
         self.log.info("ready (delivery %s:%d, control %s:%d)", self.config.delivery.host,
                       self.config.delivery.port, self.config.control.host, self.config.control.port)
 
@@ -162,17 +168,37 @@ class Device:
         for c in self._clients.values():
             c.disconnect()
             c.loop_stop()
-        if self.config.ready_file:
-            self.config.ready_file.unlink(missing_ok=True)
+        self.heartbeat.stop()
 
     def run(self) -> None:
         """Start, then serve until SIGTERM or SIGINT."""
         signal.signal(signal.SIGTERM, lambda *_: self._stopped.set())
         signal.signal(signal.SIGINT, lambda *_: self._stopped.set())
+        kill_loops = self._test_hook_kill_loops()
         self.start()
-        while not self._stopped.wait(0.5):
+        while not self._stopped.wait(TICK_S):
+            if kill_loops.is_set():
+                kill_loops.clear()
+                for c in self._clients.values():
+                    c.loop_stop()  # the network thread ends, the socket stays: a dead loop, hidden
             self.tick()
+            self._beat()
         self.stop()
+
+    def _beat(self) -> None:
+        self.heartbeat.counters.update(counts())  # handler failures contained, dead letters
+        self.heartbeat.counters["rejected"] = self.rejected
+        if self.verifier is not None:
+            self.heartbeat.counters["rejected_commands"] = self.verifier.rejected
+        self.heartbeat.beat()
+
+    def _test_hook_kill_loops(self) -> threading.Event:
+        """With FMB_TEST_HOOKS=kill-loop (tests only), SIGUSR2 ends this device's MQTT network
+        threads, as an exception escaping a message callback would (tests/test_health.py)."""
+        event = threading.Event()
+        if "kill-loop" in self.config.extra.get("FMB_TEST_HOOKS", "").split(","):
+            signal.signal(signal.SIGUSR2, lambda *_: event.set())
+        return event
 
     def on_started(self) -> None:
         """Called once both planes are up: publish initial status here."""

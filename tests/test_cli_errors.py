@@ -43,6 +43,8 @@ CASES: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
         (["bench", "prioritization", "--rates", "5000"], "--rates must start with 0"),
         (["bench", "prioritization", "--publishers", "0"], "--publishers is 0"),
         (["bench", "recovery", "--autosave", "soon"], "--autosave is 'soon'"),
+        (["bench", "crash", "--policies", "2.0/sqlite=0"], "the sqlite plugin needs Mosquitto 2.1"),
+        (["bench", "crash", "--runtime", "host", "--policies", "2.1/none"], "--runtime host runs the host's"),
         (["bench", "recovery", "--backend", "docker", "--partitions", "5,long"], "--partitions is '5,long'"),
         (["bench", "wan", "--wan", "fast"], "rate 'fast'"),
         (["bench", "wan", "--wan", "1mbit,40ms"], "netem"),

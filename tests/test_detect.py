@@ -253,6 +253,103 @@ def test_rejected_command_fires_with_the_claimed_signer(clock: Clock) -> None:
     assert alert.evidence["actuator"] == "capbank-1"
 
 
+# -- a burst of rejected payloads: >= payload_rejects from one sender in payload_reject_window_s ------
+
+SUPPLY_COMMAND = "fmb/supplymodule/SupplyControlProfile/supply-1"
+
+
+def rejected(clock: Clock, receiver: str = "dms-1", topic: str = METER_TOPIC,
+             claimed: str | None = None) -> BrokerEvent:
+    return event(clock, "payload_rejected", receiver, detail={"receiver": receiver, "topic": topic,
+                                                              "reason": "not JSON", "claimed": claimed})
+
+
+def test_rejected_payload_burst_fires_at_its_threshold_on_the_sender_the_topic_authenticates(clock: Clock) -> None:
+    d = detector(clock, payload_rejects=3, payload_reject_window_s=10)
+    assert d.on_event(rejected(clock)) == []
+    assert d.on_event(rejected(clock, claimed="supply-1")) == []  # a claim in the payload changes nothing
+    (alert,) = d.on_event(rejected(clock, "tablet-1"))  # the receivers' rejections add up
+    assert alert.kind == "payload_rejected_burst" and alert.identity == alert.subject == "meter-1"
+    assert alert.evidence["rejections"] == 3 and alert.evidence["receivers"] == ["dms-1", "tablet-1"]
+    assert alert.evidence["topics"] == [METER_TOPIC] and alert.evidence["sender_from"] == "topic (ACL-enforced)"
+    assert alert.time_ns == clock()
+
+
+def test_rejected_payload_burst_window_expires_and_senders_are_apart(clock: Clock) -> None:
+    d = detector(clock, payload_rejects=3, payload_reject_window_s=10)
+    supply = "fmb/supplymodule/SupplyStatusProfile/supply-1"
+    d.on_event(rejected(clock))
+    d.on_event(rejected(clock))
+    assert d.on_event(rejected(clock, topic=supply)) == []  # another sender: its own count
+    clock.advance(10.5)  # the meter's two fall out of the window
+    assert d.on_event(rejected(clock)) == []
+    assert d.on_event(rejected(clock)) == []
+    assert kinds(d.on_event(rejected(clock))) == ["payload_rejected_burst"]
+
+
+def test_a_command_burst_names_the_claimed_sender_but_gives_a_response_nothing_to_act_on(clock: Clock) -> None:
+    """A command's topic names its target, not its sender: what the payload claims is not proof."""
+    d = detector(clock, payload_rejects=2)
+    d.on_event(rejected(clock, "supply-1", SUPPLY_COMMAND, claimed="tablet-1"))
+    (alert,) = d.on_event(rejected(clock, "supply-1", SUPPLY_COMMAND, claimed="tablet-1"))
+    assert alert.identity == "tablet-1" and alert.subject == ""
+    assert alert.evidence["sender_from"].startswith("payload claim")
+    d.on_event(rejected(clock, "supply-1", SUPPLY_COMMAND))
+    (unknown,) = d.on_event(rejected(clock, "supply-1", SUPPLY_COMMAND))
+    assert unknown.identity is None and unknown.subject == "" and unknown.evidence["rejections"] == 2
+
+
+def test_device_log_lines_of_rejected_payloads_are_events() -> None:
+    from testbed.csf.brokerlog import device_log_event
+
+    line = (f"2024-01-01 00:00:00,000 dms.dms-1 ERROR rejected payload on {METER_TOPIC} from meter-1: not valid "
+            "JSON (rejected so far: 4; set aside as a dead letter)")
+    ev = device_log_event("dms-1", line, now_ns=T0)
+    assert ev is not None and ev.kind == "payload_rejected" and ev.time_ns == T0
+    assert ev.detail["topic"] == METER_TOPIC and ev.detail["claimed"] is None and ev.identity is None
+    contained = (f"guard ERROR contained a failure of supply-1-control handling a message on {SUPPLY_COMMAND} "
+                 "from supply-1 (payload source 'tablet-1') (12 bytes): handler failed: KeyError: 'x'")
+    ev = device_log_event("supply-1", contained, now_ns=T0)
+    assert ev is not None and ev.detail["topic"] == SUPPLY_COMMAND and ev.detail["claimed"] == "tablet-1"
+    assert device_log_event("dms-1", "dms.dms-1 INFO ready (delivery ...)") is None
+
+
+# -- session cap: one identity holding more than max_sessions sessions on one broker -----------------
+
+
+def session(clock: Clock, kind: str, cid: str, identity: str = "meter-1", broker: str = "field-delivery",
+            replay: bool = False) -> BrokerEvent:
+    return BrokerEvent(kind, broker, clock(), f"{kind} {cid}", client_id=cid, identity=identity,
+                       address="10.0.0.9", detail={"clean_start": True, "clean": True}, replay=replay)
+
+
+def test_session_cap_fires_above_max_sessions_of_one_identity_on_one_broker(clock: Clock) -> None:
+    d = detector(clock, max_sessions=2)
+    assert d.on_event(session(clock, "connected", "meter-1-delivery")) == []
+    assert d.on_event(session(clock, "connected", "x1")) == []
+    assert d.on_event(session(clock, "connected", "x1")) == []  # the same client id again: one session
+    assert d.on_event(session(clock, "connected", "x2", broker="field-control")) == []  # another broker
+    assert d.on_event(session(clock, "connected", "x3", identity="supply-1")) == []  # another identity
+    (alert,) = d.on_event(session(clock, "connected", "x4"))
+    assert alert.kind == "session_cap" and alert.identity == alert.subject == "meter-1"
+    assert alert.broker == "field-delivery" and alert.evidence["sessions"] == 3
+    assert alert.evidence["client_ids"] == ["meter-1-delivery", "x1", "x4"]
+
+
+def test_session_cap_counts_live_sessions_only_and_spares_the_harness(clock: Clock) -> None:
+    d = detector(clock, max_sessions=2, repeat_s=0.001)
+    for cid in ("old-1", "old-2", "old-3"):  # replayed from the log: state, no alert
+        assert d.on_event(session(clock, "connected", cid, replay=True)) == []
+    d.on_event(session(clock, "disconnected", "old-1"))
+    d.on_event(session(clock, "evicted", "old-2"))
+    assert d.on_event(session(clock, "connected", "new-1")) == []  # old-3 and new-1: two
+    clock.advance(1)
+    assert kinds(d.on_event(session(clock, "connected", "new-2"))) == ["session_cap"]
+    d.on_event(BrokerEvent("restarted", "field-delivery", clock(), "mosquitto version 2.0.11 starting"))
+    assert d.on_event(session(clock, "connected", "new-3")) == []  # a restarted broker holds nothing
+    assert [d.on_event(session(clock, "connected", f"rec-{i}", identity="recorder")) for i in range(9)] == [[]] * 9
+
+
 def test_events_replayed_from_an_old_log_raise_nothing(clock: Clock) -> None:
     d = detector(clock, connect_attempts=1)
     replayed = [BrokerEvent("connection", "field-delivery", clock(), "l", address="10.0.0.9", replay=True)

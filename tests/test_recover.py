@@ -59,6 +59,27 @@ def test_recover_restarts_crashed_broker_and_dms_and_verifies(bus_dirs) -> None:
     assert "recovery: verified, the scenario passes" in out.stdout
 
 
+def test_recover_restarts_a_device_that_lives_on_with_a_dead_network_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FMB_TEST_HOOKS", "kill-loop")  # SIGUSR2 ends a device's MQTT network threads
+    topo = _free_port_topology(tmp_path)
+    dirs = ["--topology", str(topo), "--certs", str(tmp_path / "certs"), "--state", str(tmp_path / "state")]
+    up = _fmb("up", "--ui-port", "0", *dirs)
+    assert up.returncode == 0, up.stderr
+    try:
+        record = _record(tmp_path, "meter-1")
+        os.kill(record.pid, signal.SIGUSR2)
+        wait_until(lambda: "unhealthy" in _fmb("status", *dirs).stdout, 15, what="meter-1 never shown unhealthy")
+        out = _fmb("recover", *dirs)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "restarted: meter-1" in out.stdout
+        assert "recovery: verified, the scenario passes" in out.stdout
+        assert _record(tmp_path, "meter-1").pid != record.pid
+        assert _fmb("status", *dirs).returncode == 0
+    finally:
+        _fmb("down", *dirs)
+
+
 def test_reissue_after_revocation_and_verify(bus_dirs) -> None:
     tmp_path, dirs = bus_dirs
     old = (tmp_path / "certs" / "clients" / "meter-1.pem").read_bytes()

@@ -71,6 +71,9 @@ def test_bridges_carry_only_what_the_other_side_reads() -> None:
     assert "topic fmb/metermodule/MeterReadingProfile/+ out 1" in conf
     assert "DisplayStatusProfile" not in conf  # nobody in the data centre reads it
     assert "persistence false" in conf
+    # A partition heals within one retry: a constant 1 s (one value alone would keep Mosquitto's
+    # default 5-30 s backoff) and the shortest keepalive Mosquitto takes (brokers/mosquitto.py).
+    assert "restart_timeout 1 1" in conf and "keepalive_interval 5" in conf
     dc = render_conf(T, T.broker("dc-delivery"), files)
     assert "persistence true" in dc and "autosave_interval 60" in dc
     assert "connection bridge-field-delivery-in" in dc and "topic fmb/dmsmodule/SingleLineDiagramProfile/+ out 1" in dc

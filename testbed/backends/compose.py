@@ -29,7 +29,7 @@ from testbed.core.waiting import wait_until
 from testbed.security.pki import PKI
 from testbed.transport.mqtt import Endpoint, TLSIdentity
 
-__all__ = ["COMPOSE_FILE", "ComposeProject", "DockerBus", "compose_bus", "port_variable"]
+__all__ = ["COMPOSE_FILE", "ComposeProject", "DockerBus", "compose_bus", "image_variable", "port_variable"]
 
 COMPOSE_FILE = Path(__file__).resolve().parents[2] / "compose" / "docker-compose.yml"
 DEFAULT_PROJECT = "fmb"
@@ -41,6 +41,11 @@ SERVICE_LABEL = "com.docker.compose.service"
 def port_variable(broker: str) -> str:
     """The Compose variable that sets a broker's published port: FMB_DC_DELIVERY_PORT."""
     return "FMB_" + broker.upper().replace("-", "_") + "_PORT"
+
+
+def image_variable(broker: str) -> str:
+    """The Compose variable that sets a broker's image (its Mosquitto build): FMB_DC_DELIVERY_IMAGE."""
+    return "FMB_" + broker.upper().replace("-", "_") + "_IMAGE"
 
 
 def docker_client() -> Any:
@@ -89,13 +94,14 @@ class ComposeProject:
 
     def __init__(self, name: str = DEFAULT_PROJECT, compose_file: Path = COMPOSE_FILE,
                  ports: dict[str, int] | None = None, ui_port: int | None = None,
-                 compose_version: str | None = None) -> None:
+                 compose_version: str | None = None, images: dict[str, str] | None = None) -> None:
         if not name or not all(c.isalnum() or c in "-_" for c in name) or name != name.lower():
             raise TestbedError(f"Compose project name {name!r}: use lower-case letters, digits, "
                                "- and _")
         self.name = name
         self.compose_file = compose_file
         self.ports = ports or {}
+        self.images = images or {}  # broker -> image (the Compose file's default: fmb-broker:latest)
         self.ui_port = ui_port  # the tablet console's host port (FMB_UI_PORT; the Compose file's default otherwise)
         self.client = docker_client()
         self._compose = compose_command(compose_version)  # None: v2 if installed, else v1
@@ -108,7 +114,8 @@ class ComposeProject:
 
     def compose(self, *args: str, check: bool = True, timeout_s: float = 300) -> str:
         """Run one compose command on this project; its standard output."""
-        env = {**os.environ, **{port_variable(b): str(p) for b, p in self.ports.items()}}
+        env = {**os.environ, **{port_variable(b): str(p) for b, p in self.ports.items()},
+               **{image_variable(b): i for b, i in self.images.items()}}
         if self.ui_port is not None:
             env["FMB_UI_PORT"] = str(self.ui_port)
         argv = [*self._compose, "-p", self.name, "-f", str(self.compose_file), *args]
@@ -284,8 +291,15 @@ def compose_bus(project_name: str | None = None,
     When it is not up, this starts it without the ``scenario`` service (the caller is the
     harness) and removes it, volumes included, afterwards."""
     name = project_name or os.environ.get("COMPOSE_PROJECT_NAME") or DEFAULT_PROJECT
-    project = ComposeProject(name)
     topology = load_topology(topology_path) if topology_path else None
+    # Each broker in the image of the Mosquitto build its topology asks for (`mosquitto`).
+    project = ComposeProject(name, images={b.name: b.image for b in (topology or load_topology()).brokers})
+    for broker, image in project.images.items():  # fmb-broker-2.1 is built only when asked for
+        try:
+            project.client.images.get(image)
+        except Exception:
+            raise TestbedError(f"broker {broker} runs image {image}, which is not built: run scripts/images "
+                               "--broker all") from None
     started = False
     if not _project_running(project):
         services = [s for s in project.compose("config", "--services").split()

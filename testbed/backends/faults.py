@@ -28,6 +28,7 @@ container's namespace and delay raises :class:`FaultError`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shlex
 import shutil
@@ -210,6 +211,7 @@ class DockerFaults(Faults):
             known = ", ".join(s.name for s in self.topology.sites)
             raise FaultError(f"no site {site!r} (sites: {known})")
         cut: list[tuple[str, str, list[str]]] = []
+        address: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
         # Networks are named after sites; a bridge's local broker sits on its peer's network.
         for bridge in self.topology.bridges:
             local, remote = self.topology.broker(bridge.local), self.topology.broker(bridge.remote)
@@ -223,6 +225,13 @@ class DockerFaults(Faults):
             aliases = [a for a in settings.get("Aliases") or [] if a != container.id[:12]]
             network.disconnect(container)
             cut.append((local.name, remote.site, aliases))
+            address[local.name] = ipaddress.ip_address(settings["IPAddress"] or "0.0.0.0")
+        # A healed WAN link does not renumber hosts, but Docker gives a reconnected container the
+        # network's lowest free address (and takes no address of our choosing on a Compose network
+        # without a configured subnet). Reconnecting in the order of the old addresses gives each
+        # broker its own back: a renumbered broker's surviving bridge connections would be dead and
+        # wait out the keepalive (seen: a 5 s partition healed in 6.5 s instead of 1.5 s).
+        cut.sort(key=lambda c: address[c[0]])
         self._detached[site] = cut
 
     def heal(self, site: str) -> None:

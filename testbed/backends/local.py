@@ -23,12 +23,14 @@ from pathlib import Path
 from brokers.mosquitto import BrokerFiles, mosquitto_binary, render_broker
 from testbed.backends import processes
 from testbed.backends.processes import ProcessRecord
+from testbed.backends.saver import broker_argv
 from testbed.core.errors import BrokerError, DeviceError, TestbedError
 from testbed.core.topics import PROFILES, ROLES, Plane
 from testbed.core.topology import DeviceSpec, Topology, load_topology
 from testbed.core.waiting import wait_until
 from testbed.security.blocklist import Blocklist
 from testbed.security.pki import PKI
+from testbed.transport.health import read_health
 from testbed.transport.mqtt import Endpoint, TLSIdentity
 
 __all__ = ["LocalBus", "ProcessRecord", "device_environment", "monitor_environment"]
@@ -84,9 +86,9 @@ def monitor_environment(topology: Topology, certs: Path, state_dir: Path, log_di
                         run_dir: Path) -> dict[str, str]:
     """The monitor's ``FMB_*`` environment on the local bus (logs tailed from their files)."""
     logs = {b.name: f"file:{log_dir / (b.name + '.log')}" for b in topology.brokers}
-    actuators = [d.id for d in topology.devices
-                 if any(PROFILES[g.profile].kind == "command" for g in ROLES[d.role].reads)]
-    logs.update({d: f"file:{log_dir / (d + '.log')}" for d in actuators})
+    # Every device that reads: actuators log the commands they refuse, every reader the payloads.
+    readers = [d.id for d in topology.devices if ROLES[d.role].reads]
+    logs.update({d: f"file:{log_dir / (d + '.log')}" for d in readers})
     return {
         "FMB_DEVICE_ID": "monitor",
         "FMB_BROKERS": json.dumps({b.name: f"{b.host}:{b.port}" for b in topology.brokers}),
@@ -189,6 +191,12 @@ class LocalBus:
         if LocalBus.attach(self.state_dir) is not None:
             raise TestbedError(f"a bus is already running from {self.state_dir}; `fmb down` first")
         mosquitto = mosquitto_binary()
+        # The host has Debian's Mosquitto 2.0; another build (2.1, an image) runs only in a container.
+        for broker in self.topology.brokers:
+            if broker.mosquitto != "2.0":
+                raise BrokerError(f"broker {broker.name} asks for Mosquitto {broker.mosquitto} ({self.topology.path}), "
+                                  "which runs only in a container: use --backend docker (images: scripts/images "
+                                  "--broker all), or set mosquitto = '2.0' for the local backend")
         if not self.pki.exists():
             raise TestbedError(f"no PKI in {self.pki.directory}; run `fmb certs init` first")
         for d in (self.run_dir, self.log_dir):
@@ -240,7 +248,8 @@ class LocalBus:
         for filename, text in render_broker(self.topology, broker, files).items():
             (directory / filename).write_text(text)
         offset = log.stat().st_size if log.exists() else 0
-        record = self._spawn(name, "broker", [mosquitto, "-c", str(directory / "mosquitto.conf")])
+        argv = broker_argv(mosquitto, directory / "mosquitto.conf", broker.snapshot_every_ms)  # a ticker if asked
+        record = self._spawn(name, "broker", argv)
         self._wait_log(name, " running", f"broker {name}", offset=offset, record=record)
 
     def _start_feeder(self, feeder_id: str) -> None:
@@ -323,6 +332,18 @@ class LocalBus:
 
     def alive(self, name: str) -> bool:
         return processes.alive(self._record(name))
+
+    def health(self, name: str) -> tuple[str, str]:
+        """``("up" | "unhealthy" | "DOWN", why)`` of process ``name``. A running device or monitor is
+        up only while its heartbeat says its MQTT clients work (testbed.transport.health): a process
+        whose network thread died, or cut off from a broker past its backoff, is still alive."""
+        record = self._record(name)
+        if not processes.alive(record):
+            return "DOWN", "not running"
+        if record.kind not in ("device", "monitor"):
+            return "up", ""
+        health = read_health(self.run_dir / f"{name}.ready", pid=record.pid)
+        return ("up", "") if health.healthy else ("unhealthy", health.why)
 
     def signal(self, name: str, sig: signal.Signals) -> None:
         """Send ``sig`` to one of our processes (by recorded pid, if it is still ours)."""

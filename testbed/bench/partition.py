@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from brokers.mosquitto import BRIDGE_KEEPALIVE_S, BRIDGE_RESTART_S
 from testbed.backends.environment import environment
 from testbed.backends.faults import DockerFaults
 from testbed.bench.recovery import RESULT_SCHEMA, TUNED, Producer, fault_line, whole_at
@@ -220,7 +221,8 @@ def run_partition_recovery(bus: DockerBus, durations: list[float], repetitions: 
                        "client": f"paho-mqtt, MQTT v5; tuned reconnect {TUNED[0]}-{TUNED[1]} s",
                        "consumer": "recorder identity, clean_start false, session expiry 600 s, in the harness",
                        "partition": "DockerFaults.partition: the field brokers disconnected from the dc network; "
-                                    "bridges: cleansession false, keepalive 10 s, restart_timeout 1 2",
+                                    f"bridges: cleansession false, keepalive {BRIDGE_KEEPALIVE_S} s, "
+                                    f"restart_timeout {BRIDGE_RESTART_S} {BRIDGE_RESTART_S}",
                        "detect": "not measured: no client's own connection breaks in a partition",
                        "streams": "field->dc MeterReadingProfile as the meter; dc->field SingleLineDiagramProfile "
                                   "as the DMS; both at the rate above, at the same time"},

@@ -96,8 +96,10 @@ class Producer:
         def on_disconnect(c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
             self.disconnects.append(time.time_ns())
 
+        # Exactly-once needs a session that outlives the connection: the broker keeps what it PUBREC'd.
         self.client = connect(f"recovery-producer-{os.getpid()}-{time.monotonic_ns() % 10**6}", identity, endpoint,
-                              on_connect=lambda c: self.connects.append(time.time_ns()), reconnect_s=reconnect)
+                              on_connect=lambda c: self.connects.append(time.time_ns()), reconnect_s=reconnect,
+                              exactly_once=qos == 2)
         self.client.on_publish = on_publish
         self.client.on_disconnect = on_disconnect
         self.stop = threading.Event()
@@ -433,7 +435,9 @@ def run_recovery(pki: PKI, certs: Path, root: str, repetitions: int, rate: float
         "conditions": {"backend": "local", "repetitions": repetitions, "message_rate_per_s": rate,
                        "payload_bytes": payload_bytes, "tls_version": "TLSv1.2+ (mutual)",
                        "client": f"paho-mqtt, MQTT v5; tuned reconnect {TUNED[0]}-{TUNED[1]} s, "
-                                 f"paho default {PAHO_DEFAULT_RECONNECT_S[0]:g}-{PAHO_DEFAULT_RECONNECT_S[1]:g} s",
+                                 f"paho default {PAHO_DEFAULT_RECONNECT_S[0]:g}-{PAHO_DEFAULT_RECONNECT_S[1]:g} s; "
+                                 "testbed.transport.reliable.ReliableClient; QoS 2 producer with a session "
+                                 "(clean start 0, expiry 3600 s)",
                        "consumer": "separate process, clean_start false, session expiry 3600 s",
                        "autosave_sweep": "messages queued 3 s for an offline consumer, then kill -9",
                        "partition": "field <-> data-centre partitions need the docker backend (fmb run --backend "

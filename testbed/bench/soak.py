@@ -27,9 +27,9 @@ attributed to the window it was published in, or to "no fault", and is delivered
 * graceful faults (SIGTERM, device crash, partition, link loss, poison): nothing published at QoS >= 1
   goes undelivered (neither lost nor unacknowledged);
 * ``kill -9`` of a persistent broker: a stream through it loses no more than it published in the
-  crash window before the kill (``crash_window_s``: by default the broker's ``autosave_interval_s``,
-  the longest a message waits unsaved; ``fmb bench recovery``'s autosave sweep measures that loss);
-  streams not through it lose nothing;
+  crash window before the kill (``crash_window_s``: by default the loss window the broker's
+  persistence policy gives by construction, as ``fmb bench crash`` states and measures it: 0.5 s
+  for Appendix A's data centre, which snapshots every 500 ms); streams not through it lose nothing;
 * after every recovery, the first Appendix A run passes (within the scenario's own limits: 15 s to
   reach the initial state, then its ``timeout_s``);
 * outside every window, nothing goes undelivered.
@@ -61,6 +61,7 @@ from testbed.backends.faults import DockerFaults, Faults, LocalFaults
 from testbed.backends.local import LocalBus
 from testbed.backends.processes import ProcessRecord
 from testbed.bench.common import Processes
+from testbed.bench.crash import policy_of
 from testbed.bench.latency import source_revision
 from testbed.bench.recovery import TUNED, Producer, whole_at
 from testbed.core.errors import BenchmarkError, FaultError, PayloadError, TestbedError
@@ -77,7 +78,7 @@ from testbed.core.results import (
 from testbed.core.scenario import Scenario, load_scenario
 from testbed.core.stats import count_loss_and_duplicates
 from testbed.core.topics import PROFILES, ROLES, topic
-from testbed.core.topology import Topology
+from testbed.core.topology import BrokerSpec, Topology
 from testbed.core.waiting import WaitTimeout, wait_until
 from testbed.harness.runner import ScenarioRunner
 from testbed.reporting.text import soak_markdown
@@ -717,6 +718,15 @@ def _ledger_rows(spec: StreamSpec, messages: list[_Message], windows: list[_Wind
     return rows
 
 
+def _crash_window_s(broker: BrokerSpec, override: float | None) -> float:
+    """What a kill -9 of ``broker`` may lose, in seconds of traffic: ``override``, else the bound its persistence
+    policy gives by construction (``fmb bench crash`` measures it), else Mosquitto's own timer (interval + 1 s)."""
+    if override is not None:
+        return override
+    bound = policy_of(broker).bound_s
+    return bound if bound is not None else float(broker.autosave_interval_s + 1)
+
+
 def _no_loss(row: SoakLedgerRow, kind: str, detail: str) -> SoakInvariant:
     undelivered = row["lost"] + row["unacknowledged"]
     return {"fault": row["fault"], "kind": kind, "invariant": "no-loss", "stream": row["stream"],
@@ -739,8 +749,7 @@ def _invariants(soak: _Soak, messages: dict[str, list[_Message]], rows: list[Soa
             row = by[(w.n, spec.name)]
             through = w.target in (spec.source_broker, spec.consumer_broker)
             if w.kind == "broker-kill9" and through:
-                window_s = soak.crash_window_s if soak.crash_window_s is not None else float(
-                    topology.broker(w.target).autosave_interval_s)
+                window_s = _crash_window_s(topology.broker(w.target), soak.crash_window_s)
                 bound = sum(1 for m in messages[spec.name]
                             if w.start_ns - window_s * 1e9 <= m.published_ns <= w.heal_ns)
                 undelivered = row["lost"] + row["unacknowledged"]
@@ -802,7 +811,8 @@ def _result(soak: _Soak, minutes: float, seed: int, kinds: list[str], unavailabl
                                                         st["duplicated"], st["reordered"]) for st in streams)
     _write_ledger_csv(out / LEDGER_FILE, messages, t0)
     window_s = soak.crash_window_s
-    dc_windows = sorted({b.autosave_interval_s for b in soak.bus.topology.brokers if b.persistent})
+    persistent = [b for b in soak.bus.topology.brokers if b.persistent]
+    windows = {b.name: _crash_window_s(b, window_s) for b in persistent}
     return {
         "schema": RESULT_SCHEMA, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "conditions": {
@@ -815,13 +825,12 @@ def _result(soak: _Soak, minutes: float, seed: int, kinds: list[str], unavailabl
                        "separate processes, recorder identity, clean_start false, session expiry 3600 s",
             "fault_kinds": kinds, "unavailable": unavailable, "targets": targets, "gap_s": list(GAP_S),
             "downtime_s": [DOWNTIME_S[0], OUTAGE_S[1]],
-            "crash_window_s": window_s if window_s is not None else float(max(dc_windows, default=0)),
+            "crash_window_s": max(windows.values(), default=0.0),
             "crash_window_source": (f"--crash-window-s {window_s:g}" if window_s is not None else
-                                    "the killed broker's autosave_interval_s in the topology "
-                                    f"({', '.join(f'{w} s' for w in dc_windows)}): Mosquitto saves its database on "
-                                    "that interval, so a kill -9 loses what arrived since the last save (fmb bench "
-                                    "recovery's autosave sweep measures it); --crash-window-s sets another, e.g. "
-                                    "for a broker that saves more often"),
+                                    "the killed broker's persistence policy in the topology, its loss window by "
+                                    "construction (testbed.bench.crash: what fmb bench crash measures): "
+                                    + "; ".join(f"{b.name}: {b.policy} -> {windows[b.name]:g} s" for b in persistent)
+                                    + "; --crash-window-s sets another"),
             "lookback_s": LOOKBACK_S, "recovery_target": RECOVERY_TARGET,
             "graceful_whole_target_s": GRACEFUL_WHOLE_S, "appendix_a_pause_s": APPENDIX_A_PAUSE_S,
             "bridge_qos": soak.bus.topology.qos,

@@ -1,4 +1,4 @@
-"""``fmb bench NAME``: a benchmark (latency, prioritization, recovery, wan, ui) and its result JSON.
+"""``fmb bench NAME``: a benchmark (latency, prioritization, recovery, crash, wan, ui) and its result JSON.
 
 Each starts its own buses or brokers, so every argument is checked first: a typo costs a line,
 not a bus started and stopped. A benchmark that starts local buses refuses to run beside a bus
@@ -8,12 +8,13 @@ already up from ``--state``, which would share the cores with the measured one.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from testbed.backends.compose import compose_bus
 from testbed.backends.local import LocalBus
-from testbed.bench import latency, partition, prioritization, recovery, soak, ui, wan
+from testbed.bench import crash, latency, partition, prioritization, recovery, soak, ui, wan
 from testbed.cli.common import ROOT, Commands, paths, stamp
 from testbed.core.errors import TestbedError
 from testbed.core.scenario import load_scenario
@@ -143,6 +144,25 @@ def _bench_recovery(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
+def _bench_crash(args: argparse.Namespace, out: Path) -> int:
+    policies = crash.parse_policies(args.policies)
+    crash.check_runtime(policies, args.runtime)
+    if args.repeat is not None and args.repeat < 1:
+        raise TestbedError(f"--repeat is {args.repeat}; give 1 or more kills per policy")
+    certs, state = paths(args)
+    _refuse_beside_running_bus(state, "the crash benchmark")
+    topology = load_topology(args.topology)
+    reps = _reps(args, 3)
+    print(f"crash benchmark ({args.runtime}): {len(policies)} policies, {reps} kill -9 each at {args.rate:g} msg/s, "
+          f"3 throughput rounds; load average now {os.getloadavg()[0]:.2f}", flush=True)
+    result = crash.run_crash(ensure_pki(topology, certs), topology.root, policies, args.runtime, reps, 3, args.rate,
+                             args.payload, 20000, (2.0, 4.0), out, progress=_say)
+    _render(out)
+    print(crash.summary(result))
+    print(f"result: {out}/{crash.RESULT_FILE}; figures and report.md beside it")
+    return 0
+
+
 def _bench_prioritization(args: argparse.Namespace, out: Path) -> int:
     def rate(text: str) -> float | None:
         if text == "max":
@@ -177,7 +197,7 @@ def _bench_prioritization(args: argparse.Namespace, out: Path) -> int:
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace, Path], int]] = {
     "latency": _bench_latency, "prioritization": _bench_prioritization, "recovery": _bench_recovery,
-    "wan": _bench_wan, "ui": _bench_ui}
+    "wan": _bench_wan, "ui": _bench_ui, "crash": _bench_crash}
 
 
 def _bench_soak(args: argparse.Namespace, out: Path) -> int:
@@ -217,7 +237,8 @@ def add_bench(commands: Commands) -> None:
         "then a one-hop baseline runs on the same brokers; it refuses to run beside a bus already up from "
         "--state, which would compete for the cores.")
     bench.add_argument("--repeat", type=int, help="latency: scenario repetitions per QoS (default 200); recovery: "
-                       "trials per fault (default 3; docker: 1); ui: presses of Set voltage (default 20)")
+                       "trials per fault (default 3; docker: 1); crash: kills per policy (default 3); ui: presses "
+                       "of Set voltage (default 20)")
     bench.add_argument("--warmup", type=int, default=5, help="latency: warm-up repetitions per QoS (default 5)")
     bench.add_argument("--hops", type=int, default=1000,
                        help="latency: one-hop baseline messages per QoS (default 1000)")
@@ -231,12 +252,12 @@ def add_bench(commands: Commands) -> None:
     bench.add_argument("--command-rate", type=float, default=50.0,
                        help="prioritization: control commands per second (default 50; wan: 10)")
     bench.add_argument("--payload", type=int, default=256,
-                       help="prioritization, wan: flood payload bytes (default 256)")
+                       help="prioritization, wan, crash: payload bytes (default 256)")
     bench.add_argument("--flood-qos", type=int, choices=[0, 1, 2], default=1, help="prioritization: flood QoS")
     bench.add_argument("--command-qos", type=int, choices=[0, 1, 2], default=1, help="prioritization: command QoS")
     bench.add_argument("--publishers", type=int, default=3, help="prioritization, wan: flood publisher processes")
     bench.add_argument("--rate", type=float, default=200.0,
-                       help="recovery: producer messages per second (default 200; docker: 20)")
+                       help="recovery, crash: producer messages per second (default 200; recovery on docker: 20)")
     bench.add_argument("--autosave", default="1,5,30", help="recovery: autosave intervals to sweep, seconds")
     bench.add_argument("--backend", choices=["local", "docker"], default="local",
                        help="recovery: local processes (default), or field <-> data-centre partitions on the "
@@ -247,6 +268,11 @@ def add_bench(commands: Commands) -> None:
     bench.add_argument("--wan", default="1mbit",
                        help="wan: the DC -> field link, RATE[,DELAY] (default 1mbit; a delay needs netem, "
                             "which this kernel lacks)")
+    bench.add_argument("--policies", default=",".join(crash.DEFAULT_POLICIES),
+                       help="crash: VERSION/none, /snapshot=S, /changes=N, /usr1=MS, /sqlite=S[,sync=off|normal|full] "
+                            "(default: %(default)s)")
+    bench.add_argument("--runtime", choices=["docker", "host"], default="docker",
+                       help="crash: brokers in containers (default; 2.0 and 2.1 alike) or the host's Mosquitto 2.0")
     bench.add_argument("--out", help="result directory (default runs/bench-<name>-<time>)")
     bench.add_argument("--minutes", type=float, default=30.0,
                        help="soak: how long streams (four, at --rate msg/s each, default 10) flow and faults "
@@ -255,4 +281,4 @@ def add_bench(commands: Commands) -> None:
                        help="soak: the seed of the fault schedule (default: drawn from the time, and printed)")
     bench.add_argument("--crash-window-s", type=float,
                        help="soak: what a kill -9 of a persistent broker may lose, seconds of traffic (default: "
-                            "the broker's autosave_interval_s in the topology, 60 s for Appendix A's data centre)")
+                            "the window its persistence policy gives, 0.5 s for Appendix A's data centre)")

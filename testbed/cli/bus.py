@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -164,10 +165,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     if bus is None:
         print(f"no bus running from {state}")
         return 1
+    bad = 0
     for p in bus.processes:
-        print(f"{p.kind:7} {p.name:18} pid {p.pid:<8} {'up' if bus.alive(p.name) else 'DOWN'}  {p.log}")
+        verdict, why = bus.health(p.name)
+        shown = f"unhealthy ({why})" if verdict == "unhealthy" else verdict
+        bad += verdict != "up"
+        print(f"{p.kind:7} {p.name:18} pid {p.pid:<8} {shown}  {p.log}")
     _print_ui(bus)
-    return 0
+    if bad:
+        print(f"{bad} of {len(bus.processes)} processes are not up: their logs (above) say why; `fmb recover` "
+              "restarts what is down", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def _scenario_options(p: argparse.ArgumentParser) -> None:
@@ -203,4 +211,5 @@ def add_down(commands: Commands) -> None:
 
 
 def add_status(commands: Commands) -> None:
-    commands.add("status", cmd_status, "show the running bus's processes")
+    commands.add("status", cmd_status, "show the running bus's processes and their health (exit 1 if any is "
+                 "down or unhealthy)")

@@ -21,6 +21,12 @@ from typing import Literal, NotRequired, TypedDict
 
 __all__ = [
     "AutosavePoint",
+    "CrashConditions",
+    "CrashKill",
+    "CrashPolicyRow",
+    "CrashResult",
+    "CrashSettings",
+    "CrashTarget",
     "CriticalPath",
     "CutoffAction",
     "CutoffConditions",
@@ -412,6 +418,84 @@ class RecoveryResult(TypedDict):
     faults: list[RecoveryFault]
     autosave_sweep: list[AutosavePoint]  # empty for partitions
     environment: Environment
+
+
+# -- fmb bench crash: bench-crash.json (fmb.bench-crash/1) ---------------------------------------
+
+class CrashKill(TypedDict):
+    """One kill -9 while messages queued for an offline persistent consumer."""
+
+    fill_s: float  # queuing time before the kill
+    acked: int  # messages the broker acknowledged (PUBACK) before it died
+    lost: int  # of those, never delivered after the restart
+    lost_s: float  # lost / offered rate
+    window_s: float  # the first lost message's publish -> the broker's death; 0 when nothing was lost
+    all_lost: bool  # nothing since the session's save survived: window_s is a lower bound
+    restart_s: float  # restart -> accepting again
+
+
+class CrashSettings(TypedDict):
+    autosave_interval_s: int
+    autosave_on_changes: int
+    usr1_ms: int  # the topology's snapshot_every_ms
+    flush_period_s: int
+    sync: str
+
+
+class CrashPolicyRow(TypedDict):
+    policy: str  # e.g. "2.0 snapshot every 1 s"
+    spec: str  # as on the command line, e.g. "2.0/snapshot=1"
+    mosquitto: str  # "2.0" | "2.1" | an image
+    mosquitto_version: str | None  # as the broker logged it
+    image: str | None  # None: the host's Mosquitto
+    runtime: str  # "docker" | "host"
+    persistence: str  # "none" | "snapshot" | "sqlite"
+    settings: CrashSettings
+    bound_s: float | None  # the window the policy allows by construction
+    kills: list[CrashKill]  # none for persistence "none"
+    throughput_per_s: list[float]  # one per round
+    cpu_us_per_msg: list[float]
+    window_s: Percentiles | None
+    lost: Percentiles | None
+    throughput: Percentiles | None
+    cpu: Percentiles | None
+    load_before: list[float]  # 1, 5, 15 min load averages
+    load_after: list[float]
+    cost: float | None  # 1 - throughput / throughput of "none" on the same build and runtime
+    cpu_cost: float | None  # broker CPU per message / that of "none" - 1
+    meets_target: bool | None
+
+
+class CrashTarget(TypedDict):
+    window_s: float
+    cost: float
+
+
+class CrashConditions(TypedDict):
+    runtime: str
+    qos: int
+    offered_rate_per_s: float
+    payload_bytes: int
+    fill_s: list[float]  # [min, max]
+    kill_repetitions: int
+    throughput_repetitions: int
+    throughput_messages: int
+    tls_version: str
+    consumer: str
+    producer: str
+    target: CrashTarget
+    load_average_start: list[float]
+    load_average_end: list[float]
+    cores: int | None
+    note: str
+
+
+class CrashResult(TypedDict):
+    schema: Literal["fmb.bench-crash/1"]
+    created: str
+    conditions: CrashConditions
+    policies: list[CrashPolicyRow]
+    environment: Environment  # "mosquitto": every build that ran, e.g. "2.0.11, 2.1.2"
 
 
 # -- fmb bench wan: bench-wan.json (fmb.bench-wan/1) ----------------------------------------------

@@ -2,7 +2,9 @@
 
 Every broker configuration, ACL, certificate and device launch is derived from a
 :class:`Topology`. Loading validates the whole file and raises :class:`ConfigError` naming the
-file, the field and the fix, so a mistake never reaches a running broker.
+file, the field and the fix, so a mistake never reaches a running broker. Each broker's
+persistence policy and Mosquitto build come from its site, optionally overridden for one plane
+in a ``[sites.delivery]`` or ``[sites.control]`` table (see :data:`BROKER_FIELDS`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from testbed.core.ports import free_port
 from testbed.core.topics import PLANES, PROFILES, ROLES, Plane
 
 __all__ = [
+    "BROKER_FIELDS",
     "DEFAULT_TOPOLOGY",
+    "MOSQUITTO_IMAGES",
+    "PERSISTENCE_MODES",
+    "SQLITE_SYNC",
     "BridgeSpec",
     "BrokerSpec",
     "DeviceSpec",
@@ -32,6 +38,17 @@ __all__ = [
 DEFAULT_TOPOLOGY = Path(__file__).resolve().parents[2] / "brokers" / "topologies" / "appendix-a.toml"
 DEVICE_ROLES = ("tablet", "supply", "meter", "capbank", "dms")
 HARNESS_IDENTITIES = ("recorder", "operator", "bench", "monitor", "responder")
+# none: nothing on disk. snapshot: Mosquitto's built-in database, written whole on clean exit, on
+# SIGUSR1 and per autosave policy (a kill -9 loses what came since). sqlite: Mosquitto 2.1's
+# persist-sqlite plugin, every change written as it happens, committed every flush period.
+PERSISTENCE_MODES = ("none", "snapshot", "sqlite")
+SQLITE_SYNC = ("off", "normal", "full", "extra")  # the plugin's plugin_opt_sync (SQLite PRAGMA synchronous)
+# The broker build a `mosquitto` value selects, as a container image; "2.0" is also the host's
+# Mosquitto (Debian bookworm's 2.0.11) on the local backend. Any other value is an image name.
+MOSQUITTO_IMAGES = {"2.0": "fmb-broker:latest", "2.1": "fmb-broker-2.1:latest"}
+# The fields a site sets for both its brokers and a [sites.<plane>] table may override for one.
+BROKER_FIELDS = ("persistence", "autosave_interval_s", "autosave_on_changes", "snapshot_every_ms", "flush_period_s",
+                 "sync", "mosquitto")
 _T = TypeVar("_T")
 
 
@@ -47,10 +64,25 @@ class SiteSpec:
     bridge_to: str | None = None
     autosave_interval_s: int = 60
     session_expiry_s: int = 3600
+    persistence: str = ""  # "" : by kind (snapshot in a data centre, none at the edge)
+    autosave_on_changes: int = 0  # > 0: save after that many changes instead of every autosave_interval_s
+    snapshot_every_ms: int = 0  # > 0: also a SIGUSR1 every so many ms (testbed.backends.saver)
+    flush_period_s: int = 5
+    sync: str = "normal"
+    mosquitto: str = "2.0"
+    # Per-plane overrides of the fields above: ((plane, ((field, value), ...)), ...)
+    planes: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
 
     @property
     def persistent(self) -> bool:
         return self.kind == "datacentre"
+
+    def broker_settings(self, plane: str) -> dict[str, Any]:
+        """The persistence and build fields of this site's broker for ``plane``, overrides applied."""
+        settings = {name: getattr(self, name) for name in BROKER_FIELDS}
+        settings["persistence"] = settings["persistence"] or ("snapshot" if self.persistent else "none")
+        settings.update(dict(dict(self.planes).get(plane, ())))
+        return settings
 
 
 @dataclass(frozen=True)
@@ -64,6 +96,30 @@ class BrokerSpec:
     port: int
     persistent: bool
     autosave_interval_s: int
+    persistence: str = "none"  # PERSISTENCE_MODES
+    autosave_on_changes: int = 0
+    snapshot_every_ms: int = 0
+    flush_period_s: int = 5
+    sync: str = "normal"
+    mosquitto: str = "2.0"  # "2.0", "2.1" or an image name
+
+    @property
+    def image(self) -> str:
+        """The container image of this broker's Mosquitto build."""
+        return MOSQUITTO_IMAGES.get(self.mosquitto, self.mosquitto)
+
+    @property
+    def policy(self) -> str:
+        """The persistence policy in a few words, as reports and benchmarks name it."""
+        if self.persistence == "snapshot":
+            every = (f"{self.autosave_on_changes} changes" if self.autosave_on_changes
+                     else f"{self.autosave_interval_s} s")
+            if self.snapshot_every_ms:
+                return f"snapshot every {self.snapshot_every_ms} ms (SIGUSR1) and every {every}"
+            return f"snapshot every {every}"
+        if self.persistence == "sqlite":
+            return f"sqlite flush {self.flush_period_s} s, sync {self.sync}"
+        return "none"
 
 
 @dataclass(frozen=True)
@@ -118,18 +174,18 @@ class Topology:
 
     @property
     def brokers(self) -> tuple[BrokerSpec, ...]:
-        return tuple(
-            BrokerSpec(
-                name=f"{s.name}-{plane}",
-                site=s.name,
-                plane=plane,
-                host=s.host,
-                port=s.delivery_port if plane == "delivery" else s.control_port,
-                persistent=s.persistent,
-                autosave_interval_s=s.autosave_interval_s,
-            )
-            for s in self.sites
-            for plane in PLANES
+        return tuple(self._broker(s, plane, s.broker_settings(plane)) for s in self.sites for plane in PLANES)
+
+    @staticmethod
+    def _broker(s: SiteSpec, plane: Plane, settings: dict[str, Any]) -> BrokerSpec:
+        return BrokerSpec(
+            name=f"{s.name}-{plane}",
+            site=s.name,
+            plane=plane,
+            host=s.host,
+            port=s.delivery_port if plane == "delivery" else s.control_port,
+            persistent=settings["persistence"] != "none",
+            **settings,
         )
 
     @property
@@ -366,20 +422,92 @@ def load_topology(path: Path | str | None = None) -> Topology:
 
 def _site(path: Path, i: int, table: Any) -> SiteSpec:
     r = _Reader(path, f"sites[{i}]", table)
-    r.unknown({f.name for f in dataclasses.fields(SiteSpec)})
+    r.unknown({f.name for f in dataclasses.fields(SiteSpec) if f.name != "planes"} | set(PLANES))
     kind = r.get("kind", str)
     if kind not in ("edge", "datacentre"):
         raise ConfigError(path, r.field("kind"), f"is {kind!r}", "use 'edge' or 'datacentre'")
-    return SiteSpec(
+    site = SiteSpec(
         name=_ident(r, "name"),
         kind=kind,
         delivery_port=r.port("delivery_port"),
         control_port=r.port("control_port"),
         host=r.get("host", str, "127.0.0.1"),
         bridge_to=r.get("bridge_to", str, None),
-        autosave_interval_s=r.get("autosave_interval_s", int, 60),
         session_expiry_s=r.get("session_expiry_s", int, 3600),
+        **_broker_fields(r, site_level=True),
     )
+    _check_broker(r, site.broker_settings(""), kind, set(r.table))
+    planes = []
+    for plane in PLANES:
+        if plane in r.table:
+            sub = _Reader(path, r.field(plane), r.table[plane])
+            sub.unknown(set(BROKER_FIELDS))
+            overrides = _broker_fields(sub, site_level=False)
+            planes.append((plane, tuple(overrides.items())))
+            site = dataclasses.replace(site, planes=tuple(planes))
+            _check_broker(sub, site.broker_settings(plane), kind, set(sub.table))
+    return site
+
+
+def _broker_fields(r: _Reader, site_level: bool) -> dict[str, Any]:
+    """The broker fields ``r``'s table sets (at site level every field, with its default)."""
+    out: dict[str, Any] = {}
+    for name in BROKER_FIELDS:
+        if name not in r.table and not site_level:
+            continue
+        default = next(f.default for f in dataclasses.fields(SiteSpec) if f.name == name)
+        value = r.get(name, str if isinstance(default, str) else int, default)
+        if isinstance(value, int) and value < 0:
+            raise ConfigError(r.path, r.field(name), f"is {value}", "use 0 or more")
+        out[name] = value
+    if site_level and not out["persistence"]:
+        del out["persistence"]  # by kind
+    return out
+
+
+def _check_broker(r: _Reader, settings: dict[str, Any], kind: str, given: set[str]) -> None:
+    """A broker's persistence and build, checked together (``given``: the fields this table sets)."""
+    mode, version = settings["persistence"], settings["mosquitto"]
+    if mode not in PERSISTENCE_MODES:
+        raise ConfigError(r.path, r.field("persistence"), f"is {mode!r}", f"use one of: {', '.join(PERSISTENCE_MODES)}")
+    if mode != "none" and kind == "edge":
+        raise ConfigError(r.path, r.field("persistence"), f"is {mode!r} on an edge site, which keeps nothing on disk",
+                          "remove it, or make the site kind = 'datacentre'")
+    if settings["sync"] not in SQLITE_SYNC:
+        raise ConfigError(r.path, r.field("sync"), f"is {settings['sync']!r}", f"use one of: {', '.join(SQLITE_SYNC)}")
+    if version not in MOSQUITTO_IMAGES and not _image_name(version):
+        raise ConfigError(r.path, r.field("mosquitto"), f"is {version!r}",
+                          "use '2.0' (the host's, or image fmb-broker), '2.1' (image fmb-broker-2.1, "
+                          "`scripts/images --broker 2.1`) or an image name such as my-mosquitto:2.1")
+    if mode == "sqlite" and version == "2.0":
+        raise ConfigError(r.path, r.field("persistence"), "is 'sqlite', a Mosquitto 2.1 plugin, on Mosquitto 2.0",
+                          "set mosquitto = '2.1' (it runs in a container), or use persistence = 'snapshot'")
+    if {"autosave_interval_s", "autosave_on_changes"} <= given and settings["autosave_on_changes"]:
+        raise ConfigError(r.path, r.field("autosave_on_changes"), "is set beside autosave_interval_s",
+                          "keep one: Mosquitto saves either every N seconds or after N changes")
+    if mode == "sqlite":  # (on a broker without persistence they were always ignored)
+        for name in ("autosave_interval_s", "autosave_on_changes", "snapshot_every_ms"):
+            if name in given:
+                raise ConfigError(r.path, r.field(name), f"applies to persistence = 'snapshot', not {mode!r}",
+                                  "remove it, or set persistence = 'snapshot'")
+    every_ms = settings["snapshot_every_ms"]
+    if "snapshot_every_ms" in given and mode == "none":
+        raise ConfigError(r.path, r.field("snapshot_every_ms"), "applies to persistence = 'snapshot', not 'none'",
+                          "remove it, or set persistence = 'snapshot' (on a data-centre site)")
+    if 0 < every_ms < 100:
+        raise ConfigError(r.path, r.field("snapshot_every_ms"), f"is {every_ms}: a whole snapshot that often would "
+                          "take the broker's time", "use 0 (off) or 100 ms or more")
+    if mode != "sqlite":
+        for name in ("flush_period_s", "sync"):
+            if name in given:
+                raise ConfigError(r.path, r.field(name), f"applies to persistence = 'sqlite', not {mode!r}",
+                                  "remove it, or set persistence = 'sqlite' (with mosquitto = '2.1')")
+
+
+def _image_name(value: str) -> bool:
+    """An image reference such as ``fmb-broker-2.1:latest`` or ``registry/mosquitto:2.1`` (a tag or a path)."""
+    return (":" in value or "/" in value) and all(c.isalnum() or c in "._-:/@" for c in value) \
+        and value == value.strip() and not value.startswith(("-", ":", "/"))
 
 
 def _device(path: Path, i: int, table: Any, sites: set[str]) -> DeviceSpec:

@@ -11,7 +11,8 @@ information, subscribe, unsubscribe and, where enabled, debug) into :class:`Brok
 Mosquitto names the source address only on the "New connection from" line: a TLS failure that
 follows is attributed to the latest connection of that broker that has not yet become a client,
 which is exact for a broker handling one handshake at a time and a close guess otherwise.
-Device logs give one event: an actuator rejecting a command (``devices.base``).
+Device logs give two: an actuator rejecting a command, and a device rejecting a payload (one that
+does not decode, or whose handler failed) (``devices.base``, ``testbed.transport.guard``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class BrokerEvent:
     """One security-relevant fact from a log line."""
 
     kind: str  # connection, tls_failure, connected, disconnected, evicted, malformed, denied,
-    #            oversize, subscribe, unsubscribe, restarted, command_rejected
+    #            oversize, subscribe, unsubscribe, restarted, command_rejected, payload_rejected
     source: str  # broker (or device) whose log said it
     time_ns: int  # when the monitor read it (the log's own stamps have one-second resolution)
     line: str
@@ -81,6 +82,9 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [(k, re.compile(p)) for k, p in (
 )]
 _REJECTED = re.compile(r"rejected command on (?P<topic>\S+): (?P<reason>.*) \(rejected commands so far: (?P<n>\d+)\)")
 _CLAIMED = re.compile(r"(?:signer|claiming to be|from) '(?P<who>[^']+)'")
+# A payload a device could not take: refused by its checks, or its handler failed (contained).
+_PAYLOAD = re.compile(r"(?:rejected payload on|handling a message on) (?P<topic>\S+?):? (?P<rest>.*)$")
+_PAYLOAD_SOURCE = re.compile(r"payload source '(?P<who>[^']+)'")
 
 
 class BrokerLogParser:
@@ -153,15 +157,26 @@ class BrokerLogParser:
 
 
 def device_log_event(device: str, line: str, now_ns: int | None = None, replay: bool = False) -> BrokerEvent | None:
-    """The event of one device log line: an actuator's rejected command, else None."""
+    """The event of one device log line: an actuator's rejected command, a rejected payload, else None."""
     m = _REJECTED.search(line)
     if not m:
-        return None
+        return _payload_event(device, line, now_ns, replay)
     claimed = _CLAIMED.search(m["reason"])
     return BrokerEvent("command_rejected", device, now_ns if now_ns is not None else time.time_ns(), line.strip(),
                        identity=claimed["who"] if claimed else None,
                        detail={"actuator": device, "topic": m["topic"], "reason": m["reason"],
                                "rejected_so_far": int(m["n"])}, replay=replay)
+
+
+def _payload_event(device: str, line: str, now_ns: int | None, replay: bool) -> BrokerEvent | None:
+    m = _PAYLOAD.search(line)
+    if not m:
+        return None
+    claimed = _PAYLOAD_SOURCE.search(m["rest"])
+    # Who sent it is the detector's to decide (it knows which topics authenticate their publisher).
+    return BrokerEvent("payload_rejected", device, now_ns if now_ns is not None else time.time_ns(), line.strip(),
+                       detail={"receiver": device, "topic": m["topic"], "reason": m["rest"].strip()[:300],
+                               "claimed": claimed["who"] if claimed else None}, replay=replay)
 
 
 class LogSource(Protocol):

@@ -19,6 +19,10 @@ tick, and publishes what it returns. Thresholds are a frozen :class:`Thresholds`
     rate_anomaly           one publisher's delivery-plane rate above rate_msgs_per_s and rate_factor x its baseline
     implausible_reading    a meter reading that its feeder's supply and cap bank cannot explain
     command_rejected       an actuator refused a command (bad or missing signature, stale, replayed)
+    payload_rejected_burst >= payload_rejects payloads from one sender that devices rejected (did not decode,
+                           or their handler failed) in payload_reject_window_s
+    session_cap            one identity (not the harness's) holds more than max_sessions sessions on one
+                           broker at once: a device or bridge holds one, so its certificate is in other hands
 """
 
 from __future__ import annotations
@@ -35,15 +39,15 @@ from typing import Any
 from brokers.mosquitto import DYNSEC_TOPIC
 from testbed.core.errors import ConfigError
 from testbed.core.payloads import Message
-from testbed.core.topics import PROFILES, ROLES, topic
-from testbed.core.topology import Topology
+from testbed.core.topics import PROFILES, ROLES, parse_topic, topic
+from testbed.core.topology import HARNESS_IDENTITIES, Topology
 from testbed.csf.brokerlog import BrokerEvent
 
 __all__ = ["ACTIONS", "ALERT_KINDS", "Alert", "Detector", "MonitorConfig", "Thresholds", "load_monitor_config"]
 
 ALERT_KINDS = ("connection_flood", "tls_failures", "auth_failures", "topic_scan", "undeliverable", "idle_client",
                "abnormal_termination", "malformed_packet", "rate_anomaly", "implausible_reading",
-               "command_rejected")
+               "command_rejected", "payload_rejected_burst", "session_cap")
 ACTIONS = ("revoke", "block", "block-topic", "evict")
 OBSERVERS = ("monitor", "recorder")  # their subscriptions do not make a message delivered
 _AUTH_REASONS = ("certificate verify failed", "certificate revoked", "unknown ca", "bad certificate")
@@ -71,6 +75,11 @@ class Thresholds:
     # outside these bounds is implausible for a 120 V service (ANSI C84.1 range B is 110-127 V).
     voltage_min_v: float = 100.5
     voltage_max_v: float = 130.0
+    payload_rejects: int = 5  # a device's own software never sends a payload the others reject
+    payload_reject_window_s: float = 10.0
+    # Mosquitto 2.0 cannot refuse a connection per certificate identity (brokers/mosquitto.py): the
+    # monitor counts each identity's live sessions per broker, and the policy's response caps them.
+    max_sessions: int = 4
     repeat_s: float = 30.0  # the same alert (kind and subject) at most once per repeat_s
 
     def __post_init__(self) -> None:
@@ -161,6 +170,7 @@ class Detector:
         self._windows: dict[tuple[str, ...], deque[tuple[int, str]]] = defaultdict(deque)
         self._subs: dict[str, dict[str, tuple[str | None, set[str], bool]]] = defaultdict(dict)
         self._connected: dict[tuple[str, str], tuple[str | None, str | None, int]] = {}
+        self._sessions: dict[tuple[str, str], set[str]] = defaultdict(set)  # (broker, identity) -> client ids
         self._last_data: dict[tuple[str, str], int] = {}
         self._rate: dict[tuple[str, str], list[float]] = {}  # (broker, source) -> [second, count, baseline]
         self._feeder_state: dict[str, dict[str, Any]] = {}
@@ -228,14 +238,18 @@ class Detector:
         if ev.kind == "restarted":
             persistent = {c: v for c, v in subs.items() if not v[2]}
             self._subs[ev.source] = persistent
+            for key in [k for k in self._sessions if k[0] == ev.source]:
+                del self._sessions[key]
             return []
         if ev.kind == "connected" and ev.client_id:
             clean = bool(ev.detail.get("clean_start"))
             old = subs.get(ev.client_id)
             subs[ev.client_id] = (ev.identity, set() if clean or old is None else old[1], not clean)
+            self._sessions[(ev.source, ev.identity or "")].add(ev.client_id)
             if not ev.replay:
                 self._connected[(ev.source, ev.client_id)] = (ev.identity, ev.address, ev.time_ns)
         if ev.kind in ("disconnected", "evicted") and ev.client_id:
+            self._sessions[(ev.source, ev.identity or "")].discard(ev.client_id)
             self._connected.pop((ev.source, ev.client_id), None)
             if ev.client_id in subs and not subs[ev.client_id][2]:
                 del subs[ev.client_id]
@@ -250,6 +264,14 @@ class Detector:
     def _rules(self, ev: BrokerEvent) -> list[Alert]:
         t, now, who = self.t, ev.time_ns, ev.identity
         base = {"broker": ev.source, "identity": who, "address": ev.address}
+        if ev.kind == "connected" and who and who not in HARNESS_IDENTITIES:
+            # The harness's identities are shared by its concurrent processes (runs, benchmarks) and
+            # live on no field host; every other identity connects once per broker.
+            sessions = self._sessions[(ev.source, who)]
+            if len(sessions) > t.max_sessions:
+                return self._alert("session_cap", now, f"{ev.source}/{who}", **base, evidence={
+                    "sessions": len(sessions), "max_sessions": t.max_sessions,
+                    "client_ids": sorted(sessions)[:10], "line": ev.line})
         if (ev.kind == "connection" or ev.detail.get("attempt")) and ev.address:
             n = len(self._count(("conn", ev.address), now, t.connect_window_s))
             if n > t.connect_attempts:
@@ -286,7 +308,33 @@ class Detector:
         if ev.kind == "command_rejected":
             return self._alert("command_rejected", now, ev.line, identity=who, address=None, broker=None,
                                subject=who or "", evidence=dict(ev.detail))
+        if ev.kind == "payload_rejected":
+            return self._payload_rejected(ev)
         return []
+
+    def _payload_rejected(self, ev: BrokerEvent) -> list[Alert]:
+        name = str(ev.detail.get("topic", ""))
+        try:
+            profile, mrid = parse_topic(self.topology.root, name)
+        except ValueError:
+            profile, mrid = None, ""
+        # A status or reading can only have been published by the identity its topic names (the ACL
+        # lets no one else write it), so that sender is authenticated and a response may act on it.
+        # A command's topic names its target; its sender is only what the payload claims.
+        authenticated = profile is not None and profile.kind != "command"
+        sender = mrid if authenticated else ev.detail.get("claimed")
+        key = sender or f"an unknown sender on {name}"
+        seen = self._count(("rejects", key), ev.time_ns, self.t.payload_reject_window_s, f"{ev.source}\t{name}")
+        if len(seen) < self.t.payload_rejects:
+            return []
+        return self._alert("payload_rejected_burst", ev.time_ns, key, identity=sender, address=None, broker=None,
+                           subject=sender if authenticated else "", evidence={
+                               "rejections": len(seen), "window_s": self.t.payload_reject_window_s,
+                               "receivers": sorted({i.split("\t")[0] for i in seen}),
+                               "topics": sorted({i.split("\t")[1] for i in seen})[:10],
+                               "sender_from": "topic (ACL-enforced)" if authenticated
+                               else "payload claim (not authenticated: no automatic response)",
+                               "last_reason": ev.detail.get("reason"), "line": ev.line})
 
     def _denied(self, ev: BrokerEvent, name: str, how: str) -> list[Alert]:
         who = ev.identity or f"client {ev.client_id}"

@@ -3,7 +3,7 @@
 A harness process with its own certificate (``monitor``), started by the local bus after the
 devices. It watches every broker three ways: their logs (connections, TLS failures, disconnects,
 subscriptions and, on the control plane where debug logging is on, denied and oversize
-publishes: ``testbed.csf.brokerlog``), the actuators' logs (rejected commands), and the messages of
+publishes: ``testbed.csf.brokerlog``), the devices' logs (rejected commands and payloads), and the messages of
 every profile of the tree, which its ACL lets it read (rates, plausibility, messages nobody
 reads). The rules are ``testbed.csf.detect``. Each alert is one JSON line appended to the alert file
 and one ``AlertProfile`` message on every control-plane broker, and, if the policy of the
@@ -20,7 +20,8 @@ Configuration (environment, set by ``testbed.backends.local``; ``testbed.backend
     FMB_MONITOR_ALERTS   the JSONL alert file                                  (required)
     FMB_MONITOR_CONFIG   TOML with [thresholds] and [policy] (optional file)
     FMB_CERTS_DIR, FMB_STATE_DIR   for automatic responses on the local bus
-    FMB_READY_FILE       touched once every broker is subscribed and the logs replayed
+    FMB_READY_FILE       the heartbeat: written once every broker is subscribed and the logs
+                         replayed, then every tick (testbed.transport.health)
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from testbed.core.topology import load_topology
 from testbed.csf.brokerlog import BrokerLogParser, device_log_event, log_sources
 from testbed.csf.detect import Alert, Detector, load_monitor_config
 from testbed.csf.respond import Responder
-from testbed.transport.guard import describe_sender, one_line
+from testbed.transport.guard import counts, describe_sender, one_line
+from testbed.transport.health import TICK_S, Heartbeat, install
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 
 __all__ = ["Monitor", "main"]
@@ -80,6 +82,11 @@ class Monitor:
         self._replayed = threading.Event()
         self._pending_replays = len(self.sources)
         self._responder: Responder | None = None
+        ready = env.get("FMB_READY_FILE")
+        self.heartbeat = Heartbeat(Path(ready) if ready else None, self.id)
+        install(self.heartbeat)
+        self._readers: list[threading.Thread] = []
+        self._alerts = 0
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -132,6 +139,7 @@ class Monitor:
             line = json.dumps(record)
             with self._lock, open(self.alerts_file, "a") as f:
                 f.write(line + "\n")
+                self._alerts += 1
             log.warning("alert %s %s", alert.kind, line)
             self._publish(alert)
 
@@ -164,7 +172,9 @@ class Monitor:
 
     def start(self) -> None:
         for source in self.sources:
-            threading.Thread(target=self._read_logs, args=(source,), daemon=True).start()
+            reader = threading.Thread(target=self._read_logs, args=(source,), daemon=True)
+            reader.start()
+            self._readers.append(reader)
         if not self._replayed.wait(60):
             raise DeviceError("the monitor could not read the broker logs in 60 s: check FMB_MONITOR_LOGS")
         for broker in self.topology.brokers:
@@ -185,9 +195,8 @@ class Monitor:
             if not subscribed.wait(10):
                 raise BrokerError(f"the monitor could not subscribe on {broker.name} in 10 s: check that the broker "
                                   "runs and accepts the monitor's certificate")
-        ready = self.env.get("FMB_READY_FILE")
-        if ready:
-            Path(ready).write_text(str(os.getpid()))
+            self.heartbeat.watch(broker.name, self._clients[broker.name])
+        self._beat()
         log.info("watching %d brokers; alerts to %s; policy %s", len(self._clients), self.alerts_file,
                  self.config.policy or "none (detect only)")
 
@@ -195,16 +204,22 @@ class Monitor:
         signal.signal(signal.SIGTERM, lambda *_: self._stopped.set())
         signal.signal(signal.SIGINT, lambda *_: self._stopped.set())
         self.start()
-        while not self._stopped.wait(0.5):
+        while not self._stopped.wait(TICK_S):
             with self._lock:
                 alerts = self.detector.tick()
             self._raise(alerts)
+            self._beat()
         for c in self._clients.values():
             c.disconnect()
             c.loop_stop()
-        ready = self.env.get("FMB_READY_FILE")
-        if ready:
-            Path(ready).unlink(missing_ok=True)
+        self.heartbeat.stop()
+
+    def _beat(self) -> None:
+        # A log reader that stopped leaves the monitor blind to what that log says: not healthy.
+        dead = sum(not r.is_alive() for r in self._readers)
+        self.heartbeat.counters.update(counts())  # handler failures contained, dead letters
+        self.heartbeat.counters["alerts"] = self._alerts
+        self.heartbeat.beat([f"{dead} of {len(self._readers)} log readers stopped"] if dead else [])
 
 
 def main() -> None:

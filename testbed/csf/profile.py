@@ -121,8 +121,10 @@ SUBCATEGORIES: tuple[Subcategory, ...] = (
     _s("Protect", "Information Protection", "Use of cryptographic suites (e.g. TLS, VPN)", IMPLEMENTED,
        "TLS 1.2+ on every hop including bridges", (T + "test_security.py",), "PR.DS-02"),
     _s("Protect", "Information Protection", "Integrity of Application Messages and Control Packets",
-       IMPLEMENTED, "TLS per hop; commands signed end to end (Ed25519) and checked by the actuator",
-       (T + "test_signed_commands.py",), "PR.DS-02"),
+       IMPLEMENTED, "TLS per hop; commands signed end to end (Ed25519) and checked by the actuator; every "
+       "payload decoded within bounds (size, depth, strings, numbers) and every message handler contained, "
+       "so a hostile message from an authenticated device is set aside as a dead letter, never fatal",
+       (T + "test_signed_commands.py", T + "test_payload_fuzz.py", T + "test_bus_fuzz.py"), "PR.DS-02"),
     _s("Protect", "Information Protection", "Privacy of Application Messages and Control Packets",
        IMPLEMENTED, "TLS per hop; no plaintext listener (brokers, and the tablet's web console: HTTPS only)",
        (T + "test_security.py::test_plaintext", T + "test_tablet_web.py::test_plaintext_http_gets_no_page"),
@@ -134,19 +136,25 @@ SUBCATEGORIES: tuple[Subcategory, ...] = (
        IMPLEMENTED, "keys, serials and trace ids from the OS CSPRNG (cryptography, os.urandom)",
        (T + "test_pki.py",), "PR.DS-02"),
     _s("Protect", "Server-side Protection", "Compliance with MQTT specification", IMPLEMENTED,
-       "Mosquitto 2.0 rejects malformed packets; MQTT v5 throughout",
-       (T + "test_attacks.py::test_malformed_packets",), "PR.PS-01"),
+       "Mosquitto 2.0 rejects malformed packets; MQTT v5 throughout, and the clients honour it: a PUBREC "
+       "failure reason is a failed publish, never a delivered one, and a reconnect sends no more than the "
+       "server's Receive Maximum",
+       (T + "test_attacks.py::test_malformed_packets", T + "test_qos2.py"), "PR.PS-01"),
     _s("Protect", "Server-side Protection", "Automatic Client disconnect mechanisms", IMPLEMENTED,
        "keep-alive timeouts; `fmb respond revoke` evicts live sessions (dynsec disableClient after the CRL)",
        (T + "test_attacks.py::test_stolen_certificate",), "RS.MI-01"),
     _s("Protect", "Server-side Protection", "Suspicious behavior detection", IMPLEMENTED,
-       "the monitor's alerts on the control plane", (T + "test_attacks.py",), "DE.AE-02"),
+       "the monitor's alerts on the control plane, a burst of payloads the devices reject among them",
+       (T + "test_attacks.py", T + "test_rejected_payloads.py"), "DE.AE-02"),
     _s("Protect", "Server-side Protection", "Dynamic Access Control Listing (e.g. IP address or Client ID)",
        IMPLEMENTED, "`fmb respond block` changes the live brokers' access control",
        (T + "test_attacks.py::test_block_topic_and_identity",), "PR.AA-05"),
     _s("Protect", "Server-side Protection", "Rate limiting and/or blocking (e.g. IP address)", IMPLEMENTED,
-       "message_size_limit and max_queued_messages on every broker; blocking by identity or topic",
-       (T + "test_security.py::test_generated_configs", T + "test_attacks.py::test_block"), "PR.IR-01"),
+       "message_size_limit and max_queued_messages on every broker; blocking by identity or topic, automatic "
+       "on a burst of rejected payloads; an identity's sessions per broker capped by the monitor (session_cap "
+       "policy: 300 connections of one certificate -> 8 accepted, all dropped, the rest refused)",
+       (T + "test_security.py::test_generated_configs", T + "test_attacks.py::test_block",
+        T + "test_rejected_payloads.py", T + "test_connection_caps.py"), "PR.IR-01"),
     _s("Protect", "Server-side Protection", "Data-at-rest encryption", GAP,
        "the data-centre brokers' persistence file is plaintext on disk (keys are 0600); an encrypted "
        "volume is the deployment's job, not exercised here", (), "PR.DS-01"),
@@ -172,8 +180,10 @@ SUBCATEGORIES: tuple[Subcategory, ...] = (
        "the monitor alerts on socket errors and keep-alive timeouts",
        (T + "test_attacks.py::test_abnormal_termination",), "DE.CM-01"),
     _s("Detect", "Physical Monitoring", "Client availability verification", IMPLEMENTED,
-       "the scenario runner's initial-state check and the monitor's silent-client alert",
-       (T + "test_scenario.py", T + "test_attacks.py::test_abnormal_termination_and_idle"), "DE.CM-09"),
+       "the scenario runner's initial-state check, the monitor's silent-client alert, and every process's "
+       "heartbeat (MQTT loop alive, connected within its backoff) in `fmb status` and the containers' health",
+       (T + "test_scenario.py", T + "test_attacks.py::test_abnormal_termination_and_idle", T + "test_health.py"),
+       "DE.CM-09"),
     _s("Detect", "Physical Monitoring", "End-devices and their vicinity physical inspection", OUT_OF_SCOPE,
        "physical", (), "DE.CM-02"),
     _s("Detect", "Intrusion Detection", "Repeated authentication attempts", IMPLEMENTED,
@@ -201,14 +211,18 @@ SUBCATEGORIES: tuple[Subcategory, ...] = (
     _s("Respond", "Response Planning", "Block compromised telemetry channels", IMPLEMENTED,
        "`fmb respond block TOPIC`", (T + "test_attacks.py::test_block_topic_and_identity",), "RS.MI-01"),
     _s("Respond", "Response Planning", "Increase Firewall policies", GAP,
-       "network-level blocking (nftables on the broker hosts) is not automated", (), "RS.MI-01"),
+       "network-level blocking (nftables on the broker hosts) is not automated: a per-source connection "
+       "limit needs NET_ADMIN in the broker's network namespace and, on the local bus, sees one source "
+       "(loopback) for every client; the per-identity cap is the monitor's session_cap policy instead",
+       (), "RS.MI-01"),
     _s("Respond", "Response Planning", "Shutdown compromised brokers and servers", IMPLEMENTED,
        "the fault API and `fmb down` stop a broker by its pid",
        (T + "test_docker.py::test_local_backend_faults", T + "test_recover.py"), "RS.MI-02"),
     # -- Recover --------------------------------------------------------------------------------
     _s("Recover", "Recover Planning",
        "Perform information system recovery (e.g. restart broker, create new telemetry channels, etc.)",
-       IMPLEMENTED, "`fmb recover` restarts what is down from persisted state, then verifies with Appendix A",
+       IMPLEMENTED, "`fmb recover` restarts what is down or unhealthy from persisted state, then verifies "
+       "with Appendix A",
        (T + "test_recover.py::test_recover",), "RC.RP-01"),
     _s("Recover", "Recover Planning", "Perform reconstitution activities", IMPLEMENTED,
        "`fmb restore` brings back PKI and broker persistence, verified", (T + "test_recover.py::test_backup",),

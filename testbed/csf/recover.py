@@ -19,20 +19,44 @@ import time
 from pathlib import Path
 
 from testbed.backends.local import LocalBus
-from testbed.core.errors import TestbedError
+from testbed.core.errors import TestbedError, WaitTimeout
+from testbed.core.waiting import wait_until
 from testbed.security.pki import PKI
+from testbed.transport.mqtt import RECONNECT_MAX_S
 
 __all__ = ["backup", "recover", "reissue", "restore"]
 
-_KIND_ORDER = {"broker": 0, "feeder": 1, "device": 2}
+_KIND_ORDER = {"broker": 0, "feeder": 1, "device": 2, "monitor": 3}  # the monitor watches the others
 
 
 def recover(bus: LocalBus) -> list[str]:
-    """Restart every recorded process that is not running; returns their names, in order."""
-    down = sorted((p for p in bus.processes if not bus.alive(p.name)), key=lambda p: _KIND_ORDER[p.kind])
-    for p in down:
-        bus.restart(p.name)
-    return [p.name for p in down]
+    """Restart every recorded process that is down, then every one still unhealthy; returns their names.
+
+    Down processes restart first, brokers before devices. A process that is alive but unhealthy
+    (:meth:`LocalBus.health`: its MQTT network thread died, it is frozen, or it has been cut off
+    from a broker past its backoff) is given its reconnect backoff to come back on its own, since
+    a client of a broker that was just restarted reconnects by itself; what is still unhealthy
+    then is restarted too.
+    """
+    def order(names: list[str]) -> list[str]:
+        kinds = {p.name: p.kind for p in bus.processes}
+        return sorted(names, key=lambda name: _KIND_ORDER[kinds[name]])
+
+    down = order([p.name for p in bus.processes if bus.health(p.name)[0] == "DOWN"])
+    for name in down:
+        bus.restart(name)
+
+    def unhealthy() -> list[str]:
+        return [p.name for p in bus.processes if bus.health(p.name)[0] != "up"]
+
+    try:
+        wait_until(lambda: not unhealthy(), RECONNECT_MAX_S + 3, interval_s=0.5, what="")
+        stuck: list[str] = []
+    except WaitTimeout:
+        stuck = order(unhealthy())
+    for name in stuck:
+        bus.restart(name)
+    return down + stuck
 
 
 def reissue(pki: PKI, name: str, bus: LocalBus | None) -> Path:
@@ -60,8 +84,9 @@ def backup(certs: Path, state: Path, archive: Path, bus: LocalBus | None) -> lis
                                        if f.is_file() and not f.name.startswith(".")]
     brokers = state / "brokers"
     if brokers.exists():
+        # Not a snapshot being written (mosquitto.db.new): a broker saving every 500 ms renames it any moment.
         members += [(f, f"brokers/{f.relative_to(brokers)}") for f in sorted(brokers.glob("*/data/*"))
-                    if f.is_file()]
+                    if f.is_file() and not f.name.endswith(".new")]
     archive.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(archive, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
     with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:

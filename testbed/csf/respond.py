@@ -116,41 +116,48 @@ class Responder:
 
     def evict(self, identity: str, timeout_s: float = 5.0) -> list[str]:
         """Drop every live session of ``identity`` on every broker (dynamic-security disableClient)."""
-        command = json.dumps({"commands": [{"command": "createClient", "username": identity},
-                                           {"command": "disableClient", "username": identity}]})
+        commands = [{"command": "createClient", "username": identity},
+                    {"command": "disableClient", "username": identity}]
         done: list[str] = []
         for broker in self.topology.brokers:
-            answered = threading.Event()
-            replies: list[dict[str, Any]] = []
-
-            def on_message(c: paho.Client, u: Any, msg: paho.MQTTMessage, replies: list[dict[str, Any]] = replies,
-                           answered: threading.Event = answered) -> None:
-                replies.extend(json.loads(msg.payload).get("responses", []))
-                answered.set()
-
-            subscribed = threading.Event()
-
-            def on_connect(c: paho.Client, subscribed: threading.Event = subscribed) -> None:
-                c.on_subscribe = lambda *a: subscribed.set()
-                c.subscribe(DYNSEC_TOPIC + "/response", 1)
-
-            client = connect(f"responder-{broker.name}-{time.monotonic_ns() % 10**9}", self.bus.identity("responder"),
-                             self.bus.endpoint(broker.name), on_message=on_message, on_connect=on_connect)
             try:
-                if not subscribed.wait(timeout_s):
-                    raise TestbedError(f"responder could not subscribe to {DYNSEC_TOPIC}/response on {broker.name}")
-                client.publish(DYNSEC_TOPIC, command, 1)
-                if not answered.wait(timeout_s):
-                    raise TestbedError(f"{broker.name} did not answer the eviction of {identity} in {timeout_s:g} s; "
-                                       "is the dynamic-security plugin loaded (see brokers/mosquitto.py)?")
-            finally:
-                client.disconnect()
-                client.loop_stop()
+                replies = self.control(broker.name, commands, timeout_s)
+            except TestbedError as e:
+                raise TestbedError(f"{broker.name} did not answer the eviction of {identity}: {e}") from None
             failed = [r for r in replies if r.get("command") == "disableClient" and r.get("error")]
             if failed:
                 raise TestbedError(f"{broker.name} refused to evict {identity}: {failed[0]['error']}")
             done.append(broker.name)
         return done
+
+    def control(self, broker: str, commands: list[dict[str, Any]], timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        """Send dynamic-security ``commands`` to ``broker`` as the responder; the plugin's replies."""
+        answered = threading.Event()
+        replies: list[dict[str, Any]] = []
+
+        def on_message(c: paho.Client, u: Any, msg: paho.MQTTMessage) -> None:
+            replies.extend(json.loads(msg.payload).get("responses", []))
+            answered.set()
+
+        subscribed = threading.Event()
+
+        def on_connect(c: paho.Client) -> None:
+            c.on_subscribe = lambda *a: subscribed.set()
+            c.subscribe(DYNSEC_TOPIC + "/response", 1)
+
+        client = connect(f"responder-{broker}-{time.monotonic_ns() % 10**9}", self.bus.identity("responder"),
+                         self.bus.endpoint(broker), on_message=on_message, on_connect=on_connect)
+        try:
+            if not subscribed.wait(timeout_s):
+                raise TestbedError(f"responder could not subscribe to {DYNSEC_TOPIC}/response on {broker}")
+            client.publish(DYNSEC_TOPIC, json.dumps({"commands": commands}), 1)
+            if not answered.wait(timeout_s):
+                raise TestbedError(f"no answer in {timeout_s:g} s; is the dynamic-security plugin loaded "
+                                   "(see brokers/mosquitto.py)?")
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        return replies
 
     def act(self, action: str, alert: dict[str, Any]) -> dict[str, Any]:
         """Take a policy ``action`` on an alert (its subject: an identity, or a topic for block-topic)."""

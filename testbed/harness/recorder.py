@@ -23,6 +23,7 @@ from testbed.core.errors import BrokerError
 from testbed.core.payloads import Message, PayloadError, decode
 from testbed.core.topics import parse_topic, subscriptions
 from testbed.core.topology import BrokerSpec, Topology
+from testbed.transport.health import current
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect, user_properties
 
 __all__ = ["Observation", "Recorder"]
@@ -102,6 +103,9 @@ class Recorder:
                 on_connect=on_connect,
             )
             self._clients.append(client)
+            heartbeat = current()  # a long-lived harness process (the Compose runner) says how its recorder is
+            if heartbeat is not None:
+                heartbeat.watch(f"recorder {broker.name}", client)
             if not subscribed.wait(10):
                 raise BrokerError(f"the recorder could not subscribe on {broker.name} in 10 s: check that the "
                                   "broker runs and accepts the recorder's certificate")
@@ -110,6 +114,10 @@ class Recorder:
                 self.tls_version = sock.version()
 
     def stop(self) -> None:
+        heartbeat = current()
+        if heartbeat is not None:
+            for broker in self.topology.brokers:
+                heartbeat.unwatch(f"recorder {broker.name}")
         for c in self._clients:
             c.disconnect()
             c.loop_stop()

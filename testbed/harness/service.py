@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 from testbed.backends.containers import (
+    RUN_DIR,
     RUN_TIMEOUT_S,
     RUNNER_SCENARIOS,
     RUNNER_SOCKET,
@@ -28,6 +29,7 @@ from testbed.core.errors import TestbedError
 from testbed.core.scenario import load_scenario
 from testbed.harness.runner import ScenarioRunner
 from testbed.reporting.text import summary_table
+from testbed.transport.health import Heartbeat, install
 from testbed.transport.localsock import private_unix_server, unix_request
 
 __all__ = ["request_run", "run_scenario", "serve_runner"]
@@ -52,11 +54,14 @@ def run_scenario(name: str, repeat: int = 1, out: Path | None = None) -> int:
     return 0 if result["passed"] else 1
 
 
-def serve_runner(socket_path: Path = RUNNER_SOCKET, runs: Path = RUNS_DIR) -> None:
+def serve_runner(socket_path: Path = RUNNER_SOCKET, runs: Path = RUNS_DIR,
+                 health_file: Path | None = RUN_DIR / "ready") -> None:
     """The ``runner`` service: run an allowed scenario into ``runs/<name>/`` on request, one at a time.
 
     A request is one JSON line, ``{"scenario": "appendix-a", "out": "<directory name>"}``; the
-    reply is one JSON line, ``{"ok": true, "passed": ...}`` or ``{"ok": false, "error": ...}``."""
+    reply is one JSON line, ``{"ok": true, "passed": ...}`` or ``{"ok": false, "error": ...}``.
+    ``health_file`` is the service's heartbeat (its container's health check): while a run is in
+    progress, it says whether the run's recorder still receives from every broker."""
     lock = threading.Lock()
     name_ok = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -81,6 +86,9 @@ def serve_runner(socket_path: Path = RUNNER_SOCKET, runs: Path = RUNS_DIR) -> No
             self.wfile.write(json.dumps(reply).encode() + b"\n")
 
     server = private_unix_server(socket_path, Handler)
+    heartbeat = Heartbeat(health_file, "runner")
+    install(heartbeat)
+    heartbeat.start()
     print(f"runner: serving run requests on {socket_path} (scenarios: {', '.join(RUNNER_SCENARIOS)})", flush=True)
     server.serve_forever()
 

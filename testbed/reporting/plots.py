@@ -3,8 +3,9 @@
 One function per figure; each takes a loaded result (``bench-*.json``) and returns a matplotlib
 :class:`~matplotlib.figure.Figure` on an Agg canvas, touching no pyplot state, so the same
 function serves ``fmb report`` (saved as PNG), the notebooks (displayed inline) and the tests.
-Sections: latency (``fmb.bench-latency/2``), prioritisation (``fmb.bench-prioritization/1``) and
-recovery (``fmb.bench-recovery/1``); the JSON shapes are described in ``testbed/bench/README.md``.
+Sections: latency (``fmb.bench-latency/2``), prioritisation (``fmb.bench-prioritization/1``),
+recovery (``fmb.bench-recovery/1``) and crash (``fmb.bench-crash/1``); the JSON shapes are described
+in ``testbed/bench/README.md``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from testbed.reporting.text import RECOVERY_TIMES
 
 __all__ = [
     "conditions_caption",
+    "crash_curve",
+    "crash_policies",
     "ecdf",
     "latency_cdf",
     "latency_steps",
@@ -364,6 +367,81 @@ def ui_repetitions(result: UiResult) -> Figure:
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8)
     return _finish(figure, "Operator's view in Chromium, press by press", result)
+
+
+# -- crash of a persistent broker (fmb.bench-crash/1) ----------------------------------------------
+
+def _crash_style(policy: Mapping[str, Any]) -> tuple[str, str]:
+    """Colour by build, marker by persistence kind (greyscale keeps them apart)."""
+    colour = _SERIES[0][0] if policy["mosquitto"] == "2.0" else _SERIES[1][0]
+    return colour, {"none": "x", "snapshot": "o", "sqlite": "s"}.get(policy["persistence"], "D")
+
+
+def crash_curve(result: Result) -> Figure:
+    """The trade-off: worst loss window of a kill -9 against the throughput cost, one point per
+    policy, the target's box shaded; an arrow marks a window that is only a lower bound."""
+    target = result["conditions"]["target"]
+    figure = _figure(10, 5.2)
+    axes: Axes = figure.add_subplot()
+    axes.fill_between([-5, target["cost"] * 100], 0, target["window_s"], color="#1e8449", alpha=0.12,
+                      label=f"target: <= {target['window_s']:g} s at <= {target['cost'] * 100:.0f} % cost")
+    plotted, top = 0, target["window_s"] * 1.2
+    for p in result["policies"]:
+        w = p.get("window_s")
+        if not w or p.get("cost") is None:
+            continue
+        top = max(top, w["max"] * 1.3 + 0.15)
+        colour, marker = _crash_style(p)
+        x = p["cost"] * 100
+        axes.errorbar(x, w["max"], yerr=[[w["max"] - w["p50"]], [0]], fmt=marker, color=colour, capsize=3)
+        if any(t.get("all_lost") for t in p.get("kills", [])):
+            axes.annotate("", (x, w["max"] * 1.25 + 0.1), (x, w["max"]),
+                          arrowprops={"arrowstyle": "->", "color": colour})
+        # Alternate above / below: policies of one family sit close together.
+        axes.annotate(p["policy"], (x, w["max"]), textcoords="offset points", xytext=(6, 4 if plotted % 2 else -10),
+                      fontsize=7)
+        plotted += 1
+    if not plotted:
+        axes.text(0.5, 0.5, "no policy with both kill trials and a baseline", ha="center", transform=axes.transAxes)
+    axes.set_xlabel("throughput cost against no persistence, same build (%)")
+    axes.set_ylabel("traffic lost per kill -9 (s; point worst, whisker to median)")
+    axes.set_ylim(-0.05 * top, top)
+    axes.grid(True, alpha=0.3)
+    axes.legend(handles=[Line2D([], [], color=_SERIES[0][0], marker="o", ls="", label="Mosquitto 2.0"),
+                         Line2D([], [], color=_SERIES[1][0], marker="s", ls="", label="Mosquitto 2.1"),
+                         *axes.get_legend_handles_labels()[0]], fontsize=8, loc="upper left",
+                bbox_to_anchor=(1.01, 1.0))
+    return _finish(figure, "Persistent broker kill -9: loss window vs throughput cost", result)
+
+
+def crash_policies(result: Result) -> Figure:
+    """Per policy: the loss window (median, whisker to worst) and the QoS 1 throughput (median, range)."""
+    policies = result["policies"]
+    figure = _figure(10, 1.2 + 0.42 * len(policies))
+    left, right = figure.subplots(1, 2, sharey=True)
+    for row, p in enumerate(policies):
+        colour, _ = _crash_style(p)
+        w, t = p.get("window_s"), p.get("throughput")
+        if w:
+            left.barh(row, w["p50"], color=colour, alpha=0.8)
+            left.errorbar(w["p50"], row, xerr=[[0], [w["max"] - w["p50"]]], fmt="none", ecolor="#17202a", capsize=2)
+        else:
+            left.text(0, row, " everything (no persistence)", va="center", fontsize=7, color=_GREY)
+        if t:
+            right.barh(row, t["p50"], color=colour, alpha=0.8)
+            right.errorbar(t["p50"], row, xerr=[[t["p50"] - t["min"]], [t["max"] - t["p50"]]], fmt="none",
+                           ecolor="#17202a", capsize=2)
+    target = result["conditions"]["target"]["window_s"]
+    left.axvline(target, color="#1e8449", ls="--", lw=1, label=f"target {target:g} s")
+    left.set_yticks(range(len(policies)), [p["policy"] for p in policies], fontsize=8)
+    left.invert_yaxis()
+    left.set_xlabel("traffic lost per kill -9 (s)")
+    left.legend(fontsize=8, loc="lower right")
+    right.set_xlabel("QoS 1 msg/s acknowledged (queuing for an offline consumer)")
+    right.xaxis.set_major_formatter(lambda value, _: f"{value / 1000:g}k")
+    for axes in (left, right):
+        axes.grid(True, axis="x", alpha=0.3)
+    return _finish(figure, "Loss window and throughput per persistence policy", result)
 
 
 # -- soak (fmb.bench-soak/1) ---------------------------------------------------------------------

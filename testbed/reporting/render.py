@@ -24,6 +24,7 @@ from testbed.reporting import plots
 from testbed.reporting.scenario import timeline_figure
 from testbed.reporting.text import (  # re-exported: the notebooks read them from here
     conditions_markdown,
+    crash_markdown,
     latency_markdown,
     markdown_table,
     prioritization_markdown,
@@ -40,6 +41,7 @@ __all__ = [
     "Renderer",
     "RunReport",
     "conditions_markdown",
+    "crash_markdown",
     "latency_markdown",
     "load_result",
     "markdown_table",
@@ -102,6 +104,8 @@ register(Renderer("fmb.bench-prioritization/1", "Control-plane prioritisation be
 register(Renderer("fmb.bench-recovery/1", "Recovery benchmark",
                   lambda r: {"times": plots.recovery_times(r), "autosave": plots.recovery_autosave(r)},
                   recovery_markdown))
+register(Renderer("fmb.bench-crash/1", "Crash of a persistent broker (kill -9)",
+                  lambda r: {"curve": plots.crash_curve(r), "policies": plots.crash_policies(r)}, crash_markdown))
 register(Renderer("fmb.bench-wan/1", "WAN link benchmark (control across a constrained bridge)",
                   lambda r: {"control": plots.wan_control_latency(r), "throughput": plots.wan_throughput(r)},
                   wan_markdown))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from testbed.core.results import (
+    CrashResult,
     LatencyResult,
     PrioritizationResult,
     RecoveryFault,
@@ -28,6 +29,7 @@ from testbed.core.stats import percentiles
 __all__ = [
     "RECOVERY_TIMES",
     "conditions_markdown",
+    "crash_markdown",
     "failure_reason",
     "format_ms",
     "latency_markdown",
@@ -254,6 +256,37 @@ def recovery_markdown(result: RecoveryResult) -> str:
             [[p["autosave_interval_s"], p["throughput_per_s"], percentiles(p["lost"], (50,))["p50"], max(p["lost"])]
              for p in sweep]))
     return "".join(out)
+
+
+# -- crash of a persistent broker (fmb.bench-crash/1) -------------------------------------------
+
+def crash_markdown(result: CrashResult) -> str:
+    """Per policy: the loss window of a kill -9 (median / worst), messages lost, throughput, costs, verdict."""
+    target = result["conditions"]["target"]
+    rows: list[list[Any]] = []
+    for p in result["policies"]:
+        w, lost, tput, cpu = p["window_s"], p["lost"], p["throughput"], p["cpu"]
+        floor = any(t["all_lost"] for t in p["kills"])
+        rows.append([p["policy"], p["mosquitto_version"] or p["mosquitto"], p["runtime"], len(p["kills"]),
+                     f"{w.get('p50', 0):.3f} / {'>= ' if floor else ''}{w.get('max', 0):.3f}" if w else "everything",
+                     f"{lost.get('p50', 0):g} / {lost.get('max', 0):g}" if lost else None, p["bound_s"],
+                     tput.get("p50") if tput else None,
+                     f"{p['cost'] * 100:.0f} %" if p["cost"] is not None else None,
+                     cpu.get("p50") if cpu else None,
+                     f"{p['cpu_cost'] * 100:+.0f} %" if p["cpu_cost"] is not None else None, p["meets_target"]])
+    table = markdown_table(["policy", "Mosquitto", "runtime", "kills", "window s (median / worst)",
+                            "lost (median / worst)", "bound s", "QoS 1 msg/s", "cost", "broker CPU µs/msg",
+                            "CPU cost", "target met"], rows)
+    c = result["conditions"]
+    return (table + f"\nTarget: a kill -9 loses at most {target['window_s']:g} s of traffic at no more than "
+            f"{target['cost'] * 100:.0f} % throughput cost. Offered {c['offered_rate_per_s']:g} msg/s of "
+            f"{c['payload_bytes']} bytes for {c['fill_s'][0]:g}-{c['fill_s'][1]:g} s before each kill; `>=` marks a "
+            "policy that lost everything since the session was saved (its window is at least the fill); `bound` "
+            "is the window the policy allows by construction; `cost` is the throughput lost against no "
+            "persistence on the same build, `CPU cost` the broker's extra CPU time per message (less skewed by a "
+            "busy machine). Load average "
+            f"{c['load_average_start'][0]:g} at the start, {c['load_average_end'][0]:g} at the end ({c['cores']} "
+            "cores): final figures need a quiet machine.\n")
 
 
 # -- WAN link (fmb.bench-wan/1) -----------------------------------------------------------------

@@ -3,7 +3,9 @@
 Devices, the recorder, the operator and the tests all connect through :func:`connect`: TLS
 with the project's CA, hostname checked, a client certificate whose CN is the identity,
 TCP_NODELAY on the socket (paho never sets it, and Nagle adds ~40 ms to request/response),
-MQTT v5 with an explicit session expiry, and a bounded reconnect backoff.
+MQTT v5 with an explicit session expiry, a bounded reconnect backoff, and paho's client with
+the fixes of :class:`~testbed.transport.reliable.ReliableClient`, so that no QoS 2 message is
+lost or falsely reported delivered across reconnects.
 """
 
 from __future__ import annotations
@@ -24,12 +26,16 @@ from paho.mqtt.properties import Properties
 
 import testbed.transport.guard as guard
 from testbed.core.errors import TestbedError
+from testbed.transport.reliable import ReliableClient
 
 __all__ = ["Endpoint", "TLSIdentity", "connect", "publish_properties", "tls_context", "user_properties"]
 
 RECONNECT_MIN_S = 0.25  # paho's defaults are 1 s and 120 s: see `fmb bench recovery`
 RECONNECT_MAX_S = 5.0
 PAHO_DEFAULT_RECONNECT_S = (1.0, 120.0)
+# A QoS 2 publisher's session must outlive a broker restart and the reconnect backoff; an hour, like
+# the data centre's central services (the topology's session_expiry_s default).
+EXACTLY_ONCE_SESSION_S = 3600
 
 
 @dataclass(frozen=True)
@@ -81,13 +87,20 @@ def connect(
     wait_s: float | None = 20.0,
     keepalive_s: int = 30,
     reconnect_s: tuple[float, float] = (RECONNECT_MIN_S, RECONNECT_MAX_S),
+    exactly_once: bool = False,
+    client_class: type[paho.Client] = ReliableClient,
 ) -> paho.Client:
     """A started paho client; with ``wait_s`` it blocks until the first CONNACK succeeds.
 
     ``on_connect`` runs after every successful (re)connection: subscribe there, so that a
-    clean session resubscribes after a broker restart.
+    clean session resubscribes after a broker restart. ``exactly_once`` is for a client that
+    publishes at QoS 2: what the broker PUBREC'd must survive a reconnect and a broker restart,
+    so its session outlives the connection (at least ``EXACTLY_ONCE_SESSION_S``) and every
+    CONNECT, the first included, has clean start 0: Mosquitto 2.0 writes a session to disk only
+    when the CONNECT that opened it had clean start 0, whatever its expiry. ``client_class=paho.Client``
+    gives stock paho, for comparison (tests/test_qos2.py).
     """
-    client = paho.Client(
+    client = client_class(
         CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
     )
     client.tls_set_context(tls_context(identity))
@@ -110,6 +123,8 @@ def connect(
     client.on_connect = _on_connect
     if on_message is not None:
         client.on_message = on_message
+    if exactly_once:
+        clean_start, session_expiry_s = False, max(session_expiry_s, EXACTLY_ONCE_SESSION_S)
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = session_expiry_s
     client.connect_async(
