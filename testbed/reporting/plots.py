@@ -499,7 +499,8 @@ def soak_timeline(result: SoakResult) -> Figure:
     bottom.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     c = result["conditions"]
     return _finish(figure, f"Soak: {c['minutes']:g} min on the {c['backend']} bus, {len(result['faults'])} faults, "
-                           f"{result['violations']} invariant violations", result)
+                           f"{result['violations']} invariant violation{'' if result['violations'] == 1 else 's'}",
+                   result)
 
 
 def soak_ledger(result: SoakResult) -> Figure:
