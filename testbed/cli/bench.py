@@ -14,7 +14,7 @@ from pathlib import Path
 
 from testbed.backends.compose import compose_bus
 from testbed.backends.local import LocalBus
-from testbed.bench import crash, latency, partition, prioritization, recovery, ui, wan
+from testbed.bench import crash, latency, partition, prioritization, recovery, soak, ui, wan
 from testbed.cli.common import ROOT, Commands, paths, stamp
 from testbed.core.errors import TestbedError
 from testbed.core.scenario import load_scenario
@@ -200,6 +200,28 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace, Path], int]] = {
     "wan": _bench_wan, "ui": _bench_ui, "crash": _bench_crash}
 
 
+def _bench_soak(args: argparse.Namespace, out: Path) -> int:
+    rate = args.rate if args.rate != 200.0 else soak.DEFAULT_RATE  # a steady stream each way, not a load test
+    soak.check_options(args.minutes, rate, args.crash_window_s)
+    seed = args.seed if args.seed is not None else int(stamp().replace("-", "")) % 10**6
+    options = {"rate": rate, "crash_window_s": args.crash_window_s, "progress": _say}
+    if args.backend == "docker":
+        result = soak.docker_soak(args.topology, args.minutes, seed, out, **options)
+    else:
+        certs, state = paths(args)
+        _refuse_beside_running_bus(state, "the soak")
+        topology = load_topology(args.topology)
+        result = soak.local_soak(topology, ensure_pki(topology, certs), args.minutes, seed, out, **options)
+    _render(out)
+    print(soak.summary(result))
+    print(f"result: {out}/{soak.RESULT_FILE}, every message in {out}/{soak.LEDGER_FILE}; figures and report.md "
+          f"beside them (seed {seed}: --seed {seed} draws the same schedule)")
+    return 0
+
+
+BENCHMARKS["soak"] = _bench_soak
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     _check_numbers(args)
     out = Path(args.out) if args.out else ROOT / "runs" / f"bench-{args.name}-{stamp()}"
@@ -239,7 +261,8 @@ def add_bench(commands: Commands) -> None:
     bench.add_argument("--autosave", default="1,5,30", help="recovery: autosave intervals to sweep, seconds")
     bench.add_argument("--backend", choices=["local", "docker"], default="local",
                        help="recovery: local processes (default), or field <-> data-centre partitions on the "
-                            "Compose bus (started for the run if not up); wan always runs on docker")
+                            "Compose bus (started for the run if not up); soak: the local bus (no partition or link "
+                            "loss) or the Compose bus (every fault); wan always runs on docker")
     bench.add_argument("--partitions", default="5,30",
                        help="recovery --backend docker: partition lengths in seconds (default 5,30)")
     bench.add_argument("--wan", default="1mbit",
@@ -251,3 +274,11 @@ def add_bench(commands: Commands) -> None:
     bench.add_argument("--runtime", choices=["docker", "host"], default="docker",
                        help="crash: brokers in containers (default; 2.0 and 2.1 alike) or the host's Mosquitto 2.0")
     bench.add_argument("--out", help="result directory (default runs/bench-<name>-<time>)")
+    bench.add_argument("--minutes", type=float, default=30.0,
+                       help="soak: how long streams (four, at --rate msg/s each, default 10) flow and faults "
+                            "strike (default 30; CI runs 2)")
+    bench.add_argument("--seed", type=int,
+                       help="soak: the seed of the fault schedule (default: drawn from the time, and printed)")
+    bench.add_argument("--crash-window-s", type=float,
+                       help="soak: what a kill -9 of a persistent broker may lose, seconds of traffic (default: "
+                            "the window its persistence policy gives, 0.5 s for Appendix A's data centre)")

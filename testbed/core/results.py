@@ -62,6 +62,14 @@ __all__ = [
     "ScenarioEnd",
     "ScenarioResultDoc",
     "ScenarioStep",
+    "SoakConditions",
+    "SoakFault",
+    "SoakInvariant",
+    "SoakLedgerRow",
+    "SoakResult",
+    "SoakRun",
+    "SoakScenarioCheck",
+    "SoakStream",
     "UiConditions",
     "UiResult",
     "UiSample",
@@ -620,3 +628,141 @@ class CutoffResult(TypedDict):
     conditions: CutoffConditions
     environment: CutoffEnvironment
     results: dict[str, CutoffAction]  # by action: revoke, block, block-topic
+
+
+# -- fmb bench soak: bench-soak.json (fmb.bench-soak/1) -------------------------------------------
+
+class SoakStream(TypedDict):
+    """One sequence-numbered stream over the whole soak; ``*_at`` are ``[seq, published s]`` (the first 200)."""
+
+    name: str  # "<direction> q<QoS>"
+    direction: str  # "field->dc" | "dc->field"
+    qos: int
+    publisher: str  # the identity whose certificate publishes it
+    consumer: str  # the identity that reads it (a separate process with a persistent session)
+    topic: str
+    source_broker: str
+    consumer_broker: str
+    first_seq: int  # the first message the consumer was subscribed for: the ledger starts there
+    sent: int
+    acked: int
+    received: int  # receipts, duplicates included
+    delivered: int  # distinct messages received
+    lost: int  # acknowledged by the broker, never delivered
+    unacknowledged: int  # never acknowledged and never delivered (after the final wait)
+    duplicated: int
+    reordered: int
+    unexpected: int  # received but never sent: must be 0
+    complete: bool  # sent == delivered + lost + unacknowledged, and nothing unexpected
+    lost_at: list[list[float]]
+    unacknowledged_at: list[list[float]]
+    duplicated_at: list[list[float]]
+    reordered_at: list[list[float]]
+    delay_ms_by_second: list[list[float]]  # [second since the start, worst publish -> first receipt ms]
+
+
+class SoakScenarioCheck(TypedDict):
+    """Appendix A after a fault's recovery (restart, heal, or the poison's publish)."""
+
+    passed_first: bool  # the first run started after the recovery passed
+    attempts: int  # runs until one passed (or the deadline)
+    seconds_to_pass: float | None  # recovery -> the end of the first run that passed
+    failure: str | None  # the first failed run's reason
+
+
+class SoakFault(TypedDict):
+    """One fault as applied; times in seconds since the streams started."""
+
+    n: int
+    kind: str
+    target: str
+    start_s: float
+    heal_s: float  # restarted / healed / published
+    end_s: float  # the window closes: Appendix A checked, the streams flowing again
+    downtime_s: float  # as planned by the schedule
+    detail: dict[str, str | float | None]
+    error: str | None  # the fault could not be applied or undone as planned
+    scenario_after: SoakScenarioCheck
+    whole_s: dict[str, float | None]  # by stream: recovery -> nothing missing up to a message published after it
+
+
+class SoakLedgerRow(TypedDict):
+    """The messages of one stream published in one window ("no fault": outside every fault's window)."""
+
+    window: str  # "fault <n>" | "no fault"
+    fault: int | None
+    kind: str  # the fault's kind, or "no fault"
+    stream: str
+    qos: int
+    published: int
+    delivered: int
+    lost: int
+    unacknowledged: int
+    duplicated: int
+    reordered: int
+
+
+class SoakInvariant(TypedDict):
+    """One invariant checked on one fault window (and stream); ``counts`` are its evidence."""
+
+    fault: int | None  # None: the "no fault" window
+    kind: str
+    invariant: str  # "no-loss" | "crash-loss-within-window" | "appendix-a-after-recovery"
+    stream: str | None
+    holds: bool
+    counts: dict[str, float | None]
+    detail: str
+
+
+class SoakRun(TypedDict):
+    """One Appendix A run during the soak."""
+
+    t_s: float
+    seconds: float
+    passed: bool
+    failure: str | None
+    after_fault: int | None  # the recovery check of that fault; None between faults
+    e2e_ms: float | None
+
+
+class SoakConditions(TypedDict):
+    backend: str
+    minutes: float
+    seed: int
+    duration_s: float  # streams flowing, faults included
+    rate_per_s: float  # per stream
+    streams: str
+    fault_kinds: list[str]  # applied on this backend, in the schedule's rounds
+    unavailable: dict[str, str]  # fault kind -> why this backend cannot apply it
+    targets: dict[str, list[str]]
+    gap_s: list[float]  # [min, max] quiet time between two faults
+    downtime_s: list[float]  # [min, max] a broker or device is down, a partition or link loss lasts
+    crash_window_s: float
+    crash_window_source: str
+    lookback_s: float  # a window opens this long before its fault (messages already in flight)
+    recovery_target: str
+    graceful_whole_target_s: float  # reference only: the recovery benchmark's target
+    appendix_a_pause_s: float
+    bridge_qos: int
+    monitor: str
+    tls_version: str | None
+    source_revision: str | None
+    load_average_before: list[float]
+    load_average_after: list[float]
+    machine_note: str
+    note: NotRequired[str]
+
+
+class SoakResult(TypedDict):
+    schema: Literal["fmb.bench-soak/1"]
+    created: str
+    conditions: SoakConditions
+    streams: list[SoakStream]
+    faults: list[SoakFault]
+    ledger: list[SoakLedgerRow]
+    invariants: list[SoakInvariant]
+    violations: int  # invariants that do not hold
+    ledger_complete: bool  # every stream complete, and the windows add up to the totals
+    appendix_a: list[SoakRun]
+    ledger_file: str  # every message, one CSV row each, beside the JSON
+    environment: Environment

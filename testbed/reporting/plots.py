@@ -25,6 +25,7 @@ from testbed.core.results import (
     RecoveryResult,
     RecoveryTime,
     RecoveryTrial,
+    SoakResult,
     UiResult,
     WanResult,
     WanRow,
@@ -43,6 +44,8 @@ __all__ = [
     "prioritization_throughput",
     "recovery_autosave",
     "recovery_times",
+    "soak_ledger",
+    "soak_timeline",
     "ui_cdf",
     "ui_repetitions",
     "wan_control_latency",
@@ -439,3 +442,107 @@ def crash_policies(result: Result) -> Figure:
     for axes in (left, right):
         axes.grid(True, axis="x", alpha=0.3)
     return _finish(figure, "Loss window and throughput per persistence policy", result)
+
+
+# -- soak (fmb.bench-soak/1) ---------------------------------------------------------------------
+
+_SOAK_KINDS = {"broker-sigterm": "SIGTERM", "broker-kill9": "kill -9", "device-crash": "crash", "partition": "cut",
+               "link-loss": "link loss", "poison": "poison"}
+
+
+def soak_timeline(result: SoakResult) -> Figure:
+    """The whole soak in time: each stream's worst delivery delay per second (log) under the fault windows,
+    then per stream what went wrong (at its publish time), and every Appendix A run (pass / fail)."""
+    figure = _figure(11, 6.8)
+    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1.6))
+    streams = result["streams"]
+    for (colour, line, _), s in zip(_SERIES, streams, strict=False):
+        points = s["delay_ms_by_second"]
+        top.plot([p[0] for p in points], [max(p[1], 0.1) for p in points], color=colour, linestyle=line,
+                 linewidth=1.2, label=f"{s['name']} ({s['source_broker']} → {s['consumer_broker']})")
+    lookback = result["conditions"]["lookback_s"]
+    for f in result["faults"]:
+        for axes in (top, bottom):  # the window the ledger attributes messages to: from lookback_s before the fault
+            axes.axvspan(f["start_s"] - lookback, f["end_s"], color=_GREY, alpha=0.15, linewidth=0)
+        # Vertical, at the window's start: many faults in a long soak, and each label still readable.
+        target = f["target"].split(" as ")[0].split("/")[-2] if f["kind"] == "poison" else f["target"]
+        top.annotate(f"{f['n']} {_SOAK_KINDS.get(f['kind'], f['kind'])} {target}", (f["start_s"], 1.0),
+                     xycoords=("data", "axes fraction"), xytext=(1, -3), textcoords="offset points", fontsize=6,
+                     rotation=90, va="top", ha="left", color="#17202a",
+                     bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.6, "linewidth": 0})
+    top.set_yscale("log")
+    top.set_ylabel("worst publish → received per second (ms, log)")
+    top.grid(True, which="both", alpha=0.3)
+    top.legend(fontsize=7, loc="lower left", ncols=2)
+    rows = [s["name"] for s in streams] + ["Appendix A"]
+    seen: set[str] = set()
+    for i, s in enumerate(streams):
+        for at, label, marker, colour in ((s["lost_at"], "lost", "x", "#b03a2e"),
+                                          (s["unacknowledged_at"], "unacknowledged", "+", "#7d3c98"),
+                                          (s["duplicated_at"], "duplicated", "o", "#ca6f1e"),
+                                          (s["reordered_at"], "reordered", "^", "#1f618d")):
+            if at:
+                bottom.plot([a[1] for a in at], [i] * len(at), linestyle="none", marker=marker, color=colour,
+                            markersize=5, label=label if label not in seen else None)
+                seen.add(label)
+    runs = result["appendix_a"]
+    for passed, colour, label in ((True, "#1e8449", "Appendix A passed"), (False, "#b03a2e", "Appendix A failed")):
+        xs = [r["t_s"] for r in runs if r["passed"] is passed]
+        if xs:
+            bottom.plot(xs, [len(streams)] * len(xs), linestyle="none", marker="|", markersize=9, color=colour,
+                        label=label)
+    bottom.set_yticks(range(len(rows)), rows, fontsize=8)
+    bottom.set_ylim(-0.6, len(rows) - 0.4)
+    bottom.invert_yaxis()
+    bottom.set_xlabel("seconds since the streams started (grey: fault windows)")
+    bottom.grid(True, axis="x", alpha=0.3)
+    bottom.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    c = result["conditions"]
+    return _finish(figure, f"Soak: {c['minutes']:g} min on the {c['backend']} bus, {len(result['faults'])} faults, "
+                           f"{result['violations']} invariant violation{'' if result['violations'] == 1 else 's'}",
+                   result)
+
+
+def soak_ledger(result: SoakResult) -> Figure:
+    """Per window kind and stream: messages not delivered (lost or unacknowledged), and duplicated or reordered."""
+    names = [s["name"] for s in result["streams"]]
+    kinds = sorted({r["kind"] for r in result["ledger"]}, key=lambda k: (k != "no fault", k))
+    totals: dict[tuple[str, str], list[int]] = {}
+    for r in result["ledger"]:
+        t = totals.setdefault((r["kind"], r["stream"]), [0, 0, 0])
+        t[0] += r["lost"] + r["unacknowledged"]
+        t[1] += r["duplicated"]
+        t[2] += r["reordered"]
+    published: dict[str, int] = {}
+    windows: dict[str, set[int | None]] = {}
+    for r in result["ledger"]:
+        published[r["kind"]] = published.get(r["kind"], 0) + r["published"]
+        windows.setdefault(r["kind"], set()).add(r["fault"])
+    labels = [f"{k}\n{len(windows[k])} window{'s' if len(windows[k]) > 1 else ''}, {published[k]} msgs"
+              if k != "no fault" else f"{k}\n{published[k]} msgs" for k in kinds]
+    figure = _figure(11, 4.8)
+    panels = figure.subplots(1, 2, sharey=True)
+    width = 0.8 / max(1, len(names))
+    highest = max([sum(t[:2]) + t[2] for t in totals.values()] or [0])
+    for axes, index, title in ((panels[0], 0, "not delivered (lost or unacknowledged)"),
+                               (panels[1], 1, "duplicated (solid) and reordered (hatched)")):
+        for j, ((colour, _, _), name) in enumerate(zip(_SERIES, names, strict=False)):
+            xs = [x + (j - (len(names) - 1) / 2) * width for x in range(len(kinds))]
+            counts = [totals.get((k, name), [0, 0, 0]) for k in kinds]
+            heights = [c[index] for c in counts]
+            axes.bar(xs, heights, width, color=colour, alpha=0.85, label=name)
+            if index == 1:
+                axes.bar(xs, [c[2] for c in counts], width * 0.5, color="white", edgecolor=colour, hatch="///",
+                         bottom=heights)
+            for x, c in zip(xs, counts, strict=True):  # every count written out: a zero is a result too
+                shown = c[0] if index == 0 else c[1] + c[2]
+                axes.annotate(str(c[0]) if index == 0 else f"{c[1]}+{c[2]}", (x, shown), textcoords="offset points",
+                              xytext=(0, 2), ha="center", fontsize=6.5, color=colour)
+        axes.set_xticks(range(len(kinds)), labels, fontsize=7.5)
+        axes.set_yscale("symlog", linthresh=1)
+        axes.set_ylim(0, max(10, highest * 3))
+        axes.set_title(title, fontsize=10)
+        axes.grid(True, axis="y", alpha=0.3)
+    panels[0].set_ylabel("messages (all windows of the kind)")
+    panels[0].legend(fontsize=8)
+    return _finish(figure, "Soak ledger per fault kind", result)

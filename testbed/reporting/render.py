@@ -30,6 +30,7 @@ from testbed.reporting.text import (  # re-exported: the notebooks read them fro
     prioritization_markdown,
     recovery_markdown,
     scenario_markdown,
+    soak_markdown,
     ui_markdown,
     wan_markdown,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "register",
     "render_run",
     "scenario_markdown",
+    "soak_markdown",
     "ui_markdown",
     "wan_markdown",
 ]
@@ -109,6 +111,8 @@ register(Renderer("fmb.bench-wan/1", "WAN link benchmark (control across a const
                   wan_markdown))
 register(Renderer("fmb.bench-ui/1", "Tablet web UI in a browser",
                   lambda r: {"cdf": plots.ui_cdf(r), "repetitions": plots.ui_repetitions(r)}, ui_markdown))
+register(Renderer("fmb.bench-soak/1", "Chaos soak: faults at random times, a ledger of every message",
+                  lambda r: {"timeline": plots.soak_timeline(r), "ledger": plots.soak_ledger(r)}, soak_markdown))
 
 
 # -- a whole run directory ----------------------------------------------------------------------

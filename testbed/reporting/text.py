@@ -20,6 +20,7 @@ from testbed.core.results import (
     RecoveryResult,
     RecoveryTime,
     ScenarioResultDoc,
+    SoakResult,
     UiResult,
     WanResult,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "prioritization_markdown",
     "recovery_markdown",
     "scenario_markdown",
+    "soak_markdown",
     "summary_table",
     "ui_markdown",
     "verdict",
@@ -313,3 +315,67 @@ def ui_markdown(result: UiResult) -> str:
     return (markdown_table(["after pressing Set voltage (114 V)", "n", "p50 ms", "p90 ms", "p99 ms", "max ms"], rows)
             + f"\n{result['what']}. {result['conditions']['browser']}; {result['conditions']['page']}. "
               f"Screenshot: `{Path(result['screenshot']).name}`.\n")
+
+
+# -- soak (fmb.bench-soak/1) ----------------------------------------------------------------------
+
+def soak_markdown(result: SoakResult) -> str:
+    """The verdict, every stream's ledger, every fault, the ledger per fault kind and every violation."""
+    c = result["conditions"]
+    invariants = result["invariants"]
+    out = [f"**{len(invariants)} invariant checks, {result['violations']} violated**; ledger complete: "
+           f"{_cell(result['ledger_complete'])}. {c['backend']} backend, {c['minutes']:g} min, seed {c['seed']}, "
+           f"{c['rate_per_s']:g} msg/s per stream; load average {c['load_average_before'][0]:g} before, "
+           f"{c['load_average_after'][0]:g} after.\n\n"]
+    out.append(markdown_table(
+        ["stream", "QoS", "as", "path", "sent", "delivered", "lost", "unacked", "duplicated", "reordered", "complete"],
+        [[s["name"], s["qos"], s["publisher"], f"{s['source_broker']} → {s['consumer_broker']}", s["sent"],
+          s["delivered"], s["lost"], s["unacknowledged"], s["duplicated"], s["reordered"], s["complete"]]
+         for s in result["streams"]]))
+    names = [s["name"] for s in result["streams"]]
+    by = {(r["fault"], r["stream"]): r for r in result["ledger"]}
+    rows = []
+    for f in result["faults"]:
+        check = f["scenario_after"]
+        after = (f"passed in {check['seconds_to_pass']:.1f} s" + (f" ({check['attempts']} runs)"
+                 if check["attempts"] > 1 else "") if check["seconds_to_pass"] is not None else "**failed**")
+        undelivered = [by[(f["n"], n)]["lost"] + by[(f["n"], n)]["unacknowledged"] for n in names if (f["n"], n) in by]
+        whole = [v for v in f["whole_s"].values() if v is not None]
+        rows.append([f["n"], f["kind"], f["target"], f["start_s"], f["downtime_s"] or None, after,
+                     " / ".join(str(u) for u in undelivered), max(whole) if whole else None, f["error"]])
+    out.append(f"\nFaults (not delivered per stream: {' / '.join(names)}; whole: worst stream, seconds from the "
+               f"recovery, for reference against the recovery benchmark's {c['graceful_whole_target_s']:g} s):\n\n")
+    out.append(markdown_table(["#", "kind", "target", "at s", "down s", "Appendix A after", "not delivered",
+                               "whole s", "error"], rows))
+    kinds: dict[tuple[str, str], list[int]] = {}
+    for r in result["ledger"]:
+        totals = kinds.setdefault((r["kind"], r["stream"]), [0, 0, 0, 0, 0, 0, 0])
+        for i, value in enumerate((r["published"], r["delivered"], r["lost"], r["unacknowledged"], r["duplicated"],
+                                   r["reordered"], 1)):
+            totals[i] += value
+    out.append("\nThe ledger per fault kind (every message attributed to the window it was published in):\n\n")
+    out.append(markdown_table(["window", "windows", "stream", "published", "delivered", "lost", "unacked",
+                               "duplicated", "reordered"],
+                              [[k, t[6], s, *t[:6]] for (k, s), t in sorted(kinds.items())]))
+    tally: dict[tuple[str, str], list[int]] = {}
+    for invariant in invariants:
+        count = tally.setdefault((invariant["invariant"], invariant["kind"]), [0, 0])
+        count[0 if invariant["holds"] else 1] += 1
+    out.append("\nInvariants:\n\n" + markdown_table(
+        ["invariant", "window", "held", "violated"],
+        [[name, kind, held, violated] for (name, kind), (held, violated) in sorted(tally.items())]))
+    broken = [i for i in invariants if not i["holds"]]
+    if broken:
+        out.append("\nViolations:\n\n" + markdown_table(
+            ["fault", "kind", "invariant", "stream", "counts", "detail"],
+            [[i["fault"], i["kind"], i["invariant"], i["stream"],
+              ", ".join(f"{k} {v:g}" for k, v in i["counts"].items() if v), i["detail"]] for i in broken]))
+    runs = result["appendix_a"]
+    quiet = [r for r in runs if r["after_fault"] is None]
+    recovering = [r for r in runs if r["after_fault"] is not None]
+    out.append(f"\nAppendix A: {sum(r['passed'] for r in quiet)} of {len(quiet)} runs between faults passed, "
+               f"{sum(r['passed'] for r in recovering)} of {len(recovering)} after recoveries. Recovery target: "
+               f"{c['recovery_target']}. Crash window: {c['crash_window_s']:g} s ({c['crash_window_source']}).\n")
+    if c["unavailable"]:
+        out.append("\nNot on this backend: " + "; ".join(f"{k} ({v})" for k, v in c["unavailable"].items()) + ".\n")
+    return "".join(out)
