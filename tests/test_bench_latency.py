@@ -143,7 +143,8 @@ def test_render_run_renders_every_result(tmp_path: Path) -> None:
         "bench-latency-cdf.png", "bench-latency-steps.png", "bench-prioritization-control.png",
         "bench-prioritization-throughput.png", "bench-recovery-times.png", "bench-recovery-autosave.png",
         "bench-wan-control.png", "bench-wan-throughput.png", "bench-ui-cdf.png", "bench-ui-repetitions.png",
-        "bench-crash-curve.png", "bench-crash-policies.png", "result-timeline.png"}
+        "bench-crash-curve.png", "bench-crash-policies.png", "bench-soak-ledger.png", "bench-soak-timeline.png",
+        "result-timeline.png"}
     for png in report.figures:
         _assert_png(png)
     text = report.path.read_text()
