@@ -50,6 +50,7 @@ CASES: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
         (["bench", "wan", "--wan", "1mbit,40ms"], "netem"),
         (["bench", "wan", "--step-seconds", "0"], "--step-seconds is 0"),
         (["bench", "ui", "--repeat", "1"], "--repeat is 1"),
+        (["bench", "soak", "--minutes", "0"], "--minutes is 0"),
         (["bench", "nonsense"], "invalid choice: 'nonsense'"),
     ],
     ("report",): [(["report", "{tmp}/no-such-run"], "is not a directory")],

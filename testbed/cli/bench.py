@@ -1,4 +1,4 @@
-"""``fmb bench NAME``: a benchmark (latency, prioritization, recovery, crash, wan, ui) and its result JSON.
+"""``fmb bench NAME``: a benchmark (latency, prioritization, recovery, crash, soak, wan, ui) and its result JSON.
 
 Each starts its own buses or brokers, so every argument is checked first: a typo costs a line,
 not a bus started and stopped. A benchmark that starts local buses refuses to run beside a bus
