@@ -168,7 +168,9 @@ def test_without_the_policy_one_certificate_holds_300_connections(fmb_bus) -> No
     attack = Attack(fmb_bus, "meter-1", port).run(ATTACK, "flood")
     try:
         held = _held(port)
-        assert len(attack.sockets) == ATTACK and held - baseline == ATTACK
+        # Every one accepted and held: nothing limits one certificate (>=: other clients of the
+        # session's shared bus may connect meanwhile; a full CI run once saw 7 more).
+        assert len(attack.sockets) == ATTACK and held - baseline >= ATTACK
         (alert,) = _alerts(fmb_bus, offset, "session_cap")  # detected once (the repeat window), not acted on
         assert alert["identity"] == "meter-1" and "response" not in alert
         _figures(cap="none", attempted=ATTACK, accepted=len(attack.sockets), broker_holds=held - baseline)
