@@ -193,7 +193,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def status_lines(bus: LocalBus) -> tuple[list[str], int]:
     """The lines of ``fmb status`` and how many processes are not up."""
     health = {p.name: bus.health(p.name) for p in bus.processes}
-    fleets = {p.name: bus.fleet_state(p.name) for p in bus.processes if p.kind == "fleet" and health[p.name][0] != "DOWN"}
+    fleets = {p.name: bus.fleet_state(p.name) for p in bus.processes
+              if p.kind == "fleet" and health[p.name][0] != "DOWN"}
     lines = []
     for p in bus.processes:
         verdict, why = health[p.name]
