@@ -62,10 +62,10 @@ def fleet_environment(topology: Topology, fleet: str, certs: Path, run_dir: Path
 
 
 def fleet_ready_timeout(meters: int) -> float:
-    """How long a fleet of ``meters`` may take to connect them all at start: the fleet opens 200
-    connections a second, and on two shared cores a TLS handshake costs a few milliseconds of
-    broker and fleet CPU each, while the other substations' fleets start too."""
-    return 30.0 + meters / 20.0
+    """How long a starting fleet of ``meters`` may go without one more meter connected: its first
+    connection waits for the process to load every meter's settings, and on two shared cores a TLS
+    handshake costs milliseconds of broker and fleet CPU each, while other fleets start too."""
+    return 60.0 + meters / 20.0
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,8 @@ class _Starting:
     record: ProcessRecord
     ready: Callable[[], bool]
     what: str
-    timeout_s: float
+    timeout_s: float  # with ``progress``: counted from its last change, not from the start
+    progress: Callable[[], str] | None = None  # how far it got (a fleet: meters connected), said on a time-out
 
 
 class LocalBus:
@@ -321,7 +322,11 @@ class LocalBus:
         def connected() -> bool:
             state = fleet_state(ready, record.pid, 0.0)
             return state.verdict == "up" and state.connected == state.expected
-        return _Starting(record, connected, f"fleet {fleet} ({meters} meters)", fleet_ready_timeout(meters))
+
+        def progress() -> str:
+            return f"{fleet_state(ready, record.pid, 0.0).connected or 0}/{meters} meters connected"
+        # On a busy machine the handshakes take what they take: waited for while meters keep connecting.
+        return _Starting(record, connected, f"fleet {fleet}", fleet_ready_timeout(meters), progress)
 
     def _start_monitor(self) -> None:
         env = monitor_environment(self.topology, self.pki.directory.resolve(), self.state_dir, self.log_dir,
@@ -389,23 +394,35 @@ class LocalBus:
         ready within its own time-out, is an error naming it, with the end of its log."""
         pending = list(starting)
         t0 = time.monotonic()
+        last: dict[int, tuple[str, float]] = {}  # id(s) -> (its progress, when it last changed)
 
         def fail(s: _Starting, problem: str) -> BaseException:
             error = BrokerError if s.record.kind == "broker" else DeviceError
-            return error(f"{s.what} {problem}: {self._tail(s.record)} (log: {s.record.log})")
+            got = f" ({s.progress()})" if s.progress else ""
+            return error(f"{s.what} {problem}{got}: {self._tail(s.record)} (log: {s.record.log})")
 
         def all_ready() -> bool:
+            now = time.monotonic()
             for s in list(pending):
                 if s.ready():
                     pending.remove(s)
-                elif not processes.alive(s.record):
+                    continue
+                if not processes.alive(s.record):
                     raise fail(s, "exited at start-up")
-                elif time.monotonic() - t0 > s.timeout_s:
-                    raise fail(s, f"not ready after {s.timeout_s:g} s")
+                since = t0
+                if s.progress is not None:
+                    value = s.progress()
+                    if last.get(id(s), ("", 0.0))[0] != value:
+                        last[id(s)] = (value, now)
+                    since = last[id(s)][1]
+                if now - since > s.timeout_s:
+                    raise fail(s, f"not ready after {now - t0:.0f} s" + (", no progress for "
+                                                                          f"{s.timeout_s:g} s" if s.progress else ""))
             return not pending
 
+        # The deadlines are each process's own (above); this one only bounds a process that keeps progressing.
         longest = max((s.timeout_s for s in starting), default=0.0)
-        wait_until(all_ready, longest + 1, interval_s=0.02, what=lambda: f"{pending[0].what} not ready")
+        wait_until(all_ready, 10 * longest + 1, interval_s=0.02, what=lambda: f"{pending[0].what} not ready")
 
     def _record(self, name: str) -> ProcessRecord:
         for p in self.processes:
