@@ -20,17 +20,29 @@ from testbed.core.errors import TestbedError
 from testbed.core.topology import Topology
 from testbed.transport.health import read_health
 
-__all__ = ["FLEET_GRACE_S", "FleetState", "fleet_environment", "fleet_ready_timeout", "fleet_state"]
+__all__ = ["CONNECT_RATE", "FLEETS_AT_ONCE", "FLEET_GRACE_S", "FleetState", "fleet_environment", "fleet_ready_timeout",
+           "fleet_state"]
 
 # Longer than the issue's reconnect-storm target (every meter back within 30 s): a shortfall that
 # lasts past it is not a storm any more.
 FLEET_GRACE_S = 30.0
+# New connections per second of all the fleets starting together, shared evenly between them. Each
+# costs a TLS handshake (milliseconds of CPU in the fleet and the broker): ten fleets opening 200 a
+# second each on two cores starved their own event loops until every CONNACK timed out (measured);
+# FMB_FLEET_CONNECT_RATE in our environment sets each fleet's rate instead.
+CONNECT_RATE = 300.0
+# Fleets that ramp up at the same time: one per two cores. Measured on two shared cores: ten fleets
+# of 1,000 started together never got their meters connected (their event loops fell tens of seconds
+# behind the brokers' CONNACKs, so every handshake timed out and was retried), one alone connected
+# its 1,000 in about 20 s.
+FLEETS_AT_ONCE = max(1, (os.cpu_count() or 1) // 2)
 
 
 def fleet_environment(topology: Topology, fleet: str, certs: Path, run_dir: Path,
-                      hosts: dict[str, str] | None = None) -> dict[str, str]:
+                      hosts: dict[str, str] | None = None, together: int = 0) -> dict[str, str]:
     """Write ``<run_dir>/<fleet>.json`` (the meters of ``fleet``) and return the ``FMB_*``
-    environment of ``python -m devices.fleet``; ``hosts`` maps broker names to addresses."""
+    environment of ``python -m devices.fleet``; ``hosts`` maps broker names to addresses. The
+    fleet opens its share of :data:`CONNECT_RATE` with ``together`` fleets starting at once (0: all of them)."""
     meters = topology.fleets.get(fleet)
     if not meters:
         known = ", ".join(list(topology.fleets)[:10]) or "(none)"
@@ -52,7 +64,10 @@ def fleet_environment(topology: Topology, fleet: str, certs: Path, run_dir: Path
         json.dump({"root": topology.root, "qos": topology.qos, "meters": entries}, f)
     tmp.replace(path)
     delivery = topology.broker_for(meters[0].site, "delivery")
+    sharing = min(together or len(topology.fleets), len(topology.fleets))
+    rate = os.environ.get("FMB_FLEET_CONNECT_RATE") or f"{max(1.0, CONNECT_RATE / sharing):g}"
     return {
+        "FMB_FLEET_CONNECT_RATE": rate,
         "FMB_FLEET_ID": fleet,
         "FMB_DELIVERY": f"{(hosts or {}).get(delivery.name, delivery.host)}:{delivery.port}",
         "FMB_CA": str(certs / "ca" / "ca.pem"),

@@ -6,7 +6,8 @@ models, then the devices role by role (the DMS and the tablets first, so they se
 devices' first reports; a substation's meters as one fleet process, ``testbed.backends.fleets``).
 Each of those steps starts all of its processes at once and then waits until every one is ready
 (its log line, its heartbeat), so a bus of many substations starts in about the time of its
-slowest process per step, not the sum. Each broker may hold the connections its site's clients
+slowest process per step, not the sum; only the fleets, whose TLS handshakes take the CPU, start
+a few at a time (``testbed.backends.fleets.FLEETS_AT_ONCE``). Each broker may hold the connections its site's clients
 need: ``max_connections`` from the topology and an open-files limit raised to match. It records
 what it started in ``<state>/bus.json`` so that another command (``fmb run``, ``fmb certs
 revoke``, ``fmb down``) can find the running bus; processes are stopped by the pid recorded,
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from brokers.mosquitto import BrokerFiles, connection_budget, expected_clients, mosquitto_binary, render_broker
 from testbed.backends import processes
-from testbed.backends.fleets import FleetState, fleet_environment, fleet_ready_timeout, fleet_state
+from testbed.backends.fleets import FLEETS_AT_ONCE, FleetState, fleet_environment, fleet_ready_timeout, fleet_state
 from testbed.backends.processes import ProcessRecord
 from testbed.backends.saver import broker_argv
 from testbed.core.errors import BrokerError, DeviceError, TestbedError
@@ -230,11 +231,14 @@ class LocalBus:
             self._wait_all([self._bridge_up(bridge, way) for bridge in self.topology.bridges
                             for way in self.topology.bridge_connections(bridge)])
             self._wait_all([self._launch_feeder(f.id) for f in self.topology.feeders])
+            fleets = list(self.topology.fleets)
             for role in START_ORDER:
                 group = [self._launch_device(d) for d in self.topology.devices if d.role == role and not d.fleet]
-                if role == "meter":
-                    group += [self._launch_fleet(name) for name in self.topology.fleets]
+                if role == "meter":  # the fleets a few at a time (FLEETS_AT_ONCE), the first with the meters
+                    group += [self._launch_fleet(name) for name in fleets[:FLEETS_AT_ONCE]]
                 self._wait_all(group)
+            for i in range(FLEETS_AT_ONCE, len(fleets), FLEETS_AT_ONCE):
+                self._wait_all([self._launch_fleet(name) for name in fleets[i:i + FLEETS_AT_ONCE]])
             if self.monitor:
                 self._start_monitor()
         except BaseException:
@@ -313,11 +317,14 @@ class LocalBus:
 
     def _launch_fleet(self, fleet: str) -> _Starting:
         """Start ``python -m devices.fleet`` for ``fleet``; ready once every meter is connected."""
-        env = fleet_environment(self.topology, fleet, self.pki.directory.resolve(), self.run_dir)
+        env = fleet_environment(self.topology, fleet, self.pki.directory.resolve(), self.run_dir,
+                                together=FLEETS_AT_ONCE)
         ready = Path(env["FMB_READY_FILE"])
         ready.unlink(missing_ok=True)
-        record = self._spawn(fleet, "fleet", [sys.executable, "-m", "devices.fleet"], env)
         meters = len(self.topology.fleets[fleet])
+        # A connection per meter, and files besides: a fleet of 1,000 passes the usual 1024 limit too.
+        record = self._spawn(fleet, "fleet", [sys.executable, "-m", "devices.fleet"], env,
+                             nofile=meters + BROKER_FD_MARGIN)
 
         def connected() -> bool:
             state = fleet_state(ready, record.pid, 0.0)
