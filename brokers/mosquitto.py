@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from testbed.core.errors import BrokerError
+from testbed.core.grants import granted_topics
 from testbed.core.topics import PROFILES, ROLES, topic
 from testbed.core.topology import HARNESS_IDENTITIES, BrokerSpec, Topology
 
@@ -214,10 +215,11 @@ def render_acl(topology: Topology, broker: BrokerSpec, blocked_identities: tuple
     for ident, role in identities:
         rights = ROLES[role]
         entries = [
-            (access, topic(topology.root, g.profile, ident if g.scope == "own" else "+"))
+            (access, name)
             for access, grants in (("write", rights.publishes), ("read", rights.reads))
             for g in grants
             if PROFILES[g.profile].plane == broker.plane
+            for name in granted_topics(topology, ident, g)
         ]
         if ident == "responder":  # evictions through the dynamic-security plugin, nothing else
             entries = [("write", DYNSEC_TOPIC), ("read", DYNSEC_TOPIC + "/response")]

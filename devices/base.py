@@ -100,6 +100,8 @@ class Device:
     """Base of every role: override :meth:`handle` and, if needed, :meth:`on_started`."""
 
     role: ClassVar[str]
+    # The feeders' mRIDs of this device's feeder-scoped reads (a tablet: its site's feeders' diagrams).
+    feeders: tuple[str, ...] = ()
 
     def __init__(self, config: DeviceConfig) -> None:
         self.config = config
@@ -221,7 +223,7 @@ class Device:
     def _subscribe(self, client: paho.Client, plane: Plane, done: threading.Event) -> None:
         if done.is_set():  # a reconnection: the broker may have restarted with nothing on disk
             threading.Thread(target=self._resync, args=(plane,), daemon=True).start()
-        topics = subscriptions(self.config.root, self.role, self.id, plane, self.config.qos)
+        topics = subscriptions(self.config.root, self.role, self.id, plane, self.config.qos, self.feeders)
 
         def on_subscribe(c: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
             failed = [str(r) for r in reasons if r.is_failure]
@@ -240,9 +242,9 @@ class Device:
         try:
             profile, mrid = parse_topic(self.config.root, msg.topic)
             # A status or reading is published by the device the topic names; a command names
-            # its target in the topic and its sender in the payload.
-            source = None if profile.kind == "command" else mrid
-            message = decode(msg.payload, profile.name, source)
+            # its target in the topic and its sender in the payload; a diagram names its feeder.
+            source = None if profile.kind in ("command", "diagram") else mrid
+            message = decode(msg.payload, profile.name, source, about=mrid if profile.kind == "diagram" else None)
         except (ValueError, PayloadError) as e:
             self.rejected += 1
             reason = one_line(str(e), 300)

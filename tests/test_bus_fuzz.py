@@ -34,6 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from testbed.core.grants import granted_mrids
 from testbed.core.payloads import MAX_PAYLOAD_BYTES
 from testbed.core.topics import PROFILES, ROLES, topic
 from testbed.core.topology import Topology, load_topology
@@ -85,16 +86,15 @@ def targets(topology: Topology) -> list[Target]:
                     identities = [d.id for d in topology.devices if d.role == pub_role] or (
                         [pub_role] if pub_role in ("monitor", "operator") else [])
                     for ident in identities:
-                        if pub.scope == "own":
-                            mrids = [ident]
-                        elif grant.scope == "own":
-                            mrids = [reader]
-                        else:  # anyone's command: to each device that obeys it
+                        # What the publisher may write and the reader reads: both, where both are scoped.
+                        written, read = granted_mrids(topology, ident, pub), granted_mrids(topology, reader, grant)
+                        if written is None and read is None:  # anyone's command: to each device that obeys it
                             mrids = [d.id for d in topology.devices
                                      if any(g.profile == grant.profile for g in ROLES[d.role].reads)]
+                        else:
+                            mrids = [m for m in (written if written is not None else read or ())
+                                     if read is None or m in read]
                         for mrid in mrids:
-                            if grant.scope == "own" and mrid != reader:
-                                continue
                             found.setdefault((topic(topology.root, grant.profile, mrid), ident), set()).add(reader)
     out = []
     for (name, ident), who in sorted(found.items()):

@@ -52,8 +52,14 @@ def test_acl_is_least_privilege() -> None:
                                                      "write fmb/capbankmodule/CapBankControlProfile/+"}
     dc_delivery = _acl("dc-delivery")
     assert "meter-1" not in dc_delivery  # field devices have no rights on data-centre brokers
+    # The DMS publishes one diagram per feeder it manages, on the feeder's topic, and no other.
     assert dc_delivery["dms-1"] >= {"read fmb/metermodule/MeterReadingProfile/+",
-                                    "write fmb/dmsmodule/SingleLineDiagramProfile/dms-1"}
+                                    "write fmb/dmsmodule/SingleLineDiagramProfile/feeder-1"}
+    assert {e for e in dc_delivery["dms-1"] if "SingleLineDiagram" in e} == {
+        "write fmb/dmsmodule/SingleLineDiagramProfile/feeder-1"}
+    # The tablet reads the diagrams of its site's feeders only, and writes its display.
+    assert field_delivery["tablet-1"] == {"read fmb/dmsmodule/SingleLineDiagramProfile/feeder-1",
+                                          "write fmb/hmimodule/DisplayStatusProfile/tablet-1"}
     assert not any("#" in e for entries in dc_delivery.values() for e in entries)
 
 

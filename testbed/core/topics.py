@@ -2,8 +2,10 @@
 
 One table says, for every profile, its module, the plane it travels on and what it carries;
 another says, for every device role, which profiles it publishes and reads, and whether only
-for its own mRID or for any. Topics, subscriptions and the brokers' ACLs are all derived from
-these two tables, so a device can publish only its own topics and read only what it needs.
+for its own mRID, for any, or for feeders' mRIDs (a single-line diagram's topic names the feeder
+it shows: the DMS publishes those of the feeders it manages, a tablet reads those of its site's).
+Topics, subscriptions and the brokers' ACLs are all derived from these two tables, so a device can
+publish only its own topics and read only what it needs.
 
     Profile                    module           plane     publisher      readers
     SupplyControlProfile       supplymodule     control   tablet, dms    supply (own)
@@ -11,19 +13,21 @@ these two tables, so a device can publish only its own topics and read only what
     MeterReadingProfile        metermodule      delivery  meter (own)    dms
     CapBankControlProfile      capbankmodule    control   dms            capbank (own)
     CapBankStatusProfile       capbankmodule    delivery  capbank (own)  dms
-    SingleLineDiagramProfile   dmsmodule        delivery  dms (own)      tablet
+    SingleLineDiagramProfile   dmsmodule        delivery  dms (feeders)  tablet (its site's feeders)
     DisplayStatusProfile       hmimodule        delivery  tablet (own)   (recorder only)
     AlertProfile               securitymodule   control   monitor (own)  tablet (recorder, operators)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
     "CONTROL",
     "DELIVERY",
+    "FEEDER_SCOPES",
     "PLANES",
     "PROFILES",
     "ROLES",
@@ -31,6 +35,8 @@ __all__ = [
     "Plane",
     "Profile",
     "RoleRights",
+    "Scope",
+    "grant_topics",
     "parse_topic",
     "subscriptions",
     "topic",
@@ -73,12 +79,18 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+# "own": the identity's mRID; "any": every mRID; "feeders": every feeder of the bus (what a DMS
+# manages); "site": the feeders of the identity's site (what a substation's tablet shows).
+Scope = Literal["own", "any", "feeders", "site"]
+FEEDER_SCOPES: tuple[Scope, ...] = ("feeders", "site")
+
+
 @dataclass(frozen=True)
 class Grant:
-    """A right on one profile: for the identity's own mRID only, or for any mRID."""
+    """A right on one profile, for the mRIDs its scope names."""
 
     profile: str
-    scope: Literal["own", "any"]
+    scope: Scope
 
 
 @dataclass(frozen=True)
@@ -93,7 +105,8 @@ ROLES: dict[str, RoleRights] = {
     "tablet": RoleRights(
         publishes=(Grant("SupplyControlProfile", "any"), Grant("DisplayStatusProfile", "own")),
         # The operator's screen shows the monitor's alerts beside the diagram.
-        reads=(Grant("SingleLineDiagramProfile", "any"), Grant("AlertProfile", "any")),
+        # Only its own site's feeders' diagrams: a substation's bridge carries no other's.
+        reads=(Grant("SingleLineDiagramProfile", "site"), Grant("AlertProfile", "any")),
     ),
     "supply": RoleRights(
         publishes=(Grant("SupplyStatusProfile", "own"),),
@@ -111,7 +124,7 @@ ROLES: dict[str, RoleRights] = {
         publishes=(
             Grant("CapBankControlProfile", "any"),
             Grant("SupplyControlProfile", "any"),
-            Grant("SingleLineDiagramProfile", "own"),
+            Grant("SingleLineDiagramProfile", "feeders"),
         ),
         reads=(
             Grant("MeterReadingProfile", "any"),
@@ -143,10 +156,22 @@ ROLES: dict[str, RoleRights] = {
 }
 
 
-def subscriptions(root: str, role: str, ident: str, plane: Plane, qos: int = 1) -> list[tuple[str, int]]:
-    """What identity ``ident`` of ``role`` subscribes to on a broker of ``plane``: its reads."""
-    return [(topic(root, g.profile, ident if g.scope == "own" else "+"), qos)
-            for g in ROLES[role].reads if PROFILES[g.profile].plane == plane]
+def grant_topics(root: str, grant: Grant, ident: str, feeders: Sequence[str] = ()) -> list[str]:
+    """The topic filters ``grant`` gives identity ``ident``; ``feeders``: the mRIDs its feeder
+    scope covers (``testbed.core.grants.granted_mrids`` says which, from the topology)."""
+    if grant.scope == "own":
+        return [topic(root, grant.profile, ident)]
+    if grant.scope == "any":
+        return [topic(root, grant.profile, "+")]
+    return [topic(root, grant.profile, f) for f in feeders]
+
+
+def subscriptions(root: str, role: str, ident: str, plane: Plane, qos: int = 1,
+                  feeders: Sequence[str] = ()) -> list[tuple[str, int]]:
+    """What identity ``ident`` of ``role`` subscribes to on a broker of ``plane``: its reads
+    (``feeders``: the mRIDs of its feeder-scoped reads, e.g. a tablet's site's feeders)."""
+    return [(name, qos) for g in ROLES[role].reads if PROFILES[g.profile].plane == plane
+            for name in grant_topics(root, g, ident, feeders)]
 
 
 def topic(root: str, profile: str, mrid: str) -> str:

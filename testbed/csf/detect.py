@@ -38,6 +38,7 @@ from typing import Any
 
 from brokers.mosquitto import DYNSEC_TOPIC
 from testbed.core.errors import ConfigError
+from testbed.core.grants import granted_topics
 from testbed.core.payloads import Message
 from testbed.core.topics import PROFILES, ROLES, parse_topic, topic
 from testbed.core.topology import HARNESS_IDENTITIES, Topology
@@ -203,8 +204,8 @@ class Detector:
         role = self.topology.identity_role(identity)
         if role is None:
             return []
-        return [topic(self.topology.root, g.profile, identity if g.scope == "own" else "+")
-                for g in ROLES[role].reads if PROFILES[g.profile].plane == plane]
+        return [name for g in ROLES[role].reads if PROFILES[g.profile].plane == plane
+                for name in granted_topics(self.topology, identity, g)]
 
     def publishes_on(self, identity: str | None, broker: str) -> bool:
         role = self.topology.identity_role(identity or "")

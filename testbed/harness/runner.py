@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from testbed.backends.environment import environment
 from testbed.core.errors import ScenarioError
+from testbed.core.grants import granted_mrids
 from testbed.core.payloads import decode, encode, new_traceparent
 from testbed.core.results import Repetition, RepetitionSpread, ScenarioEnd, ScenarioResultDoc, ScenarioStep
 from testbed.core.scenario import Expectation, Scenario
@@ -262,7 +263,8 @@ class ScenarioRunner:
         profile = PROFILES[obs.decoded.profile]
         return [d.id for d in self.topology.devices
                 for g in ROLES[d.role].reads
-                if g.profile == profile.name and (g.scope == "any" or obs.mrid == d.id)]
+                if g.profile == profile.name
+                and ((mrids := granted_mrids(self.topology, d.id, g)) is None or obs.mrid in mrids)]
 
     # -- many repetitions and the result files ------------------------------------------------
 
