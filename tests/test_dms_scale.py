@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from devices.feeder_file import read_feeders, write_feeders
+from testbed.backends import processes
 from testbed.backends.local import device_environment
 from testbed.bench.common import Processes, start_broker
 from testbed.core.payloads import decode, encode
@@ -102,7 +103,7 @@ def scale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScaleBus]:
     topology = load_topology(_topology_file(work))
     pki = PKI(work / "certs")
     pki.init({b.name: [b.host] for b in topology.brokers}, USED + [b.name for b in topology.bridges])
-    SigningKeys(pki.directory).ensure(["dms-1"])
+    SigningKeys(pki.directory).ensure(topology.command_signers())  # the DMS and the tablet sign commands
     procs = Processes(work / "logs")
     (work / "logs").mkdir()
     try:
@@ -117,10 +118,12 @@ def scale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScaleBus]:
         for name in ("dms-1", "tablet-1"):
             device = topology.device(name)
             env = device_environment(topology, device, pki.directory.resolve(), work / "run")
-            devices.append(procs.start(name, [sys.executable, "-m", f"devices.{device.role}"], env))
-            log = work / "logs" / f"{name}.log"
-            wait_until(lambda name=name: (work / "run" / f"{name}.ready").exists(), 30,  # type: ignore[misc]
-                       what=lambda log=log: f"not ready: {log.read_text()[-2000:]}")  # type: ignore[misc]
+            record = procs.start(name, [sys.executable, "-m", f"devices.{device.role}"], env)
+            devices.append(record)
+            ready, log = Path(env["FMB_READY_FILE"]), work / "logs" / f"{name}.log"
+            wait_until(lambda r=ready, p=record: r.exists() or not processes.alive(p),
+                       30, what=f"{name} is not ready")
+            assert ready.exists(), f"{name} did not start: {log.read_text()[-2000:]}"
         yield bus
         bus.recorder.stop()
         assert procs.stop(devices) == [], "a device did not stop on SIGTERM"
@@ -147,7 +150,7 @@ def test_every_feeder_has_its_own_diagram_under_the_size_limit(scale: ScaleBus) 
     sizes = [len(o.raw) for o in found.values()]
     assert max(sizes) < limit, max(sizes)
     for feeder, o in found.items():
-        assert o.message is not None and o.message.source == "dms-1" and o.retain
+        assert o.message is not None and o.message.source == "dms-1"
         assert decode(o.raw, "SingleLineDiagramProfile", about=feeder).body["feeder"] == feeder
     assert found[MULTI].decoded.body["meters"]["count"] == 3
     # What the one diagram of every feeder used to be would not pass the brokers any more.
