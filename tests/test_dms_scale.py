@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,10 @@ def _diagrams(observations: list[Observation]) -> list[Observation]:
     return [o for o in observations if o.message is not None and o.message.profile == "SingleLineDiagramProfile"]
 
 
+def _ready_or_gone(ready: Path, record: processes.ProcessRecord) -> bool:
+    return ready.exists() or not processes.alive(record)
+
+
 @pytest.fixture(scope="module")
 def scale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScaleBus]:
     require(shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists(),
@@ -121,8 +126,7 @@ def scale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScaleBus]:
             record = procs.start(name, [sys.executable, "-m", f"devices.{device.role}"], env)
             devices.append(record)
             ready, log = Path(env["FMB_READY_FILE"]), work / "logs" / f"{name}.log"
-            wait_until(lambda r=ready, p=record: r.exists() or not processes.alive(p),
-                       30, what=f"{name} is not ready")
+            wait_until(partial(_ready_or_gone, ready, record), 30, what=f"{name} is not ready")
             assert ready.exists(), f"{name} did not start: {log.read_text()[-2000:]}"
         yield bus
         bus.recorder.stop()
