@@ -27,7 +27,6 @@ from typing import Literal
 __all__ = [
     "CONTROL",
     "DELIVERY",
-    "FEEDER_SCOPES",
     "PLANES",
     "PROFILES",
     "ROLES",
@@ -82,7 +81,6 @@ PROFILES: dict[str, Profile] = {
 # "own": the identity's mRID; "any": every mRID; "feeders": every feeder of the bus (what a DMS
 # manages); "site": the feeders of the identity's site (what a substation's tablet shows).
 Scope = Literal["own", "any", "feeders", "site"]
-FEEDER_SCOPES: tuple[Scope, ...] = ("feeders", "site")
 
 
 @dataclass(frozen=True)
