@@ -100,8 +100,6 @@ class Device:
     """Base of every role: override :meth:`handle` and, if needed, :meth:`on_started`."""
 
     role: ClassVar[str]
-    # The feeders' mRIDs of this device's feeder-scoped reads (a tablet: its site's feeders' diagrams).
-    feeders: tuple[str, ...] = ()
 
     def __init__(self, config: DeviceConfig) -> None:
         self.config = config
@@ -223,7 +221,7 @@ class Device:
     def _subscribe(self, client: paho.Client, plane: Plane, done: threading.Event) -> None:
         if done.is_set():  # a reconnection: the broker may have restarted with nothing on disk
             threading.Thread(target=self._resync, args=(plane,), daemon=True).start()
-        topics = subscriptions(self.config.root, self.role, self.id, plane, self.config.qos, self.feeders)
+        topics = subscriptions(self.config.root, self.role, self.id, plane, self.config.qos)
 
         def on_subscribe(c: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
             failed = [str(r) for r in reasons if r.is_failure]

@@ -1,4 +1,4 @@
-"""The feeders a DMS manages, or a tablet shows, as a JSON file: written by the backend, read by the device.
+"""The feeders a DMS manages, as a JSON file: written by the backend, read by the DMS.
 
 An environment variable holds at most 128 KiB, a few hundred feeders; a utility has thousands.
 So the backend writes the topology's feeders (``testbed.core.topology.FeederSpec`` as dicts) into
@@ -42,13 +42,12 @@ class FeederPlan:
         return self.meters[0]
 
 
-def write_feeders(topology: Topology, run_dir: Path, site: str | None = None) -> Path:
-    """Write the feeders of ``topology`` (only those of ``site`` if given) into ``run_dir``; the path."""
-    feeders = [f for f in topology.feeders if site is None or f.site == site]
-    path = run_dir / ("feeders.json" if site is None else f"feeders-{site}.json")
+def write_feeders(topology: Topology, run_dir: Path) -> Path:
+    """Write the feeders of ``topology`` into ``run_dir/feeders.json``; its path."""
+    path = run_dir / "feeders.json"
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps([asdict(f) for f in feeders], separators=(",", ":")))
+    tmp.write_text(json.dumps([asdict(f) for f in topology.feeders], separators=(",", ":")))
     os.replace(tmp, path)  # a device starting meanwhile reads the old file or the new, never half of one
     return path
 

@@ -1,11 +1,11 @@
 """Tablet UI: the operator's console of Appendix A.
 
-Displays the single-line diagrams of its site's feeders (one per feeder, published by the DMS on
-``SingleLineDiagramProfile/<feeder mRID>``; the feeders are those of ``FMB_FEEDERS_FILE``, see
-``devices.feeder_file``) merged into one view, and acknowledges each diagram it has displayed with
-``DisplayStatusProfile/<own mRID>``, retained (so what the screen shows, and the end of a scenario,
-are observable on the bus). It shows only diagrams whose publisher is a DMS of ``FMB_DMS``
-(comma-separated; the brokers' ACLs let no other identity publish one either). It also shows the monitor's alerts
+Displays the single-line diagrams of its site's feeders (one per feeder, published by the DMS
+on ``SingleLineDiagramProfile/<feeder mRID>``; its ACL lets only its site's reach it) merged
+into one view, and acknowledges each diagram it has displayed with ``DisplayStatusProfile/<own
+mRID>``, retained (so what the screen shows, and the end of a scenario, are observable on the
+bus). It shows only diagrams whose publisher is a DMS of ``FMB_DMS`` (comma-separated; the
+brokers' ACLs let no other identity publish one either). It also shows the monitor's alerts
 (``AlertProfile``, control plane). The operator's screen is a web page the tablet serves
 (``devices.tablet_web``, when ``FMB_UI_HTTP`` is set); the harness's input arrives on a local
 Unix socket (``FMB_UI_SOCKET``), one JSON request a line:
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from devices.base import Device, DeviceConfig, main
-from devices.feeder_file import read_feeders
 from devices.tablet_web import TabletWeb, WebSettings
 from testbed.core.payloads import Message, PayloadError, new_traceparent
 from testbed.core.topics import Profile
@@ -41,12 +40,8 @@ class TabletUI(Device):
         super().__init__(config)
         # Set before the first connection: the retained diagram may arrive before on_started.
         self.display: dict[str, Any] | None = None
-        self.feeders = tuple(f.id for f in read_feeders(config.extra))  # what the base subscribes to
-        # Feeder -> its latest diagram ({} until one arrives), in the file's order: the screen's order.
-        self.diagrams: dict[str, dict[str, Any]] = {f: {} for f in self.feeders}
+        self.diagrams: dict[str, dict[str, Any]] = {}  # feeder -> its latest diagram
         self.dms = {name.strip() for name in config.extra.get("FMB_DMS", "").split(",") if name.strip()}
-        if not self.feeders:
-            self.log.warning("no feeders (FMB_FEEDERS_FILE): this tablet shows no diagram")
         if not self.dms:
             self.log.warning("FMB_DMS is not set: diagrams from whoever the brokers let publish one are shown")
         self.web: TabletWeb | None = None
@@ -72,13 +67,10 @@ class TabletUI(Device):
             self.log.error("ignored a diagram of %s published by %s, not a DMS (%s)", mrid, message.source,
                            ", ".join(sorted(self.dms)))
             return
-        if mrid not in self.diagrams:  # subscribed only to its feeders': a broker that sends others is wrong
-            self.log.warning("ignored a diagram of %s, not a feeder of this site", mrid)
-            return
         displayed_ns = time.time_ns()
         self.diagrams[mrid] = message.body
         self.display = {"dms": message.source, "diagram_seq": message.seq, "displayed_ns": displayed_ns,
-                        "feeders": {f: d for f, d in self.diagrams.items() if d}}
+                        "feeders": dict(sorted(self.diagrams.items()))}  # one screen order, whatever came first
         self.publish("DisplayStatusProfile", self.id, self.display, traceparent, retain=True)
         if self.web is not None:
             self.web.emit("display", self.display)

@@ -34,7 +34,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from testbed.core.grants import granted_mrids
 from testbed.core.payloads import MAX_PAYLOAD_BYTES
 from testbed.core.topics import PROFILES, ROLES, topic
 from testbed.core.topology import Topology, load_topology
@@ -87,13 +86,12 @@ def targets(topology: Topology) -> list[Target]:
                         [pub_role] if pub_role in ("monitor", "operator") else [])
                     for ident in identities:
                         # What the publisher may write and the reader reads: both, where both are scoped.
-                        written, read = granted_mrids(topology, ident, pub), granted_mrids(topology, reader, grant)
-                        if written is None and read is None:  # anyone's command: to each device that obeys it
+                        written, read = topology.grant_mrids(ident, pub), topology.grant_mrids(reader, grant)
+                        if written == read == ["+"]:  # anyone's command: to each device that obeys it
                             mrids = [d.id for d in topology.devices
                                      if any(g.profile == grant.profile for g in ROLES[d.role].reads)]
                         else:
-                            mrids = [m for m in (written if written is not None else read or ())
-                                     if read is None or m in read]
+                            mrids = [m for m in (read if written == ["+"] else written) if read == ["+"] or m in read]
                         for mrid in mrids:
                             found.setdefault((topic(topology.root, grant.profile, mrid), ident), set()).add(reader)
     out = []

@@ -1,4 +1,4 @@
-"""The feeders file (hostile input: one-line errors), the feeder-scoped grants and the diagram's
+"""The feeders file (hostile input: one-line errors), the diagrams' grants and the diagram's
 checks in decode and in the tablet (no broker: tests/test_dms_scale.py runs them on one)."""
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from devices.base import DeviceConfig
 from devices.feeder_file import MAX_FEEDERS_FILE_BYTES, read_feeders, write_feeders
 from devices.tablet import TabletUI
 from testbed.core.errors import DeviceError, PayloadError
-from testbed.core.grants import granted_mrids, granted_topics
 from testbed.core.payloads import Message, decode, encode
-from testbed.core.topics import PROFILES, ROLES, Grant, subscriptions
+from testbed.core.topics import PROFILES, ROLES, Grant
 from testbed.core.topology import load_topology
 from testbed.transport.health import install
 from testbed.transport.mqtt import Endpoint, TLSIdentity
@@ -68,24 +67,18 @@ def test_feeders_read_back_as_written(tmp_path: Path) -> None:
     assert (plan.id, plan.meter, plan.meters) == ("f1", "m1", ("m1", "m2"))
     (one,) = read_feeders({"FMB_FEEDERS": json.dumps([{"id": "f", "supply": "s", "capbank": "c", "meter": "m"}])})
     assert one.meters == ("m",)  # a single `meter`, as small topologies write it
-    all_path, field_path = write_feeders(T, tmp_path), write_feeders(T, tmp_path, "field")
-    assert [f.id for f in read_feeders({"FMB_FEEDERS_FILE": str(all_path)})] == ["feeder-1"]
-    assert [f.meter for f in read_feeders({"FMB_FEEDERS_FILE": str(field_path)})] == ["meter-1"]
-    assert read_feeders({"FMB_FEEDERS_FILE": str(write_feeders(T, tmp_path, "dc"))}) == []
+    path = write_feeders(T, tmp_path)
+    assert [(f.id, f.meter) for f in read_feeders({"FMB_FEEDERS_FILE": str(path)})] == [("feeder-1", "meter-1")]
     assert read_feeders({}) == []
 
 
-def test_feeder_scopes_name_the_managed_and_the_sites_feeders() -> None:
-    diagram = PROFILES["SingleLineDiagramProfile"].name
+def test_the_dms_publishes_every_feeders_diagram_a_tablet_reads_its_sites() -> None:
+    diagram = "SingleLineDiagramProfile"
     assert Grant(diagram, "feeders") in ROLES["dms"].publishes and Grant(diagram, "site") in ROLES["tablet"].reads
-    assert granted_mrids(T, "dms-1", Grant(diagram, "feeders")) == ("feeder-1",)
-    assert granted_mrids(T, "tablet-1", Grant(diagram, "site")) == ("feeder-1",)
-    assert granted_mrids(T, "dms-1", Grant(diagram, "site")) == ()  # the data centre has no feeder
-    assert granted_mrids(T, "recorder", Grant(diagram, "site")) == ()  # nor has the harness a site
-    assert granted_mrids(T, "recorder", Grant(diagram, "any")) is None
-    assert granted_topics(T, "tablet-1", Grant(diagram, "site")) == ["fmb/dmsmodule/SingleLineDiagramProfile/feeder-1"]
-    assert subscriptions("fmb", "tablet", "tablet-1", "delivery", 1, ("f1", "f2")) == [
-        ("fmb/dmsmodule/SingleLineDiagramProfile/f1", 1), ("fmb/dmsmodule/SingleLineDiagramProfile/f2", 1)]
+    assert T.grant_mrids("dms-1", Grant(diagram, "feeders")) == ["feeder-1"]
+    assert T.grant_mrids("tablet-1", Grant(diagram, "site")) == ["feeder-1"]
+    assert T.grant_mrids("dms-1", Grant(diagram, "site")) == []  # the data centre has no feeder
+    assert T.grant_mrids("recorder", Grant(diagram, "feeders")) == ["feeder-1"]  # a scope, whoever holds it
 
 
 def _diagram(feeder: str, source: str = "dms-1") -> bytes:
@@ -102,17 +95,12 @@ def test_a_diagram_must_show_the_feeder_its_topic_names() -> None:
 
 
 def test_the_tablet_ignores_a_diagram_not_published_by_a_dms(tmp_path: Path) -> None:
-    feeders = tmp_path / "feeders.json"
-    feeders.write_text(json.dumps([{"id": "feeder-1", "supply": "supply-1", "capbank": "capbank-1",
-                                    "meters": ["meter-1"]}]))
     config = DeviceConfig("tablet-1", Endpoint("127.0.0.1", 1), Endpoint("127.0.0.1", 1),
-                          TLSIdentity(tmp_path / "ca", tmp_path / "cert", tmp_path / "key"),
-                          extra={"FMB_FEEDERS_FILE": str(feeders), "FMB_DMS": "dms-1"})
+                          TLSIdentity(tmp_path / "ca", tmp_path / "cert", tmp_path / "key"), extra={"FMB_DMS": "dms-1"})
     try:
         tablet = TabletUI(config)
     finally:
         install(None)  # the device made its heartbeat this process's
-    assert tablet.feeders == ("feeder-1",)
     forged = Message("SingleLineDiagramProfile", "meter-1", 1, time.time_ns(),
                      decode(_diagram("feeder-1", "meter-1")).body)
     tablet.handle(PROFILES["SingleLineDiagramProfile"], "feeder-1", forged, None)

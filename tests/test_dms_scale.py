@@ -197,8 +197,13 @@ def test_only_the_regulating_meter_makes_the_dms_act(scale: ScaleBus) -> None:
     log = scale.dms_log.read_text()[log_start:]
     assert "feeder-000: 112.0 V below range A, closing feeder-000-capbank" in log, log
     assert "110.0 V" not in log, log
-    last = [o for o in _diagrams(scale.recorder.snapshot(since)) if o.mrid == MULTI][-1].decoded.body
-    assert (last["meter_v"], last["range_a"], last["meters"]["min_v"]) == (112.0, "low", 110.0), last
+
+    def redrawn(observations: list[Observation]) -> list[Observation]:  # published after the command
+        return [o for o in _diagrams(observations[since:]) if o.mrid == MULTI and o.decoded.body["meter_v"] == 112.0]
+
+    (diagram,) = scale.recorder.wait_for(redrawn, 10)
+    body = diagram.decoded.body
+    assert (body["range_a"], body["meters"]["min_v"], body["meters"]["max_v"]) == ("low", 110.0, 112.0), body
 
 
 def test_only_a_dms_may_publish_a_diagram(scale: ScaleBus) -> None:
@@ -232,5 +237,8 @@ def test_the_tablet_shows_its_sites_feeders_merged(scale: ScaleBus) -> None:
 
     display = scale.recorder.wait_for(shown, 15)
     assert display, [o.as_json() for o in scale.recorder.snapshot(since)]
-    # Its site's two feeders, none of the 498 others.
+    # Its site's two feeders, none of the 498 others; nor did their diagrams cross the bridge.
     assert set(display["feeders"]) == set(SUB_FEEDERS) and display["dms"] == "dms-1"
+    sub = scale.topology.broker_for("sub", "delivery").name
+    crossed = {o.mrid for o in _diagrams(scale.recorder.snapshot()) if any(b == sub for b, _, _ in o.sightings)}
+    assert crossed == set(SUB_FEEDERS), sorted(crossed)[:10]

@@ -41,15 +41,17 @@ def test_topic_round_trip() -> None:
 def test_acl_is_least_privilege() -> None:
     field_control = _acl("field-control")
     assert field_control["capbank-1"] == {"read fmb/capbankmodule/CapBankControlProfile/capbank-1"}
-    # The operator's screen shows the monitor's alerts: the tablet reads them, and writes only commands.
-    assert field_control["tablet-1"] == {"write fmb/supplymodule/SupplyControlProfile/+",
+    # The operator's screen shows the monitor's alerts: the tablet reads them, and writes only commands,
+    # to its own site's supplies.
+    assert field_control["tablet-1"] == {"write fmb/supplymodule/SupplyControlProfile/supply-1",
                                          "read fmb/securitymodule/AlertProfile/+"}
     assert "meter-1" not in field_control  # a meter has no business on the control plane
     field_delivery = _acl("field-delivery")
     assert field_delivery["meter-1"] == {"write fmb/metermodule/MeterReadingProfile/meter-1"}
     assert all(e.startswith("read ") for e in field_delivery["recorder"])
-    assert field_control["bridge-field-control"] == {"write fmb/supplymodule/SupplyControlProfile/+",
-                                                     "write fmb/capbankmodule/CapBankControlProfile/+"}
+    # The data centre's bridge writes here only the commands addressed to this site's devices.
+    assert field_control["bridge-field-control"] == {"write fmb/supplymodule/SupplyControlProfile/supply-1",
+                                                     "write fmb/capbankmodule/CapBankControlProfile/capbank-1"}
     dc_delivery = _acl("dc-delivery")
     assert "meter-1" not in dc_delivery  # field devices have no rights on data-centre brokers
     # The DMS publishes one diagram per feeder it manages, on the feeder's topic, and no other.
@@ -82,7 +84,10 @@ def test_bridges_carry_only_what_the_other_side_reads() -> None:
     assert "restart_timeout 1 1" in conf and "keepalive_interval 5" in conf
     dc = render_conf(T, T.broker("dc-delivery"), files)
     assert "persistence true" in dc and "autosave_interval 60" in dc
-    assert "connection bridge-field-delivery-in" in dc and "topic fmb/dmsmodule/SingleLineDiagramProfile/+ out 1" in dc
+    # Inward, the field's bridge carries the diagrams of the field's feeders only (the tablet's reads).
+    assert "connection bridge-field-delivery-in" in dc
+    assert "topic fmb/dmsmodule/SingleLineDiagramProfile/feeder-1 out 1" in dc
+    assert "SingleLineDiagramProfile/+" not in dc
     assert "connection bridge-field-control-in" in render_conf(T, T.broker("dc-control"), files)
     assert "connection " not in render_conf(T, T.broker("field-control"), files)  # nothing goes up on control
 

@@ -74,14 +74,13 @@ def device_environment(topology: Topology, device: DeviceSpec, certs: Path, run_
         env["FMB_UI_CERT"] = str(certs / "servers" / f"{device.id}-ui.pem")
         env["FMB_UI_KEY"] = str(certs / "servers" / f"{device.id}-ui.key")
         env["FMB_UI_URL_FILE"] = str(run_dir / f"{device.id}.url")
-        env["FMB_FEEDERS_FILE"] = str(write_feeders(topology, run_dir, device.site))  # the diagrams it shows
-        env["FMB_DMS"] = ",".join(d.id for d in topology.devices if d.role == "dms")  # who publishes them
-    for f in topology.feeders:
-        if device.id in (f.supply, f.capbank, f.meter):
-            env["FMB_FEEDER_SOCKET"] = str(run_dir / f"{f.id}.sock")
-            if device.role == "meter":
-                env["FMB_METER_DEADBAND_V"] = str(f.meter_deadband_v)
-                env["FMB_METER_PERIOD_S"] = str(f.meter_period_s)
+        env["FMB_DMS"] = ",".join(d.id for d in topology.devices if d.role == "dms")  # whose diagrams it shows
+    f = topology.feeder_of(device.id)
+    if f is not None:
+        env["FMB_FEEDER_SOCKET"] = str(run_dir / f"{f.id}.sock")
+        if device.role == "meter":
+            env["FMB_METER_DEADBAND_V"] = str(f.meter_deadband_v)
+            env["FMB_METER_PERIOD_S"] = str(f.meter_period_s)
     return env
 
 

@@ -65,7 +65,6 @@ from testbed.bench.crash import policy_of
 from testbed.bench.latency import source_revision
 from testbed.bench.recovery import TUNED, Producer, whole_at
 from testbed.core.errors import BenchmarkError, FaultError, PayloadError, TestbedError
-from testbed.core.grants import granted_mrids
 from testbed.core.payloads import MAX_DEPTH, NOMINAL_V, decode, encode
 from testbed.core.results import (
     SoakFault,
@@ -355,12 +354,12 @@ def _poison_targets(topology: Topology) -> dict[str, tuple[str, str, str]]:
                 reads = [g for g in ROLES[reader.role].reads if g.profile == grant.profile]
                 if reader.id == publisher.id or not reads:
                     continue
-                # Each mRID the publisher may write and the reader reads (its own, if neither is scoped).
-                written = granted_mrids(topology, publisher.id, grant)
-                read = [granted_mrids(topology, reader.id, g) for g in reads]
-                candidates = written if written is not None else (reader.id,)
-                for mrid in candidates:
-                    if any(r is None or mrid in r for r in read):
+                # Each mRID the publisher may write and the reader reads (the reader's own when the
+                # publisher may write any: a command to it).
+                written = topology.grant_mrids(publisher.id, grant)
+                read = [topology.grant_mrids(reader.id, g) for g in reads]
+                for mrid in [reader.id] if written == ["+"] else written:
+                    if any(r == ["+"] or mrid in r for r in read):
                         found.setdefault(f"{topic(topology.root, grant.profile, mrid)} as {publisher.id}",
                                          (publisher.id, grant.profile, mrid))
     return found

@@ -2,13 +2,13 @@
 
 One table says, for every profile, its module, the plane it travels on and what it carries;
 another says, for every device role, which profiles it publishes and reads, and whether only
-for its own mRID, for any, or for feeders' mRIDs (a single-line diagram's topic names the feeder
-it shows: the DMS publishes those of the feeders it manages, a tablet reads those of its site's).
+for its own mRID, for its site's, for the feeders' or for any (a single-line diagram's topic names
+the feeder it shows: the DMS publishes those of every feeder, a tablet reads those of its site's).
 Topics, subscriptions and the brokers' ACLs are all derived from these two tables, so a device can
 publish only its own topics and read only what it needs.
 
     Profile                    module           plane     publisher      readers
-    SupplyControlProfile       supplymodule     control   tablet, dms    supply (own)
+    SupplyControlProfile       supplymodule     control   tablet (site), dms  supply (own)
     SupplyStatusProfile        supplymodule     delivery  supply (own)   dms
     MeterReadingProfile        metermodule      delivery  meter (own)    dms
     CapBankControlProfile      capbankmodule    control   dms            capbank (own)
@@ -20,7 +20,6 @@ publish only its own topics and read only what it needs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,7 +34,6 @@ __all__ = [
     "Profile",
     "RoleRights",
     "Scope",
-    "grant_topics",
     "parse_topic",
     "subscriptions",
     "topic",
@@ -78,14 +76,16 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-# "own": the identity's mRID; "any": every mRID; "feeders": every feeder of the bus (what a DMS
-# manages); "site": the feeders of the identity's site (what a substation's tablet shows).
-Scope = Literal["own", "any", "feeders", "site"]
+# "own": the identity's mRID; "any": every mRID; "site": the mRIDs of the identity's site (its
+# devices', and for a diagram its feeders': what a substation's tablet commands and shows);
+# "feeders": every feeder of the bus (the diagrams a DMS publishes).
+Scope = Literal["own", "site", "feeders", "any"]
 
 
 @dataclass(frozen=True)
 class Grant:
-    """A right on one profile, for the mRIDs its scope names."""
+    """A right on one profile, for the mRIDs its scope names (``Topology.grant_mrids`` resolves
+    "site" and "feeders" from the topology)."""
 
     profile: str
     scope: Scope
@@ -100,8 +100,9 @@ class RoleRights:
 
 
 ROLES: dict[str, RoleRights] = {
+    # A substation's operator commands that substation's supplies, not another's.
     "tablet": RoleRights(
-        publishes=(Grant("SupplyControlProfile", "any"), Grant("DisplayStatusProfile", "own")),
+        publishes=(Grant("SupplyControlProfile", "site"), Grant("DisplayStatusProfile", "own")),
         # The operator's screen shows the monitor's alerts beside the diagram.
         # Only its own site's feeders' diagrams: a substation's bridge carries no other's.
         reads=(Grant("SingleLineDiagramProfile", "site"), Grant("AlertProfile", "any")),
@@ -154,22 +155,11 @@ ROLES: dict[str, RoleRights] = {
 }
 
 
-def grant_topics(root: str, grant: Grant, ident: str, feeders: Sequence[str] = ()) -> list[str]:
-    """The topic filters ``grant`` gives identity ``ident``; ``feeders``: the mRIDs its feeder
-    scope covers (``testbed.core.grants.granted_mrids`` says which, from the topology)."""
-    if grant.scope == "own":
-        return [topic(root, grant.profile, ident)]
-    if grant.scope == "any":
-        return [topic(root, grant.profile, "+")]
-    return [topic(root, grant.profile, f) for f in feeders]
-
-
-def subscriptions(root: str, role: str, ident: str, plane: Plane, qos: int = 1,
-                  feeders: Sequence[str] = ()) -> list[tuple[str, int]]:
-    """What identity ``ident`` of ``role`` subscribes to on a broker of ``plane``: its reads
-    (``feeders``: the mRIDs of its feeder-scoped reads, e.g. a tablet's site's feeders)."""
-    return [(name, qos) for g in ROLES[role].reads if PROFILES[g.profile].plane == plane
-            for name in grant_topics(root, g, ident, feeders)]
+def subscriptions(root: str, role: str, ident: str, plane: Plane, qos: int = 1) -> list[tuple[str, int]]:
+    """What identity ``ident`` of ``role`` subscribes to on a broker of ``plane``: its reads (a
+    site-wide read subscribes to any mRID; the broker's ACL delivers only the site's)."""
+    return [(topic(root, g.profile, ident if g.scope == "own" else "+"), qos)
+            for g in ROLES[role].reads if PROFILES[g.profile].plane == plane]
 
 
 def topic(root: str, profile: str, mrid: str) -> str:

@@ -13,8 +13,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from testbed.core.grants import granted_topics
-from testbed.core.topics import PROFILES, ROLES
+from testbed.core.topics import PROFILES, ROLES, topic
 from testbed.core.topology import HARNESS_IDENTITIES, Topology
 from testbed.security.pki import PKI
 
@@ -29,9 +28,9 @@ def _rights(topology: Topology, ident: str, role: str, site: str | None) -> list
         for g in grants:
             plane = PROFILES[g.profile].plane
             brokers = [b.name for b in topology.brokers if b.plane == plane and (site is None or b.site == site)]
-            for name in granted_topics(topology, ident, g):
-                rights.append({"access": access, "topic": name, "profile": g.profile, "plane": plane,
-                               "brokers": ", ".join(brokers)})
+            for mrid in topology.grant_mrids(ident, g):
+                rights.append({"access": access, "topic": topic(topology.root, g.profile, mrid), "profile": g.profile,
+                               "plane": plane, "brokers": ", ".join(brokers)})
     return rights
 
 

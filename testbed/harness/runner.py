@@ -28,7 +28,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from testbed.backends.environment import environment
 from testbed.core.errors import ScenarioError
-from testbed.core.grants import granted_mrids
 from testbed.core.payloads import decode, encode, new_traceparent
 from testbed.core.results import Repetition, RepetitionSpread, ScenarioEnd, ScenarioResultDoc, ScenarioStep
 from testbed.core.scenario import Expectation, Scenario
@@ -263,8 +262,7 @@ class ScenarioRunner:
         profile = PROFILES[obs.decoded.profile]
         return [d.id for d in self.topology.devices
                 for g in ROLES[d.role].reads
-                if g.profile == profile.name
-                and ((mrids := granted_mrids(self.topology, d.id, g)) is None or obs.mrid in mrids)]
+                if g.profile == profile.name and ("+" in (m := self.topology.grant_mrids(d.id, g)) or obs.mrid in m)]
 
     # -- many repetitions and the result files ------------------------------------------------
 
