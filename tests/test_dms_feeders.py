@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from pathlib import Path
 
 import pytest
 
 from devices.base import DeviceConfig
+from devices.dms import MeterSummary
 from devices.feeder_file import MAX_FEEDERS_FILE_BYTES, read_feeders, write_feeders
 from devices.tablet import TabletUI
 from testbed.core.errors import DeviceError, PayloadError
@@ -105,3 +107,22 @@ def test_the_tablet_ignores_a_diagram_not_published_by_a_dms(tmp_path: Path) -> 
                      decode(_diagram("feeder-1", "meter-1")).body)
     tablet.handle(PROFILES["SingleLineDiagramProfile"], "feeder-1", forged, None)
     assert tablet.display is None and tablet.rejected == 1
+
+
+def test_a_feeders_spread_follows_its_meters_latest_readings() -> None:
+    spread = MeterSummary(count=3)
+    for meter, volts in (("m1", 120.0), ("m2", 118.0), ("m3", 118.0), ("m2", 121.0)):
+        spread.add(meter, volts)
+    assert (spread.min_v, spread.max_v, spread.readings) == (118.0, 121.0, 4)  # m3 still holds 118
+    spread.add("m3", 119.5)  # the last meter at the minimum leaves it
+    spread.add("m2", 120.5)  # and the only one at the maximum
+    assert (spread.min_v, spread.max_v) == (119.5, 120.5)
+    assert spread.view() == {"count": 3, "reporting": 3, "min_v": 119.5, "max_v": 120.5}
+    random.seed(7)
+    latest: dict[str, float] = {}
+    for _ in range(2000):  # against the obvious computation
+        meter, volts = f"m{random.randrange(50)}", round(random.uniform(110, 130), 1)
+        spread.add(meter, volts)
+        latest[meter] = volts
+        everyone = {**{"m1": 120.0, "m2": 120.5, "m3": 119.5}, **latest}
+        assert (spread.min_v, spread.max_v) == (min(everyone.values()), max(everyone.values()))
