@@ -217,7 +217,7 @@ class LocalBus:
             for feeder in self.topology.feeders:
                 self._start_feeder(feeder.id)
             for role in START_ORDER:
-                for device in (d for d in self.topology.devices if d.role == role):
+                for device in (d for d in self.topology.devices if d.role == role and not d.external):
                     self._start_device(device)
             if self.monitor:
                 self._start_monitor()

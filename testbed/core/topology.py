@@ -143,12 +143,16 @@ class BridgeSpec:
 
 @dataclass(frozen=True)
 class DeviceSpec:
-    """One simulated device; a meter with a ``fleet`` runs in that fleet's process (devices/fleet.py)."""
+    """One simulated device; a meter with a ``fleet`` runs in that fleet's process (devices/fleet.py).
+
+    An ``external`` device is one the testbed does not start: real equipment connected from outside,
+    or an endpoint of the harness. It has its identity, ACL and bridge topics like any other."""
 
     id: str
     role: str
     site: str
     fleet: str = ""
+    external: bool = False
 
 
 @dataclass(frozen=True)
@@ -759,7 +763,7 @@ def _image_name(value: str) -> bool:
 
 def _device_table(path: Path, i: int, table: Any) -> _Reader:
     r = _Reader(path, f"devices[{i}]", table)
-    r.unknown({"id", "role", "site"})
+    r.unknown({"id", "role", "site", "external"})
     return r
 
 
@@ -771,7 +775,7 @@ def _device(path: Path, i: int, r: _Reader, sites: set[str]) -> DeviceSpec:
     site = r.get("site", str)
     if site not in sites:
         raise ConfigError(path, r.field("site"), f"is {site!r}", f"use one of: {', '.join(sorted(sites))}")
-    return DeviceSpec(id=_ident(r, "id"), role=role, site=site)
+    return DeviceSpec(id=_ident(r, "id"), role=role, site=site, external=r.get("external", bool, False))
 
 
 def _feeder(path: Path, i: int, table: Any, sites: set[str], devices: dict[str, DeviceSpec]) -> FeederSpec:
