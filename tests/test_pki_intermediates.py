@@ -39,6 +39,11 @@ def _certs(path: Path) -> list[x509.Certificate]:
     return x509.load_pem_x509_certificates(path.read_bytes())
 
 
+def _crls(authority: PKI) -> list[x509.CertificateRevocationList]:
+    marker = b"-----BEGIN X509 CRL-----"
+    return [x509.load_pem_x509_crl(marker + part) for part in authority.crl.read_bytes().split(marker)[1:]]
+
+
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -96,8 +101,7 @@ def test_crl_file_holds_the_root_crl_then_each_intermediates(pki: PKI) -> None:
     pki.init({}, ["meter-2"], {"meter-2": "sub-002-ca"})
     blocks = pki.crl.read_text().count("-----BEGIN X509 CRL-----")
     assert blocks == 3
-    crls = [x509.load_pem_x509_crl(b"-----BEGIN X509 CRL-----" + part)
-            for part in pki.crl.read_bytes().split(b"-----BEGIN X509 CRL-----")[1:]]
+    crls = _crls(pki)
     issuers = [_certs(pki.ca_cert)[0], _certs(pki.intermediate(SUB).cert)[0],
                _certs(pki.intermediate("sub-002-ca").cert)[0]]
     for crl, issuer in zip(crls, issuers, strict=True):
@@ -109,15 +113,20 @@ def test_revoke_goes_on_the_issuers_crl_with_a_derived_serial(pki: PKI) -> None:
     serial = pki.revoke("meter-1")
     intermediate = _certs(pki.intermediate(SUB).cert)[0]
     assert serial == leaf_serial(intermediate, "meter-1", 0)
-    crls = {crl.issuer: crl for crl in (
-        x509.load_pem_x509_crl(b"-----BEGIN X509 CRL-----" + part)
-        for part in pki.crl.read_bytes().split(b"-----BEGIN X509 CRL-----")[1:])}
+    crls = {crl.issuer: crl for crl in _crls(pki)}
     assert crls[intermediate.subject].get_revoked_certificate_by_serial_number(serial) is not None
     assert crls[_certs(pki.ca_cert)[0].subject].get_revoked_certificate_by_serial_number(serial) is None
     # A reissue is the next generation, by the same intermediate, and is not revoked.
     fresh = _certs(pki.issue_client("meter-1").cert)[0]
     assert fresh.serial_number == leaf_serial(intermediate, "meter-1", 1) != serial
     assert not pki.is_revoked("meter-1") and pki.issuer_of("meter-1") == SUB
+    # A rotation keeps the issuer too, and revokes the old one on the intermediate's CRL.
+    old, new = pki.rotate("meter-1", revoke_old=True)
+    assert (old, new) == (fresh.serial_number, leaf_serial(intermediate, "meter-1", 2))
+    leaf, chain = _certs(pki.client("meter-1").cert)
+    assert leaf.serial_number == new and chain == intermediate
+    crls = {crl.issuer: crl for crl in _crls(pki)}
+    assert crls[intermediate.subject].get_revoked_certificate_by_serial_number(old) is not None
 
 
 def test_index_rebuilt_from_files_keeps_issuers_and_revocations(pki: PKI) -> None:
@@ -150,6 +159,16 @@ def test_bad_input_is_one_line(pki: PKI, tmp_path: Path) -> None:
         pki.revoke(SUB)
     with pytest.raises(PKIError, match="no certificate named 'meter-404'"):
         pki.revoke("meter-404")
+
+
+def test_a_lost_intermediate_is_not_silently_rekeyed(pki: PKI, tmp_path: Path) -> None:
+    cert = pki.intermediate(SUB).cert
+    kept = cert.read_bytes()
+    cert.unlink()
+    with pytest.raises(PKIError, match="is missing; restore it and its key from a backup"):
+        pki.init({}, ["meter-1"], {"meter-1": SUB})
+    cert.write_bytes(kept)
+    assert pki.init({}, ["meter-1"], {"meter-1": SUB}) == []
 
 
 def test_an_old_root_without_room_for_intermediates_says_so(tmp_path: Path) -> None:

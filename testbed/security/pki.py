@@ -158,7 +158,12 @@ class PKI:
                 if entry is not None and entry["kind"] != "intermediate":
                     raise PKIError(f"issuer {ca_name!r} is already a {entry['kind']}; name the "
                                    "intermediate CA something else (e.g. '<site>-ca')")
-                if entry is None or f"{ca_name}.pem" not in present["intermediate"]:
+                if entry is not None and f"{ca_name}.pem" not in present["intermediate"]:
+                    # A new key would orphan its CRL and every certificate it issued.
+                    raise PKIError(f"intermediate CA {ca_name!r} is in {self._index} but "
+                                   f"{self._paths('intermediate', ca_name).cert} is missing; restore "
+                                   "it and its key from a backup")
+                if entry is None:
                     index[ca_name] = self._create_intermediate(ca_name, signers[ROOT])
                     created.append(ca_name)
                     changed = True
