@@ -235,10 +235,27 @@ def test_bulk_init_signs_with_each_ca_loaded_once_and_syncs_once(
     assert not list(authority.directory.rglob("*.tmp"))
 
 
-def test_ensure_pki_takes_the_mapping_and_issuers_for_maps_fleet_sites(tmp_path: Path, topology: Topology) -> None:
+def test_ensure_pki_takes_the_mapping(tmp_path: Path, topology: Topology) -> None:
     assert issuers_for(topology) == {}  # Appendix A: no fleets, everything under the root
     authority = ensure_pki(topology, tmp_path / "certs", {"meter-1": "field-ca"})
     assert authority.issuer_of("meter-1") == "field-ca" and authority.issuer_of("dms-1") == "ca"
+
+
+def test_a_generated_substations_devices_share_its_intermediate(tmp_path: Path) -> None:
+    utility = load_topology(Path(__file__).resolve().parent.parent / "brokers/topologies/utility-small.toml")
+    issuers = issuers_for(utility)
+    for device in utility.devices:
+        generated = device.site in {s for t in utility.templates for s in t.site_names()}
+        assert issuers.get(device.id) == (f"{device.site}-ca" if generated else None), device
+    assert {d.role for d in utility.devices if d.id in issuers} >= {"meter", "tablet", "supply", "capbank"}
+    authority = ensure_pki(utility, tmp_path / "certs")
+    some_meter = next(d for d in utility.devices if d.fleet)
+    leaf, chain = _certs(authority.client(some_meter.id).cert)
+    assert _cn(chain) == f"fmb-testbed {some_meter.site}-ca " + _cn(_certs(authority.ca_cert)[0]).split()[-1]
+    leaf.verify_directly_issued_by(chain)
+    assert all(authority.issuer_of(b.name) == "ca" for b in utility.bridges)
+    assert authority.init({b.name: [b.host] for b in utility.brokers} | utility.web_servers(),
+                          utility.client_identities(), issuers) == []
 
 
 # -- a real Mosquitto with the project's broker configuration -----------------------------------

@@ -14,13 +14,12 @@ __all__ = ["ensure_pki", "issuers_for"]
 
 
 def issuers_for(topology: Topology) -> dict[str, str]:
-    """``{device id: "<site>-ca"}`` for every device of a substation that runs a fleet of meters
-    (a template-generated substation): its meters and its other devices share that substation's
-    intermediate CA, so the substation can mint them where they run. Devices of sites without a
-    fleet (Appendix A's) stay under the root."""
-    fleet_sites = {d.site for d in topology.devices if getattr(d, "fleet", "")}
-    return {d.id: f"{d.site}-ca" for d in topology.devices
-            if getattr(d, "fleet", "") or d.site in fleet_sites}
+    """``{device id: "<site>-ca"}`` for every device of a fleet or of a template-generated
+    substation (``[[substations]]``): a substation's meters and its other devices share that
+    substation's intermediate CA, so it can mint them where they run. Devices declared one by one
+    at other sites (Appendix A's) stay under the root, and so do bridges and the harness."""
+    generated = {site for template in topology.templates for site in template.site_names()}
+    return {d.id: f"{d.site}-ca" for d in topology.devices if d.fleet or d.site in generated}
 
 
 def ensure_pki(topology: Topology, certs: Path, issuers: Mapping[str, str] | None = None) -> PKI:
