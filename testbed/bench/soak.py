@@ -354,13 +354,14 @@ def _poison_targets(topology: Topology) -> dict[str, tuple[str, str, str]]:
                 reads = [g for g in ROLES[reader.role].reads if g.profile == grant.profile]
                 if reader.id == publisher.id or not reads:
                     continue
-                mrid = publisher.id if grant.scope == "own" else reader.id
-                if grant.scope == "site" and mrid not in topology.grant_mrids(publisher.id, grant):
-                    continue
-                if grant.scope == "own" and not any(g.scope == "any" or reader.id == mrid for g in reads):
-                    continue
-                found.setdefault(f"{topic(topology.root, grant.profile, mrid)} as {publisher.id}",
-                                 (publisher.id, grant.profile, mrid))
+                # Each mRID the publisher may write and the reader reads (the reader's own when the
+                # publisher may write any: a command to it).
+                written = topology.grant_mrids(publisher.id, grant)
+                read = [topology.grant_mrids(reader.id, g) for g in reads]
+                for mrid in [reader.id] if written == ["+"] else written:
+                    if any(r == ["+"] or mrid in r for r in read):
+                        found.setdefault(f"{topic(topology.root, grant.profile, mrid)} as {publisher.id}",
+                                         (publisher.id, grant.profile, mrid))
     return found
 
 

@@ -347,12 +347,14 @@ class Topology:
 
     def grant_mrids(self, ident: str, grant: Grant) -> list[str]:
         """The mRIDs a grant of identity ``ident`` covers: ``["+"]`` for any, ``[ident]`` for its own,
-        and for its site's, the site's devices that own the profile (a grant of scope "own" on it)
-        and, for a diagram, the site's feeders."""
+        every feeder of the bus for "feeders", and for its site's, the site's devices that own the
+        profile (a grant of scope "own" on it) and, for a diagram, the site's feeders."""
         if grant.scope == "any":
             return ["+"]
         if grant.scope == "own":
             return [ident]
+        if grant.scope == "feeders":  # the diagrams a DMS publishes: every feeder of the bus
+            return [f.id for f in self.feeders]
         device = self._devices_by_id.get(ident)
         return self.site_mrids(device.site, grant.profile) if device else []
 
