@@ -169,7 +169,7 @@ def device_env(topology: Topology, device_id: str) -> dict[str, str]:
     env = device_environment(topology, device, CERTS_DIR, RUN_DIR,
                              hosts={b.name: b.name for b in topology.brokers})
     env["FMB_READY_FILE"] = str(RUN_DIR / "ready")  # the container's health check looks here
-    feeder = next((f for f in topology.feeders if device.id in (f.supply, f.capbank, f.meter)), None)
+    feeder = topology.feeder_of(device.id)
     if feeder is not None:
         env["FMB_FEEDER_SOCKET"] = str(FEEDER_DIR / f"{feeder.id}.sock")
     if "FMB_UI_SOCKET" in env:

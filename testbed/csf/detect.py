@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from brokers.mosquitto import DYNSEC_TOPIC
+from brokers.mosquitto import DYNSEC_TOPIC, carried_topics
 from testbed.core.errors import ConfigError
 from testbed.core.payloads import Message
 from testbed.core.topics import PROFILES, ROLES, parse_topic, topic
@@ -196,14 +196,15 @@ class Detector:
         for f in topology.feeders:
             self._parts[f.supply].append((f, "supply"))
             self._parts[f.capbank].append((f, "capbank"))
-            for n, meter in enumerate(getattr(f, "meters", None) or (f.meter,)):
+            for n, meter in enumerate(f.meters):
                 self._parts[meter].append((f, "meter" if n == 0 else "other_meter"))
         self._next_sweep = 0
         permanent: dict[str, set[str]] = defaultdict(set)  # broker -> bridge (out) patterns, and what no device reads
         for bridge in topology.bridges:
             for way, profiles in topology.bridge_connections(bridge).items():
                 host = topology.bridge_endpoints(bridge, way)[0]
-                permanent[host] |= {topic(topology.root, p, "+") for p in profiles}
+                directions = topology.bridge_directions(bridge)
+                permanent[host] |= {t for p in profiles for t in carried_topics(topology, bridge, p, directions[p])}
         # A profile no device reads by design (the tablet's DisplayStatusProfile is for observers) is
         # delivered by being recorded; only the benchmarks' own profiles stay watched.
         device_reads = {g.profile for d in topology.devices for g in ROLES[d.role].reads}
@@ -211,7 +212,9 @@ class Detector:
             permanent[broker.name] |= {topic(topology.root, p, "+") for p, prof in PROFILES.items()
                                        if p not in device_reads and not p.startswith("Bench")
                                        and prof.plane == broker.plane}
-        self._permanent = {b: sorted(patterns) for b, patterns in permanent.items()}
+        # A bridge carries some profiles for named mRIDs (a substation's own devices): those are looked up.
+        self._permanent = {b: sorted(p for p in patterns if _is_wildcard(p)) for b, patterns in permanent.items()}
+        self._permanent_exact = {b: {p for p in patterns if not _is_wildcard(p)} for b, patterns in permanent.items()}
 
     # -- rights, as the generated ACL gives them -----------------------------------------------
 
@@ -229,8 +232,9 @@ class Detector:
         role = self.topology.identity_role(identity)
         if role is None:
             return []
-        return [topic(self.topology.root, g.profile, identity if g.scope == "own" else "+")
-                for g in ROLES[role].reads if PROFILES[g.profile].plane == plane]
+        return [topic(self.topology.root, g.profile, mrid)
+                for g in ROLES[role].reads if PROFILES[g.profile].plane == plane
+                for mrid in self.topology.grant_mrids(identity, g)]
 
     def publishes_on(self, identity: str | None, broker: str) -> bool:
         role = self.topology.identity_role(identity or "")
@@ -265,7 +269,7 @@ class Detector:
 
     def _read_by_device(self, broker: str, name: str) -> bool:
         """Whether a subscriber other than an observer, a bridge's pattern or design reads topic ``name``."""
-        if name in self._reading[broker, False]:
+        if name in self._reading[broker, False] or name in self._permanent_exact.get(broker, ()):
             return True
         return any(filter_within(name, f) for f in self._permanent.get(broker, ())) or any(
             filter_within(name, f) for f in self._reading[broker, True])
