@@ -169,12 +169,8 @@ def test_a_recorder_for_some_devices_keeps_only_their_messages(tmp_path: Path) -
 def _many_feeders(topology: Topology, n: int) -> Topology:
     """Appendix A's feeder and ``n`` - 1 copies of it with devices of their own (named only)."""
     f = topology.feeders[0]
-    copies = []
-    for k in range(1, n):
-        meter = {"meters": (f"meter-x{k}",)} if hasattr(f, "meters") and not isinstance(
-            type(f).__dict__.get("meters"), property) else {"meter": f"meter-x{k}"}
-        copies.append(dataclasses.replace(f, id=f"feeder-x{k}", supply=f"supply-x{k}", capbank=f"capbank-x{k}",
-                                          **meter))
+    copies = [dataclasses.replace(f, id=f"feeder-x{k}", supply=f"supply-x{k}", capbank=f"capbank-x{k}",
+                                  meters=(f"meter-x{k}",)) for k in range(1, n)]
     return dataclasses.replace(topology, feeders=(f, *copies))
 
 
@@ -283,3 +279,21 @@ def test_a_shards_environment_names_its_sites_brokers_logs_and_ready_file(tmp_pa
         s.name for s in topology.sites]
     with pytest.raises(TestbedError, match="FMB_MONITOR_SITES names nowhere"):
         watched_sites(topology, "nowhere")
+
+
+def test_a_substations_shard_of_a_utility_watches_its_two_brokers_and_its_fleets_meters_are_indexed(
+        tmp_path: Path) -> None:
+    topology = load_topology(Path(__file__).parent.parent / "brokers" / "topologies" / "utility-small.toml")
+    env = monitor_environment(topology, tmp_path, tmp_path, tmp_path / "logs", tmp_path / "run", sites=["sub-002"])
+    assert set(json.loads(env["FMB_BROKERS"])) == {"sub-002-delivery", "sub-002-control"}
+    assert not any(n.startswith(("sub-001", "sub-003", "dc")) for n in json.loads(env["FMB_MONITOR_LOGS"]))
+    clock = [T0]
+    d = Detector(topology, Thresholds(), clock=lambda: clock[0])
+    d.topology = _NoScan(d.topology)  # type: ignore[assignment]
+    meter = "sub-002-f1-m0037"  # not the feeder's regulating meter: held to the bounds of a 120 V service
+    topic = f"fmb/metermodule/MeterReadingProfile/{meter}"
+    fine = Message("MeterReadingProfile", meter, 1, T0, {"voltage_v": 117.5, "reason": "periodic"})
+    assert d.on_message("sub-002-delivery", topic, fine, False) == []
+    low = Message("MeterReadingProfile", meter, 2, T0, {"voltage_v": 95.0, "reason": "periodic"})
+    (alert,) = d.on_message("sub-002-delivery", topic, low, False)
+    assert alert.kind == "implausible_reading" and alert.evidence["feeder"] == "sub-002-f1"
