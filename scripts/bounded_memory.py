@@ -30,6 +30,7 @@ from testbed.security.provision import ensure_pki
 
 LOAD = """
 import sys, time, json
+from testbed.core.payloads import encode
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 from pathlib import Path
 ident = TLSIdentity(*(Path(p) for p in sys.argv[1:4]))

@@ -250,14 +250,13 @@ class Recorder:
         """The newest decoded observation of ``device``'s ``profile`` (published at or before
         ``until_ns``), whether or not it is still in the ring."""
         with self._cond:
-            best = next((o for o in reversed(self._held) if o.message is not None and o.message.source == device
-                         and o.message.profile == profile and (until_ns is None or o.message.ts_ns <= until_ns)),
-                        None)
-            kept = self._latest.get((device, profile))
-            if kept is not None and (until_ns is None or kept.decoded.ts_ns <= until_ns) and (
-                    best is None or kept.decoded.ts_ns > best.decoded.ts_ns):
-                best = kept
-            return best
+            kept = self._latest.get((device, profile))  # the newest of all (a known device's)
+            if kept is not None and (until_ns is None or kept.decoded.ts_ns <= until_ns):
+                return kept
+            # An older one (until_ns), or a device no certificate names: what the ring still holds.
+            fits = [o for o in self._held if o.message is not None and o.message.source == device
+                    and o.message.profile == profile and (until_ns is None or o.message.ts_ns <= until_ns)]
+            return max(fits, key=lambda o: o.decoded.ts_ns, default=None)
 
     def wait_for(self, condition: Callable[[list[Observation]], _T], timeout_s: float, since: int = 0) -> _T:
         """Re-evaluate ``condition`` on the held observations from index ``since`` on (see
