@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -85,15 +85,24 @@ def device_environment(topology: Topology, device: DeviceSpec, certs: Path, run_
 
 
 def monitor_environment(topology: Topology, certs: Path, state_dir: Path, log_dir: Path,
-                        run_dir: Path) -> dict[str, str]:
-    """The monitor's ``FMB_*`` environment on the local bus (logs tailed from their files)."""
-    logs = {b.name: f"file:{log_dir / (b.name + '.log')}" for b in topology.brokers}
+                        run_dir: Path, sites: Sequence[str] | None = None) -> dict[str, str]:
+    """The monitor's ``FMB_*`` environment on the local bus (logs tailed from their files); with
+    ``sites``, a shard's: only those sites' brokers, their devices' logs, its own ready file. Every
+    shard appends to the one alert file."""
+    chosen = [s.name for s in topology.sites] if sites is None else list(sites)
+    unknown = sorted(set(chosen) - {s.name for s in topology.sites})
+    if unknown or not chosen:
+        raise TestbedError(f"a monitor shard needs sites of {topology.path}; {', '.join(unknown) or 'none'} given")
+    brokers = [b for b in topology.brokers if b.site in chosen]
+    logs = {b.name: f"file:{log_dir / (b.name + '.log')}" for b in brokers}
     # Every device that reads: actuators log the commands they refuse, every reader the payloads.
-    readers = [d.id for d in topology.devices if ROLES[d.role].reads]
+    readers = [d.id for d in topology.devices if ROLES[d.role].reads and d.site in chosen]
     logs.update({d: f"file:{log_dir / (d + '.log')}" for d in readers})
+    shard = "" if sites is None else "-" + "+".join(chosen)
     return {
         "FMB_DEVICE_ID": "monitor",
-        "FMB_BROKERS": json.dumps({b.name: f"{b.host}:{b.port}" for b in topology.brokers}),
+        "FMB_BROKERS": json.dumps({b.name: f"{b.host}:{b.port}" for b in brokers}),
+        "FMB_MONITOR_SITES": ",".join(chosen),
         "FMB_CA": str(certs / "ca" / "ca.pem"),
         "FMB_CERT": str(certs / "clients" / "monitor.pem"),
         "FMB_KEY": str(certs / "clients" / "monitor.key"),
@@ -103,7 +112,7 @@ def monitor_environment(topology: Topology, certs: Path, state_dir: Path, log_di
         "FMB_MONITOR_CONFIG": str(state_dir / "monitor.toml"),
         "FMB_CERTS_DIR": str(certs),
         "FMB_STATE_DIR": str(state_dir),
-        "FMB_READY_FILE": str(run_dir / "monitor.ready"),
+        "FMB_READY_FILE": str(run_dir / f"monitor{shard}.ready"),
     }
 
 
