@@ -196,7 +196,9 @@ def test_plausibility_looks_up_the_readings_feeder_instead_of_scanning_them_all(
     ok = Message("MeterReadingProfile", "meter-x1500", 1, clock[0], {"voltage_v": 118.8, "reason": "periodic"})
     bad = Message("MeterReadingProfile", "meter-x1500", 2, clock[0], {"voltage_v": 110.0, "reason": "periodic"})
     assert d.on_message("field-delivery", "fmb/metermodule/MeterReadingProfile/meter-x1500", ok, False) == []
-    (alert,) = d.on_message("field-delivery", "fmb/metermodule/MeterReadingProfile/meter-x1500", bad, False)
+    assert d.on_message("field-delivery", "fmb/metermodule/MeterReadingProfile/meter-x1500", bad, False) == []
+    clock[0] += 3 * S  # held for the grace time (a status explaining it may be on its way), then reported
+    (alert,) = d.tick()
     assert alert.kind == "implausible_reading" and alert.evidence["feeder"] == "feeder-x1500"
     assert alert.evidence["expected_v"] == 118.8
 

@@ -191,6 +191,10 @@ class Detector:
         self._last_data: dict[tuple[str, str], int] = {}
         self._rate: dict[tuple[str, str], list[float]] = {}  # (broker, source) -> [second, count, baseline]
         self._feeder_state: dict[str, dict[str, Any]] = {}
+        # Feeder -> a reading its statuses did not explain, held for voltage_grace_s:
+        # (received ns, broker, meter, volts, seq).
+        self._pending: dict[str, tuple[int, str, str, float, int]] = {}
+        self._feeders = {f.id: f for f in topology.feeders}
         # device -> (feeder, its part there: supply, capbank, meter (the regulating one) or other_meter)
         self._parts: dict[str, list[tuple[FeederSpec, str]]] = defaultdict(list)
         for f in topology.feeders:
@@ -453,37 +457,66 @@ class Detector:
         return []
 
     def _plausibility(self, broker: str, m: Message, now: int) -> list[Alert]:
+        """Readings that their feeder's supply and cap bank cannot explain. One that disagrees with the
+        statuses known is held for ``voltage_grace_s``: a status published at the same moment may
+        still be on its way (the meter and the supply publish independently), and if it arrives and
+        explains the reading, there is nothing to report. (The meter's next reading agreeing explains
+        nothing: a compromised certificate's forged reading is followed by the true meter's.)"""
         out: list[Alert] = []
         for f, part in self._parts.get(m.source, ()):
             s = self._feeder_state.setdefault(f.id, {"supply_v": None, "closed": None, "changed": 0})
             if m.profile == "SupplyStatusProfile" and part == "supply":
                 if s["supply_v"] != m.body.get("output_v"):
                     s["supply_v"], s["changed"] = m.body.get("output_v"), now
+                    self._explained(f, s)
             elif m.profile == "CapBankStatusProfile" and part == "capbank":
                 closed = m.body.get("state") == "closed"
                 if s["closed"] != closed:
                     s["closed"], s["changed"] = closed, now
+                    self._explained(f, s)
             elif m.profile == "MeterReadingProfile" and part in ("meter", "other_meter"):
                 measured = float(m.body.get("voltage_v", 0.0))
                 # The feeder model's voltage is the regulating (end-of-line) meter's: another meter of the
                 # feeder is held only to the bounds of a 120 V service.
                 if s["supply_v"] is None or part == "other_meter":
-                    expected = None
-                    implausible = not self.t.voltage_min_v <= measured <= self.t.voltage_max_v
-                else:
-                    expected = round(s["supply_v"] - f.line_drop_v + (f.capbank_boost_v if s["closed"] else 0.0), 2)
-                    settled = now - s["changed"] > self.t.voltage_grace_s * 1e9
-                    implausible = settled and abs(measured - expected) > self.t.voltage_tolerance_v
-                if implausible:
-                    out += self._alert("implausible_reading", now, m.source, broker=broker, identity=m.source,
-                                       address=None, evidence={
-                                           "voltage_v": measured, "expected_v": expected,
-                                           "bounds_v": [self.t.voltage_min_v, self.t.voltage_max_v],
-                                           "supply_output_v": s["supply_v"], "capbank_closed": s["closed"],
-                                           "feeder": f.id, "seq": m.seq,
-                                           "tolerance_v": self.t.voltage_tolerance_v})
-                    break
+                    if not self.t.voltage_min_v <= measured <= self.t.voltage_max_v:
+                        out += self._implausible(f, s, broker, m.source, measured, None, m.seq, now)
+                        break
+                    continue
+                expected = self._expected(f, s)
+                settled = now - s["changed"] > self.t.voltage_grace_s * 1e9
+                # A later reading that agrees withdraws nothing: the device itself may follow a forged one.
+                if settled and abs(measured - expected) > self.t.voltage_tolerance_v and f.id not in self._pending:
+                    self._pending[f.id] = (now, broker, m.source, measured, m.seq)
+        return out + self._due(now)
+
+    def _expected(self, f: FeederSpec, s: dict[str, Any]) -> float:
+        return float(round(s["supply_v"] - f.line_drop_v + (f.capbank_boost_v if s["closed"] else 0.0), 2))
+
+    def _explained(self, f: FeederSpec, s: dict[str, Any]) -> None:
+        """A status changed: a held reading it explains is no longer suspect."""
+        held = self._pending.get(f.id)
+        if held and abs(held[3] - self._expected(f, s)) <= self.t.voltage_tolerance_v:
+            del self._pending[f.id]
+
+    def _due(self, now: int) -> list[Alert]:
+        """Held readings still unexplained after ``voltage_grace_s``."""
+        out: list[Alert] = []
+        for feeder_id, (since, broker, source, measured, seq) in list(self._pending.items()):
+            if now - since >= self.t.voltage_grace_s * 1e9:
+                del self._pending[feeder_id]
+                f = self._feeders[feeder_id]
+                s = self._feeder_state[feeder_id]
+                out += self._implausible(f, s, broker, source, measured, self._expected(f, s), seq, now)
         return out
+
+    def _implausible(self, f: FeederSpec, s: dict[str, Any], broker: str, source: str, measured: float,
+                     expected: float | None, seq: int, now: int) -> list[Alert]:
+        return self._alert("implausible_reading", now, source, broker=broker, identity=source, address=None,
+                           evidence={"voltage_v": measured, "expected_v": expected,
+                                     "bounds_v": [self.t.voltage_min_v, self.t.voltage_max_v],
+                                     "supply_output_v": s["supply_v"], "capbank_closed": s["closed"],
+                                     "feeder": f.id, "seq": seq, "tolerance_v": self.t.voltage_tolerance_v})
 
     # -- the clock ----------------------------------------------------------------------------
 
@@ -491,7 +524,7 @@ class Detector:
         """Clients connected ``idle_s`` without sending anything the bus carried; and, now and then,
         forget the state that can no longer raise an alert (expired windows, quiet publishers)."""
         now = now if now is not None else self.clock()
-        out: list[Alert] = []
+        out: list[Alert] = self._due(now)
         for (broker, cid), (ident, addr, since) in list(self._connected.items()):
             if now - since < self.t.idle_s * 1e9:
                 continue
