@@ -141,6 +141,16 @@ def test_fleets_start_as_one_process_per_substation_with_every_meter_connected(
     print(f"utility-small up in {started_s:.1f} s")
 
 
+def test_a_monitor_shard_per_site_each_watching_only_its_sites_brokers(small_bus: tuple[LocalBus, float]) -> None:
+    bus, _ = small_bus
+    shards = [p.name for p in bus.processes if p.kind == "monitor"]
+    assert shards == [f"monitor-{s.name}" for s in bus.topology.sites]
+    for name in shards:
+        assert bus.health(name) == ("up", ""), name
+    log = next(Path(p.log) for p in bus.processes if p.name == "monitor-sub-002").read_text()
+    assert "watching 2 brokers (sub-002)" in log
+
+
 def test_brokers_run_with_the_connections_and_open_files_their_clients_need(small_bus: tuple[LocalBus, float]) -> None:
     bus, _ = small_bus
     for p in bus.processes:

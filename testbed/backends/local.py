@@ -23,11 +23,12 @@ import signal
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from brokers.mosquitto import BrokerFiles, connection_budget, expected_clients, mosquitto_binary, render_broker
+from devices.feeder_file import write_feeders
 from testbed.backends import processes
 from testbed.backends.fleets import FLEETS_AT_ONCE, FleetState, fleet_environment, fleet_ready_timeout, fleet_state
 from testbed.backends.processes import ProcessRecord
@@ -77,12 +78,13 @@ def device_environment(topology: Topology, device: DeviceSpec, certs: Path, run_
         env["FMB_SIGNERS"] = ",".join(trusted)
     if device.role == "dms":
         env["FMB_SESSION_EXPIRY"] = str(topology.site(device.site).session_expiry_s)
-        env["FMB_FEEDERS"] = json.dumps([{**asdict(f), "meter": f.meter} for f in topology.feeders])
+        env["FMB_FEEDERS_FILE"] = str(write_feeders(topology, run_dir))  # an env var holds a few hundred at most
     if device.role == "tablet":
         env["FMB_UI_SOCKET"] = str(run_dir / f"{device.id}.sock")
         env["FMB_UI_CERT"] = str(certs / "servers" / f"{device.id}-ui.pem")
         env["FMB_UI_KEY"] = str(certs / "servers" / f"{device.id}-ui.key")
         env["FMB_UI_URL_FILE"] = str(run_dir / f"{device.id}.url")
+        env["FMB_DMS"] = ",".join(d.id for d in topology.devices if d.role == "dms")  # whose diagrams it shows
     f = topology.feeder_of(device.id)
     if f is not None:
         env["FMB_FEEDER_SOCKET"] = str(run_dir / f"{f.id}.sock")
@@ -93,15 +95,24 @@ def device_environment(topology: Topology, device: DeviceSpec, certs: Path, run_
 
 
 def monitor_environment(topology: Topology, certs: Path, state_dir: Path, log_dir: Path,
-                        run_dir: Path) -> dict[str, str]:
-    """The monitor's ``FMB_*`` environment on the local bus (logs tailed from their files)."""
-    logs = {b.name: f"file:{log_dir / (b.name + '.log')}" for b in topology.brokers}
+                        run_dir: Path, sites: Sequence[str] | None = None) -> dict[str, str]:
+    """The monitor's ``FMB_*`` environment on the local bus (logs tailed from their files); with
+    ``sites``, a shard's: only those sites' brokers, their devices' logs, its own ready file. Every
+    shard appends to the one alert file."""
+    chosen = [s.name for s in topology.sites] if sites is None else list(sites)
+    unknown = sorted(set(chosen) - {s.name for s in topology.sites})
+    if unknown or not chosen:
+        raise TestbedError(f"a monitor shard needs sites of {topology.path}; {', '.join(unknown) or 'none'} given")
+    brokers = [b for b in topology.brokers if b.site in chosen]
+    logs = {b.name: f"file:{log_dir / (b.name + '.log')}" for b in brokers}
     # Every device that reads: actuators log the commands they refuse, every reader the payloads.
-    readers = [d.id for d in topology.devices if ROLES[d.role].reads]
+    readers = [d.id for d in topology.devices if ROLES[d.role].reads and d.site in chosen]
     logs.update({d: f"file:{log_dir / (d + '.log')}" for d in readers})
+    shard = "" if sites is None else "-" + "+".join(chosen)
     return {
         "FMB_DEVICE_ID": "monitor",
-        "FMB_BROKERS": json.dumps({b.name: f"{b.host}:{b.port}" for b in topology.brokers}),
+        "FMB_BROKERS": json.dumps({b.name: f"{b.host}:{b.port}" for b in brokers}),
+        "FMB_MONITOR_SITES": ",".join(chosen),
         "FMB_CA": str(certs / "ca" / "ca.pem"),
         "FMB_CERT": str(certs / "clients" / "monitor.pem"),
         "FMB_KEY": str(certs / "clients" / "monitor.key"),
@@ -111,7 +122,7 @@ def monitor_environment(topology: Topology, certs: Path, state_dir: Path, log_di
         "FMB_MONITOR_CONFIG": str(state_dir / "monitor.toml"),
         "FMB_CERTS_DIR": str(certs),
         "FMB_STATE_DIR": str(state_dir),
-        "FMB_READY_FILE": str(run_dir / "monitor.ready"),
+        "FMB_READY_FILE": str(run_dir / f"monitor{shard}.ready"),
     }
 
 
@@ -233,7 +244,8 @@ class LocalBus:
             self._wait_all([self._launch_feeder(f.id) for f in self.topology.feeders])
             fleets = list(self.topology.fleets)
             for role in START_ORDER:
-                group = [self._launch_device(d) for d in self.topology.devices if d.role == role and not d.fleet]
+                group = [self._launch_device(d) for d in self.topology.devices
+                         if d.role == role and not d.fleet and not d.external]
                 if role == "meter":  # the fleets a few at a time (FLEETS_AT_ONCE), the first with the meters
                     group += [self._launch_fleet(name) for name in fleets[:FLEETS_AT_ONCE]]
                 self._wait_all(group)
@@ -335,13 +347,27 @@ class LocalBus:
         # On a busy machine the handshakes take what they take: waited for while meters keep connecting.
         return _Starting(record, connected, f"fleet {fleet}", fleet_ready_timeout(meters), progress)
 
-    def _start_monitor(self) -> None:
-        env = monitor_environment(self.topology, self.pki.directory.resolve(), self.state_dir, self.log_dir,
-                                  self.run_dir)
-        ready = Path(env["FMB_READY_FILE"])
-        ready.unlink(missing_ok=True)
-        record = self._spawn("monitor", "monitor", [sys.executable, "-m", "testbed.csf.monitor"], env)
-        self._wait_for(ready.exists, record, "monitor", 60)
+    def monitor_shards(self) -> dict[str, list[str] | None]:
+        """The monitor processes this bus runs, name -> the sites it watches (None: every site). A bus
+        of substation templates gets one per site (``monitor-<site>``), so that no monitor's work grows
+        with the whole bus; a hand-written one a single ``monitor``."""
+        if not self.topology.templates:
+            return {"monitor": None}
+        return {f"monitor-{s.name}": [s.name] for s in self.topology.sites}
+
+    def _start_monitor(self, name: str | None = None) -> None:
+        """Start the monitor processes (or the one named), in parallel, and wait until each is ready."""
+        starting = []
+        for shard, sites in self.monitor_shards().items():
+            if name is not None and shard != name:
+                continue
+            env = monitor_environment(self.topology, self.pki.directory.resolve(), self.state_dir, self.log_dir,
+                                      self.run_dir, sites)
+            ready = Path(env["FMB_READY_FILE"])
+            ready.unlink(missing_ok=True)
+            record = self._spawn(shard, "monitor", [sys.executable, "-m", "testbed.csf.monitor"], env)
+            starting.append(_Starting(record, ready.exists, shard, 60))
+        self._wait_all(starting)
 
     def _start_device(self, device: DeviceSpec, restart: bool = False) -> None:
         self._wait_all([self._launch_device(device, restart)])
@@ -487,7 +513,7 @@ class LocalBus:
         elif record.kind == "feeder":
             self._start_feeder(name)
         elif record.kind == "monitor":
-            self._start_monitor()
+            self._start_monitor(name)
         elif record.kind == "fleet":
             self._start_fleet(name)
         else:
