@@ -51,6 +51,8 @@ CASES: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
         (["bench", "wan", "--step-seconds", "0"], "--step-seconds is 0"),
         (["bench", "ui", "--repeat", "1"], "--repeat is 1"),
         (["bench", "soak", "--minutes", "0"], "--minutes is 0"),
+        (["bench", "scale", "--meters", "0"], "--meters is 0"),
+        (["bench", "scale", "--interval", "often"], "--interval is 'often'"),
         (["bench", "nonsense"], "invalid choice: 'nonsense'"),
     ],
     ("report",): [(["report", "{tmp}/no-such-run"], "is not a directory")],
