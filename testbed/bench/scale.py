@@ -462,8 +462,13 @@ def _storm(bus: _Bus, readings: Readings, config: str, options: ScaleOptions, wa
         reconnected: float | None = None
         reported: float | None = None
         heard: dict[str, int] = {}
+        last_say = t_up
         while time.monotonic() - t_up < wait_s and (reconnected is None or reported is None):
             bus.check_fleets()
+            if time.monotonic() - last_say >= 5:
+                last_say = time.monotonic()
+                say(f"  storm ({config}): {len(heard):,}/{fleet.meters:,} meters reported again after "
+                    f"{last_say - t_up:.0f} s")
             beat, counters = fleet.health()
             # Every meter connected again, by a heartbeat written after the restart (0.5 s ticks).
             if (reconnected is None and beat >= t_up_epoch and counters.get("connected", 0) >= fleet.meters
