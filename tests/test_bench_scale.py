@@ -37,15 +37,18 @@ def assert_scale_result(result: dict[str, Any], substations: int, meters: int) -
         assert row["broker_kb_per_connection"] is not None and 0 < row["fleet_kb_per_connection"] < 100_000
     assert ramp["cpu"]["brokers"]["seconds"] > 0 and ramp["cpu"]["fleets"]["seconds"] > 0
     assert ramp["connected_by_time"][-1][1] == substations * meters
-    (steady,) = result["steady"]
-    offered = substations * meters / steady["interval_s"]
-    assert steady["offered_per_s"] == offered
-    assert 0.5 * offered < steady["delivered_per_s"] < 1.5 * offered, steady
-    assert 0.5 * offered < steady["published_per_s"] < 1.5 * offered, steady
-    latency = steady["latency_ms"]
-    assert 0 < latency["min"] <= latency["p50"] <= latency["p99"] <= latency["max"] < 5000
-    assert steady["lost"] == 0 and steady["duplicated"] == 0 and steady["rejected"] == 0
-    assert 100 < steady["payload_bytes"] < 1000
+    # Every meter, then (after the storms) the fleets stopped down to one substation's.
+    assert [(p["substations"], p["meters"]) for p in result["steady"]] == [(substations, substations * meters),
+                                                                           (1, meters)]
+    for steady in result["steady"]:
+        offered = steady["meters"] / steady["interval_s"]
+        assert steady["offered_per_s"] == offered
+        assert 0.5 * offered < steady["delivered_per_s"] < 1.5 * offered, steady
+        assert 0.5 * offered < steady["published_per_s"] < 1.5 * offered, steady
+        latency = steady["latency_ms"]
+        assert 0 < latency["min"] <= latency["p50"] <= latency["p99"] <= latency["max"] < 5000
+        assert steady["lost"] == 0 and steady["duplicated"] == 0 and steady["rejected"] == 0
+        assert 100 < steady["payload_bytes"] < 1000
     assert [s["config"] for s in result["storm"]] == ["segregated", "shared"]
     for storm in result["storm"]:
         assert storm["meters"] == meters and storm["reported"] == meters, storm

@@ -13,7 +13,8 @@ nominal 120 V reading, periodically): the physics does not ride on the bus. Phas
   second; time until every meter is connected (the fleets' heartbeats, 0.5 s ticks), TLS
   handshakes per second per broker, broker and fleet memory per connection (RSS from ``/proc``
   before and after), CPU of brokers and fleets (``/proc/<pid>/stat``);
-* **steady state**, per ``--interval``: meter -> DMS latency, measured from the reading's own
+* **steady state**, per ``--interval`` with every meter, then (after the storms) at the last interval
+  with half the fleets stopped, a quarter... down to one: meter -> DMS latency, measured from the reading's own
   timestamp (``ts_ns``, set by the fleet as it publishes) to its arrival at a harness subscriber
   holding the recorder identity on the data centre's delivery broker, where the DMS reads (so the
   latency crosses the substation broker, the bridge and the data-centre broker); readings
@@ -291,19 +292,24 @@ class _Bus:
                 "FMB_CA": str(self.pki.ca_cert), "FMB_FLEET_FILE": str(fleet.file), "FMB_READY_FILE": str(fleet.ready),
                 "FMB_FLEET_CONNECT_RATE": f"{self.connect_rate:g}"})
 
-    def stop_fleets(self) -> None:
-        self.procs.stop([f.record for f in self.fleets if f.record is not None], timeout_s=15)
-        for f in self.fleets:
+    def stop_fleets(self, fleets: list[_Fleet] | None = None) -> None:
+        """SIGTERM to ``fleets`` (default: every one running); they disconnect their meters and exit."""
+        group = self.running() if fleets is None else fleets
+        self.procs.stop([f.record for f in group if f.record is not None], timeout_s=15)
+        for f in group:
             f.record = None
 
+    def running(self) -> list[_Fleet]:
+        return [f for f in self.fleets if f.record is not None]
+
     def fleet_pids(self) -> list[int]:
-        return [f.record.pid for f in self.fleets if f.record is not None]
+        return [f.record.pid for f in self.running() if f.record is not None]
 
     def broker_pids(self) -> list[int]:
         return [r.pid for r in self.brokers.values()]
 
     def connected(self) -> dict[str, int]:
-        return {f.name: f.counters().get("connected", 0) for f in self.fleets}
+        return {f.name: f.counters().get("connected", 0) for f in self.running()}
 
     def check_fleets(self) -> None:
         """A fleet that exited is a failed run: say which and where its log is."""
@@ -401,11 +407,12 @@ def _pairs(samples: list[tuple[float, int]], span_s: float) -> Iterable[tuple[tu
 
 def _steady(bus: _Bus, readings: Readings, interval_s: float, duration_s: float,
             say: Callable[[str], None]) -> ScaleSteady:
-    meters = sum(f.meters for f in bus.fleets)
+    fleets = bus.running()
+    meters = sum(f.meters for f in fleets)
     time.sleep(min(interval_s, 10.0))  # every meter past its first (random-phase) reading
     bus.check_fleets()
     cpu = ProcessCpu({"brokers": bus.broker_pids, "fleets": bus.fleet_pids, "harness": lambda: [os.getpid()]})
-    published0 = sum(f.counters().get("published", 0) for f in bus.fleets)
+    published0 = sum(f.counters().get("published", 0) for f in fleets)
     lost0, dup0, rej0, n0, bytes0 = readings.counts()
     readings.take()
     cpu.start()
@@ -413,11 +420,11 @@ def _steady(bus: _Bus, readings: Readings, interval_s: float, duration_s: float,
     time.sleep(duration_s)
     elapsed = time.monotonic() - t0
     samples = readings.take()
-    published = sum(f.counters().get("published", 0) for f in bus.fleets) - published0
+    published = sum(f.counters().get("published", 0) for f in fleets) - published0
     lost, dup, rej, n, nbytes = readings.counts()
     latency = _stats([s[1] / 1e6 for s in samples])
     point = ScaleSteady(
-        meters=meters, interval_s=interval_s, duration_s=round(elapsed, 2),
+        meters=meters, substations=len(fleets), interval_s=interval_s, duration_s=round(elapsed, 2),
         offered_per_s=round(meters / interval_s, 1), published_per_s=round(published / elapsed, 1),
         delivered_per_s=round(len(samples) / elapsed, 1), latency_ms=latency, lost=lost - lost0,
         duplicated=dup - dup0, rejected=rej - rej0,
@@ -498,6 +505,15 @@ def _storm(bus: _Bus, readings: Readings, config: str, options: ScaleOptions, wa
         bus.procs.stop([responder])
 
 
+def _halvings(count: int) -> list[int]:
+    """How many fleets the steady states against the number of meters keep: count / 2, count / 4, ... 1."""
+    steps, keep = [], count // 2
+    while keep >= 1:
+        steps.append(keep)
+        keep //= 2
+    return steps
+
+
 def _thin(rows: list[list[float]], most: int) -> list[list[float]]:
     """At most ``most`` rows, evenly picked, the last kept (a curve for the plot, not every meter)."""
     if len(rows) <= most:
@@ -511,7 +527,7 @@ def _wait_all_connected(bus: _Bus, timeout_s: float) -> None:
     def settled() -> bool:
         bus.check_fleets()
         connected = bus.connected()
-        return all(connected[f.name] >= f.meters for f in bus.fleets)
+        return all(connected[f.name] >= f.meters for f in bus.running())
 
     with contextlib.suppress(WaitTimeout):
         wait_until(settled, timeout_s, interval_s=TICK_S, what="every meter connected")
@@ -587,6 +603,10 @@ def run_scale(topology_path: Path, certs: Path, options: ScaleOptions, out: Path
                 _wait_all_connected(bus, ramp_timeout)
                 time.sleep(min(2.0, options.intervals_s[-1]))
                 storms.append(_storm(bus, readings, config, options, wait_s, say))
+            # Against the number of meters: fleets stopped (no restart needed) down to one substation.
+            for keep in _halvings(len(bus.fleets)):
+                bus.stop_fleets(bus.running()[keep:])
+                steady.append(_steady(bus, readings, options.intervals_s[-1], options.duration_s, say))
             tls = readings.client.socket()
             tls_version = tls.version() if tls is not None and hasattr(tls, "version") else None
         finally:
@@ -645,8 +665,9 @@ def summary(result: ScaleResult) -> str:
              f"{'met' if t['all_connected_met'] else 'NOT met'}"]
     for p in result["steady"]:
         lat = p["latency_ms"]
-        lines.append(f"  steady every {p['interval_s']:g} s: delivered {p['delivered_per_s']:,.0f}/s, meter -> DMS "
-                     f"p50 {lat.get('p50', math.nan):.1f} p99 {lat.get('p99', math.nan):.1f} ms, lost {p['lost']}")
+        lines.append(f"  steady {p['meters']:,} meters every {p['interval_s']:g} s: delivered "
+                     f"{p['delivered_per_s']:,.0f}/s, meter -> DMS p50 {lat.get('p50', math.nan):.1f} "
+                     f"p99 {lat.get('p99', math.nan):.1f} ms, lost {p['lost']}")
     lines.append(f"  target {t['readings_per_s_min']:,.0f} readings/s with p99 <= {t['latency_p99_max_ms']:g} ms: "
                  f"{'met' if t['steady_met'] else 'NOT met'}")
     for s in result["storm"]:

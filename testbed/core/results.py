@@ -819,9 +819,10 @@ class ScaleRamp(TypedDict):
 
 
 class ScaleSteady(TypedDict):
-    """One steady-state point: every meter reporting every ``interval_s``."""
+    """One steady-state point: the meters of ``substations`` fleets reporting every ``interval_s``."""
 
     meters: int
+    substations: int
     interval_s: float
     duration_s: float
     offered_per_s: float  # meters / interval

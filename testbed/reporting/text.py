@@ -404,9 +404,10 @@ def scale_markdown(result: ScaleResult) -> str:
                             r["fleet_kb_per_connection"]] for r in ramp["brokers"]]),
            "\nFleet KiB per connection is the whole process's RSS over its meters (the interpreter included).\n",
            "\n**Steady state** (meter's timestamp → the DMS side on the data centre's delivery broker):\n\n",
-           markdown_table(["meters", "every s", "offered /s", "published /s", "delivered /s", "p50 ms", "p90 ms",
-                           "p99 ms", "max ms", "lost", "duplicated", "brokers CPU %", "fleets CPU %"],
-                          [[p["meters"], p["interval_s"], p["offered_per_s"], p["published_per_s"],
+           markdown_table(["meters", "substations", "every s", "offered /s", "published /s", "delivered /s",
+                           "p50 ms", "p90 ms", "p99 ms", "max ms", "lost", "duplicated", "brokers CPU %",
+                           "fleets CPU %"],
+                          [[p["meters"], p["substations"], p["interval_s"], p["offered_per_s"], p["published_per_s"],
                             p["delivered_per_s"], *(p["latency_ms"].get(k) for k in _PERCENTILE_KEYS), p["lost"],
                             p["duplicated"], *(c["percent_of_a_core"] if (c := p["cpu"].get(group)) else None
                                                for group in ("brokers", "fleets"))] for p in result["steady"]]),
