@@ -33,6 +33,10 @@ def assert_scale_result(result: dict[str, Any], substations: int, meters: int) -
     assert 0 < ramp["seconds_to_all"] < 60 and ramp["handshakes_per_s"] > 0
     assert [r["connected"] for r in ramp["brokers"]] == [meters] * substations
     for row in ramp["brokers"]:
+        # Each fleet paces its connections (the quick run: 20/s, a ramp of a second): about that, as timed
+        # by its heartbeats.
+        rate = result["conditions"]["connect_rate_per_fleet"]
+        assert 0.25 * rate < row["handshakes_per_s"] < 4 * rate and row["peak_handshakes_per_s"] > 0, row
         assert row["broker_rss_kb_after"] > 0 and row["fleet_rss_kb"] > 10_000  # an interpreter at least
         assert row["broker_kb_per_connection"] is not None and 0 < row["fleet_kb_per_connection"] < 100_000
     assert ramp["cpu"]["brokers"]["seconds"] > 0 and ramp["cpu"]["fleets"]["seconds"] > 0
@@ -59,7 +63,12 @@ def assert_scale_result(result: dict[str, Any], substations: int, meters: int) -
         assert storm["control_ms"]["sent"] > 0 and storm["reported_by_time"][-1][1] == meters
     segregated = result["storm"][0]["control_ms"]
     assert segregated["acked"] == segregated["sent"]  # its broker was never down
-    assert result["appendix_a"]["ran"] is False and result["appendix_a"]["why"]
+    appendix_a = result["appendix_a"]
+    assert appendix_a["ran"] and appendix_a["substation"] == f"sub-{substations:03d}"
+    for config in ("loaded", "idle"):
+        runs = appendix_a[config]
+        assert runs["passed"] == appendix_a["repetitions"] and runs["failed"] == 0 and runs["failure"] is None
+        assert 0 < runs["p50"] <= runs["p99"] < 10_000
     targets = result["targets"]
     # A smoke of a few dozen meters cannot meet a 10,000-meter target: the verdict is computed, not written.
     assert targets["all_connected_met"] is False and targets["storm_met"] is False
@@ -82,7 +91,7 @@ def test_a_quick_run_measures_every_phase(tmp_path: Path) -> None:
     assert_scale_result(result, substations=2, meters=20)
     assert {p.name for p in out.glob("*.png")} == {"bench-scale-ramp.png", "bench-scale-steady.png",
                                                    "bench-scale-storm.png"}
-    assert "Reconnect storm" in (out / "report.md").read_text()
+    assert "Reconnect storm" in (out / "report.md").read_text() and "Appendix A on sub-002" in run.stdout
 
 
 def test_the_fixture_has_the_current_shape() -> None:
@@ -100,7 +109,7 @@ def test_the_figures_render_from_the_fixture() -> None:
     for figure in (plots.scale_ramp(result), plots.scale_steady(result), plots.scale_storm(result)):
         assert figure.axes and all(axes.has_data() for axes in figure.axes)
     text = scale_markdown(result)
-    assert "| segregated |" in text and "| shared |" in text and "Targets" in text
+    assert "| segregated |" in text and "| shared |" in text and "Targets" in text and "| loaded |" in text
 
 
 def test_the_topology_is_resized_as_asked(tmp_path: Path) -> None:

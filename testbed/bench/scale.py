@@ -25,8 +25,10 @@ nominal 120 V reading, periodically): the physics does not ride on the bus. Phas
   (``BenchCommandProfile``, acknowledged by ``testbed.bench.echo``'s responder) go round trip on
   that substation's control broker (``segregated``), then, in a second storm, on the restarted
   delivery broker itself (``shared``);
-* **Appendix A on one substation** under the fleet's load: not run here (it needs a local bus
-  started for one substation of a scale topology); the result says so.
+* **Appendix A on one substation** (the last): after the phases above, the whole bus as a
+  ``LocalBus`` (DMS, supplies, cap banks, feeder models, tablets, the fleets at the last interval),
+  Appendix A repeated on that substation with every fleet reporting, then with every other
+  substation's fleet stopped (idle); end-to-end p50 / p99 of each.
 
 Targets (issue 12; reported against, not asserted): >= 10,000 meters over >= 10 substations all
 connected; 1,000 readings/s with meter -> DMS p99 <= 100 ms; a 2,000-meter storm back in <= 30 s
@@ -54,6 +56,7 @@ from typing import Any, Final
 from brokers.mosquitto import render_acl
 from testbed.backends import processes
 from testbed.backends.environment import environment
+from testbed.backends.local import LocalBus
 from testbed.backends.processes import ProcessRecord
 from testbed.bench.common import Processes, start_broker
 from testbed.bench.scaleprobes import Commander, ProcessCpu, Readings, rss_kb
@@ -65,14 +68,18 @@ from testbed.core.results import (
     ScaleRamp,
     ScaleRampBroker,
     ScaleResult,
+    ScaleScenarioRuns,
     ScaleSteady,
     ScaleStorm,
     ScaleTargets,
 )
+from testbed.core.scenario import load_scenario
 from testbed.core.stats import percentiles, rounded
 from testbed.core.topology import MAX_METERS_PER_FEEDER, MAX_SUBSTATIONS, SiteSpec, Topology, load_topology
 from testbed.core.waiting import WaitTimeout, wait_until
+from testbed.harness.runner import ScenarioRunner
 from testbed.security.pki import PKI
+from testbed.security.provision import ensure_pki
 from testbed.transport.health import read_health
 from testbed.transport.mqtt import Endpoint, TLSIdentity
 
@@ -99,13 +106,15 @@ class ScaleOptions:
     connect_rate: float = 200.0
     command_rate: float = 20.0
     idle_control_s: float = 5.0
+    appendix_a_runs: int = 20  # per configuration (loaded, idle); 0: not run
     quick: bool = False
 
     @classmethod
     def quick_smoke(cls) -> ScaleOptions:
         """A smoke of seconds for the tests: 2 substations x 20 meters, readings every second."""
-        return cls(substations=2, meters=20, intervals_s=(1.0,), duration_s=3.0, connect_rate=500.0,
-                   command_rate=20.0, idle_control_s=1.0, quick=True)
+        # 20 connections/s: a ramp of a second, long enough for the heartbeats (0.5 s) to time it.
+        return cls(substations=2, meters=20, intervals_s=(1.0,), duration_s=3.0, connect_rate=20.0,
+                   command_rate=20.0, idle_control_s=1.0, appendix_a_runs=3, quick=True)
 
     def check(self) -> None:
         for option, value, low, high in (("--substations", self.substations, 1, MAX_SUBSTATIONS),
@@ -113,6 +122,8 @@ class ScaleOptions:
                                          ("--storm-meters", self.storm_meters, 1, MAX_METERS_PER_FEEDER)):
             if value is not None and not low <= value <= high:
                 raise TestbedError(f"{option} is {value}; give {low} to {high:,}")
+        if not 0 <= self.appendix_a_runs <= 10_000:
+            raise TestbedError(f"--appendix-a is {self.appendix_a_runs}; give runs per configuration, 0 to 10000")
         if not self.intervals_s or any(not 0.05 <= i <= 86_400 for i in self.intervals_s):
             raise TestbedError(f"--interval is {','.join(f'{i:g}' for i in self.intervals_s) or 'empty'}; give "
                                "seconds between a meter's readings, 0.05 to 86400, e.g. 10 or 10,5")
@@ -166,6 +177,9 @@ def scale_topology(path: Path, options: ScaleOptions, work: Path) -> Topology:
         else:
             first["count"] = count - 1 if isinstance(count, int) else count
             templates.insert(0, storm)
+    for template in templates:  # the whole bus's fleets (Appendix A's phase) read as often as ours
+        if isinstance(template, dict):
+            template["meter_period_s"] = options.intervals_s[-1]
     resized = work / Path(path).name
     resized.write_text(_toml(data))
     topology = load_topology(resized)
@@ -533,6 +547,46 @@ def _wait_all_connected(bus: _Bus, timeout_s: float) -> None:
         wait_until(settled, timeout_s, interval_s=TICK_S, what="every meter connected")
 
 
+def _appendix_a(topology: Topology, certs: Path, runs: int, work: Path, say: Callable[[str], None]) -> ScaleAppendixA:
+    """Appendix A on one substation of the whole bus (LocalBus: DMS, supplies, cap banks, feeder models,
+    fleets), every fleet reporting, then with every other substation's fleet stopped."""
+    substation = topology.substations[-1].name  # not the storm's
+    scenario = load_scenario("appendix-a", {d.id: d.role for d in topology.devices})
+    pki = ensure_pki(topology, certs)
+    state = Path(tempfile.mkdtemp(prefix="fmb-scale-a-"))  # short: the feeders' Unix sockets live in it
+    bus = LocalBus(topology, pki, state, monitor=False, ui_port=None)
+    t0 = time.monotonic()
+    say(f"  Appendix A: starting the whole bus ({len(topology.devices):,} devices) for {runs} runs on {substation}")
+    bus.start()
+    try:
+        started = time.monotonic() - t0
+        configs: dict[str, ScaleScenarioRuns] = {}
+        with ScenarioRunner(bus, scenario, substation=substation) as runner:
+            for config in ("loaded", "idle"):
+                if config == "idle":
+                    for fleet, meters in topology.fleets.items():
+                        if meters[0].site != substation:
+                            bus.stop_process(fleet)
+                result = runner.run(runs, work / f"appendix-a-{config}")
+                e2e = [r["e2e_ms"] for r in result["runs"] if r["passed"] and r["e2e_ms"] is not None]
+                runs_stats = ScaleScenarioRuns(passed=len(e2e), failed=result["repetitions"] - len(e2e),
+                                               failure=result["failure"])
+                runs_stats.update(_stats(e2e))  # type: ignore[typeddict-item]
+                configs[config] = runs_stats
+                say(f"  Appendix A on {substation}, {config}: {len(e2e)}/{result['repetitions']} passed, "
+                    f"e2e p50 {runs_stats.get('p50', math.nan):.0f} p99 {runs_stats.get('p99', math.nan):.0f} ms"
+                    + (f" ({result['failure']})" if result["failure"] else ""))
+    finally:
+        bus.stop()
+        shutil.rmtree(state, ignore_errors=True)
+    loaded, idle = configs["loaded"].get("p99"), configs["idle"].get("p99")
+    return ScaleAppendixA(
+        ran=True, why="loaded: every fleet reporting; idle: every other substation's fleet stopped (the scenario's "
+                      "own fleet runs: its regulating meter is one of them)",
+        substation=substation, repetitions=runs, bus_start_s=round(started, 1), loaded=configs["loaded"],
+        idle=configs["idle"], loaded_over_idle_p99=round(loaded / idle, 2) if loaded and idle else None)
+
+
 def _targets(ramp: ScaleRamp, steady: list[ScaleSteady], storms: list[ScaleStorm]) -> ScaleTargets:
     t = TARGETS
     steady_met = any(p["delivered_per_s"] >= t["readings_per_s_min"]
@@ -613,14 +667,14 @@ def run_scale(topology_path: Path, certs: Path, options: ScaleOptions, out: Path
             if readings is not None:
                 readings.close()
             bus.procs.stop(timeout_s=15)
+        appendix_a = (_appendix_a(topology, certs, options.appendix_a_runs, work, say) if options.appendix_a_runs
+                      else ScaleAppendixA(ran=False, why="--appendix-a 0"))
         ok = True
     finally:
         if ok:
             shutil.rmtree(work, ignore_errors=True)
         else:
             say(f"  (the run's brokers' and fleets' logs are kept in {work})")
-    appendix_a = ScaleAppendixA(ran=False, why="Appendix A on one substation of a scale topology needs a local bus "
-                                "started for that substation (LocalBus --substation), not available to this run")
     conditions = ScaleConditions(
         topology=str(topology_path), substations=len(topology.fleets), meters=meters,
         meters_per_substation=[f.meters for f in bus.fleets], storm_substation=bus.storm_site,
@@ -658,7 +712,7 @@ def summary(result: ScaleResult) -> str:
              f"(load average {result['conditions']['load_average_before'][0]:.2f} before, "
              f"{result['conditions']['load_average_after'][0]:.2f} after)",
              f"  ramp: all connected {_s(ramp['seconds_to_all']) if ramp['all_connected'] else 'NO'}"
-             f", {ramp['handshakes_per_s'] or 0:,.0f} handshakes/s in all; broker "
+             f", {_rate_text(ramp['handshakes_per_s'])} handshakes/s in all; broker "
              f"{ramp['broker_kb_per_connection'].get('p50', math.nan):.1f} KiB and fleet "
              f"{ramp['fleet_kb_per_connection'].get('p50', math.nan):.0f} KiB per connection (median of substations)"
              f"; target >= {t['meters_min']:,} meters, >= {t['substations_min']} substations: "
@@ -677,9 +731,19 @@ def summary(result: ScaleResult) -> str:
                      f"(idle {s['control_idle_ms'].get('p99', math.nan):.1f}), unacked {c['sent'] - c['acked']}")
     lines.append(f"  target a {t['storm_meters_min']:,}-meter storm back <= {t['storm_back_max_s']:g} s, control p99 "
                  f"<= {t['storm_control_p99_max_ms']:g} ms segregated: {'met' if t['storm_met'] else 'NOT met'}")
-    appendix_a = result["appendix_a"]
-    lines.append(f"  Appendix A under load: {'run' if appendix_a['ran'] else 'not run: ' + appendix_a['why']}")
+    a = result["appendix_a"]
+    if a["ran"] and "loaded" in a and "idle" in a:
+        lines.append(f"  Appendix A on {a.get('substation')}: e2e p50 / p99 {a['loaded'].get('p50', math.nan):.0f} / "
+                     f"{a['loaded'].get('p99', math.nan):.0f} ms with every fleet reporting, "
+                     f"{a['idle'].get('p50', math.nan):.0f} / {a['idle'].get('p99', math.nan):.0f} ms idle "
+                     f"(passed {a['loaded']['passed']} + {a['idle']['passed']} of {2 * a.get('repetitions', 0)})")
+    else:
+        lines.append(f"  Appendix A under load: not run ({a['why']})")
     return "\n".join(lines)
+
+
+def _rate_text(value: float | None) -> str:
+    return f"{value:,.0f}" if value is not None else "? (all within one heartbeat)"
 
 
 def _s(value: float | None) -> str:

@@ -66,6 +66,7 @@ __all__ = [
     "ScaleRamp",
     "ScaleRampBroker",
     "ScaleResult",
+    "ScaleScenarioRuns",
     "ScaleSteady",
     "ScaleStorm",
     "ScaleTargets",
@@ -860,11 +861,25 @@ class ScaleStorm(TypedDict):
     cpu: dict[str, ScaleCpu]
 
 
+class ScaleScenarioRuns(PercentilesIfAny):
+    """Appendix A repeated on one substation: end-to-end ms of the passed runs."""
+
+    passed: int
+    failed: int
+    failure: str | None  # the first failed run's reason
+
+
 class ScaleAppendixA(TypedDict):
+    """Appendix A on one substation of the whole bus (a LocalBus), the fleets reporting, then idle."""
+
     ran: bool
-    why: str
-    idle: NotRequired[PercentilesIfAny]
-    loaded: NotRequired[PercentilesIfAny]
+    why: str  # why not, or what each configuration means
+    substation: NotRequired[str]
+    repetitions: NotRequired[int]
+    bus_start_s: NotRequired[float]  # the whole LocalBus up, every meter connected
+    loaded: NotRequired[ScaleScenarioRuns]  # every fleet reporting
+    idle: NotRequired[ScaleScenarioRuns]  # every other substation's fleet stopped
+    loaded_over_idle_p99: NotRequired[float | None]
 
 
 class ScaleTargets(TypedDict):

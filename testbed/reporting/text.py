@@ -420,8 +420,7 @@ def scale_markdown(result: ScaleResult) -> str:
                             s["reported"], s["control_idle_ms"].get("p50"), s["control_idle_ms"].get("p99"),
                             s["control_ms"].get("p50"), s["control_ms"].get("p99"), s["control_ms"].get("max"),
                             s["control_ms"]["sent"] - s["control_ms"]["acked"]] for s in result["storm"]]),
-           f"\n**Appendix A on one substation under load**: "
-           f"{'run' if result['appendix_a']['ran'] else 'not run (' + result['appendix_a']['why'] + ')'}.\n",
+           _appendix_a_markdown(result),
            "\n**Targets** (issue 12, this machine):\n\n",
            markdown_table(["target", "met"], [
                [f">= {t['meters_min']:,} meters over >= {t['substations_min']} substations, all connected",
@@ -432,3 +431,16 @@ def scale_markdown(result: ScaleResult) -> str:
                 f"{t['storm_control_p99_max_ms']:g} ms segregated", t["storm_met"]],
                ["memory per connection reported (brokers and fleets)", t["memory_reported"]]])]
     return "".join(out)
+
+
+def _appendix_a_markdown(result: ScaleResult) -> str:
+    a = result["appendix_a"]
+    if not a["ran"]:
+        return f"\n**Appendix A on one substation under load**: not run ({a['why']}).\n"
+    rows = [[config, runs["passed"], runs["failed"], *(runs.get(k) for k in _PERCENTILE_KEYS), runs["failure"]]
+            for config, runs in (("loaded", a.get("loaded")), ("idle", a.get("idle"))) if runs is not None]
+    return (f"\n**Appendix A on {a.get('substation')}** (the whole bus as local processes, up in "
+            f"{_cell(a.get('bus_start_s'))} s; {a['why']}):\n\n"
+            + markdown_table(["configuration", "passed", "failed", "e2e p50 ms", "p90 ms", "p99 ms", "max ms",
+                              "first failure"], rows)
+            + f"\nLoaded ÷ idle, p99: {_cell(a.get('loaded_over_idle_p99'))}.\n")
