@@ -21,7 +21,8 @@ Configuration (environment; ``--help`` prints this):
                             "meters": [{"id", "cert", "key", "feeder_socket", "deadband_v",
                             "period_s"}, ...]}; feeder_socket null or absent: no physics  (required)
     FMB_READY_FILE          the heartbeat (testbed.transport.health), with the counters expected,
-                            connected, published, reconnects, rejected, connect_failures, skipped
+                            connected, published, reconnects, rejected, connect_failures, skipped,
+                            unusable (a certificate or key that would not load)
     FMB_FLEET_CONNECT_RATE  connections opened per second at start                   (default 200)
     FMB_LOG_LEVEL           DEBUG, INFO, ...                                          (default INFO)
 """
@@ -38,9 +39,11 @@ import math
 import os
 import random
 import signal
+import ssl
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +53,10 @@ from devices.feeder import FeederLink
 from testbed.core.errors import ConfigError, DeviceError, TestbedError
 from testbed.core.payloads import MAX_PLAUSIBLE_V, NOMINAL_V, child_traceparent, encode
 from testbed.core.topics import topic
-from testbed.transport.aio import AioClient, Backoff
+from testbed.transport.aio import AioClient, Backoff, small_tls_buffers
 from testbed.transport.guard import one_line
 from testbed.transport.health import TICK_S, Heartbeat
-from testbed.transport.mqtt import Endpoint, TLSIdentity
+from testbed.transport.mqtt import Endpoint, TLSIdentity, tls_context
 
 __all__ = ["Fleet", "FleetConfig", "MeterSpec", "load_fleet_file", "main"]
 
@@ -65,6 +68,7 @@ MAX_FLEET_FILE_BYTES = 64 << 20  # about 300,000 meters; anything larger is not 
 MAX_METERS = 100_000
 MAX_ID_CHARS = 64
 SUMMARY_EVERY_S = 10.0  # a line of counters in the log
+CONTEXTS_AHEAD = 8  # TLS contexts loading in worker threads ahead of the connection ramp
 
 
 @dataclass(frozen=True)
@@ -256,6 +260,7 @@ class Fleet:
                 self.by_feeder.setdefault(meter.spec.feeder_socket, []).append(meter)
         self.published = 0
         self.skipped = 0  # readings due while the meter was disconnected or its broker's window full
+        self.unusable = 0  # meters whose certificate or key could not be loaded
         self.heartbeat = Heartbeat(config.ready_file, config.fleet_id,
                                    disconnected_limit_s=config.backoff.cap_s + 2 * TICK_S + 2)
         self._stop = asyncio.Event()
@@ -289,17 +294,42 @@ class Fleet:
         self.heartbeat.stop()
 
     async def _ramp(self) -> None:
+        """Start the meters' connections at ``connect_rate`` per second.
+
+        Each meter's TLS context (its own key pair) takes milliseconds to load (OpenSSL 3 parses the
+        PEM files): a few load in worker threads ahead of the ramp, so the event loop keeps serving
+        the handshakes already under way; the loop yields after every meter even when behind."""
+        loop = asyncio.get_running_loop()
         interval = 1.0 / self.config.connect_rate
+        queue = iter(self.meters)
+        ahead: deque[tuple[Meter, asyncio.Future[ssl.SSLContext]]] = deque()
+
+        def load_next() -> None:
+            meter = next(queue, None)
+            if meter is not None:
+                ahead.append((meter, loop.run_in_executor(None, tls_context, _identity(self.config, meter.spec))))
+
+        for _ in range(CONTEXTS_AHEAD):
+            load_next()
         start = time.monotonic()
-        for i, meter in enumerate(self.meters):
-            # The TLS context is made here, not up front: loading 10,000 key pairs takes seconds.
-            client = AioClient(meter.spec.id, _identity(self.config, meter.spec), self.config.delivery,
-                               backoff=self.config.backoff, rng=self.rng, on_connect=self._on_connect(meter))
+        started = 0
+        while ahead:
+            meter, loading = ahead.popleft()
+            load_next()
+            try:
+                context = await loading
+            except (OSError, ValueError) as e:  # ssl.SSLError is an OSError: a key that does not fit, a bad PEM
+                self.unusable += 1
+                log.error("%s: cannot load its certificate and key (%s); this meter stays offline", meter.spec.id,
+                          one_line(str(e)))
+                continue
+            client = AioClient(meter.spec.id, context, self.config.delivery, backoff=self.config.backoff,
+                               rng=self.rng, on_connect=self._on_connect(meter))
             meter.client = client
             asyncio.create_task(client.run(), name=f"meter {meter.spec.id}")
-            delay = start + (i + 1) * interval - time.monotonic()  # paced on the clock, not on sleeps
-            if delay > 0:
-                await asyncio.sleep(delay)
+            started += 1
+            # Paced on the clock, not on sleeps; sleep(0) when behind still lets the handshakes run.
+            await asyncio.sleep(max(0.0, start + started * interval - time.monotonic()))
 
     def _on_connect(self, meter: Meter) -> Any:
         def connected(client: AioClient) -> None:
@@ -384,7 +414,7 @@ class Fleet:
         return {"expected": len(self.meters), "connected": sum(c.connected for c in clients),
                 "published": self.published, "reconnects": sum(c.reconnects for c in clients),
                 "rejected": sum(c.refused for c in clients), "connect_failures": sum(c.failed for c in clients),
-                "skipped": self.skipped}
+                "skipped": self.skipped, "unusable": self.unusable}
 
     async def _beat(self) -> None:
         last_summary = time.monotonic()
@@ -407,7 +437,7 @@ class Fleet:
         if self._none_connected_since is None:
             self._none_connected_since = now
         down = now - self._none_connected_since
-        started = all(m.client is not None for m in self.meters)
+        started = sum(m.client is not None for m in self.meters) + self.unusable == len(self.meters)
         if started and down > self.heartbeat.disconnected_limit_s:
             return [f"no meter connected for {down:.0f} s"]
         return []
@@ -425,6 +455,17 @@ def _identity(config: FleetConfig, spec: MeterSpec) -> TLSIdentity:
     return TLSIdentity(config.ca, spec.cert, spec.key)
 
 
+def _quiet_gmqtt(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    # gmqtt 0.8's protocol raises AttributeError in connection_lost when a connection attempt is
+    # abandoned during its TLS handshake (our connect timeout): nothing is lost, but asyncio would
+    # log a traceback per meter in a storm.
+    handle = str(context.get("handle", ""))
+    if isinstance(context.get("exception"), AttributeError) and "MQTTProtocol.connection_lost" in handle:
+        log.debug("gmqtt: a connection abandoned during its handshake closed")
+        return
+    loop.default_exception_handler(context)
+
+
 def main() -> None:
     """Entry point of ``python -m devices.fleet``."""
     argparse.ArgumentParser(prog="python -m devices.fleet", description=__doc__,
@@ -438,9 +479,12 @@ def main() -> None:
     except TestbedError as e:
         raise SystemExit(f"error: {e}") from None
 
+    small_tls_buffers()  # every connection of this process is a meter's, which receives next to nothing
+
     async def run() -> None:
         fleet = Fleet(config)
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_quiet_gmqtt)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, fleet.stop)
         await fleet.run()

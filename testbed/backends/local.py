@@ -22,11 +22,12 @@ import signal
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from brokers.mosquitto import BrokerFiles, connection_budget, expected_clients, mosquitto_binary, render_broker
+from devices.feeder_file import write_feeders
 from testbed.backends import processes
 from testbed.backends.fleets import FleetState, fleet_environment, fleet_ready_timeout, fleet_state
 from testbed.backends.processes import ProcessRecord
@@ -76,12 +77,13 @@ def device_environment(topology: Topology, device: DeviceSpec, certs: Path, run_
         env["FMB_SIGNERS"] = ",".join(trusted)
     if device.role == "dms":
         env["FMB_SESSION_EXPIRY"] = str(topology.site(device.site).session_expiry_s)
-        env["FMB_FEEDERS"] = json.dumps([{**asdict(f), "meter": f.meter} for f in topology.feeders])
+        env["FMB_FEEDERS_FILE"] = str(write_feeders(topology, run_dir))  # an env var holds a few hundred at most
     if device.role == "tablet":
         env["FMB_UI_SOCKET"] = str(run_dir / f"{device.id}.sock")
         env["FMB_UI_CERT"] = str(certs / "servers" / f"{device.id}-ui.pem")
         env["FMB_UI_KEY"] = str(certs / "servers" / f"{device.id}-ui.key")
         env["FMB_UI_URL_FILE"] = str(run_dir / f"{device.id}.url")
+        env["FMB_DMS"] = ",".join(d.id for d in topology.devices if d.role == "dms")  # whose diagrams it shows
     f = topology.feeder_of(device.id)
     if f is not None:
         env["FMB_FEEDER_SOCKET"] = str(run_dir / f"{f.id}.sock")
@@ -92,15 +94,24 @@ def device_environment(topology: Topology, device: DeviceSpec, certs: Path, run_
 
 
 def monitor_environment(topology: Topology, certs: Path, state_dir: Path, log_dir: Path,
-                        run_dir: Path) -> dict[str, str]:
-    """The monitor's ``FMB_*`` environment on the local bus (logs tailed from their files)."""
-    logs = {b.name: f"file:{log_dir / (b.name + '.log')}" for b in topology.brokers}
+                        run_dir: Path, sites: Sequence[str] | None = None) -> dict[str, str]:
+    """The monitor's ``FMB_*`` environment on the local bus (logs tailed from their files); with
+    ``sites``, a shard's: only those sites' brokers, their devices' logs, its own ready file. Every
+    shard appends to the one alert file."""
+    chosen = [s.name for s in topology.sites] if sites is None else list(sites)
+    unknown = sorted(set(chosen) - {s.name for s in topology.sites})
+    if unknown or not chosen:
+        raise TestbedError(f"a monitor shard needs sites of {topology.path}; {', '.join(unknown) or 'none'} given")
+    brokers = [b for b in topology.brokers if b.site in chosen]
+    logs = {b.name: f"file:{log_dir / (b.name + '.log')}" for b in brokers}
     # Every device that reads: actuators log the commands they refuse, every reader the payloads.
-    readers = [d.id for d in topology.devices if ROLES[d.role].reads]
+    readers = [d.id for d in topology.devices if ROLES[d.role].reads and d.site in chosen]
     logs.update({d: f"file:{log_dir / (d + '.log')}" for d in readers})
+    shard = "" if sites is None else "-" + "+".join(chosen)
     return {
         "FMB_DEVICE_ID": "monitor",
-        "FMB_BROKERS": json.dumps({b.name: f"{b.host}:{b.port}" for b in topology.brokers}),
+        "FMB_BROKERS": json.dumps({b.name: f"{b.host}:{b.port}" for b in brokers}),
+        "FMB_MONITOR_SITES": ",".join(chosen),
         "FMB_CA": str(certs / "ca" / "ca.pem"),
         "FMB_CERT": str(certs / "clients" / "monitor.pem"),
         "FMB_KEY": str(certs / "clients" / "monitor.key"),
@@ -110,7 +121,7 @@ def monitor_environment(topology: Topology, certs: Path, state_dir: Path, log_di
         "FMB_MONITOR_CONFIG": str(state_dir / "monitor.toml"),
         "FMB_CERTS_DIR": str(certs),
         "FMB_STATE_DIR": str(state_dir),
-        "FMB_READY_FILE": str(run_dir / "monitor.ready"),
+        "FMB_READY_FILE": str(run_dir / f"monitor{shard}.ready"),
     }
 
 
@@ -230,7 +241,8 @@ class LocalBus:
                             for way in self.topology.bridge_connections(bridge)])
             self._wait_all([self._launch_feeder(f.id) for f in self.topology.feeders])
             for role in START_ORDER:
-                group = [self._launch_device(d) for d in self.topology.devices if d.role == role and not d.fleet]
+                group = [self._launch_device(d) for d in self.topology.devices
+                         if d.role == role and not d.fleet and not d.external]
                 if role == "meter":
                     group += [self._launch_fleet(name) for name in self.topology.fleets]
                 self._wait_all(group)

@@ -115,18 +115,18 @@ class ScenarioRunner:
                 info = self._operator[device.site].publish(
                     name, payload, 1, properties=publish_properties(new_traceparent(), signature))
                 info.wait_for_publish(5)
-        reached = self.recorder.wait_for(lambda obs: not self._unmet(obs, start_ns), timeout_s)
+        reached = self.recorder.wait_for(lambda _: not self._unmet(start_ns), timeout_s, since=self.recorder.mark())
         if not reached:
-            unmet = self._unmet(self.recorder.snapshot(), start_ns)
+            unmet = self._unmet(start_ns)
             raise ScenarioError(
                 f"initial state not reached in {timeout_s:g} s: {'; '.join(unmet)} "
                 "(are all devices running? see their logs under the state directory)")
 
-    def _unmet(self, observations: list[Observation], start_ns: int) -> list[str]:
+    def _unmet(self, start_ns: int) -> list[str]:
         unmet = []
         for exp in self.scenario.initial_expect:
             for device in self.cast.matching(exp.device):
-                last = _latest(observations, device.id, exp.profile)
+                last = self.recorder.latest(device.id, exp.profile)
                 if last is None or (exp.fresh and last.decoded.ts_ns < start_ns) or not exp.matches(
                         last.decoded.body):
                     unmet.append(f"{device.id} {exp.profile} {exp.where}")
@@ -192,8 +192,8 @@ class ScenarioRunner:
         self.restore()
         mark = self.recorder.mark()
         t0 = self.trigger()
-        progress = self.recorder.wait_for(lambda obs: self._progress(obs[mark:], t0),
-                                          self.scenario.timeout_s)
+        progress = self.recorder.wait_for(lambda obs: self._progress(obs, t0), self.scenario.timeout_s,
+                                          since=mark)
         matched, end = progress or self._last_progress  # the partial match on a time-out
         failure = None
         if len(matched) < len(self.scenario.steps):
@@ -257,10 +257,9 @@ class ScenarioRunner:
                 and exp.matches(msg.body))
 
     def _check_final(self, end: Observation) -> str | None:
-        observations = self.recorder.snapshot()
         for exp in self.scenario.final:
             for device in self.cast.matching(exp.device):
-                last = _latest(observations, device.id, exp.profile, until_ns=end.decoded.ts_ns)
+                last = self.recorder.latest(device.id, exp.profile, until_ns=end.decoded.ts_ns)
                 if last is None or not exp.matches(last.decoded.body):
                     got = last.decoded.body if last else "nothing"
                     return f"final state: {device.id} {exp.profile} {exp.where} does not hold (got {got})"
@@ -333,15 +332,3 @@ class ScenarioRunner:
         plot_timeline(result, out / "timeline.png")
         (out / "summary.txt").write_text(summary_table(result) + "\n")
 
-
-def _latest(observations: list[Observation], device: str, profile: str,
-            until_ns: int | None = None) -> Observation | None:
-    best = None
-    for o in observations:
-        m = o.message
-        if m is None:
-            continue
-        fits = m.source == device and m.profile == profile and (until_ns is None or m.ts_ns <= until_ns)
-        if fits and (best is None or m.ts_ns > best.decoded.ts_ns):
-            best = o
-    return best
