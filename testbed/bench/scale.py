@@ -78,7 +78,6 @@ from testbed.core.stats import percentiles, rounded
 from testbed.core.topology import MAX_METERS_PER_FEEDER, MAX_SUBSTATIONS, SiteSpec, Topology, load_topology
 from testbed.core.waiting import WaitTimeout, wait_until
 from testbed.harness.runner import ScenarioRunner
-from testbed.security.pki import PKI
 from testbed.security.provision import ensure_pki
 from testbed.transport.health import read_health
 from testbed.transport.mqtt import Endpoint, TLSIdentity
@@ -250,9 +249,7 @@ class _Bus:
         self.connect_rate = connect_rate
         self.procs = Processes(work)
         t0 = time.monotonic()
-        # Only the identities this run presents (no signing keys, no web consoles): one PKI.init.
-        self.pki = PKI(certs)
-        self.pki.init({b.name: [b.host] for b in topology.brokers}, topology.client_identities())
+        self.pki = ensure_pki(topology, certs)  # as the bus provisions it: a substation's meters under its CA
         self.pki_s = time.monotonic() - t0
         self.brokers: dict[str, ProcessRecord] = {}
         self.endpoints: dict[str, Endpoint] = {}
@@ -552,7 +549,7 @@ def _appendix_a(topology: Topology, certs: Path, runs: int, work: Path, say: Cal
     fleets), every fleet reporting, then with every other substation's fleet stopped."""
     substation = topology.substations[-1].name  # not the storm's
     scenario = load_scenario("appendix-a", {d.id: d.role for d in topology.devices})
-    pki = ensure_pki(topology, certs)
+    pki = ensure_pki(topology, certs)  # (done by the first phase: only checks)
     state = Path(tempfile.mkdtemp(prefix="fmb-scale-a-"))  # short: the feeders' Unix sockets live in it
     bus = LocalBus(topology, pki, state, monitor=False, ui_port=None)
     t0 = time.monotonic()
