@@ -53,6 +53,7 @@ CASES: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
         (["bench", "soak", "--minutes", "0"], "--minutes is 0"),
         (["bench", "scale", "--meters", "0"], "--meters is 0"),
         (["bench", "scale", "--interval", "often"], "--interval is 'often'"),
+        (["bench", "scale", "--backoff", "5,1"], "--backoff is 5,1"),
         (["bench", "nonsense"], "invalid choice: 'nonsense'"),
     ],
     ("report",): [(["report", "{tmp}/no-such-run"], "is not a directory")],

@@ -82,11 +82,12 @@ from testbed.security.provision import ensure_pki
 from testbed.transport.health import read_health
 from testbed.transport.mqtt import Endpoint, TLSIdentity
 
-__all__ = ["RESULT_FILE", "RESULT_SCHEMA", "ScaleOptions", "parse_intervals", "run_scale", "scale_topology", "summary"]
+__all__ = ["RESULT_FILE", "RESULT_SCHEMA", "ScaleOptions", "parse_backoff", "parse_intervals", "run_scale",
+           "scale_topology", "summary"]
 
 RESULT_SCHEMA: Final = "fmb.bench-scale/1"  # the shape: testbed.core.results.ScaleResult
 RESULT_FILE = "bench-scale.json"
-BACKOFF = {"base_s": 0.5, "cap_s": 20.0}  # the fleets' reconnect backoff (full jitter), written in their files
+BACKOFF = (0.5, 20.0)  # the fleets' reconnect backoff (full jitter: base, cap), their own default
 TICK_S = 0.25  # how often the harness samples the fleets' heartbeats
 TARGETS: Final = {"meters_min": 10_000, "substations_min": 10, "readings_per_s_min": 1000.0,
                   "latency_p99_max_ms": 100.0, "storm_meters_min": 2000, "storm_back_max_s": 30.0,
@@ -106,6 +107,7 @@ class ScaleOptions:
     command_rate: float = 20.0
     idle_control_s: float = 5.0
     appendix_a_runs: int = 20  # per configuration (loaded, idle); 0: not run
+    backoff: tuple[float, float] = BACKOFF  # the meters' reconnect backoff, seconds (base, cap)
     quick: bool = False
 
     @classmethod
@@ -121,6 +123,9 @@ class ScaleOptions:
                                          ("--storm-meters", self.storm_meters, 1, MAX_METERS_PER_FEEDER)):
             if value is not None and not low <= value <= high:
                 raise TestbedError(f"{option} is {value}; give {low} to {high:,}")
+        base, cap = self.backoff
+        if not (0.01 <= base <= cap <= 3600):
+            raise TestbedError(f"--backoff is {base:g},{cap:g}; give BASE,CAP seconds, 0.01 <= BASE <= CAP <= 3600")
         if not 0 <= self.appendix_a_runs <= 10_000:
             raise TestbedError(f"--appendix-a is {self.appendix_a_runs}; give runs per configuration, 0 to 10000")
         if not self.intervals_s or any(not 0.05 <= i <= 86_400 for i in self.intervals_s):
@@ -141,6 +146,15 @@ def parse_intervals(text: str) -> tuple[float, ...]:
     if not values:
         raise TestbedError(f"--interval is {text!r}; give seconds, e.g. 10 or 10,5")
     return values
+
+
+def parse_backoff(text: str) -> tuple[float, float]:
+    """``BASE,CAP`` seconds; a one-line error for anything else (the range: :meth:`ScaleOptions.check`)."""
+    try:
+        base, cap = (float(x) for x in text.split(","))
+    except ValueError:
+        raise TestbedError(f"--backoff is {text!r}; give BASE,CAP seconds, e.g. 0.5,20") from None
+    return base, cap
 
 
 # -- the topology at the size asked ----------------------------------------------------------------
@@ -243,10 +257,10 @@ class _Fleet:
 class _Bus:
     """The brokers and fleets a scale run starts, stopped by pid at the end."""
 
-    def __init__(self, topology: Topology, certs: Path, work: Path, interval_s: float, connect_rate: float,
+    def __init__(self, topology: Topology, certs: Path, work: Path, interval_s: float, options: ScaleOptions,
                  say: Callable[[str], None]) -> None:
         self.topology, self.work, self.say = topology, work, say
-        self.connect_rate = connect_rate
+        self.connect_rate, self.backoff = options.connect_rate, options.backoff
         self.procs = Processes(work)
         t0 = time.monotonic()
         self.pki = ensure_pki(topology, certs)  # as the bus provisions it: a substation's meters under its CA
@@ -286,8 +300,9 @@ class _Bus:
             entries.append({"id": m.id, "cert": str(paths.cert), "key": str(paths.key), "period_s": interval_s,
                             "deadband_v": feeder.meter_deadband_v if feeder else 0.5})
         file = self.work / f"{name}.json"
-        file.write_text(json.dumps({"root": self.topology.root, "qos": self.topology.qos, "backoff": BACKOFF,
-                                    "meters": entries}))
+        file.touch(mode=0o600)  # where each meter's key is: for the fleet's eyes only, as the local bus does
+        file.write_text(json.dumps({"root": self.topology.root, "qos": self.topology.qos,
+                                    "backoff": _backoff(self.backoff), "meters": entries}))
         return _Fleet(name, site, len(meters), file, self.work / f"{name}.ready")
 
     def set_interval(self, interval_s: float) -> None:
@@ -630,14 +645,14 @@ def run_scale(topology_path: Path, certs: Path, options: ScaleOptions, out: Path
         say(f"scale benchmark: {meters:,} meters over {len(topology.fleets)} substations "
             f"({topology.name}), readings every {', '.join(f'{i:g}' for i in options.intervals_s)} s; "
             f"load average {load_before[0]:.2f}")
-        bus = _Bus(topology, certs, work, options.intervals_s[0], options.connect_rate, say)
+        bus = _Bus(topology, certs, work, options.intervals_s[0], options, say)
         say(f"  PKI ready in {bus.pki_s:.1f} s ({len(topology.client_identities()):,} client identities)")
         readings: Readings | None = None
         try:
             bus.start_brokers()
             readings = Readings(bus.identity("recorder"), bus.endpoints[f"{_datacentre(topology).name}-delivery"],
                                 topology.root, topology.qos)
-            ramp_timeout = max(60.0, 3 * meters / options.connect_rate + 30, meters / 100)
+            ramp_timeout = max(120.0, 3 * meters / options.connect_rate + 60, meters / 20)
             ramp = _ramp(bus, say, ramp_timeout)
             steady: list[ScaleSteady] = []
             for n, interval in enumerate(options.intervals_s):
@@ -648,7 +663,7 @@ def run_scale(topology_path: Path, certs: Path, options: ScaleOptions, out: Path
                     bus.start_fleets()
                     _wait_all_connected(bus, ramp_timeout)
                 steady.append(_steady(bus, readings, interval, options.duration_s, say))
-            wait_s = max(2 * TARGETS["storm_back_max_s"], 3 * options.intervals_s[-1] + 10)
+            wait_s = max(4 * TARGETS["storm_back_max_s"], 3 * options.intervals_s[-1] + 10)
             storms = []
             for config in ("segregated", "shared"):
                 _wait_all_connected(bus, ramp_timeout)
@@ -669,6 +684,7 @@ def run_scale(topology_path: Path, certs: Path, options: ScaleOptions, out: Path
         ok = True
     finally:
         if ok:
+            _keep_logs(work, out / "logs")
             shutil.rmtree(work, ignore_errors=True)
         else:
             say(f"  (the run's brokers' and fleets' logs are kept in {work})")
@@ -676,7 +692,7 @@ def run_scale(topology_path: Path, certs: Path, options: ScaleOptions, out: Path
         topology=str(topology_path), substations=len(topology.fleets), meters=meters,
         meters_per_substation=[f.meters for f in bus.fleets], storm_substation=bus.storm_site,
         intervals_s=list(options.intervals_s), duration_s=options.duration_s, qos=topology.qos,
-        tls_version=tls_version, connect_rate_per_fleet=options.connect_rate, backoff=dict(BACKOFF),
+        tls_version=tls_version, connect_rate_per_fleet=options.connect_rate, backoff=_backoff(options.backoff),
         command_rate=options.command_rate, idle_control_s=options.idle_control_s, repetitions=1, quick=options.quick,
         started="brokers (start_broker: the topology's configurations, ACLs, bridges; the data centre without "
                 "its SIGUSR1 snapshot ticker) and one fleet per substation as processes of the benchmark, not a "
@@ -695,6 +711,18 @@ def run_scale(topology_path: Path, certs: Path, options: ScaleOptions, out: Path
     out.mkdir(parents=True, exist_ok=True)
     (out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _backoff(backoff: tuple[float, float]) -> dict[str, float]:
+    return {"base_s": backoff[0], "cap_s": backoff[1]}
+
+
+def _keep_logs(work: Path, logs: Path) -> None:
+    """The brokers', fleets' and responders' logs beside the result (what a surprising figure is checked against)."""
+    logs.mkdir(parents=True, exist_ok=True)
+    for log in work.rglob("*.log"):
+        name = log.name if log.parent == work else f"{log.parent.name}.log"
+        shutil.copyfile(log, logs / name)
 
 
 def _datacentre(topology: Topology) -> SiteSpec:

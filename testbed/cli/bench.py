@@ -234,7 +234,8 @@ def _bench_scale(args: argparse.Namespace, out: Path) -> int:
         connect_rate=base.connect_rate if args.connect_rate is None else args.connect_rate,
         command_rate=base.command_rate if args.command_rate == 50.0 else args.command_rate,  # 50/s: prioritization's
         idle_control_s=base.idle_control_s, quick=args.quick,
-        appendix_a_runs=base.appendix_a_runs if args.appendix_a is None else args.appendix_a)
+        appendix_a_runs=base.appendix_a_runs if args.appendix_a is None else args.appendix_a,
+        backoff=scale.parse_backoff(args.backoff) if args.backoff else base.backoff)
     options.check()
     certs, state = paths(args)
     _refuse_beside_running_bus(state, "the scale benchmark")
@@ -323,6 +324,9 @@ def add_bench(commands: Commands) -> None:
     bench.add_argument("--appendix-a", type=int,
                        help="scale: Appendix A runs on one substation of the whole bus, with every fleet reporting "
                             "and idle (default 20 each; --quick 3; 0: not run)")
+    bench.add_argument("--backoff",
+                       help="scale: the meters' reconnect backoff, BASE,CAP seconds (full jitter; default 0.5,20, "
+                            "the fleet's own)")
     bench.add_argument("--quick", action="store_true",
                        help="scale: a smoke of seconds (2 substations x 20 meters, readings every second)")
     bench.add_argument("--crash-window-s", type=float,
