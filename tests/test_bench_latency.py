@@ -144,7 +144,7 @@ def test_render_run_renders_every_result(tmp_path: Path) -> None:
         "bench-prioritization-throughput.png", "bench-recovery-times.png", "bench-recovery-autosave.png",
         "bench-wan-control.png", "bench-wan-throughput.png", "bench-ui-cdf.png", "bench-ui-repetitions.png",
         "bench-crash-curve.png", "bench-crash-policies.png", "bench-soak-ledger.png", "bench-soak-timeline.png",
-        "result-timeline.png"}
+        "bench-scale-ramp.png", "bench-scale-steady.png", "bench-scale-storm.png", "result-timeline.png"}
     for png in report.figures:
         _assert_png(png)
     text = report.path.read_text()

@@ -1,4 +1,4 @@
-"""``fmb bench NAME``: a benchmark (latency, prioritization, recovery, crash, soak, wan, ui) and its result JSON.
+"""``fmb bench NAME``: a benchmark (latency, prioritization, recovery, crash, soak, wan, ui, scale) and its result JSON.
 
 Each starts its own buses or brokers, so every argument is checked first: a typo costs a line,
 not a bus started and stopped. A benchmark that starts local buses refuses to run beside a bus
@@ -14,11 +14,11 @@ from pathlib import Path
 
 from testbed.backends.compose import compose_bus
 from testbed.backends.local import LocalBus
-from testbed.bench import crash, latency, partition, prioritization, recovery, soak, ui, wan
+from testbed.bench import crash, latency, partition, prioritization, recovery, scale, soak, ui, wan
 from testbed.cli.common import ROOT, Commands, paths, stamp
 from testbed.core.errors import TestbedError
 from testbed.core.scenario import load_scenario
-from testbed.core.topology import load_topology
+from testbed.core.topology import DEFAULT_TOPOLOGY, load_topology
 from testbed.security.provision import ensure_pki
 
 __all__ = ["add_bench"]
@@ -220,6 +220,34 @@ def _bench_soak(args: argparse.Namespace, out: Path) -> int:
 
 
 BENCHMARKS["soak"] = _bench_soak
+SCALE_TOPOLOGY = DEFAULT_TOPOLOGY.with_name("utility.toml")
+
+
+def _bench_scale(args: argparse.Namespace, out: Path) -> int:
+    intervals = scale.parse_intervals(args.interval)
+    base = scale.ScaleOptions.quick_smoke() if args.quick else scale.ScaleOptions()
+    options = scale.ScaleOptions(
+        substations=base.substations if args.substations is None else args.substations,
+        meters=base.meters if args.meters is None else args.meters, storm_meters=args.storm_meters,
+        intervals_s=base.intervals_s if args.quick and args.interval == "10" else intervals,
+        duration_s=base.duration_s if args.duration is None else args.duration,
+        connect_rate=base.connect_rate if args.connect_rate is None else args.connect_rate,
+        command_rate=base.command_rate if args.command_rate == 50.0 else args.command_rate,  # 50/s: prioritization's
+        idle_control_s=base.idle_control_s, quick=args.quick,
+        appendix_a_runs=base.appendix_a_runs if args.appendix_a is None else args.appendix_a,
+        backoff=scale.parse_backoff(args.backoff) if args.backoff else base.backoff)
+    options.check()
+    certs, state = paths(args)
+    _refuse_beside_running_bus(state, "the scale benchmark")
+    topology = Path(args.topology) if args.topology else SCALE_TOPOLOGY
+    result = scale.run_scale(topology, certs, options, out, progress=_say)
+    _render(out)
+    print(scale.summary(result))
+    print(f"result: {out}/{scale.RESULT_FILE}; figures and report.md beside it")
+    return 0
+
+
+BENCHMARKS["scale"] = _bench_scale
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -250,7 +278,7 @@ def add_bench(commands: Commands) -> None:
     bench.add_argument("--step-seconds", type=float, default=10.0,
                        help="prioritization, wan: measuring time per step (default 10)")
     bench.add_argument("--command-rate", type=float, default=50.0,
-                       help="prioritization: control commands per second (default 50; wan: 10)")
+                       help="prioritization: control commands per second (default 50; wan: 10; scale: 20)")
     bench.add_argument("--payload", type=int, default=256,
                        help="prioritization, wan, crash: payload bytes (default 256)")
     bench.add_argument("--flood-qos", type=int, choices=[0, 1, 2], default=1, help="prioritization: flood QoS")
@@ -279,6 +307,28 @@ def add_bench(commands: Commands) -> None:
                             "strike (default 30; CI runs 2)")
     bench.add_argument("--seed", type=int,
                        help="soak: the seed of the fault schedule (default: drawn from the time, and printed)")
+    bench.add_argument("--substations", type=int,
+                       help="scale: substations (default: the topology's; utility.toml has 10; --quick 2)")
+    bench.add_argument("--meters", type=int,
+                       help="scale: meters per substation (default: the topology's; utility.toml 1,000; --quick 20)")
+    bench.add_argument("--storm-meters", type=int,
+                       help="scale: give the reconnect storm's substation this many meters (the target: 2000; "
+                            "default: as the others)")
+    bench.add_argument("--interval", default="10",
+                       help="scale: seconds between a meter's readings, or a list (10,5: a steady state each; "
+                            "default 10: 10,000 meters give 1,000 readings/s)")
+    bench.add_argument("--duration", type=float,
+                       help="scale: seconds measured per steady state (default 30; --quick 3)")
+    bench.add_argument("--connect-rate", type=float,
+                       help="scale: connections each fleet opens per second at start (default 200)")
+    bench.add_argument("--appendix-a", type=int,
+                       help="scale: Appendix A runs on one substation of the whole bus, with every fleet reporting "
+                            "and idle (default 20 each; --quick 3; 0: not run)")
+    bench.add_argument("--backoff",
+                       help="scale: the meters' reconnect backoff, BASE,CAP seconds (full jitter; default 0.5,20, "
+                            "the fleet's own)")
+    bench.add_argument("--quick", action="store_true",
+                       help="scale: a smoke of seconds (2 substations x 20 meters, readings every second)")
     bench.add_argument("--crash-window-s", type=float,
                        help="soak: what a kill -9 of a persistent broker may lose, seconds of traffic (default: "
                             "the window its persistence policy gives, 0.5 s for Appendix A's data centre)")

@@ -59,6 +59,17 @@ __all__ = [
     "Repetition",
     "RepetitionSpread",
     "RunOutcome",
+    "ScaleAppendixA",
+    "ScaleConditions",
+    "ScaleControl",
+    "ScaleCpu",
+    "ScaleRamp",
+    "ScaleRampBroker",
+    "ScaleResult",
+    "ScaleScenarioRuns",
+    "ScaleSteady",
+    "ScaleStorm",
+    "ScaleTargets",
     "ScenarioEnd",
     "ScenarioResultDoc",
     "ScenarioStep",
@@ -765,4 +776,159 @@ class SoakResult(TypedDict):
     ledger_complete: bool  # every stream complete, and the windows add up to the totals
     appendix_a: list[SoakRun]
     ledger_file: str  # every message, one CSV row each, beside the JSON
+    environment: Environment
+
+
+# -- fmb bench scale: bench-scale.json (fmb.bench-scale/1) ----------------------------------------
+
+class ScaleCpu(TypedDict):
+    """CPU a group of processes used over a phase (``/proc/<pid>/stat`` utime + stime)."""
+
+    seconds: float
+    percent_of_a_core: float  # seconds / wall time x 100 (200 = both cores of this machine)
+
+
+class ScaleRampBroker(TypedDict):
+    """One substation's delivery broker and its fleet during the connection ramp."""
+
+    broker: str
+    fleet: str
+    meters: int
+    connected: int
+    seconds_to_all: float | None  # fleet start -> every meter connected (heartbeat, 0.5 s ticks)
+    handshakes_per_s: float | None  # from the first sample with any connected to the first with all
+    peak_handshakes_per_s: float | None  # the most in one second
+    broker_rss_kb_before: int | None
+    broker_rss_kb_after: int | None
+    broker_kb_per_connection: float | None
+    fleet_rss_kb: int | None
+    fleet_kb_per_connection: float | None  # the whole process (interpreter included) / meters
+
+
+class ScaleRamp(TypedDict):
+    meters: int
+    substations: int
+    connect_rate_per_fleet: float
+    all_connected: bool
+    seconds_to_all: float | None
+    handshakes_per_s: float | None  # all meters, from the first connected to the last (every fleet)
+    brokers: list[ScaleRampBroker]
+    broker_kb_per_connection: PercentilesIfAny
+    fleet_kb_per_connection: PercentilesIfAny
+    cpu: dict[str, ScaleCpu]  # "brokers", "fleets", "harness"
+    connected_by_time: list[list[float]]  # [[s since start, meters connected]]
+
+
+class ScaleSteady(TypedDict):
+    """One steady-state point: the meters of ``substations`` fleets reporting every ``interval_s``."""
+
+    meters: int
+    substations: int
+    interval_s: float
+    duration_s: float
+    offered_per_s: float  # meters / interval
+    published_per_s: float  # fleets' publishes acknowledged to them, per second (into the field brokers)
+    delivered_per_s: float  # readings the DMS side received from the data-centre broker, per second
+    latency_ms: PercentilesIfAny  # reading's timestamp -> received at the DMS side
+    lost: int  # gaps in meters' sequence numbers
+    duplicated: int
+    rejected: int  # payloads the DMS side could not decode
+    payload_bytes: float | None
+    cpu: dict[str, ScaleCpu]
+
+
+class ScaleControl(PercentilesIfAny):
+    sent: int
+    acked: int
+    unacked_within_s: float
+
+
+class ScaleStorm(TypedDict):
+    """The storm substation's delivery broker restarted with all its meters connected."""
+
+    config: str  # "segregated" (control plane on its own broker) | "shared" (on the restarted broker)
+    broker: str
+    meters: int
+    down_s: float  # SIGTERM -> the broker accepting connections again
+    reconnected_s: float | None  # broker back -> every meter connected (heartbeat, 0.5 s ticks)
+    reported_s: float | None  # broker back -> every meter's first reading after it received at the DMS side
+    reported: int  # meters heard from after the restart within the wait
+    reconnects: int  # the fleet's reconnect count during the storm
+    wait_s: float
+    control_idle_ms: ScaleControl  # before the storm
+    control_ms: ScaleControl  # during it: from the SIGTERM to every meter reported (or the wait)
+    reported_by_time: list[list[float]]  # [[s since broker back, meters reported]]
+    cpu: dict[str, ScaleCpu]
+
+
+class ScaleScenarioRuns(PercentilesIfAny):
+    """Appendix A repeated on one substation: end-to-end ms of the passed runs."""
+
+    passed: int
+    failed: int
+    failure: str | None  # the first failed run's reason
+
+
+class ScaleAppendixA(TypedDict):
+    """Appendix A on one substation of the whole bus (a LocalBus), the fleets reporting, then idle."""
+
+    ran: bool
+    why: str  # why not, or what each configuration means
+    substation: NotRequired[str]
+    repetitions: NotRequired[int]
+    bus_start_s: NotRequired[float]  # the whole LocalBus up, every meter connected
+    loaded: NotRequired[ScaleScenarioRuns]  # every fleet reporting
+    idle: NotRequired[ScaleScenarioRuns]  # every other substation's fleet stopped
+    loaded_over_idle_p99: NotRequired[float | None]
+
+
+class ScaleTargets(TypedDict):
+    meters_min: int
+    substations_min: int
+    all_connected_met: bool
+    readings_per_s_min: float
+    latency_p99_max_ms: float
+    steady_met: bool
+    storm_meters_min: int
+    storm_back_max_s: float
+    storm_control_p99_max_ms: float
+    storm_met: bool
+    memory_reported: bool
+
+
+class ScaleConditions(TypedDict):
+    topology: str
+    substations: int
+    meters: int
+    meters_per_substation: list[int]
+    storm_substation: str
+    intervals_s: list[float]
+    duration_s: float
+    qos: int
+    tls_version: str | None
+    connect_rate_per_fleet: float
+    backoff: dict[str, float]
+    command_rate: float
+    idle_control_s: float
+    repetitions: int
+    quick: bool
+    started: str  # how the bus ran: brokers and fleets as processes of the benchmark, not a LocalBus
+    dms_side: str
+    fleet: str
+    commander: str
+    load_average_before: list[float]
+    load_average_after: list[float]
+    memory_available_gib_before: float | None
+    pki_seconds: float
+
+
+class ScaleResult(TypedDict):
+    schema: Literal["fmb.bench-scale/1"]
+    created: str
+    conditions: ScaleConditions
+    ramp: ScaleRamp
+    steady: list[ScaleSteady]
+    storm: list[ScaleStorm]
+    appendix_a: ScaleAppendixA
+    targets: ScaleTargets
     environment: Environment

@@ -4,8 +4,8 @@ One function per figure; each takes a loaded result (``bench-*.json``) and retur
 :class:`~matplotlib.figure.Figure` on an Agg canvas, touching no pyplot state, so the same
 function serves ``fmb report`` (saved as PNG), the notebooks (displayed inline) and the tests.
 Sections: latency (``fmb.bench-latency/2``), prioritisation (``fmb.bench-prioritization/1``),
-recovery (``fmb.bench-recovery/1``) and crash (``fmb.bench-crash/1``); the JSON shapes are described
-in ``testbed/bench/README.md``.
+recovery (``fmb.bench-recovery/1``), crash (``fmb.bench-crash/1``), soak and scale
+(``fmb.bench-scale/1``); the JSON shapes are described in ``testbed/bench/README.md``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from testbed.core.results import (
     RecoveryResult,
     RecoveryTime,
     RecoveryTrial,
+    ScaleResult,
     SoakResult,
     UiResult,
     WanResult,
@@ -44,6 +45,9 @@ __all__ = [
     "prioritization_throughput",
     "recovery_autosave",
     "recovery_times",
+    "scale_ramp",
+    "scale_steady",
+    "scale_storm",
     "soak_ledger",
     "soak_timeline",
     "ui_cdf",
@@ -546,3 +550,100 @@ def soak_ledger(result: SoakResult) -> Figure:
     panels[0].set_ylabel("messages (all windows of the kind)")
     panels[0].legend(fontsize=8)
     return _finish(figure, "Soak ledger per fault kind", result)
+
+
+# -- scale (fmb.bench-scale/1) ----------------------------------------------------------------------
+
+def scale_ramp(result: ScaleResult) -> Figure:
+    """Meters connected over time as every fleet starts at once, and memory per connection per substation."""
+    ramp = result["ramp"]
+    figure = _figure(11, 4.5)
+    left, right = figure.subplots(1, 2, width_ratios=(3, 2))
+    xs = [p[0] for p in ramp["connected_by_time"]]
+    left.plot(xs, [p[1] for p in ramp["connected_by_time"]], color=_SERIES[0][0], linewidth=1.8,
+              label=f"connected ({ramp['meters']:,} meters, {ramp['substations']} substations)")
+    left.axhline(ramp["meters"], color=_GREY, linestyle=":", linewidth=1, label="every meter")
+    target = result["targets"]["meters_min"]
+    if target <= 1.5 * ramp["meters"]:
+        left.axhline(target, color=_GREY, linestyle="--", linewidth=1, label=f"target: {target:,} meters")
+    if ramp["seconds_to_all"] is not None:
+        left.axvline(ramp["seconds_to_all"], color=_SERIES[1][0], linestyle="--", linewidth=1,
+                     label=f"all connected: {ramp['seconds_to_all']:.1f} s ({ramp['handshakes_per_s'] or 0:,.0f}/s)")
+    left.set_xlabel("seconds since the fleets started")
+    left.set_ylabel("meters connected (fleets' heartbeats)")
+    left.grid(True, alpha=0.3)
+    left.legend(fontsize=8, loc="lower right")
+    rows = ramp["brokers"]
+    positions = range(len(rows))
+    for offset, key, label, (colour, _, _) in ((-0.2, "broker_kb_per_connection", "broker", _SERIES[1]),
+                                              (0.2, "fleet_kb_per_connection", "fleet process", _SERIES[2])):
+        values = [r[key] or 0.0 for r in rows]  # type: ignore[literal-required]
+        right.bar([p + offset for p in positions], values, width=0.4, color=colour, label=label)
+    right.set_xticks(list(positions), [r["broker"].removesuffix("-delivery") for r in rows], rotation=45,
+                     ha="right", fontsize=7)
+    right.set_yscale("log")
+    right.set_ylabel("KiB per connection (RSS, log)")
+    right.grid(True, axis="y", which="both", alpha=0.3)
+    right.legend(fontsize=8)
+    return _finish(figure, "Connection ramp: every meter with its own certificate", result)
+
+
+def scale_steady(result: ScaleResult) -> Figure:
+    """Meter -> DMS latency (p50, p99) against the readings offered per second, with the targets."""
+    figure = _figure(8, 4.8)
+    axes: Axes = figure.add_subplot()
+    points = sorted(result["steady"], key=lambda p: p["offered_per_s"])
+    xs = [p["delivered_per_s"] for p in points]
+    key: Literal["p50", "p99"]
+    for key, (colour, line, marker) in (("p99", _SERIES[0]), ("p50", _SERIES[1])):
+        axes.plot(xs, [p["latency_ms"].get(key, float("nan")) for p in points], color=colour, linestyle=line,
+                  marker=marker, label=f"meter → DMS {key}")
+    for p in points:
+        axes.annotate(f"{p['meters']:,} meters / {p['interval_s']:g} s", (p["delivered_per_s"],
+                      p["latency_ms"].get("p99", float("nan"))), textcoords="offset points", xytext=(5, 5), fontsize=7)
+    t = result["targets"]
+    axes.axhline(t["latency_p99_max_ms"], color=_GREY, linestyle="--", linewidth=1,
+                 label=f"target p99 ≤ {t['latency_p99_max_ms']:g} ms")
+    axes.axvline(t["readings_per_s_min"], color=_GREY, linestyle=":", linewidth=1,
+                 label=f"target {t['readings_per_s_min']:,.0f} readings/s")
+    axes.set_yscale("log")
+    axes.set_xlabel("readings delivered to the DMS side per second")
+    axes.set_ylabel("reading timestamp → DMS side (ms, log)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    return _finish(figure, "Steady state: meter → substation → bridge → data centre", result)
+
+
+def scale_storm(result: ScaleResult) -> Figure:
+    """Meters heard from again after their broker's restart, and control round trips before and during it."""
+    figure = _figure(11, 4.5)
+    left, right = figure.subplots(1, 2, width_ratios=(3, 2))
+    storms = result["storm"]
+    for (colour, line, _), storm in zip(_SERIES, storms, strict=False):
+        curve = storm["reported_by_time"]
+        left.step([0.0, *(p[0] for p in curve)], [0, *(p[1] for p in curve)], where="post", color=colour,
+                  linestyle=line, label=f"{storm['config']}: {storm['reported']:,}/{storm['meters']:,} "
+                  f"in {storm['reported_s']:.1f} s" if storm["reported_s"] is not None else
+                  f"{storm['config']}: {storm['reported']:,}/{storm['meters']:,} (not all)")
+    t = result["targets"]
+    left.axvline(t["storm_back_max_s"], color=_GREY, linestyle="--", linewidth=1,
+                 label=f"target ≤ {t['storm_back_max_s']:g} s")
+    left.set_xlabel("seconds since the delivery broker accepted connections again")
+    left.set_ylabel("meters reported again (DMS side)")
+    left.grid(True, alpha=0.3)
+    left.legend(fontsize=8, loc="lower right")
+    labels = [s["config"] for s in storms]
+    positions = range(len(storms))
+    for offset, key, label, (colour, _, _) in ((-0.2, "control_idle_ms", "before the storm", _SERIES[1]),
+                                              (0.2, "control_ms", "during the storm", _SERIES[0])):
+        values = [s[key].get("p99", float("nan")) for s in storms]  # type: ignore[literal-required]
+        right.bar([p + offset for p in positions], values, width=0.4, color=colour, label=f"p99 {label}")
+    right.axhline(t["storm_control_p99_max_ms"], color=_GREY, linestyle="--", linewidth=1,
+                  label=f"target ≤ {t['storm_control_p99_max_ms']:g} ms (segregated)")
+    right.set_xticks(list(positions), [f"control plane\n{name}" for name in labels])
+    right.set_yscale("log")
+    right.set_ylabel("command → ack round trip (ms, log)")
+    right.grid(True, axis="y", which="both", alpha=0.3)
+    right.legend(fontsize=8)
+    meters = storms[0]["meters"] if storms else 0
+    return _finish(figure, f"Reconnect storm: {meters:,} meters' broker restarted", result)

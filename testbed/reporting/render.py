@@ -29,6 +29,7 @@ from testbed.reporting.text import (  # re-exported: the notebooks read them fro
     markdown_table,
     prioritization_markdown,
     recovery_markdown,
+    scale_markdown,
     scenario_markdown,
     soak_markdown,
     ui_markdown,
@@ -49,6 +50,7 @@ __all__ = [
     "recovery_markdown",
     "register",
     "render_run",
+    "scale_markdown",
     "scenario_markdown",
     "soak_markdown",
     "ui_markdown",
@@ -113,6 +115,10 @@ register(Renderer("fmb.bench-ui/1", "Tablet web UI in a browser",
                   lambda r: {"cdf": plots.ui_cdf(r), "repetitions": plots.ui_repetitions(r)}, ui_markdown))
 register(Renderer("fmb.bench-soak/1", "Chaos soak: faults at random times, a ledger of every message",
                   lambda r: {"timeline": plots.soak_timeline(r), "ledger": plots.soak_ledger(r)}, soak_markdown))
+register(Renderer("fmb.bench-scale/1", "Utility scale: thousands of meters, each with its own certificate",
+                  lambda r: {"ramp": plots.scale_ramp(r), "steady": plots.scale_steady(r),
+                             "storm": plots.scale_storm(r)},
+                  scale_markdown))
 
 
 # -- a whole run directory ----------------------------------------------------------------------

@@ -19,6 +19,7 @@ from testbed.core.results import (
     RecoveryFault,
     RecoveryResult,
     RecoveryTime,
+    ScaleResult,
     ScenarioResultDoc,
     SoakResult,
     UiResult,
@@ -37,6 +38,7 @@ __all__ = [
     "percentiles_line",
     "prioritization_markdown",
     "recovery_markdown",
+    "scale_markdown",
     "scenario_markdown",
     "soak_markdown",
     "summary_table",
@@ -379,3 +381,66 @@ def soak_markdown(result: SoakResult) -> str:
     if c["unavailable"]:
         out.append("\nNot on this backend: " + "; ".join(f"{k} ({v})" for k, v in c["unavailable"].items()) + ".\n")
     return "".join(out)
+
+
+# -- scale (fmb.bench-scale/1) ----------------------------------------------------------------------
+
+def scale_markdown(result: ScaleResult) -> str:
+    """The ramp per substation, the steady states, the storms, and each target with its verdict."""
+    ramp, t = result["ramp"], result["targets"]
+    out = [f"**Connection ramp**: {ramp['meters']:,} meters over {ramp['substations']} substations, each fleet "
+           f"opening {ramp['connect_rate_per_fleet']:g} connections/s; all connected: "
+           f"{'in ' + _cell(ramp['seconds_to_all']) + ' s' if ramp['all_connected'] else '**no**'} "
+           f"({_cell(ramp['handshakes_per_s'])} handshakes/s in all). CPU over the ramp: "
+           + ", ".join(f"{k} {v['seconds']:g} s ({v['percent_of_a_core']:g} % of a core)"
+                       for k, v in ramp["cpu"].items())
+           + ".\n\n",
+           markdown_table(["broker", "meters", "connected", "all in s", "handshakes/s", "peak /s", "broker RSS KiB "
+                           "before → after", "broker KiB/conn", "fleet RSS MiB", "fleet KiB/conn"],
+                          [[r["broker"], r["meters"], r["connected"], r["seconds_to_all"], r["handshakes_per_s"],
+                            r["peak_handshakes_per_s"], f"{_cell(r['broker_rss_kb_before'])} → "
+                            f"{_cell(r['broker_rss_kb_after'])}", r["broker_kb_per_connection"],
+                            None if r["fleet_rss_kb"] is None else r["fleet_rss_kb"] / 1024,
+                            r["fleet_kb_per_connection"]] for r in ramp["brokers"]]),
+           "\nFleet KiB per connection is the whole process's RSS over its meters (the interpreter included).\n",
+           "\n**Steady state** (meter's timestamp → the DMS side on the data centre's delivery broker):\n\n",
+           markdown_table(["meters", "substations", "every s", "offered /s", "published /s", "delivered /s",
+                           "p50 ms", "p90 ms", "p99 ms", "max ms", "lost", "duplicated", "brokers CPU %",
+                           "fleets CPU %"],
+                          [[p["meters"], p["substations"], p["interval_s"], p["offered_per_s"], p["published_per_s"],
+                            p["delivered_per_s"], *(p["latency_ms"].get(k) for k in _PERCENTILE_KEYS), p["lost"],
+                            p["duplicated"], *(c["percent_of_a_core"] if (c := p["cpu"].get(group)) else None
+                                               for group in ("brokers", "fleets"))] for p in result["steady"]]),
+           "\n**Reconnect storm** (one substation's delivery broker restarted with all its meters connected; "
+           "times from the broker accepting connections again):\n\n",
+           markdown_table(["control plane", "broker", "meters", "down s", "all reconnected s", "all reported s",
+                           "reported", "control p50 ms idle", "p99 idle", "p50 storm", "p99 storm", "max storm",
+                           "unacked"],
+                          [[s["config"], s["broker"], s["meters"], s["down_s"], s["reconnected_s"], s["reported_s"],
+                            s["reported"], s["control_idle_ms"].get("p50"), s["control_idle_ms"].get("p99"),
+                            s["control_ms"].get("p50"), s["control_ms"].get("p99"), s["control_ms"].get("max"),
+                            s["control_ms"]["sent"] - s["control_ms"]["acked"]] for s in result["storm"]]),
+           _appendix_a_markdown(result),
+           "\n**Targets** (issue 12, this machine):\n\n",
+           markdown_table(["target", "met"], [
+               [f">= {t['meters_min']:,} meters over >= {t['substations_min']} substations, all connected",
+                t["all_connected_met"]],
+               [f"{t['readings_per_s_min']:,.0f} readings/s, meter -> DMS p99 <= {t['latency_p99_max_ms']:g} ms",
+                t["steady_met"]],
+               [f"{t['storm_meters_min']:,}-meter storm back <= {t['storm_back_max_s']:g} s, control p99 <= "
+                f"{t['storm_control_p99_max_ms']:g} ms segregated", t["storm_met"]],
+               ["memory per connection reported (brokers and fleets)", t["memory_reported"]]])]
+    return "".join(out)
+
+
+def _appendix_a_markdown(result: ScaleResult) -> str:
+    a = result["appendix_a"]
+    if not a["ran"]:
+        return f"\n**Appendix A on one substation under load**: not run ({a['why']}).\n"
+    rows = [[config, runs["passed"], runs["failed"], *(runs.get(k) for k in _PERCENTILE_KEYS), runs["failure"]]
+            for config, runs in (("loaded", a.get("loaded")), ("idle", a.get("idle"))) if runs is not None]
+    return (f"\n**Appendix A on {a.get('substation')}** (the whole bus as local processes, up in "
+            f"{_cell(a.get('bus_start_s'))} s; {a['why']}):\n\n"
+            + markdown_table(["configuration", "passed", "failed", "e2e p50 ms", "p90 ms", "p99 ms", "max ms",
+                              "first failure"], rows)
+            + f"\nLoaded ÷ idle, p99: {_cell(a.get('loaded_over_idle_p99'))}.\n")
