@@ -23,8 +23,8 @@ from testbed.core.errors import BrokerError
 from testbed.core.topics import PROFILES, ROLES, topic
 from testbed.core.topology import HARNESS_IDENTITIES, BrokerSpec, Topology
 
-__all__ = ["BRIDGE_KEEPALIVE_S", "BRIDGE_RESTART_S", "DYNSEC_TOPIC", "BrokerFiles", "mosquitto_binary", "render_acl",
-           "render_broker", "render_conf"]
+__all__ = ["BRIDGE_KEEPALIVE_S", "BRIDGE_RESTART_S", "DYNSEC_TOPIC", "BrokerFiles", "connection_budget",
+           "expected_clients", "mosquitto_binary", "render_acl", "render_broker", "render_conf"]
 
 DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
 # Where the fmb-broker-2.1 image links Mosquitto 2.1's sqlite persistence plugin (whatever the
@@ -66,6 +66,26 @@ class BrokerFiles:
     dynsec_plugin: PurePath | None = None
     blocked_identities: tuple[str, ...] = ()
     blocked_topics: tuple[str, ...] = ()
+    # > 0: refuse connections beyond this many (Mosquitto's default is no limit but the process's
+    # open-files limit, where accept() fails instead); containers set it with their `ulimits`.
+    max_connections: int = 0
+
+
+def expected_clients(topology: Topology, broker: BrokerSpec) -> int:
+    """The connections ``broker`` holds when the whole bus is up: its site's devices (a fleet's
+    meters on the delivery plane only), its bridges' connections, the harness's identities, its health check."""
+    devices = sum(1 for d in topology.devices
+                  if d.site == broker.site and (broker.plane == "delivery" or not getattr(d, "fleet", "")))
+    bridges = sum(1 for b in topology.bridges for way in topology.bridge_connections(b)
+                  if broker.name in topology.bridge_endpoints(b, way))
+    return devices + bridges + len(HARNESS_IDENTITIES) + 1
+
+
+def connection_budget(topology: Topology, broker: BrokerSpec) -> int:
+    """``max_connections`` for ``broker``: twice its clients (in a reconnect storm a client's dead
+    connection may linger until its keepalive expires while the new one arrives) and 256 for
+    tools and benchmarks, never under 1024 (the usual default open-files limit)."""
+    return max(1024, 2 * expected_clients(topology, broker) + 256)
 
 
 def render_broker(topology: Topology, broker: BrokerSpec, files: BrokerFiles) -> dict[str, str]:
@@ -156,6 +176,7 @@ def render_conf(topology: Topology, broker: BrokerSpec, files: BrokerFiles) -> s
         "require_certificate true",
         "use_identity_as_username true",
         "tls_version tlsv1.2",
+        *([f"max_connections {files.max_connections}"] if files.max_connections > 0 else []),
     ]
     for bridge in topology.bridges:
         directions = topology.bridge_directions(bridge)
