@@ -242,7 +242,7 @@ def fleet_env(topology: Topology, fleet: str, fleet_file: Path = FLEET_FILE) -> 
     meters = fleets(topology).get(fleet)
     if not meters:
         known = ", ".join(fleets(topology)) or "(none)"
-        raise TestbedError(f"no fleet {fleet!r} in topology {topology.path}: use one of {known}")
+        raise TestbedError(f"no fleet {fleet!r} in topology {topology.path}: use one of: {known}")
     feeder_of = {m: f for f in topology.feeders for m in feeder_meters(f)}
     entries = []
     for m in meters:
