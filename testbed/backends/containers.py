@@ -247,15 +247,12 @@ def fleet_env(topology: Topology, fleet: str, fleet_file: Path = FLEET_FILE) -> 
     entries = []
     for m in meters:
         feeder = feeder_of.get(m.id)
-        entries.append({
-            "id": m.id,
-            "cert": str(CERTS_DIR / "clients" / f"{m.id}.pem"),
-            "key": str(CERTS_DIR / "clients" / f"{m.id}.key"),
-            # No feeder: the fleet reports a nominal voltage (devices/fleet.py).
-            "feeder_socket": str(feeder_socket(feeder.id)) if feeder else "",
-            "deadband_v": feeder.meter_deadband_v if feeder else 0.5,
-            "period_s": feeder.meter_period_s if feeder else 5.0,
-        })
+        entry: dict[str, object] = {"id": m.id, "cert": str(CERTS_DIR / "clients" / f"{m.id}.pem"),
+                                    "key": str(CERTS_DIR / "clients" / f"{m.id}.key")}
+        if feeder is not None:  # else no physics: the fleet reports a nominal voltage (devices/fleet.py)
+            entry.update(feeder_socket=str(feeder_socket(feeder.id)), deadband_v=feeder.meter_deadband_v,
+                         period_s=feeder.meter_period_s)
+        entries.append(entry)
     _write(fleet_file, json.dumps({"root": topology.root, "qos": topology.qos, "meters": entries}).encode(), 0o600)
     delivery = topology.broker_for(meters[0].site, "delivery")
     return {
