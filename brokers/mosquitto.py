@@ -21,10 +21,10 @@ from pathlib import Path, PurePath
 
 from testbed.core.errors import BrokerError
 from testbed.core.topics import PROFILES, ROLES, topic
-from testbed.core.topology import HARNESS_IDENTITIES, BrokerSpec, Topology
+from testbed.core.topology import HARNESS_IDENTITIES, BridgeSpec, BrokerSpec, Topology
 
-__all__ = ["BRIDGE_KEEPALIVE_S", "BRIDGE_RESTART_S", "DYNSEC_TOPIC", "BrokerFiles", "connection_budget",
-           "expected_clients", "mosquitto_binary", "render_acl", "render_broker", "render_conf"]
+__all__ = ["BRIDGE_KEEPALIVE_S", "BRIDGE_RESTART_S", "DYNSEC_TOPIC", "BrokerFiles", "carried_topics",
+           "connection_budget", "expected_clients", "mosquitto_binary", "render_acl", "render_broker", "render_conf"]
 
 DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
 # Where the fmb-broker-2.1 image links Mosquitto 2.1's sqlite persistence plugin (whatever the
@@ -74,8 +74,7 @@ class BrokerFiles:
 def expected_clients(topology: Topology, broker: BrokerSpec) -> int:
     """The connections ``broker`` holds when the whole bus is up: its site's devices (a fleet's
     meters on the delivery plane only), its bridges' connections, the harness's identities, its health check."""
-    devices = sum(1 for d in topology.devices
-                  if d.site == broker.site and (broker.plane == "delivery" or not getattr(d, "fleet", "")))
+    devices = sum(1 for d in topology.devices_at(broker.site) if broker.plane == "delivery" or not d.fleet)
     bridges = sum(1 for b in topology.bridges for way in topology.bridge_connections(b)
                   if broker.name in topology.bridge_endpoints(b, way))
     return devices + bridges + len(HARNESS_IDENTITIES) + 1
@@ -213,8 +212,8 @@ def render_conf(topology: Topology, broker: BrokerSpec, files: BrokerFiles) -> s
             # Directions are the host's: traffic a data-centre-hosted connection carries inward
             # leaves that broker ("out").
             flip = {"in": "out", "out": "out", "both": "both"}
-            lines += [f"topic {topic(topology.root, p, '+')} {flip[directions[p]]} {topology.qos}"
-                      for p in profiles]
+            lines += [f"topic {t} {flip[directions[p]]} {topology.qos}"
+                      for p in profiles for t in carried_topics(topology, bridge, p, directions[p])]
     return "\n".join(lines) + "\n"
 
 
@@ -230,15 +229,16 @@ def render_acl(topology: Topology, broker: BrokerSpec, blocked_identities: tuple
     if blocked_identities:
         out.append(f"# Blocked by the responder (no rights at all): {', '.join(blocked_identities)}")
     identities: list[tuple[str, str]] = [
-        (d.id, d.role) for d in topology.devices if d.site == broker.site
+        (d.id, d.role) for d in topology.devices_at(broker.site)
     ] + [(name, name) for name in HARNESS_IDENTITIES]
     for ident, role in identities:
         rights = ROLES[role]
         entries = [
-            (access, topic(topology.root, g.profile, ident if g.scope == "own" else "+"))
+            (access, topic(topology.root, g.profile, mrid))
             for access, grants in (("write", rights.publishes), ("read", rights.reads))
             for g in grants
             if PROFILES[g.profile].plane == broker.plane
+            for mrid in topology.grant_mrids(ident, g)
         ]
         if ident == "responder":  # evictions through the dynamic-security plugin, nothing else
             entries = [("write", DYNSEC_TOPIC), ("read", DYNSEC_TOPIC + "/response")]
@@ -248,14 +248,26 @@ def render_acl(topology: Topology, broker: BrokerSpec, blocked_identities: tuple
     for bridge in topology.bridges:
         directions = topology.bridge_directions(bridge)
         carried = [
-            f"topic {'readwrite' if directions[p] == 'both' else 'write'} {topic(topology.root, p, '+')}"
+            f"topic {'readwrite' if directions[p] == 'both' else 'write'} {t}"
             for way, profiles in topology.bridge_connections(bridge).items()
             if topology.bridge_endpoints(bridge, way)[1] == broker.name
             for p in profiles
+            for t in carried_topics(topology, bridge, p, directions[p])
         ]
         if carried:
             out += ["", f"user {bridge.name}", *deny, *carried]
     return "\n".join(out) + "\n"
+
+
+def carried_topics(topology: Topology, bridge: BridgeSpec, profile: str, direction: str) -> list[str]:
+    """The topics of ``profile`` that ``bridge`` carries: inward, only those of the mRIDs its site
+    reads (its own devices' commands, its feeders' diagrams), so that nothing addressed to another
+    substation ever reaches its brokers; outward, any mRID (the site's ACL lets only its own devices
+    publish there)."""
+    mrids = topology.bridge_inward_mrids(bridge, profile) if direction == "in" else None
+    if mrids is None:
+        return [topic(topology.root, profile, "+")]
+    return [topic(topology.root, profile, m) for m in mrids]
 
 
 def mosquitto_binary() -> str:

@@ -260,17 +260,18 @@ def test_abnormal_termination_and_idle_client(monitor) -> None:
 
 def test_messages_nobody_reads(monitor) -> None:
     alerts = Alerts(monitor)
-    client = connect("tablet-1-undeliverable", monitor.identity("tablet-1"), monitor.endpoint("field-control"))
-    topic = "fmb/supplymodule/SupplyControlProfile/supply-9"  # no such supply: nobody subscribes
+    # The DMS may command any supply (a tablet only its own site's): no such supply, nobody subscribes.
+    client = connect("dms-1-undeliverable", monitor.identity("dms-1"), monitor.endpoint("dc-control"))
+    topic = "fmb/supplymodule/SupplyControlProfile/supply-9"
     try:
         for i in range(3):
-            client.publish(topic, encode("SupplyControlProfile", "tablet-1", INJECTED_SEQ + i, {"setpoint_v": 118.0}),
+            client.publish(topic, encode("SupplyControlProfile", "dms-1", INJECTED_SEQ + i, {"setpoint_v": 118.0}),
                            1, properties=publish_properties(None)).wait_for_publish(5)
     finally:
         client.disconnect()
         client.loop_stop()
     alert = alerts.wait("undeliverable", lambda a: a["evidence"]["topic"] == topic)
-    assert alert["identity"] == "tablet-1"
+    assert alert["identity"] == "dms-1"
 
 
 def _as_meter(bus: Any, body_volts: list[float], client_id: str, delay_s: float = 0.0) -> None:

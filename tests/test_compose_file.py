@@ -129,3 +129,36 @@ def test_the_yaml_writer_quotes_what_yaml_would_read_as_something_else(tmp_path:
     assert [service["labels"][f"l{i}"] for i in range(len(tricky))] == expected
     assert service["environment"] == {"A": "0:0"}
     _config(path, "v1", env={"FMB_X": "interpolated"})
+
+
+def test_a_scale_topology_gets_one_fleet_container_per_substation(tmp_path: Path) -> None:
+    """utility-small: each substation's meters in one fleet service on its own network, their
+    certificates in the fleet's volume (which init fills), brokers sized for their clients."""
+    from brokers.mosquitto import connection_budget
+    from testbed.backends.composefile import FILE_RESERVE
+
+    source = DEFAULT_TOPOLOGY.parent / "utility-small.toml"
+    topology = load_topology(source)
+    out = tmp_path / "utility-small.yml"
+    out.write_text(render_compose(topology, str(source)))
+    assert render_compose(topology, str(source)) == out.read_text()  # deterministic
+    services = _config(out)["services"]
+    groups = topology.fleets
+    assert len(groups) == len(topology.substations) == 3
+    for fleet, meters in groups.items():
+        site = meters[0].site
+        s = services[fleet]
+        assert s["command"][-2:] == ["fleet", fleet] and set(s["networks"]) == {site}
+        assert {v["source"] for v in s["volumes"] if v["target"] == "/certs"} == {f"certs-{fleet}"}
+        assert s["ulimits"]["nofile"]["soft"] >= len(meters) + FILE_RESERVE
+        assert f"{site}-delivery" in s["depends_on"] and f"{site}-control" not in s["depends_on"]
+        assert not any(m.id in services for m in meters)  # no container per fleet meter
+        delivery = topology.broker_for(site, "delivery")
+        budget = connection_budget(topology, delivery)
+        assert budget >= 2 * len(meters)
+        assert services[delivery.name]["ulimits"]["nofile"]["hard"] == budget + FILE_RESERVE
+    init = {v["target"].removeprefix("/out/") for v in services["init"]["volumes"] if v["target"].startswith("/out/")}
+    solo = {d.id for d in topology.devices if not d.fleet}
+    assert init == {b.name for b in topology.brokers} | solo | set(groups) | {HARNESS}
+    assert set(services["scenario"]["networks"]) == {s.name for s in topology.sites}
+    _config(out, "v1")

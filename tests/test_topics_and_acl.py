@@ -41,15 +41,17 @@ def test_topic_round_trip() -> None:
 def test_acl_is_least_privilege() -> None:
     field_control = _acl("field-control")
     assert field_control["capbank-1"] == {"read fmb/capbankmodule/CapBankControlProfile/capbank-1"}
-    # The operator's screen shows the monitor's alerts: the tablet reads them, and writes only commands.
-    assert field_control["tablet-1"] == {"write fmb/supplymodule/SupplyControlProfile/+",
+    # The operator's screen shows the monitor's alerts: the tablet reads them, and writes only commands,
+    # to its own site's supplies.
+    assert field_control["tablet-1"] == {"write fmb/supplymodule/SupplyControlProfile/supply-1",
                                          "read fmb/securitymodule/AlertProfile/+"}
     assert "meter-1" not in field_control  # a meter has no business on the control plane
     field_delivery = _acl("field-delivery")
     assert field_delivery["meter-1"] == {"write fmb/metermodule/MeterReadingProfile/meter-1"}
     assert all(e.startswith("read ") for e in field_delivery["recorder"])
-    assert field_control["bridge-field-control"] == {"write fmb/supplymodule/SupplyControlProfile/+",
-                                                     "write fmb/capbankmodule/CapBankControlProfile/+"}
+    # The data centre's bridge writes here only the commands addressed to this site's devices.
+    assert field_control["bridge-field-control"] == {"write fmb/supplymodule/SupplyControlProfile/supply-1",
+                                                     "write fmb/capbankmodule/CapBankControlProfile/capbank-1"}
     dc_delivery = _acl("dc-delivery")
     assert "meter-1" not in dc_delivery  # field devices have no rights on data-centre brokers
     assert dc_delivery["dms-1"] >= {"read fmb/metermodule/MeterReadingProfile/+",

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.backends.composefile import image_variable, is_default, port_variable, render_compose
-from testbed.backends.containers import fleet_of, fleet_volume, is_fleet_meter
+from testbed.backends.containers import fleet_volume
 from testbed.core.errors import TestbedError
 from testbed.core.topology import Topology, load_topology
 from testbed.core.waiting import wait_until
@@ -230,7 +230,7 @@ class DockerBus:
         if device is None:
             raise TestbedError(f"no device {device_id!r} in the topology")
         # A fleet's meters share the fleet's volume.
-        self._copy_volume(fleet_volume(fleet_of(device)) if is_fleet_meter(device) else f"certs-{device_id}")
+        self._copy_volume(fleet_volume(device.fleet) if device.fleet else f"certs-{device_id}")
         return self.identity(device_id)
 
     def _copy_harness_identities(self) -> None:

@@ -32,14 +32,13 @@ from pathlib import Path, PurePath
 from brokers.mosquitto import BrokerFiles, connection_budget, render_broker
 from testbed.backends.local import device_environment
 from testbed.core.errors import TestbedError
-from testbed.core.topology import BrokerSpec, DeviceSpec, FeederSpec, Topology, load_topology
+from testbed.core.topology import BrokerSpec, Topology, load_topology
 from testbed.security.pki import PKI
 from testbed.security.signing import SigningKeys
 from testbed.transport.mqtt import Endpoint, TLSIdentity
 
 __all__ = ["TOPOLOGY_MOUNT", "ContainerBus", "container_topology", "device_env", "exec_module", "feeder_dir",
-           "feeder_meters", "feeder_socket", "fleet_env", "fleet_of", "fleet_volume", "fleets", "health_identity",
-           "init_volumes", "is_fleet_meter"]
+           "feeder_socket", "fleet_env", "fleet_volume", "health_identity", "init_volumes"]
 
 UID = GID = 10001
 PKI_DIR = Path("/pki")  # the CA and every certificate: mounted only in the init service
@@ -66,34 +65,9 @@ def health_identity(broker: str) -> str:
     return f"health-{broker}"
 
 
-def fleet_of(device: DeviceSpec) -> str:
-    """The fleet ``device`` runs in ("" for a device that runs on its own)."""
-    return str(getattr(device, "fleet", "") or "")
-
-
-def is_fleet_meter(device: DeviceSpec) -> bool:
-    """Whether ``device`` runs inside its substation's fleet process rather than on its own."""
-    return bool(fleet_of(device))
-
-
-def fleets(topology: Topology) -> dict[str, list[DeviceSpec]]:
-    """Fleet name -> its meters, in the topology's order."""
-    out: dict[str, list[DeviceSpec]] = {}
-    for d in topology.devices:
-        if is_fleet_meter(d):
-            out.setdefault(fleet_of(d), []).append(d)
-    return out
-
-
 def fleet_volume(fleet: str) -> str:
     """The volume holding a fleet's meters' certificates and keys: ``certs-<fleet>``."""
     return f"certs-{fleet}"
-
-
-def feeder_meters(feeder: FeederSpec) -> tuple[str, ...]:
-    """A feeder's meters, the regulating one first."""
-    meters = getattr(feeder, "meters", None)
-    return tuple(meters) if meters is not None else (str(feeder.meter),)
 
 
 def feeder_dir(feeder: str) -> Path:
@@ -115,8 +89,8 @@ def container_topology() -> Topology:
 
 def init_volumes(topology: Topology, pki_dir: Path = PKI_DIR, out: Path = OUT_DIR) -> list[str]:
     """Create the PKI if missing and fill every container's volume; returns the PKI's news."""
-    solo = [d for d in topology.devices if not is_fleet_meter(d)]
-    fleet_meters = fleets(topology)
+    solo = [d for d in topology.devices if not d.fleet]
+    fleet_meters = topology.fleets
     targets = [b.name for b in topology.brokers] + [d.id for d in solo] + list(fleet_meters) + [HARNESS]
     missing = [t for t in targets if not (out / t).is_dir()]
     if missing:
@@ -221,7 +195,7 @@ def device_env(topology: Topology, device_id: str) -> dict[str, str]:
     env = device_environment(topology, device, CERTS_DIR, RUN_DIR,
                              hosts={b.name: b.name for b in topology.brokers})
     env["FMB_READY_FILE"] = str(RUN_DIR / "ready")  # the container's health check looks here
-    feeder = next((f for f in topology.feeders if device.id in (f.supply, f.capbank, *feeder_meters(f))), None)
+    feeder = topology.feeder_of(device.id)
     if feeder is not None:
         env["FMB_FEEDER_SOCKET"] = str(feeder_socket(feeder.id))
     if "FMB_UI_SOCKET" in env:
@@ -239,14 +213,13 @@ def device_env(topology: Topology, device_id: str) -> dict[str, str]:
 def fleet_env(topology: Topology, fleet: str, fleet_file: Path = FLEET_FILE) -> dict[str, str]:
     """Write the fleet file of ``fleet``'s meters (their certificates on the fleet's volume, their
     feeders' sockets) and return the ``FMB_*`` environment of ``python -m devices.fleet``."""
-    meters = fleets(topology).get(fleet)
+    meters = topology.fleets.get(fleet)
     if not meters:
-        known = ", ".join(fleets(topology)) or "(none)"
+        known = ", ".join(topology.fleets) or "(none)"
         raise TestbedError(f"no fleet {fleet!r} in topology {topology.path}: use one of: {known}")
-    feeder_of = {m: f for f in topology.feeders for m in feeder_meters(f)}
     entries = []
     for m in meters:
-        feeder = feeder_of.get(m.id)
+        feeder = topology.feeder_of(m.id)
         entry: dict[str, object] = {"id": m.id, "cert": str(CERTS_DIR / "clients" / f"{m.id}.pem"),
                                     "key": str(CERTS_DIR / "clients" / f"{m.id}.key")}
         if feeder is not None:  # else no physics: the fleet reports a nominal voltage (devices/fleet.py)

@@ -67,18 +67,18 @@ def device_environment(topology: Topology, device: DeviceSpec, certs: Path, run_
         env["FMB_SIGNERS"] = ",".join(trusted)
     if device.role == "dms":
         env["FMB_SESSION_EXPIRY"] = str(topology.site(device.site).session_expiry_s)
-        env["FMB_FEEDERS"] = json.dumps([asdict(f) for f in topology.feeders])
+        env["FMB_FEEDERS"] = json.dumps([{**asdict(f), "meter": f.meter} for f in topology.feeders])
     if device.role == "tablet":
         env["FMB_UI_SOCKET"] = str(run_dir / f"{device.id}.sock")
         env["FMB_UI_CERT"] = str(certs / "servers" / f"{device.id}-ui.pem")
         env["FMB_UI_KEY"] = str(certs / "servers" / f"{device.id}-ui.key")
         env["FMB_UI_URL_FILE"] = str(run_dir / f"{device.id}.url")
-    for f in topology.feeders:
-        if device.id in (f.supply, f.capbank, f.meter):
-            env["FMB_FEEDER_SOCKET"] = str(run_dir / f"{f.id}.sock")
-            if device.role == "meter":
-                env["FMB_METER_DEADBAND_V"] = str(f.meter_deadband_v)
-                env["FMB_METER_PERIOD_S"] = str(f.meter_period_s)
+    f = topology.feeder_of(device.id)
+    if f is not None:
+        env["FMB_FEEDER_SOCKET"] = str(run_dir / f"{f.id}.sock")
+        if device.role == "meter":
+            env["FMB_METER_DEADBAND_V"] = str(f.meter_deadband_v)
+            env["FMB_METER_PERIOD_S"] = str(f.meter_period_s)
     return env
 
 

@@ -355,6 +355,8 @@ def _poison_targets(topology: Topology) -> dict[str, tuple[str, str, str]]:
                 if reader.id == publisher.id or not reads:
                     continue
                 mrid = publisher.id if grant.scope == "own" else reader.id
+                if grant.scope == "site" and mrid not in topology.grant_mrids(publisher.id, grant):
+                    continue
                 if grant.scope == "own" and not any(g.scope == "any" or reader.id == mrid for g in reads):
                     continue
                 found.setdefault(f"{topic(topology.root, grant.profile, mrid)} as {publisher.id}",

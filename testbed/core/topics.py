@@ -6,7 +6,7 @@ for its own mRID or for any. Topics, subscriptions and the brokers' ACLs are all
 these two tables, so a device can publish only its own topics and read only what it needs.
 
     Profile                    module           plane     publisher      readers
-    SupplyControlProfile       supplymodule     control   tablet, dms    supply (own)
+    SupplyControlProfile       supplymodule     control   tablet (site), dms  supply (own)
     SupplyStatusProfile        supplymodule     delivery  supply (own)   dms
     MeterReadingProfile        metermodule      delivery  meter (own)    dms
     CapBankControlProfile      capbankmodule    control   dms            capbank (own)
@@ -75,10 +75,12 @@ PROFILES: dict[str, Profile] = {
 
 @dataclass(frozen=True)
 class Grant:
-    """A right on one profile: for the identity's own mRID only, or for any mRID."""
+    """A right on one profile: for the identity's own mRID only, for the mRIDs of its own site
+    (``Topology.grant_mrids``: the site's devices that own that profile, and for a diagram its
+    feeders), or for any mRID."""
 
     profile: str
-    scope: Literal["own", "any"]
+    scope: Literal["own", "site", "any"]
 
 
 @dataclass(frozen=True)
@@ -90,8 +92,9 @@ class RoleRights:
 
 
 ROLES: dict[str, RoleRights] = {
+    # A substation's operator commands that substation's supplies, not another's.
     "tablet": RoleRights(
-        publishes=(Grant("SupplyControlProfile", "any"), Grant("DisplayStatusProfile", "own")),
+        publishes=(Grant("SupplyControlProfile", "site"), Grant("DisplayStatusProfile", "own")),
         # The operator's screen shows the monitor's alerts beside the diagram.
         reads=(Grant("SingleLineDiagramProfile", "any"), Grant("AlertProfile", "any")),
     ),
@@ -144,7 +147,8 @@ ROLES: dict[str, RoleRights] = {
 
 
 def subscriptions(root: str, role: str, ident: str, plane: Plane, qos: int = 1) -> list[tuple[str, int]]:
-    """What identity ``ident`` of ``role`` subscribes to on a broker of ``plane``: its reads."""
+    """What identity ``ident`` of ``role`` subscribes to on a broker of ``plane``: its reads (a
+    site-wide read subscribes to any mRID; the broker's ACL delivers only the site's)."""
     return [(topic(root, g.profile, ident if g.scope == "own" else "+"), qos)
             for g in ROLES[role].reads if PROFILES[g.profile].plane == plane]
 

@@ -10,6 +10,7 @@ in a ``[sites.delivery]`` or ``[sites.control]`` table (see :data:`BROKER_FIELDS
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 
 from testbed.core.errors import ConfigError
 from testbed.core.ports import free_port
-from testbed.core.topics import PLANES, PROFILES, ROLES, Plane
+from testbed.core.topics import PLANES, PROFILES, ROLES, Grant, Plane
 
 __all__ = [
     "BROKER_FIELDS",
@@ -31,6 +32,7 @@ __all__ = [
     "DeviceSpec",
     "FeederSpec",
     "SiteSpec",
+    "SubstationTemplate",
     "Topology",
     "load_topology",
 ]
@@ -49,6 +51,13 @@ MOSQUITTO_IMAGES = {"2.0": "fmb-broker:latest", "2.1": "fmb-broker-2.1:latest"}
 # The fields a site sets for both its brokers and a [sites.<plane>] table may override for one.
 BROKER_FIELDS = ("persistence", "autosave_interval_s", "autosave_on_changes", "snapshot_every_ms", "flush_period_s",
                  "sync", "mosquitto")
+# Ports of sites that name none: pairs from this base up, skipping those the file names ([ports] base).
+DEFAULT_PORT_BASE = 20000
+# Bounds of a [[substations]] template, so that a typo cannot ask for a million brokers.
+MAX_SUBSTATIONS = 1000
+MAX_FEEDERS_PER_SUBSTATION = 100
+MAX_METERS_PER_FEEDER = 100_000
+MAX_DEVICES = 1_000_000
 _T = TypeVar("_T")
 
 
@@ -134,28 +143,58 @@ class BridgeSpec:
 
 @dataclass(frozen=True)
 class DeviceSpec:
-    """One simulated device."""
+    """One simulated device; a meter with a ``fleet`` runs in that fleet's process (devices/fleet.py)."""
 
     id: str
     role: str
     site: str
+    fleet: str = ""
 
 
 @dataclass(frozen=True)
 class FeederSpec:
-    """The physical coupling of one supply, cap bank and meter (not MQTT traffic)."""
+    """The physical coupling of one supply, cap bank and its meters (not MQTT traffic)."""
 
     id: str
     site: str
     supply: str
     capbank: str
-    meter: str
+    meters: tuple[str, ...]
     line_drop_v: float = 1.2
     capbank_boost_v: float = 1.2
     supply_delay_s: float = 0.0
     capbank_delay_s: float = 0.0
     meter_deadband_v: float = 0.5
     meter_period_s: float = 5.0
+
+    @property
+    def meter(self) -> str:
+        """The regulating (end-of-line) meter: the first of ``meters``."""
+        return self.meters[0]
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """Every device the feeder couples: supply, cap bank, meters."""
+        return (self.supply, self.capbank, *self.meters)
+
+
+@dataclass(frozen=True)
+class SubstationTemplate:
+    """A ``[[substations]]`` table: ``count`` edge sites alike, each with a tablet and ``feeders``
+    feeders of a supply, a cap bank and ``meters_per_feeder`` meters that run as one fleet."""
+
+    name: str
+    count: int
+    bridge_to: str
+    feeders: int = 1
+    meters_per_feeder: int = 1
+    tablet: bool = True
+    feeder_settings: tuple[tuple[str, float], ...] = ()  # FeederSpec numbers for every feeder
+    site_settings: tuple[tuple[str, Any], ...] = ()  # SiteSpec fields for every site (host, persistence...)
+
+    def site_names(self) -> list[str]:
+        width = max(3, len(str(self.count)))
+        return [f"{self.name}-{i:0{width}d}" for i in range(1, self.count + 1)]
 
 
 @dataclass(frozen=True)
@@ -171,10 +210,73 @@ class Topology:
     sites: tuple[SiteSpec, ...]
     devices: tuple[DeviceSpec, ...]
     feeders: tuple[FeederSpec, ...]
+    templates: tuple[SubstationTemplate, ...] = ()
 
-    @property
+    # Indexes, built once per (frozen) topology: a bus of 10,000 meters is looked up per device.
+    @functools.cached_property
     def brokers(self) -> tuple[BrokerSpec, ...]:
         return tuple(self._broker(s, plane, s.broker_settings(plane)) for s in self.sites for plane in PLANES)
+
+    @functools.cached_property
+    def _sites_by_name(self) -> dict[str, SiteSpec]:
+        return {s.name: s for s in self.sites}
+
+    @functools.cached_property
+    def _brokers_by_name(self) -> dict[str, BrokerSpec]:
+        return {b.name: b for b in self.brokers}
+
+    @functools.cached_property
+    def _devices_by_id(self) -> dict[str, DeviceSpec]:
+        return {d.id: d for d in self.devices}
+
+    @functools.cached_property
+    def _feeders_by_id(self) -> dict[str, FeederSpec]:
+        return {f.id: f for f in self.feeders}
+
+    @functools.cached_property
+    def _feeder_by_device(self) -> dict[str, FeederSpec]:
+        return {d: f for f in self.feeders for d in f.devices}
+
+    @functools.cached_property
+    def _devices_by_site(self) -> dict[str, tuple[DeviceSpec, ...]]:
+        out: dict[str, list[DeviceSpec]] = {s.name: [] for s in self.sites}
+        for d in self.devices:
+            out[d.site].append(d)
+        return {k: tuple(v) for k, v in out.items()}
+
+    @functools.cached_property
+    def _roles_by_site(self) -> dict[str, frozenset[str]]:
+        return {site: frozenset(d.role for d in devices) for site, devices in self._devices_by_site.items()}
+
+    @functools.cached_property
+    def fleets(self) -> dict[str, tuple[DeviceSpec, ...]]:
+        """Fleet name -> its meters, in order (meters declared one by one belong to none)."""
+        out: dict[str, list[DeviceSpec]] = {}
+        for d in self.devices:
+            if d.fleet:
+                out.setdefault(d.fleet, []).append(d)
+        return {k: tuple(v) for k, v in out.items()}
+
+    @property
+    def substations(self) -> tuple[SiteSpec, ...]:
+        """The edge sites bridged to a data centre."""
+        return tuple(s for s in self.sites if s.bridge_to)
+
+    def devices_at(self, site: str) -> tuple[DeviceSpec, ...]:
+        """The devices of ``site``, in file order."""
+        return self._devices_by_site.get(site, ())
+
+    def feeders_at(self, site: str) -> tuple[FeederSpec, ...]:
+        """The feeders of ``site``, in file order."""
+        return tuple(f for f in self.feeders if f.site == site)
+
+    def feeder_of(self, device_id: str) -> FeederSpec | None:
+        """The feeder that couples ``device_id``, if any."""
+        return self._feeder_by_device.get(device_id)
+
+    def fleet_site(self, fleet: str) -> str:
+        """The site whose meters fleet ``fleet`` runs."""
+        return _named(self.path, "devices", "fleet", self.fleets, fleet)[0].site
 
     @staticmethod
     def _broker(s: SiteSpec, plane: Plane, settings: dict[str, Any]) -> BrokerSpec:
@@ -209,10 +311,10 @@ class Topology:
         for profile in PROFILES.values():
             if profile.plane != bridge.plane:
                 continue
-            pubs = {d.site for d in self.devices
-                    if any(g.profile == profile.name for g in ROLES[d.role].publishes)}
-            readers = {d.site for d in self.devices
-                       if any(g.profile == profile.name for g in ROLES[d.role].reads)}
+            pubs = {site for site, roles in self._roles_by_site.items()  # a site-wide right stays in its site
+                    if any(g.profile == profile.name and g.scope != "site" for r in roles for g in ROLES[r].publishes)}
+            readers = {site for site, roles in self._roles_by_site.items()
+                       if any(g.profile == profile.name for r in roles for g in ROLES[r].reads)}
             out = here in pubs and bool(readers - {here})
             inward = here in readers and bool(pubs - {here})
             if out or inward:
@@ -243,20 +345,63 @@ class Topology:
         """
         return (bridge.local, bridge.remote) if way == "out" else (bridge.remote, bridge.local)
 
+    def grant_mrids(self, ident: str, grant: Grant) -> list[str]:
+        """The mRIDs a grant of identity ``ident`` covers: ``["+"]`` for any, ``[ident]`` for its own,
+        and for its site's, the site's devices that own the profile (a grant of scope "own" on it)
+        and, for a diagram, the site's feeders."""
+        if grant.scope == "any":
+            return ["+"]
+        if grant.scope == "own":
+            return [ident]
+        device = self._devices_by_id.get(ident)
+        return self.site_mrids(device.site, grant.profile) if device else []
+
+    def site_mrids(self, site: str, profile: str) -> list[str]:
+        """The mRIDs of ``profile`` that belong to ``site`` (see :meth:`grant_mrids`)."""
+        return self._site_mrids.get((site, profile), [])
+
+    @functools.cached_property
+    def _site_mrids(self) -> dict[tuple[str, str], list[str]]:
+        out: dict[tuple[str, str], list[str]] = {}
+        for d in self.devices:
+            for g in (*ROLES[d.role].publishes, *ROLES[d.role].reads):
+                if g.scope == "own":
+                    out.setdefault((d.site, g.profile), []).append(d.id)
+        for f in self.feeders:
+            for p in PROFILES.values():
+                if p.kind == "diagram":
+                    out.setdefault((f.site, p.name), []).append(f.id)
+        return {k: sorted(set(v)) for k, v in out.items()}
+
+    def bridge_inward_mrids(self, bridge: BridgeSpec, profile: str) -> list[str] | None:
+        """The mRIDs of ``profile`` that the bridge's site reads, when it reads only its own
+        devices' (commands addressed to them, its feeders' diagrams), so that the bridge carries
+        nothing for another substation; None when the site reads the profile for any mRID."""
+        site = self.broker(bridge.local).site
+        mrids: list[str] = []
+        for d in self.devices_at(site):
+            for g in ROLES[d.role].reads:
+                if g.profile != profile:
+                    continue
+                if g.scope == "any":
+                    return None
+                mrids += self.grant_mrids(d.id, g)
+        return sorted(set(mrids))
+
     def site(self, name: str) -> SiteSpec:
-        return _named(self.path, "sites", "site", {s.name: s for s in self.sites}, name)
+        return _named(self.path, "sites", "site", self._sites_by_name, name)
 
     def broker(self, name: str) -> BrokerSpec:
-        return _named(self.path, "sites", "broker", {b.name: b for b in self.brokers}, name)
+        return _named(self.path, "sites", "broker", self._brokers_by_name, name)
 
     def broker_for(self, site: str, plane: Plane) -> BrokerSpec:
         return self.broker(f"{site}-{plane}")
 
     def device(self, ident: str) -> DeviceSpec:
-        return _named(self.path, "devices", "device", {d.id: d for d in self.devices}, ident)
+        return _named(self.path, "devices", "device", self._devices_by_id, ident)
 
     def feeder(self, ident: str) -> FeederSpec:
-        return _named(self.path, "feeders", "feeder", {f.id: f for f in self.feeders}, ident)
+        return _named(self.path, "feeders", "feeder", self._feeders_by_id, ident)
 
     def first(self, items: Iterable[_T], what: str) -> _T:
         """The first of ``items`` (a search of this topology), or a ConfigError saying it has no ``what``.
@@ -284,18 +429,16 @@ class Topology:
         """Who signs commands (every issuer, with the harness's operator); with ``device``, only
         those whose commands that device reads: its authorised signers."""
         commands = {g.profile for g in ROLES[device.role].reads} if device else set(PROFILES)
-        issuers = [d.id for d in self.devices
+        issuing = {role for role in {d.role for d in self.devices}
                    if any(g.profile in commands and PROFILES[g.profile].kind == "command"
-                          for g in ROLES[d.role].publishes)]
-        return [*issuers, "operator"]
+                          for g in ROLES[role].publishes)}
+        return [*(d.id for d in self.devices if d.role in issuing), "operator"]
 
     def identity_role(self, ident: str) -> str | None:
         if ident in HARNESS_IDENTITIES:
             return ident
-        for d in self.devices:
-            if d.id == ident:
-                return d.role
-        return None
+        d = self._devices_by_id.get(ident)
+        return d.role if d else None
 
     def with_ports(self, ports: dict[str, tuple[int, int]]) -> Topology:
         """A copy with (delivery, control) ports replaced for the named sites."""
@@ -371,10 +514,12 @@ def load_topology(path: Path | str | None = None) -> Topology:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(path, "", "no such file", "give the path of a topology .toml file") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(path, "", f"is not valid TOML ({e})", "fix the syntax at that line") from None
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot be read ({e.strerror})", "give a readable topology .toml file") from None
     top = _Reader(path, "", data)
-    top.unknown({"schema", "name", "root", "qos", "limits", "sites", "devices", "feeders"})
+    top.unknown({"schema", "name", "root", "qos", "limits", "ports", "sites", "substations", "devices", "feeders"})
     if top.get("schema", int) != 1:
         raise ConfigError(path, "schema", f"is {data['schema']}", "this testbed reads schema = 1")
     qos = top.get("qos", int, 1)
@@ -385,27 +530,51 @@ def load_topology(path: Path | str | None = None) -> Topology:
         raise ConfigError(path, "root", f"is {root!r}", "use one topic level without / + #")
     limits = _Reader(path, "limits", top.get("limits", dict, {}))
     limits.unknown({"message_size_limit", "max_queued_messages"})
+    ports_table = _Reader(path, "ports", top.get("ports", dict, {}))
+    ports_table.unknown({"base"})
+    port_base = ports_table.get("base", int, DEFAULT_PORT_BASE)
+    if not 1024 <= port_base <= 65000:
+        raise ConfigError(path, "ports.base", f"is {port_base}", "use a port from 1024 to 65000")
 
-    sites = tuple(_site(path, i, t) for i, t in enumerate(top.get("sites", list)))
+    sites = [_site(path, i, t) for i, t in enumerate(top.get("sites", list))]
+    templates = tuple(_template(path, i, t) for i, t in enumerate(top.get("substations", list, [])))
+    declared_devices = [_device_table(path, i, t) for i, t in enumerate(top.get("devices", list, []))]
+    declared_feeders = top.get("feeders", list, [])
+    sites += [_template_site(path, t, i, name) for i, t in enumerate(templates) for name in t.site_names()]
     _unique(path, "sites", [s.name for s in sites])
     names = {s.name for s in sites}
     for i, s in enumerate(sites):
         if s.bridge_to is not None:
+            field = f"sites[{i}].bridge_to" if i < len(top.table["sites"]) else "substations.bridge_to"
             if s.bridge_to not in names or s.bridge_to == s.name:
-                raise ConfigError(path, f"sites[{i}].bridge_to", f"is {s.bridge_to!r}",
+                raise ConfigError(path, field, f"is {s.bridge_to!r}",
                                   f"name another site: {', '.join(sorted(names - {s.name}))}")
             target = next(t for t in sites if t.name == s.bridge_to)
             if s.persistent or not target.persistent:
-                raise ConfigError(path, f"sites[{i}].bridge_to", "bridges an edge site only",
+                raise ConfigError(path, field, "bridges an edge site only",
                                   "set kind = 'edge' here and bridge to a 'datacentre' site")
+    sites = _allocate_ports(sites, port_base)
     ports = [p for s in sites for p in (s.delivery_port, s.control_port)]
     _unique(path, "sites.*_port", [str(p) for p in ports])
 
-    devices = tuple(_device(path, i, t, names) for i, t in enumerate(top.get("devices", list)))
+    devices = [_device(path, i, t, names) for i, t in enumerate(declared_devices)]
+    generated_devices, generated_feeders = _expand(templates)
+    devices += generated_devices
+    if len(devices) > MAX_DEVICES:
+        raise ConfigError(path, "substations", f"expands to {len(devices)} devices",
+                          f"keep a topology under {MAX_DEVICES:,} devices (fewer substations or meters)")
     _unique(path, "devices", [d.id for d in devices])
     by_id = {d.id: d for d in devices}
-    feeders = tuple(_feeder(path, i, t, names, by_id) for i, t in enumerate(top.get("feeders", list, [])))
+    feeders = [_feeder(path, i, t, names, by_id) for i, t in enumerate(declared_feeders)]
+    feeders += generated_feeders
     _unique(path, "feeders", [f.id for f in feeders])
+    coupled: dict[str, str] = {}
+    for f in feeders:
+        for d in f.devices:
+            if d in coupled:
+                raise ConfigError(path, "feeders", f"device {d!r} is on feeders {coupled[d]!r} and {f.id!r}",
+                                  "couple each device to one feeder")
+            coupled[d] = f.id
 
     return Topology(
         path=str(path),
@@ -414,10 +583,86 @@ def load_topology(path: Path | str | None = None) -> Topology:
         qos=qos,
         message_size_limit=limits.get("message_size_limit", int, 65536),
         max_queued_messages=limits.get("max_queued_messages", int, 10000),
-        sites=sites,
-        devices=devices,
-        feeders=feeders,
+        sites=tuple(sites),
+        devices=tuple(devices),
+        feeders=tuple(feeders),
+        templates=templates,
     )
+
+
+def _allocate_ports(sites: list[SiteSpec], base: int) -> list[SiteSpec]:
+    """Sites that name no ports get a pair each, from ``base`` up, skipping every port named."""
+    taken = {p for s in sites for p in (s.delivery_port, s.control_port) if p}
+    free = (p for p in range(base, 65536) if p not in taken)
+    out = []
+    for s in sites:
+        if not s.delivery_port:
+            s = dataclasses.replace(s, delivery_port=next(free, 0))
+        if not s.control_port:
+            s = dataclasses.replace(s, control_port=next(free, 0))
+        out.append(s)
+    return out
+
+
+def _template(path: Path, i: int, table: Any) -> SubstationTemplate:
+    r = _Reader(path, f"substations[{i}]", table)
+    numbers = {f.name for f in dataclasses.fields(FeederSpec) if f.type == "float"}
+    site_fields = {"host", "session_expiry_s", *BROKER_FIELDS}
+    r.unknown({"name", "count", "bridge_to", "feeders", "meters_per_feeder", "tablet"} | numbers | site_fields)
+    name = _ident(r, "name")
+
+    def bounded(key: str, low: int, high: int, default: Any = ...) -> int:
+        value: int = r.get(key, int, default)
+        if not low <= value <= high:
+            raise ConfigError(path, r.field(key), f"is {value}", f"use {low} to {high:,}")
+        return value
+
+    settings = []
+    for key in sorted(numbers & set(r.table)):
+        value = float(r.get(key, (int, float)))
+        if value < 0:
+            raise ConfigError(path, r.field(key), f"is {value}", "use a value >= 0")
+        settings.append((key, value))
+    return SubstationTemplate(
+        name=name,
+        count=bounded("count", 1, MAX_SUBSTATIONS),
+        bridge_to=r.get("bridge_to", str, fix="name the data-centre site its brokers bridge to"),
+        feeders=bounded("feeders", 0, MAX_FEEDERS_PER_SUBSTATION, 1),
+        meters_per_feeder=bounded("meters_per_feeder", 1, MAX_METERS_PER_FEEDER, 1),
+        tablet=r.get("tablet", bool, True),
+        feeder_settings=tuple(settings),
+        site_settings=tuple((k, r.table[k]) for k in sorted(site_fields & set(r.table))),
+    )
+
+
+def _template_site(path: Path, t: SubstationTemplate, i: int, name: str) -> SiteSpec:
+    """One instance of template ``t`` as a site table, validated like a hand-written one."""
+    table = {"name": name, "kind": "edge", "bridge_to": t.bridge_to, **dict(t.site_settings)}
+    try:
+        return _site(path, i, table)
+    except ConfigError as e:  # name the template's field, not a site the user never wrote
+        field = e.field.replace(f"sites[{i}]", f"substations[{i}]")
+        raise ConfigError(path, field, e.problem, e.fix) from None
+
+
+def _expand(templates: tuple[SubstationTemplate, ...]) -> tuple[list[DeviceSpec], list[FeederSpec]]:
+    """The devices and feeders of every substation the templates describe."""
+    devices: list[DeviceSpec] = []
+    feeders: list[FeederSpec] = []
+    for t in templates:
+        width = max(4, len(str(t.meters_per_feeder)))
+        for site in t.site_names():
+            if t.tablet:
+                devices.append(DeviceSpec(f"{site}-tablet", "tablet", site))
+            fleet = f"{site}-fleet"
+            for j in range(1, t.feeders + 1):
+                feeder = f"{site}-f{j}"
+                supply, capbank = f"{feeder}-supply", f"{feeder}-capbank"
+                meters = tuple(f"{feeder}-m{k:0{width}d}" for k in range(1, t.meters_per_feeder + 1))
+                devices += [DeviceSpec(supply, "supply", site), DeviceSpec(capbank, "capbank", site)]
+                devices += [DeviceSpec(m, "meter", site, fleet) for m in meters]
+                feeders.append(FeederSpec(feeder, site, supply, capbank, meters, **dict(t.feeder_settings)))
+    return devices, feeders
 
 
 def _site(path: Path, i: int, table: Any) -> SiteSpec:
@@ -429,8 +674,8 @@ def _site(path: Path, i: int, table: Any) -> SiteSpec:
     site = SiteSpec(
         name=_ident(r, "name"),
         kind=kind,
-        delivery_port=r.port("delivery_port"),
-        control_port=r.port("control_port"),
+        delivery_port=r.port("delivery_port") if "delivery_port" in r.table else 0,  # 0: allocated
+        control_port=r.port("control_port") if "control_port" in r.table else 0,
         host=r.get("host", str, "127.0.0.1"),
         bridge_to=r.get("bridge_to", str, None),
         session_expiry_s=r.get("session_expiry_s", int, 3600),
@@ -510,9 +755,13 @@ def _image_name(value: str) -> bool:
         and value == value.strip() and not value.startswith(("-", ":", "/"))
 
 
-def _device(path: Path, i: int, table: Any, sites: set[str]) -> DeviceSpec:
+def _device_table(path: Path, i: int, table: Any) -> _Reader:
     r = _Reader(path, f"devices[{i}]", table)
     r.unknown({"id", "role", "site"})
+    return r
+
+
+def _device(path: Path, i: int, r: _Reader, sites: set[str]) -> DeviceSpec:
     role = r.get("role", str)
     if role not in DEVICE_ROLES:
         raise ConfigError(path, r.field("role"), f"is {role!r}", f"use one of: {', '.join(DEVICE_ROLES)}")
@@ -525,18 +774,29 @@ def _device(path: Path, i: int, table: Any, sites: set[str]) -> DeviceSpec:
 
 def _feeder(path: Path, i: int, table: Any, sites: set[str], devices: dict[str, DeviceSpec]) -> FeederSpec:
     r = _Reader(path, f"feeders[{i}]", table)
-    r.unknown({f.name for f in dataclasses.fields(FeederSpec)})
+    r.unknown({f.name for f in dataclasses.fields(FeederSpec)} | {"meter"})
     site = r.get("site", str)
     if site not in sites:
         raise ConfigError(path, r.field("site"), f"is {site!r}", f"use one of: {', '.join(sorted(sites))}")
-    refs = {}
-    for role in ("supply", "capbank", "meter"):
-        ident = r.get(role, str)
-        if ident not in devices or devices[ident].role != role:
-            known = [d.id for d in devices.values() if d.role == role]
-            raise ConfigError(path, r.field(role), f"is {ident!r}, not a {role} device",
+
+    def ref(field: str, role: str, ident: Any) -> str:
+        if not isinstance(ident, str) or ident not in devices or devices[ident].role != role:
+            known = [d.id for d in devices.values() if d.role == role][:10]
+            raise ConfigError(path, r.field(field), f"is {ident!r}, not a {role} device",
                               f"use one of: {', '.join(known) or '(declare a ' + role + ' device)'}")
-        refs[role] = ident
+        return ident
+
+    supply, capbank = ref("supply", "supply", r.get("supply", str)), ref("capbank", "capbank", r.get("capbank", str))
+    if ("meter" in r.table) == ("meters" in r.table):
+        raise ConfigError(path, r.field("meters"), "is missing" if "meter" not in r.table else "is set beside meter",
+                          "give meter = \"<id>\" or meters = [\"<id>\", ...], one of the two")
+    if "meter" in r.table:
+        meters: tuple[str, ...] = (ref("meter", "meter", r.get("meter", str)),)
+    else:
+        listed = r.get("meters", list)
+        if not listed:
+            raise ConfigError(path, r.field("meters"), "is empty", "list at least one meter; the first regulates")
+        meters = tuple(ref(f"meters[{k}]", "meter", m) for k, m in enumerate(listed))
     numbers: dict[str, Any] = {}  # keyword arguments of FeederSpec, read by field name
     for f in dataclasses.fields(FeederSpec):
         if f.type == "float":
@@ -544,7 +804,7 @@ def _feeder(path: Path, i: int, table: Any, sites: set[str], devices: dict[str, 
             if value < 0:
                 raise ConfigError(path, r.field(f.name), f"is {value}", "use a value >= 0")
             numbers[f.name] = value
-    return FeederSpec(id=_ident(r, "id"), site=site, **refs, **numbers)
+    return FeederSpec(id=_ident(r, "id"), site=site, supply=supply, capbank=capbank, meters=meters, **numbers)
 
 
 def _ident(r: _Reader, key: str) -> str:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from brokers.mosquitto import DYNSEC_TOPIC
+from brokers.mosquitto import DYNSEC_TOPIC, carried_topics
 from testbed.core.errors import ConfigError
 from testbed.core.payloads import Message
 from testbed.core.topics import PROFILES, ROLES, parse_topic, topic
@@ -178,7 +178,9 @@ class Detector:
         for bridge in topology.bridges:
             for way, profiles in topology.bridge_connections(bridge).items():
                 host = topology.bridge_endpoints(bridge, way)[0]
-                self._permanent[host] += [topic(topology.root, p, "+") for p in profiles]
+                directions = topology.bridge_directions(bridge)
+                self._permanent[host] += [t for p in profiles
+                                          for t in carried_topics(topology, bridge, p, directions[p])]
         # A profile no device reads by design (the tablet's DisplayStatusProfile is for observers) is
         # delivered by being recorded; only the benchmarks' own profiles stay watched.
         device_reads = {g.profile for d in topology.devices for g in ROLES[d.role].reads}
@@ -203,8 +205,9 @@ class Detector:
         role = self.topology.identity_role(identity)
         if role is None:
             return []
-        return [topic(self.topology.root, g.profile, identity if g.scope == "own" else "+")
-                for g in ROLES[role].reads if PROFILES[g.profile].plane == plane]
+        return [topic(self.topology.root, g.profile, mrid)
+                for g in ROLES[role].reads if PROFILES[g.profile].plane == plane
+                for mrid in self.topology.grant_mrids(identity, g)]
 
     def publishes_on(self, identity: str | None, broker: str) -> bool:
         role = self.topology.identity_role(identity or "")

@@ -28,9 +28,9 @@ def _rights(topology: Topology, ident: str, role: str, site: str | None) -> list
         for g in grants:
             plane = PROFILES[g.profile].plane
             brokers = [b.name for b in topology.brokers if b.plane == plane and (site is None or b.site == site)]
-            name = topic(topology.root, g.profile, ident if g.scope == "own" else "+")
-            rights.append({"access": access, "topic": name, "profile": g.profile, "plane": plane,
-                           "brokers": ", ".join(brokers)})
+            for mrid in topology.grant_mrids(ident, g):
+                rights.append({"access": access, "topic": topic(topology.root, g.profile, mrid), "profile": g.profile,
+                               "plane": plane, "brokers": ", ".join(brokers)})
     return rights
 
 

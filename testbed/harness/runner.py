@@ -262,7 +262,7 @@ class ScenarioRunner:
         profile = PROFILES[obs.decoded.profile]
         return [d.id for d in self.topology.devices
                 for g in ROLES[d.role].reads
-                if g.profile == profile.name and (g.scope == "any" or obs.mrid == d.id)]
+                if g.profile == profile.name and ("+" in (m := self.topology.grant_mrids(d.id, g)) or obs.mrid in m)]
 
     # -- many repetitions and the result files ------------------------------------------------
 
