@@ -78,7 +78,7 @@ def _check_names(topology: Topology, names: list[str]) -> None:
             raise ConfigError(topology.path, "", f"{name!r} cannot name a Compose service",
                               "use lower-case letters, digits, '-', '_' and '.' in site, device and feeder names")
         if name in seen:
-            raise ConfigError(topology.path, "", f"{name!r} names two services of the Compose file",
+            raise ConfigError(topology.path, "", f"{name!r} names two things of one kind in the Compose file",
                               "rename one: brokers, devices, fleets, feeders and init/scenario/runner share "
                               "one namespace")
         seen.add(name)
@@ -107,6 +107,7 @@ class _Builder:
                                 *self.fleets, *(f.id for f in topology.feeders)])
         _check_names(topology, [*(s.name for s in topology.sites), *(f"{s.name}-access" for s in topology.sites),
                                 "ui-access"])
+        _check_names(topology, [*(n for n in self._volumes() if isinstance(n, str))])
 
     # -- the document ---------------------------------------------------------------------------
 
