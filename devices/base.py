@@ -240,9 +240,9 @@ class Device:
         try:
             profile, mrid = parse_topic(self.config.root, msg.topic)
             # A status or reading is published by the device the topic names; a command names
-            # its target in the topic and its sender in the payload.
-            source = None if profile.kind == "command" else mrid
-            message = decode(msg.payload, profile.name, source)
+            # its target in the topic and its sender in the payload; a diagram names its feeder.
+            source = None if profile.kind in ("command", "diagram") else mrid
+            message = decode(msg.payload, profile.name, source, about=mrid if profile.kind == "diagram" else None)
         except (ValueError, PayloadError) as e:
             self.rejected += 1
             reason = one_line(str(e), 300)

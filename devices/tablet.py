@@ -1,8 +1,11 @@
 """Tablet UI: the operator's console of Appendix A.
 
-Displays the single-line diagram the DMS publishes, and acknowledges each diagram it has
-displayed with ``DisplayStatusProfile/<own mRID>``, retained (so what the screen shows, and the
-end of a scenario, are observable on the bus). It also shows the monitor's alerts
+Displays the single-line diagrams of its site's feeders (one per feeder, published by the DMS
+on ``SingleLineDiagramProfile/<feeder mRID>``; its ACL lets only its site's reach it) merged
+into one view, and acknowledges each diagram it has displayed with ``DisplayStatusProfile/<own
+mRID>``, retained (so what the screen shows, and the end of a scenario, are observable on the
+bus). It shows only diagrams whose publisher is a DMS of ``FMB_DMS`` (comma-separated; the
+brokers' ACLs let no other identity publish one either). It also shows the monitor's alerts
 (``AlertProfile``, control plane). The operator's screen is a web page the tablet serves
 (``devices.tablet_web``, when ``FMB_UI_HTTP`` is set); the harness's input arrives on a local
 Unix socket (``FMB_UI_SOCKET``), one JSON request a line:
@@ -37,6 +40,10 @@ class TabletUI(Device):
         super().__init__(config)
         # Set before the first connection: the retained diagram may arrive before on_started.
         self.display: dict[str, Any] | None = None
+        self.diagrams: dict[str, dict[str, Any]] = {}  # feeder -> its latest diagram
+        self.dms = {name.strip() for name in config.extra.get("FMB_DMS", "").split(",") if name.strip()}
+        if not self.dms:
+            self.log.warning("FMB_DMS is not set: diagrams from whoever the brokers let publish one are shown")
         self.web: TabletWeb | None = None
         self._alerts_seen: dict[tuple[str, int, int], None] = {}  # insertion-ordered: oldest first
 
@@ -55,9 +62,15 @@ class TabletUI(Device):
             return
         if profile.name != "SingleLineDiagramProfile":
             return
+        if self.dms and message.source not in self.dms:
+            self.rejected += 1
+            self.log.error("ignored a diagram of %s published by %s, not a DMS (%s)", mrid, message.source,
+                           ", ".join(sorted(self.dms)))
+            return
         displayed_ns = time.time_ns()
-        self.display = {"dms": message.source, "diagram_seq": message.seq,
-                        "displayed_ns": displayed_ns, "feeders": message.body["feeders"]}
+        self.diagrams[mrid] = message.body
+        self.display = {"dms": message.source, "diagram_seq": message.seq, "displayed_ns": displayed_ns,
+                        "feeders": dict(sorted(self.diagrams.items()))}  # one screen order, whatever came first
         self.publish("DisplayStatusProfile", self.id, self.display, traceparent, retain=True)
         if self.web is not None:
             self.web.emit("display", self.display)

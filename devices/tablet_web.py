@@ -7,7 +7,7 @@ never holds broker credentials: every command goes through this backend, which p
 with the tablet's own certificate and signing key, exactly as the scenario's trigger does.
 
 What the page gets (``/events``, server-sent events, and ``/api/state`` for the first paint):
-the diagram on screen (what the DMS last published), the monitor's alerts, and the last
+the diagram on screen (the DMS's latest diagram of each of the site's feeders), the monitor's alerts, and the last
 scenario run (the newest ``*/result.json`` under the runs directory, with its timeline).
 What it can do: set a supply's voltage (``POST /api/supply``) and run the Appendix A
 scenario (``POST /api/run``, which starts the configured run command, ``fmb run``, as a child
@@ -240,7 +240,7 @@ class TabletWeb:
             raise RequestError(HTTPStatus.BAD_REQUEST, 'send a JSON object: {"target": "supply-1", "volts": 114}')
         target, volts = request.get("target"), request.get("volts")
         display = self._display() or {}
-        supplies = [f["supply"] for f in display.get("feeders", {}).values()]
+        supplies = [s for f in display.get("feeders", {}).values() if isinstance(s := f.get("supply"), str)]
         if not isinstance(target, str) or (supplies and target not in supplies):
             raise RequestError(HTTPStatus.BAD_REQUEST,
                                f"target is {target!r}; use a supply of the diagram: {', '.join(supplies) or '-'}")

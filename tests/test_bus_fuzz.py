@@ -85,16 +85,14 @@ def targets(topology: Topology) -> list[Target]:
                     identities = [d.id for d in topology.devices if d.role == pub_role] or (
                         [pub_role] if pub_role in ("monitor", "operator") else [])
                     for ident in identities:
-                        if pub.scope == "own":
-                            mrids = [ident]
-                        elif grant.scope == "own":
-                            mrids = [reader]
-                        else:  # anyone's command: to each device that obeys it
+                        # What the publisher may write and the reader reads: both, where both are scoped.
+                        written, read = topology.grant_mrids(ident, pub), topology.grant_mrids(reader, grant)
+                        if written == read == ["+"]:  # anyone's command: to each device that obeys it
                             mrids = [d.id for d in topology.devices
                                      if any(g.profile == grant.profile for g in ROLES[d.role].reads)]
+                        else:
+                            mrids = [m for m in (read if written == ["+"] else written) if read == ["+"] or m in read]
                         for mrid in mrids:
-                            if grant.scope == "own" and mrid != reader:
-                                continue
                             found.setdefault((topic(topology.root, grant.profile, mrid), ident), set()).add(reader)
     out = []
     for (name, ident), who in sorted(found.items()):

@@ -93,7 +93,7 @@ _STEPS = [
         "DMS publishes single-line diagram",
         "dms-1",
         ["tablet-1"],
-        "fmb/dmsmodule/SingleLineDiagramProfile/dms-1",
+        "fmb/dmsmodule/SingleLineDiagramProfile/feeder-1",
         "delivery",
         7.61,
         0.29,

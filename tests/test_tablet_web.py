@@ -126,18 +126,18 @@ def test_run_button_runs_appendix_a_and_shows_its_timeline(bus: LocalBus, page: 
 
 
 def test_monitor_alerts_reach_the_page(bus: LocalBus, page: Any) -> None:
-    topic = f"fmb/supplymodule/SupplyControlProfile/supply-{uuid.uuid4().hex[:8]}"  # nobody reads it
-    client = connect(f"tablet-1-ui-test-{uuid.uuid4().hex[:6]}", bus.identity("tablet-1"),
-                     bus.endpoint("field-control"))
+    # Nobody reads it (and the DMS may command any supply, where a tablet may command only its site's).
+    topic = f"fmb/supplymodule/SupplyControlProfile/supply-{uuid.uuid4().hex[:8]}"
+    client = connect(f"dms-1-ui-test-{uuid.uuid4().hex[:6]}", bus.identity("dms-1"), bus.endpoint("dc-control"))
     try:
         for i in range(3):
-            client.publish(topic, encode("SupplyControlProfile", "tablet-1", 900_000 + i, {"setpoint_v": 118.0}), 1,
+            client.publish(topic, encode("SupplyControlProfile", "dms-1", 900_000 + i, {"setpoint_v": 118.0}), 1,
                            properties=publish_properties(None)).wait_for_publish(5)
     finally:
         client.disconnect()
         client.loop_stop()
     item = page.wait_for_selector(f"#alerts li[data-kind=undeliverable]:has-text('{topic}')", timeout=15_000)
-    assert "tablet-1" in item.text_content()
+    assert "dms-1" in item.text_content()
 
 
 # -- the HTTP surface, without a browser --------------------------------------------------------

@@ -54,8 +54,14 @@ def test_acl_is_least_privilege() -> None:
                                                      "write fmb/capbankmodule/CapBankControlProfile/capbank-1"}
     dc_delivery = _acl("dc-delivery")
     assert "meter-1" not in dc_delivery  # field devices have no rights on data-centre brokers
+    # The DMS publishes one diagram per feeder it manages, on the feeder's topic, and no other.
     assert dc_delivery["dms-1"] >= {"read fmb/metermodule/MeterReadingProfile/+",
-                                    "write fmb/dmsmodule/SingleLineDiagramProfile/dms-1"}
+                                    "write fmb/dmsmodule/SingleLineDiagramProfile/feeder-1"}
+    assert {e for e in dc_delivery["dms-1"] if "SingleLineDiagram" in e} == {
+        "write fmb/dmsmodule/SingleLineDiagramProfile/feeder-1"}
+    # The tablet reads the diagrams of its site's feeders only, and writes its display.
+    assert field_delivery["tablet-1"] == {"read fmb/dmsmodule/SingleLineDiagramProfile/feeder-1",
+                                          "write fmb/hmimodule/DisplayStatusProfile/tablet-1"}
     assert not any("#" in e for entries in dc_delivery.values() for e in entries)
 
 
@@ -78,7 +84,10 @@ def test_bridges_carry_only_what_the_other_side_reads() -> None:
     assert "restart_timeout 1 1" in conf and "keepalive_interval 5" in conf
     dc = render_conf(T, T.broker("dc-delivery"), files)
     assert "persistence true" in dc and "autosave_interval 60" in dc
-    assert "connection bridge-field-delivery-in" in dc and "topic fmb/dmsmodule/SingleLineDiagramProfile/+ out 1" in dc
+    # Inward, the field's bridge carries the diagrams of the field's feeders only (the tablet's reads).
+    assert "connection bridge-field-delivery-in" in dc
+    assert "topic fmb/dmsmodule/SingleLineDiagramProfile/feeder-1 out 1" in dc
+    assert "SingleLineDiagramProfile/+" not in dc
     assert "connection bridge-field-control-in" in render_conf(T, T.broker("dc-control"), files)
     assert "connection " not in render_conf(T, T.broker("field-control"), files)  # nothing goes up on control
 

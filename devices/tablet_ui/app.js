@@ -54,6 +54,13 @@ function drawFeeder(f, y) {
     svg("text", { class: "label", x: 585, y: 28, "text-anchor": "middle" }, f.meter),
     svg("text", { class: `volts ${range}`, x: 585, y: 100, "text-anchor": "middle" }, volts(f.meter_v)));
   g.append(meter);
+  // A feeder with many meters: the regulating one above, the others summarised, never listed.
+  const m = f.meters || {};
+  if (typeof m.count === "number" && m.count > 1) {
+    g.append(svg("text", { id: `meters-${f.feeder}`, class: "label", x: 563, y: 130, "text-anchor": "end",
+      "data-count": m.count, "data-reporting": m.reporting ?? 0 },
+      `${m.count} meters, ${m.reporting ?? 0} reporting, latest ${volts(m.min_v)} to ${volts(m.max_v)}`));
+  }
   return g;
 }
 

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from brokers.mosquitto import BrokerFiles, mosquitto_binary, render_broker
+from devices.feeder_file import write_feeders
 from testbed.backends import processes
 from testbed.backends.processes import ProcessRecord
 from testbed.backends.saver import broker_argv
@@ -67,12 +68,13 @@ def device_environment(topology: Topology, device: DeviceSpec, certs: Path, run_
         env["FMB_SIGNERS"] = ",".join(trusted)
     if device.role == "dms":
         env["FMB_SESSION_EXPIRY"] = str(topology.site(device.site).session_expiry_s)
-        env["FMB_FEEDERS"] = json.dumps([{**asdict(f), "meter": f.meter} for f in topology.feeders])
+        env["FMB_FEEDERS_FILE"] = str(write_feeders(topology, run_dir))  # an env var holds a few hundred at most
     if device.role == "tablet":
         env["FMB_UI_SOCKET"] = str(run_dir / f"{device.id}.sock")
         env["FMB_UI_CERT"] = str(certs / "servers" / f"{device.id}-ui.pem")
         env["FMB_UI_KEY"] = str(certs / "servers" / f"{device.id}-ui.key")
         env["FMB_UI_URL_FILE"] = str(run_dir / f"{device.id}.url")
+        env["FMB_DMS"] = ",".join(d.id for d in topology.devices if d.role == "dms")  # whose diagrams it shows
     f = topology.feeder_of(device.id)
     if f is not None:
         env["FMB_FEEDER_SOCKET"] = str(run_dir / f"{f.id}.sock")
@@ -215,7 +217,7 @@ class LocalBus:
             for feeder in self.topology.feeders:
                 self._start_feeder(feeder.id)
             for role in START_ORDER:
-                for device in (d for d in self.topology.devices if d.role == role):
+                for device in (d for d in self.topology.devices if d.role == role and not d.external):
                     self._start_device(device)
             if self.monitor:
                 self._start_monitor()

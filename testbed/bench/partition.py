@@ -102,11 +102,16 @@ class _Stream:
                                     f"meter at {field}")
             profile, body = "MeterReadingProfile", {"voltage_v": 120.0, "reason": "periodic"}
             src, dst = topology.broker_for(field, "delivery"), topology.broker_for(dc, "delivery")
+            mrid = device.id
         else:
             device = topology.first((d for d in topology.devices if d.role == "dms"), "DMS")
-            profile, body = "SingleLineDiagramProfile", {"feeders": {}, "version": 0}
+            # A diagram of a feeder of the field site: the DMS may publish it, the bridge carries it there.
+            feeder = topology.first((f.id for f in topology.feeders if f.site == field), f"feeder at {field}")
+            profile, body = "SingleLineDiagramProfile", {"feeder": feeder, "version": 0, "range_a": "unknown",
+                                                         "meters": {}}
             src, dst = topology.broker_for(dc, "delivery"), topology.broker_for(field, "delivery")
-        name = topic(topology.root, profile, device.id)
+            mrid = feeder
+        name = topic(topology.root, profile, mrid)
         tag = f"{run}-{direction}"
 
         def payload(seq: int) -> bytes:

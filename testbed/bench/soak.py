@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -78,7 +79,7 @@ from testbed.core.results import (
 from testbed.core.scenario import Scenario, load_scenario
 from testbed.core.stats import count_loss_and_duplicates
 from testbed.core.topics import PROFILES, ROLES, topic
-from testbed.core.topology import BrokerSpec, Topology
+from testbed.core.topology import BrokerSpec, DeviceSpec, Topology
 from testbed.core.waiting import WaitTimeout, wait_until
 from testbed.harness.runner import ScenarioRunner
 from testbed.reporting.text import soak_markdown
@@ -191,6 +192,16 @@ def stream_specs(topology: Topology) -> list[StreamSpec]:
                                 SINK_MRID, {"action": "open"}, topology.broker_for(dc, "control").name,
                                 topology.broker_for(field_site, "control").name, len(specs)))
     return specs
+
+
+def with_sink(topology: Topology) -> Topology:
+    """``topology`` with the dc -> field streams' sink: an external cap bank (nobody starts it) at the
+    field site, so that the field bridge carries its commands as it carries a real device's."""
+    field_site = topology.first((s.name for s in topology.sites if s.bridge_to), "field site bridged to a data centre")
+    if any(d.id == SINK_MRID for d in topology.devices):
+        return topology
+    sink = DeviceSpec(SINK_MRID, "capbank", field_site, external=True)
+    return dataclasses.replace(topology, devices=(*topology.devices, sink))
 
 
 def consume() -> None:
@@ -354,13 +365,14 @@ def _poison_targets(topology: Topology) -> dict[str, tuple[str, str, str]]:
                 reads = [g for g in ROLES[reader.role].reads if g.profile == grant.profile]
                 if reader.id == publisher.id or not reads:
                     continue
-                mrid = publisher.id if grant.scope == "own" else reader.id
-                if grant.scope == "site" and mrid not in topology.grant_mrids(publisher.id, grant):
-                    continue
-                if grant.scope == "own" and not any(g.scope == "any" or reader.id == mrid for g in reads):
-                    continue
-                found.setdefault(f"{topic(topology.root, grant.profile, mrid)} as {publisher.id}",
-                                 (publisher.id, grant.profile, mrid))
+                # Each mRID the publisher may write and the reader reads (the reader's own when the
+                # publisher may write any: a command to it).
+                written = topology.grant_mrids(publisher.id, grant)
+                read = [topology.grant_mrids(reader.id, g) for g in reads]
+                for mrid in [reader.id] if written == ["+"] else written:
+                    if any(r == ["+"] or mrid in r for r in read):
+                        found.setdefault(f"{topic(topology.root, grant.profile, mrid)} as {publisher.id}",
+                                         (publisher.id, grant.profile, mrid))
     return found
 
 
@@ -898,7 +910,7 @@ def local_soak(topology: Topology, pki: PKI, minutes: float, seed: int, out: Pat
     """The soak on a fresh local bus of ``topology`` (free ports, a temporary state directory), stopped after."""
     check_options(minutes, options.get("rate", DEFAULT_RATE), options.get("crash_window_s"))
     with _work_dir() as work:
-        bus = LocalBus(topology.with_free_ports(), pki, work / "state", monitor=False, ui_port=None)
+        bus = LocalBus(with_sink(topology).with_free_ports(), pki, work / "state", monitor=False, ui_port=None)
         bus.start()
         try:
             return run_soak(bus, LocalFaults(bus), "local", minutes, seed, out, work,

@@ -307,9 +307,12 @@ def run_wan(bus: DockerBus, rate_bps: int, delay_ms: float, seconds: float, comm
     field_control = topology.broker_for(field_site, "control")
     dc_delivery = topology.broker_for(dc_site, "delivery")
     dc_control = topology.broker_for(dc_site, "control")
-    flood_topic = topic(topology.root, "SingleLineDiagramProfile", dms)
-    bare = len(encode("SingleLineDiagramProfile", dms, 0, {"feeders": {"bench-padding": ""}, "version": 0}))
-    body = {"feeders": {"bench-padding": "x" * max(0, payload_bytes - bare)}, "version": 0}
+    # A diagram of a feeder of the field site: the DMS may publish it, and the bridge carries it there.
+    feeder = topology.first((f.id for f in topology.feeders if f.site == field_site), f"feeder at {field_site}")
+    flood_topic = topic(topology.root, "SingleLineDiagramProfile", feeder)
+    diagram = {"feeder": feeder, "version": 0, "range_a": "unknown", "meters": {}}
+    bare = len(encode("SingleLineDiagramProfile", dms, 0, {**diagram, "bench_padding": ""}))
+    body = {**diagram, "bench_padding": "x" * max(0, payload_bytes - bare)}
     flood_payload = encode("SingleLineDiagramProfile", dms, 0, body).decode()
     capacity = rate_bps / 8 / (len(flood_payload) + WIRE_OVERHEAD_BYTES)
     offered = round(capacity * flood_factor, 1)

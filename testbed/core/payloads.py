@@ -46,7 +46,7 @@ __all__ = [
 PAYLOAD_VERSION = 1
 # The bounds of decode(). The size is the brokers' message_size_limit (the topologies' default,
 # brokers/topologies/appendix-a.toml): no broker delivers more. An envelope nests 4 deep (the
-# diagram's feeders); an alert's evidence a little more. The longest legitimate string is a broker
+# tablet's display of its feeders); an alert's evidence a little more. The longest legitimate string is a broker
 # log line in an alert's evidence; the longest number a nanosecond timestamp (19 digits).
 MAX_PAYLOAD_BYTES = 65536
 MAX_DEPTH = 16
@@ -66,7 +66,9 @@ BODY_RULES: dict[str, dict[str, tuple[Any, ...]]] = {
     "MeterReadingProfile": {"voltage_v": _VOLTS, "reason": ("enum", "exception", "periodic")},
     "CapBankControlProfile": {"action": ("enum", "open", "close")},
     "CapBankStatusProfile": {"state": ("enum", "open", "closed")},
-    "SingleLineDiagramProfile": {"feeders": ("dict",), "version": ("int",)},
+    # One feeder's diagram: what the DMS knows of it, its meters summarised (devices/dms.py).
+    "SingleLineDiagramProfile": {"feeder": ("str",), "version": ("int",), "range_a": ("enum", *_RANGE_A_STATES),
+                                 "meters": ("dict",)},
     "DisplayStatusProfile": {"diagram_seq": ("int",), "dms": ("str",), "displayed_ns": ("int",),
                              "feeders": ("dict",)},
     "AlertProfile": {"kind": ("str",), "evidence": ("dict",), "time_ns": ("int",)},
@@ -95,8 +97,11 @@ def encode(profile: str, source: str, seq: int, body: dict[str, Any], ts_ns: int
     return json.dumps(msg.as_dict(), separators=(",", ":")).encode()
 
 
-def decode(payload: bytes | bytearray, profile: str | None = None, source: str | None = None) -> Message:
-    """Parse and validate a payload; ``profile``/``source`` are what the topic says they must be."""
+def decode(payload: bytes | bytearray, profile: str | None = None, source: str | None = None,
+           about: str | None = None) -> Message:
+    """Parse and validate a payload; ``profile``/``source`` are what the topic says they must be;
+    ``about``, for a diagram, the feeder its topic names (a DMS publishes it, so the topic's mRID is
+    not the source: who may publish it is the ACL's business, and the reader's)."""
     data = _parse(payload)
     if not isinstance(data, dict):
         raise PayloadError(f"not a JSON object but {type(data).__name__}")
@@ -114,6 +119,8 @@ def decode(payload: bytes | bytearray, profile: str | None = None, source: str |
     if data["profile"] not in PROFILES:
         raise PayloadError(f"unknown profile {_show(data['profile'])}")
     _check_body(data["profile"], data["body"])
+    if about is not None and data["body"].get("feeder") != about:
+        raise PayloadError(f"diagram of feeder {_show(data['body'].get('feeder'))} on the topic of {about!r}")
     return Message(data["profile"], data["source"], data["seq"], data["ts_ns"], data["body"])
 
 

@@ -2,8 +2,10 @@
 
 One table says, for every profile, its module, the plane it travels on and what it carries;
 another says, for every device role, which profiles it publishes and reads, and whether only
-for its own mRID or for any. Topics, subscriptions and the brokers' ACLs are all derived from
-these two tables, so a device can publish only its own topics and read only what it needs.
+for its own mRID, for its site's, for the feeders' or for any (a single-line diagram's topic names
+the feeder it shows: the DMS publishes those of every feeder, a tablet reads those of its site's).
+Topics, subscriptions and the brokers' ACLs are all derived from these two tables, so a device can
+publish only its own topics and read only what it needs.
 
     Profile                    module           plane     publisher      readers
     SupplyControlProfile       supplymodule     control   tablet (site), dms  supply (own)
@@ -11,7 +13,7 @@ these two tables, so a device can publish only its own topics and read only what
     MeterReadingProfile        metermodule      delivery  meter (own)    dms
     CapBankControlProfile      capbankmodule    control   dms            capbank (own)
     CapBankStatusProfile       capbankmodule    delivery  capbank (own)  dms
-    SingleLineDiagramProfile   dmsmodule        delivery  dms (own)      tablet
+    SingleLineDiagramProfile   dmsmodule        delivery  dms (feeders)  tablet (its site's feeders)
     DisplayStatusProfile       hmimodule        delivery  tablet (own)   (recorder only)
     AlertProfile               securitymodule   control   monitor (own)  tablet (recorder, operators)
 """
@@ -31,6 +33,7 @@ __all__ = [
     "Plane",
     "Profile",
     "RoleRights",
+    "Scope",
     "parse_topic",
     "subscriptions",
     "topic",
@@ -73,14 +76,19 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+# "own": the identity's mRID; "any": every mRID; "site": the mRIDs of the identity's site (its
+# devices', and for a diagram its feeders': what a substation's tablet commands and shows);
+# "feeders": every feeder of the bus (the diagrams a DMS publishes).
+Scope = Literal["own", "site", "feeders", "any"]
+
+
 @dataclass(frozen=True)
 class Grant:
-    """A right on one profile: for the identity's own mRID only, for the mRIDs of its own site
-    (``Topology.grant_mrids``: the site's devices that own that profile, and for a diagram its
-    feeders), or for any mRID."""
+    """A right on one profile, for the mRIDs its scope names (``Topology.grant_mrids`` resolves
+    "site" and "feeders" from the topology)."""
 
     profile: str
-    scope: Literal["own", "site", "any"]
+    scope: Scope
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,8 @@ ROLES: dict[str, RoleRights] = {
     "tablet": RoleRights(
         publishes=(Grant("SupplyControlProfile", "site"), Grant("DisplayStatusProfile", "own")),
         # The operator's screen shows the monitor's alerts beside the diagram.
-        reads=(Grant("SingleLineDiagramProfile", "any"), Grant("AlertProfile", "any")),
+        # Only its own site's feeders' diagrams: a substation's bridge carries no other's.
+        reads=(Grant("SingleLineDiagramProfile", "site"), Grant("AlertProfile", "any")),
     ),
     "supply": RoleRights(
         publishes=(Grant("SupplyStatusProfile", "own"),),
@@ -114,7 +123,7 @@ ROLES: dict[str, RoleRights] = {
         publishes=(
             Grant("CapBankControlProfile", "any"),
             Grant("SupplyControlProfile", "any"),
-            Grant("SingleLineDiagramProfile", "own"),
+            Grant("SingleLineDiagramProfile", "feeders"),
         ),
         reads=(
             Grant("MeterReadingProfile", "any"),

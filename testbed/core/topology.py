@@ -143,12 +143,16 @@ class BridgeSpec:
 
 @dataclass(frozen=True)
 class DeviceSpec:
-    """One simulated device; a meter with a ``fleet`` runs in that fleet's process (devices/fleet.py)."""
+    """One simulated device; a meter with a ``fleet`` runs in that fleet's process (devices/fleet.py).
+
+    An ``external`` device is one the testbed does not start: real equipment connected from outside,
+    or an endpoint of the harness. It has its identity, ACL and bridge topics like any other."""
 
     id: str
     role: str
     site: str
     fleet: str = ""
+    external: bool = False
 
 
 @dataclass(frozen=True)
@@ -347,12 +351,14 @@ class Topology:
 
     def grant_mrids(self, ident: str, grant: Grant) -> list[str]:
         """The mRIDs a grant of identity ``ident`` covers: ``["+"]`` for any, ``[ident]`` for its own,
-        and for its site's, the site's devices that own the profile (a grant of scope "own" on it)
-        and, for a diagram, the site's feeders."""
+        every feeder of the bus for "feeders", and for its site's, the site's devices that own the
+        profile (a grant of scope "own" on it) and, for a diagram, the site's feeders."""
         if grant.scope == "any":
             return ["+"]
         if grant.scope == "own":
             return [ident]
+        if grant.scope == "feeders":  # the diagrams a DMS publishes: every feeder of the bus
+            return [f.id for f in self.feeders]
         device = self._devices_by_id.get(ident)
         return self.site_mrids(device.site, grant.profile) if device else []
 
@@ -757,7 +763,7 @@ def _image_name(value: str) -> bool:
 
 def _device_table(path: Path, i: int, table: Any) -> _Reader:
     r = _Reader(path, f"devices[{i}]", table)
-    r.unknown({"id", "role", "site"})
+    r.unknown({"id", "role", "site", "external"})
     return r
 
 
@@ -769,7 +775,7 @@ def _device(path: Path, i: int, r: _Reader, sites: set[str]) -> DeviceSpec:
     site = r.get("site", str)
     if site not in sites:
         raise ConfigError(path, r.field("site"), f"is {site!r}", f"use one of: {', '.join(sorted(sites))}")
-    return DeviceSpec(id=_ident(r, "id"), role=role, site=site)
+    return DeviceSpec(id=_ident(r, "id"), role=role, site=site, external=r.get("external", bool, False))
 
 
 def _feeder(path: Path, i: int, table: Any, sites: set[str], devices: dict[str, DeviceSpec]) -> FeederSpec:
