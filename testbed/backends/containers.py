@@ -34,6 +34,7 @@ from testbed.backends.local import device_environment
 from testbed.core.errors import TestbedError
 from testbed.core.topology import BrokerSpec, Topology, load_topology
 from testbed.security.pki import PKI
+from testbed.security.provision import issuers_for
 from testbed.security.signing import SigningKeys
 from testbed.transport.mqtt import Endpoint, TLSIdentity
 
@@ -100,8 +101,9 @@ def init_volumes(topology: Topology, pki_dir: Path = PKI_DIR, out: Path = OUT_DI
         _drop_root([pki_dir, *(out / t for t in targets)])
     pki = PKI(pki_dir)
     health = [health_identity(b.name) for b in topology.brokers]
+    # A substation's devices under its intermediate CA, as on the local bus (testbed.security.provision).
     created = pki.init({b.name: [b.name, "localhost"] for b in topology.brokers} | topology.web_servers(),
-                       topology.client_identities() + health)
+                       topology.client_identities() + health, issuers_for(topology))
     signing = SigningKeys(pki_dir)
     created += [f"signing key {n}" for n in signing.ensure(topology.command_signers())]
     for broker in topology.brokers:
