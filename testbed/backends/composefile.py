@@ -167,7 +167,7 @@ class _Builder:
             "restart": "unless-stopped",
             Comment("Mutual-TLS MQTT v5 connection as health-<broker>, an identity with no topic rights."): None,
             "healthcheck": {"test": Flow(["CMD", "/mosquitto/config/healthcheck"]), "interval": "2s",
-                            "timeout": "5s", "retries": 10},
+                            "timeout": "5s", "start_period": "60s", "retries": 10},
         }
         device = {
             "<<": Alias("hardened"),
@@ -176,10 +176,12 @@ class _Builder:
             "tmpfs": Flow(["/run/fmb:uid=10001,gid=10001,mode=0700", "/tmp:uid=10001,gid=10001,mode=0700"]),
             Comment("The heartbeat the device rewrites every 0.5 s once its connections are up: unhealthy when\n"
                     "its MQTT network thread died, a plane stayed disconnected past its backoff, or it stopped\n"
-                    "beating (testbed/transport/health.py; the same check as `fmb status`)."): None,
+                    "beating (testbed/transport/health.py; the same check as `fmb status`). Generous start\n"
+                    "period and time-out: on two busy cores, twenty containers starting at once took minutes,\n"
+                    "and a Python check seconds; a check that passes ends the start period at once."): None,
             "healthcheck": Anchor("heartbeat", {
                 "test": Flow(["CMD", "python", "-m", "testbed.transport.health", "/run/fmb/ready"]),
-                "interval": "2s", "timeout": "5s", "start_period": "60s", "retries": 3}),
+                "interval": "2s", "timeout": "10s", "start_period": "180s", "retries": 3}),
         }
         return {"x-hardened": Anchor("hardened", hardened), "x-broker": Anchor("broker", broker),
                 "x-device": Anchor("device", device)}
