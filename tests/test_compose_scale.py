@@ -33,7 +33,7 @@ from tests.conftest import require
 ROOT = Path(__file__).resolve().parent.parent
 UTILITY_SMALL = DEFAULT_TOPOLOGY.parent / "utility-small.toml"
 PERIOD_S = 2.0
-UP_TIMEOUT_S = 420  # init issues ~170 certificates, then 22 containers start; 260 s seen at load average 30 on 2 cores
+UP_TIMEOUT_S = 420  # ~170 certificates, then 25 containers start: 2-7 min seen at load average 10-110 here
 REPORT_TIMEOUT_S = 60
 
 
@@ -62,6 +62,7 @@ def images() -> None:
 
 
 @pytest.mark.docker
+@pytest.mark.slow
 def test_utility_small_on_compose_every_meter_reports_to_the_data_centre(images: None, tmp_path: Path) -> None:
     topology = load_topology(_fast_copy(tmp_path))
     meters = {m.id for ms in topology.fleets.values() for m in ms}
