@@ -67,13 +67,14 @@ class BrokerFiles:
     blocked_identities: tuple[str, ...] = ()
     blocked_topics: tuple[str, ...] = ()
     # > 0: refuse connections beyond this many (Mosquitto's default is no limit but the process's
-    # open-files limit, where accept() fails instead); containers set it with their `ulimits`.
+    # open-files limit, where accept() fails instead); containers set it with their `ulimits`, the local
+    # backend raises that limit to match.
     max_connections: int = 0
 
 
 def expected_clients(topology: Topology, broker: BrokerSpec) -> int:
     """The connections ``broker`` holds when the whole bus is up: its site's devices (a fleet's
-    meters on the delivery plane only), its bridges' connections, the harness's identities, its health check."""
+    meters on the delivery plane only), its bridges' connections, the harness's identities, a health check."""
     devices = sum(1 for d in topology.devices_at(broker.site) if broker.plane == "delivery" or not d.fleet)
     bridges = sum(1 for b in topology.bridges for way in topology.bridge_connections(b)
                   if broker.name in topology.bridge_endpoints(b, way))

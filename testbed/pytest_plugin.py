@@ -20,6 +20,9 @@ in the ini is relative to the ini's folder):
   under ``brokers/topologies/`` or a .toml file; default Appendix A.
 - ``--fmb-runs DIR`` (``$FMB_RUNS``, ini ``fmb_runs``): keep each run's result files in
   ``DIR/<test id>/<scenario>/``; default the test's ``tmp_path``.
+- ``--fmb-substation NAME`` (``$FMB_SUBSTATION``, ini ``fmb_substation``): run scenarios on one
+  substation of a large topology (``fmb run --substation``); ``fmb_run(..., substation=NAME)``
+  chooses per run.
 
 Fixtures: ``fmb_topology``, ``fmb_pki``, ``fmb_bus`` (session), ``fmb_bus_factory`` (another
 bus, e.g. for a module: override ``fmb_bus`` in that module and ``fmb_run`` uses it) and
@@ -69,6 +72,7 @@ class FmbSettings:
     backend: str = "local"
     topology: Path | None = None  # None: the Appendix A topology
     runs: Path | None = None  # None: each test's tmp_path
+    substation: str | None = None  # None: the scenario's roles are played by every device of the topology
 
 
 _SETTINGS = pytest.StashKey[FmbSettings]()
@@ -79,13 +83,15 @@ _OPTIONS = {  # name: (environment variable, help)
                                  "(default: Appendix A)"),
     "runs": ("FMB_RUNS", "keep each scenario run's result files under DIR/<test id>/ (default: the test's "
                          "tmp_path)"),
+    "substation": ("FMB_SUBSTATION", "run scenarios on this substation of a large topology (its tablet, supply, "
+                                     "cap bank and regulating meter; default: every device)"),
 }
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("fmb", "field message bus scenarios (testbed.pytest_plugin)")
     for name, (env, text) in _OPTIONS.items():
-        metavar = "|".join(BACKENDS) if name == "backend" else "NAME|PATH" if name == "topology" else "DIR"
+        metavar = {"backend": "|".join(BACKENDS), "topology": "NAME|PATH", "substation": "NAME"}.get(name, "DIR")
         group.addoption(f"--fmb-{name}", dest=f"fmb_{name}", metavar=metavar, default=None,
                         help=f"{text}; also ${env} or the ini option fmb_{name}")
         parser.addini(f"fmb_{name}", f"default of --fmb-{name}", default="")
@@ -121,8 +127,10 @@ def _settings_from(config: pytest.Config) -> FmbSettings:
         # A name is a topology shipped with the testbed; a missing file is reported when a test uses it.
         topology_path = base / value if _is_path(value) else _TOPOLOGIES / f"{value}.toml"
     runs = _raw(config, "runs")
+    substation = _raw(config, "substation")
     return FmbSettings(backend=backend[0] if backend else "local", topology=topology_path,
-                       runs=(runs[1] / runs[0]).resolve() if runs else None)
+                       runs=(runs[1] / runs[0]).resolve() if runs else None,
+                       substation=substation[0] if substation else None)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -394,7 +402,8 @@ def fmb_run(request: pytest.FixtureRequest, fmb_bus: Any, tmp_path: Path) -> Cal
     """Run a scenario on ``fmb_bus``: ``fmb_run(name_or_path, repeat=1)`` -> :class:`ScenarioResult`.
 
     ``name_or_path`` is a scenario name (``scenarios/<name>.toml``), a .toml file or a loaded
-    Scenario; ``timeout_s`` replaces the scenario's time-out. The result files go to
+    Scenario; ``timeout_s`` replaces the scenario's time-out; ``substation`` runs it on that substation
+    (default ``--fmb-substation``). The result files go to
     ``<--fmb-runs>/<test id>/<scenario>/`` (else the test's ``tmp_path/<scenario>/``), or to
     ``out``; a scenario that cannot even start (its initial state never holds) raises
     ScenarioError."""
@@ -403,7 +412,7 @@ def fmb_run(request: pytest.FixtureRequest, fmb_bus: Any, tmp_path: Path) -> Cal
     used: dict[str, int] = {}
 
     def run(scenario: str | Path | Scenario, repeat: int = 1, *, timeout_s: float | None = None,
-            out: Path | None = None) -> ScenarioResult:
+            out: Path | None = None, substation: str | None = None) -> ScenarioResult:
         # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
         from testbed.core.scenario import load_scenario
         from testbed.harness.runner import ScenarioRunner
@@ -416,7 +425,7 @@ def fmb_run(request: pytest.FixtureRequest, fmb_bus: Any, tmp_path: Path) -> Cal
             name = _dir_name(scenario.name or Path(scenario.path).stem)
             used[name] = used.get(name, 0) + 1
             out = base / (name if used[name] == 1 else f"{name}-{used[name]}")
-        with ScenarioRunner(fmb_bus, scenario) as runner:
+        with ScenarioRunner(fmb_bus, scenario, substation=substation or options.substation) as runner:
             data = runner.run(repeat, out, backend=options.backend)
         return ScenarioResult(data, Path(out))
 

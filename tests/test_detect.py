@@ -396,8 +396,38 @@ def test_implausible_reading_against_the_supply_after_the_grace_time(clock: Cloc
     assert d.on_message("field-delivery", METER_TOPIC, reading(110.0, 1), False) == []  # within the grace
     clock.advance(2)
     assert d.on_message("field-delivery", METER_TOPIC, reading(121.8, 2), False) == []  # 3.0 V off: tolerated
-    (alert,) = d.on_message("field-delivery", METER_TOPIC, reading(110.0, 3), False)
+    # Held for the grace time (a status explaining it may be on its way), then reported.
+    assert d.on_message("field-delivery", METER_TOPIC, reading(110.0, 3), False) == []
+    clock.advance(1.9)
+    assert d.tick() == []
+    clock.advance(0.2)
+    (alert,) = d.tick()
     assert alert.kind == "implausible_reading" and alert.evidence["expected_v"] == 118.8
+    assert alert.evidence["voltage_v"] == 110.0 and alert.evidence["seq"] == 3
+    assert d.tick() == []  # once
+
+
+def test_a_reading_that_overtakes_the_status_explaining_it_is_not_an_alert(clock: Clock) -> None:
+    """The meter and the supply publish independently: the meter's reading of the supply's new voltage
+    may reach the monitor before the supply's status does (seen: 16 ms ahead)."""
+    d = detector(clock, voltage_tolerance_v=3.0, voltage_grace_s=2.0)
+    supply_topic = "fmb/supplymodule/SupplyStatusProfile/supply-1"
+    d.on_message("field-delivery", supply_topic, Message("SupplyStatusProfile", "supply-1", 1, T0,
+                                                         {"output_v": 120.0}), False)
+    clock.advance(10)
+    assert d.on_message("field-delivery", METER_TOPIC, reading(112.8, 1), False) == []  # 114 V less 1.2 V
+    clock.advance(0.016)
+    assert d.on_message("field-delivery", supply_topic, Message("SupplyStatusProfile", "supply-1", 2, T0,
+                                                                {"output_v": 114.0}), False) == []
+    clock.advance(5)
+    assert d.tick() == []
+    # But a forged reading followed by the true meter's is reported: the true one explains nothing.
+    assert d.on_message("field-delivery", METER_TOPIC, reading(100.0, 2), False) == []
+    clock.advance(0.5)
+    assert d.on_message("field-delivery", METER_TOPIC, reading(112.8, 3), False) == []
+    clock.advance(2)
+    (alert,) = d.tick()
+    assert (alert.kind, alert.evidence["voltage_v"], alert.evidence["seq"]) == ("implausible_reading", 100.0, 2)
 
 
 # -- one alert per kind and subject per repeat_s --------------------------------------------------

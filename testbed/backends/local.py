@@ -1,11 +1,16 @@
-"""The local backend: brokers, the feeder model and devices as processes on this machine.
+"""The local backend: brokers, the feeder model, devices and fleets as processes on this machine.
 
 :class:`LocalBus` writes every broker's configuration from the topology, starts the
 data-centre brokers, then the field brokers (whose bridges connect out), then the feeder
-models and the devices (the DMS and the tablet first, so they see the field devices' first
-reports), waiting for each to be ready. It records what it started in ``<state>/bus.json`` so
-that another command (``fmb run``, ``fmb certs revoke``, ``fmb down``) can find the running
-bus; processes are stopped by the pid recorded, after checking the pid is still ours.
+models, then the devices role by role (the DMS and the tablets first, so they see the field
+devices' first reports; a substation's meters as one fleet process, ``testbed.backends.fleets``).
+Each of those steps starts all of its processes at once and then waits until every one is ready
+(its log line, its heartbeat), so a bus of many substations starts in about the time of its
+slowest process per step, not the sum. Each broker may hold the connections its site's clients
+need: ``max_connections`` from the topology and an open-files limit raised to match. It records
+what it started in ``<state>/bus.json`` so that another command (``fmb run``, ``fmb certs
+revoke``, ``fmb down``) can find the running bus; processes are stopped by the pid recorded,
+after checking the pid is still ours.
 """
 
 from __future__ import annotations
@@ -15,19 +20,21 @@ import json
 import os
 import signal
 import sys
+import time
 import urllib.parse
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from brokers.mosquitto import BrokerFiles, mosquitto_binary, render_broker
+from brokers.mosquitto import BrokerFiles, connection_budget, expected_clients, mosquitto_binary, render_broker
 from devices.feeder_file import write_feeders
 from testbed.backends import processes
+from testbed.backends.fleets import FleetState, fleet_environment, fleet_ready_timeout, fleet_state
 from testbed.backends.processes import ProcessRecord
 from testbed.backends.saver import broker_argv
 from testbed.core.errors import BrokerError, DeviceError, TestbedError
 from testbed.core.topics import PROFILES, ROLES, Plane
-from testbed.core.topology import DeviceSpec, Topology, load_topology
+from testbed.core.topology import BridgeSpec, DeviceSpec, Topology, load_topology
 from testbed.core.waiting import wait_until
 from testbed.security.blocklist import Blocklist
 from testbed.security.pki import PKI
@@ -36,7 +43,9 @@ from testbed.transport.mqtt import Endpoint, TLSIdentity
 
 __all__ = ["LocalBus", "ProcessRecord", "device_environment", "monitor_environment"]
 
-START_ORDER = ("dms", "tablet", "supply", "capbank", "meter")
+START_ORDER = ("dms", "tablet", "supply", "capbank", "meter")  # fleets start with the meters
+# Descriptors a broker holds besides its clients' connections: listener, log, epoll, persistence, plugin...
+BROKER_FD_MARGIN = 64
 # Loaded beside the acl_file when installed (Debian's mosquitto): how the responder evicts sessions.
 DYNSEC_PLUGIN = os.environ.get("FMB_DYNSEC_PLUGIN", "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
 
@@ -85,15 +94,24 @@ def device_environment(topology: Topology, device: DeviceSpec, certs: Path, run_
 
 
 def monitor_environment(topology: Topology, certs: Path, state_dir: Path, log_dir: Path,
-                        run_dir: Path) -> dict[str, str]:
-    """The monitor's ``FMB_*`` environment on the local bus (logs tailed from their files)."""
-    logs = {b.name: f"file:{log_dir / (b.name + '.log')}" for b in topology.brokers}
+                        run_dir: Path, sites: Sequence[str] | None = None) -> dict[str, str]:
+    """The monitor's ``FMB_*`` environment on the local bus (logs tailed from their files); with
+    ``sites``, a shard's: only those sites' brokers, their devices' logs, its own ready file. Every
+    shard appends to the one alert file."""
+    chosen = [s.name for s in topology.sites] if sites is None else list(sites)
+    unknown = sorted(set(chosen) - {s.name for s in topology.sites})
+    if unknown or not chosen:
+        raise TestbedError(f"a monitor shard needs sites of {topology.path}; {', '.join(unknown) or 'none'} given")
+    brokers = [b for b in topology.brokers if b.site in chosen]
+    logs = {b.name: f"file:{log_dir / (b.name + '.log')}" for b in brokers}
     # Every device that reads: actuators log the commands they refuse, every reader the payloads.
-    readers = [d.id for d in topology.devices if ROLES[d.role].reads]
+    readers = [d.id for d in topology.devices if ROLES[d.role].reads and d.site in chosen]
     logs.update({d: f"file:{log_dir / (d + '.log')}" for d in readers})
+    shard = "" if sites is None else "-" + "+".join(chosen)
     return {
         "FMB_DEVICE_ID": "monitor",
-        "FMB_BROKERS": json.dumps({b.name: f"{b.host}:{b.port}" for b in topology.brokers}),
+        "FMB_BROKERS": json.dumps({b.name: f"{b.host}:{b.port}" for b in brokers}),
+        "FMB_MONITOR_SITES": ",".join(chosen),
         "FMB_CA": str(certs / "ca" / "ca.pem"),
         "FMB_CERT": str(certs / "clients" / "monitor.pem"),
         "FMB_KEY": str(certs / "clients" / "monitor.key"),
@@ -103,8 +121,19 @@ def monitor_environment(topology: Topology, certs: Path, state_dir: Path, log_di
         "FMB_MONITOR_CONFIG": str(state_dir / "monitor.toml"),
         "FMB_CERTS_DIR": str(certs),
         "FMB_STATE_DIR": str(state_dir),
-        "FMB_READY_FILE": str(run_dir / "monitor.ready"),
+        "FMB_READY_FILE": str(run_dir / f"monitor{shard}.ready"),
     }
+
+
+@dataclass(frozen=True)
+class _Starting:
+    """A process just spawned, and how to tell that it is ready."""
+
+    record: ProcessRecord
+    ready: Callable[[], bool]
+    what: str
+    timeout_s: float  # with ``progress``: counted from its last change, not from the start
+    progress: Callable[[], str] | None = None  # how far it got (a fleet: meters connected), said on a time-out
 
 
 class LocalBus:
@@ -206,19 +235,18 @@ class LocalBus:
         for stale in self.run_dir.glob("*.url"):  # a new bus, new access tokens
             stale.unlink()
         try:
-            for site in sorted(self.topology.sites, key=lambda s: s.bridge_to is not None):
-                for broker in (b for b in self.topology.brokers if b.site == site.name):
-                    self._start_broker(mosquitto, broker.name)
-            for bridge in self.topology.bridges:
-                for way in self.topology.bridge_connections(bridge):
-                    name = f"{bridge.name}-{way}"
-                    self._wait_log(self.topology.bridge_endpoints(bridge, way)[1], f" as {name} ",
-                                   f"bridge {name}")
-            for feeder in self.topology.feeders:
-                self._start_feeder(feeder.id)
+            for field in (False, True):  # the data centre first: the field brokers' bridges connect to it
+                self._wait_all([self._launch_broker(mosquitto, b.name) for b in self.topology.brokers
+                                if (self.topology.site(b.site).bridge_to is not None) == field])
+            self._wait_all([self._bridge_up(bridge, way) for bridge in self.topology.bridges
+                            for way in self.topology.bridge_connections(bridge)])
+            self._wait_all([self._launch_feeder(f.id) for f in self.topology.feeders])
             for role in START_ORDER:
-                for device in (d for d in self.topology.devices if d.role == role and not d.external):
-                    self._start_device(device)
+                group = [self._launch_device(d) for d in self.topology.devices
+                         if d.role == role and not d.fleet and not d.external]
+                if role == "meter":
+                    group += [self._launch_fleet(name) for name in self.topology.fleets]
+                self._wait_all(group)
             if self.monitor:
                 self._start_monitor()
         except BaseException:
@@ -226,14 +254,32 @@ class LocalBus:
             raise
         self._save()
 
-    def _spawn(self, name: str, kind: str, argv: list[str], env: dict[str, str] | None = None) -> ProcessRecord:
+    def _spawn(self, name: str, kind: str, argv: list[str], env: dict[str, str] | None = None,
+               nofile: int = 0) -> ProcessRecord:
         record = processes.spawn(name, kind, argv, self.log_dir / f"{name}.log", env,
-                                 cwd=Path(__file__).resolve().parents[2])
+                                 cwd=Path(__file__).resolve().parents[2], nofile=nofile)
         self.processes.append(record)
         self._save()
         return record
 
     def _start_broker(self, mosquitto: str, name: str) -> None:
+        self._wait_all([self._launch_broker(mosquitto, name)])
+
+    def _connection_limits(self, name: str) -> tuple[int, int]:
+        """(max_connections, open-files limit) for broker ``name``: what its clients need (see
+        brokers.mosquitto.connection_budget), as far as this user's hard limit allows; a limit too
+        low for the clients the topology connects to it is an error that says how to raise it."""
+        broker = self.topology.broker(name)
+        budget = connection_budget(self.topology, broker)
+        soft, hard = processes.nofile_limits(budget + BROKER_FD_MARGIN)
+        needed = expected_clients(self.topology, broker)
+        if soft - BROKER_FD_MARGIN < needed:
+            raise BrokerError(f"broker {name} must hold {needed} connections, but the open-files hard limit is "
+                              f"{hard}: raise it (as root: `ulimit -Hn {needed + BROKER_FD_MARGIN}`, or nofile "
+                              "in /etc/security/limits.conf), or start the bus as root")
+        return min(budget, soft - BROKER_FD_MARGIN), soft
+
+    def _launch_broker(self, mosquitto: str, name: str) -> _Starting:
         broker = self.topology.broker(name)
         directory = self.state_dir / "brokers" / name
         (directory / "data").mkdir(parents=True, exist_ok=True)
@@ -243,34 +289,83 @@ class LocalBus:
         # Debug logging on the control plane only: it is how Mosquitto reports denied and oversize
         # publishes, and commands are few; on the delivery plane it would cost ~10 us of broker CPU
         # and ~350 bytes of log per message (testbed/csf/README-monitor.md).
+        max_connections, nofile = self._connection_limits(name)
         files = BrokerFiles(certs=self.pki.directory.resolve(), directory=directory, log=log,
                             user=getpass.getuser(), debug_log=broker.plane == "control",
                             dynsec_plugin=dynsec if dynsec.exists() else None,
-                            blocked_identities=tuple(blocks.identities), blocked_topics=tuple(blocks.topics))
+                            blocked_identities=tuple(blocks.identities), blocked_topics=tuple(blocks.topics),
+                            max_connections=max_connections)
         for filename, text in render_broker(self.topology, broker, files).items():
             (directory / filename).write_text(text)
         offset = log.stat().st_size if log.exists() else 0
         argv = broker_argv(mosquitto, directory / "mosquitto.conf", broker.snapshot_every_ms)  # a ticker if asked
-        record = self._spawn(name, "broker", argv)
-        self._wait_log(name, " running", f"broker {name}", offset=offset, record=record)
+        record = self._spawn(name, "broker", argv, nofile=nofile)
+        return _Starting(record, self._log_has(log, " running", offset), f"broker {name}", 15)
+
+    def _bridge_up(self, bridge: BridgeSpec, way: str) -> _Starting:
+        """The bridge connection ``way`` is up when the broker it connects to logs its client id."""
+        name = f"{bridge.name}-{way}"
+        target = self.topology.bridge_endpoints(bridge, way)[1]
+        return _Starting(self._record(target), self._log_has(self.log_dir / f"{target}.log", f" as {name} "),
+                         f"bridge {name}", 15)
 
     def _start_feeder(self, feeder_id: str) -> None:
+        self._wait_all([self._launch_feeder(feeder_id)])
+
+    def _launch_feeder(self, feeder_id: str) -> _Starting:
         spec = self.topology.feeder(feeder_id)
         sock = self.run_dir / f"{feeder_id}.sock"
         sock.unlink(missing_ok=True)
         record = self._spawn(feeder_id, "feeder", [sys.executable, "-m", "devices.feeder"], {
             "FMB_FEEDER": json.dumps(asdict(spec)), "FMB_FEEDER_SOCKET": str(sock)})
-        self._wait_for(lambda: sock.exists(), record, f"feeder {feeder_id}", 10)
+        return _Starting(record, sock.exists, f"feeder {feeder_id}", 10)
 
-    def _start_monitor(self) -> None:
-        env = monitor_environment(self.topology, self.pki.directory.resolve(), self.state_dir, self.log_dir,
-                                  self.run_dir)
+    def _start_fleet(self, fleet: str) -> None:
+        self._wait_all([self._launch_fleet(fleet)])
+
+    def _launch_fleet(self, fleet: str) -> _Starting:
+        """Start ``python -m devices.fleet`` for ``fleet``; ready once every meter is connected."""
+        env = fleet_environment(self.topology, fleet, self.pki.directory.resolve(), self.run_dir)
         ready = Path(env["FMB_READY_FILE"])
         ready.unlink(missing_ok=True)
-        record = self._spawn("monitor", "monitor", [sys.executable, "-m", "testbed.csf.monitor"], env)
-        self._wait_for(ready.exists, record, "monitor", 60)
+        record = self._spawn(fleet, "fleet", [sys.executable, "-m", "devices.fleet"], env)
+        meters = len(self.topology.fleets[fleet])
+
+        def connected() -> bool:
+            state = fleet_state(ready, record.pid, 0.0)
+            return state.verdict == "up" and state.connected == state.expected
+
+        def progress() -> str:
+            return f"{fleet_state(ready, record.pid, 0.0).connected or 0}/{meters} meters connected"
+        # On a busy machine the handshakes take what they take: waited for while meters keep connecting.
+        return _Starting(record, connected, f"fleet {fleet}", fleet_ready_timeout(meters), progress)
+
+    def monitor_shards(self) -> dict[str, list[str] | None]:
+        """The monitor processes this bus runs, name -> the sites it watches (None: every site). A bus
+        of substation templates gets one per site (``monitor-<site>``), so that no monitor's work grows
+        with the whole bus; a hand-written one a single ``monitor``."""
+        if not self.topology.templates:
+            return {"monitor": None}
+        return {f"monitor-{s.name}": [s.name] for s in self.topology.sites}
+
+    def _start_monitor(self, name: str | None = None) -> None:
+        """Start the monitor processes (or the one named), in parallel, and wait until each is ready."""
+        starting = []
+        for shard, sites in self.monitor_shards().items():
+            if name is not None and shard != name:
+                continue
+            env = monitor_environment(self.topology, self.pki.directory.resolve(), self.state_dir, self.log_dir,
+                                      self.run_dir, sites)
+            ready = Path(env["FMB_READY_FILE"])
+            ready.unlink(missing_ok=True)
+            record = self._spawn(shard, "monitor", [sys.executable, "-m", "testbed.csf.monitor"], env)
+            starting.append(_Starting(record, ready.exists, shard, 60))
+        self._wait_all(starting)
 
     def _start_device(self, device: DeviceSpec, restart: bool = False) -> None:
+        self._wait_all([self._launch_device(device, restart)])
+
+    def _launch_device(self, device: DeviceSpec, restart: bool = False) -> _Starting:
         env = device_environment(self.topology, device, self.pki.directory.resolve(), self.run_dir)
         if device.role == "tablet" and self.ui_port is not None:
             index = [d.id for d in self.topology.devices if d.role == "tablet"].index(device.id)
@@ -284,38 +379,76 @@ class LocalBus:
             env["FMB_UI_RUNS"] = str(self.runs_dir)
             env["FMB_UI_RUN_COMMAND"] = json.dumps([
                 sys.executable, "-m", "testbed.cli", "run", "appendix-a", "--no-start",
-                "--state", str(self.state_dir), "--certs", str(self.pki.directory.resolve())])
+                "--state", str(self.state_dir), "--certs", str(self.pki.directory.resolve()),
+                # On a topology of several substations, a tablet's button runs Appendix A on its own.
+                *(["--substation", device.site] if len(self.topology.substations) > 1 else [])])
         ready = Path(env["FMB_READY_FILE"])
         ready.unlink(missing_ok=True)
         record = self._spawn(device.id, "device", [sys.executable, "-m", f"devices.{device.role}"], env)
-        self._wait_for(ready.exists, record, f"device {device.id}", 30)
+        return _Starting(record, ready.exists, f"device {device.id}", 30)
+
+    @staticmethod
+    def _log_has(log: Path, needle: str, offset: int = 0) -> Callable[[], bool]:
+        """Whether ``needle`` is in ``log`` past ``offset`` (read from where the last look ended)."""
+        wanted = needle.encode()
+        position, tail = offset, b""  # a needle split across two reads is still found
+
+        def found() -> bool:
+            nonlocal position, tail
+            try:
+                with open(log, "rb") as f:
+                    f.seek(position)
+                    chunk = f.read()
+            except OSError:
+                return False
+            position += len(chunk)
+            text = tail + chunk
+            tail = text[-len(wanted):]
+            return wanted in text
+        return found
 
     def _wait_log(self, name: str, needle: str, what: str, offset: int = 0,
                   record: ProcessRecord | None = None, timeout_s: float = 15) -> None:
-        log = self.log_dir / f"{name}.log"
-
-        def found() -> bool:
-            try:
-                with open(log, "rb") as f:
-                    f.seek(offset)
-                    return needle.encode() in f.read()
-            except OSError:
-                return False
-
-        self._wait_for(found, record or self._record(name), what, timeout_s)
+        self._wait_for(self._log_has(self.log_dir / f"{name}.log", needle, offset), record or self._record(name),
+                       what, timeout_s)
 
     def _wait_for(self, condition: Callable[[], bool], record: ProcessRecord, what: str, timeout_s: float) -> None:
-        error = BrokerError if record.kind == "broker" else DeviceError
+        self._wait_all([_Starting(record, condition, what, timeout_s)])
 
-        def ready() -> bool:
-            if condition():
-                return True
-            if not processes.alive(record):
-                raise error(f"{what} exited at start-up: {self._tail(record)} (log: {record.log})")
-            return False
+    def _wait_all(self, starting: list[_Starting]) -> None:
+        """Wait until every process of ``starting`` is ready; the first that exits, or that is not
+        ready within its own time-out, is an error naming it, with the end of its log."""
+        pending = list(starting)
+        t0 = time.monotonic()
+        last: dict[int, tuple[str, float]] = {}  # id(s) -> (its progress, when it last changed)
 
-        wait_until(ready, timeout_s, interval_s=0.02, error=error,
-                   what=lambda: f"{what} not ready after {timeout_s:g} s: {self._tail(record)} (log: {record.log})")
+        def fail(s: _Starting, problem: str) -> BaseException:
+            error = BrokerError if s.record.kind == "broker" else DeviceError
+            got = f" ({s.progress()})" if s.progress else ""
+            return error(f"{s.what} {problem}{got}: {self._tail(s.record)} (log: {s.record.log})")
+
+        def all_ready() -> bool:
+            now = time.monotonic()
+            for s in list(pending):
+                if s.ready():
+                    pending.remove(s)
+                    continue
+                if not processes.alive(s.record):
+                    raise fail(s, "exited at start-up")
+                since = t0
+                if s.progress is not None:
+                    value = s.progress()
+                    if last.get(id(s), ("", 0.0))[0] != value:
+                        last[id(s)] = (value, now)
+                    since = last[id(s)][1]
+                if now - since > s.timeout_s:
+                    raise fail(s, f"not ready after {now - t0:.0f} s" + (", no progress for "
+                                                                          f"{s.timeout_s:g} s" if s.progress else ""))
+            return not pending
+
+        # The deadlines are each process's own (above); this one only bounds a process that keeps progressing.
+        longest = max((s.timeout_s for s in starting), default=0.0)
+        wait_until(all_ready, 10 * longest + 1, interval_s=0.02, what=lambda: f"{pending[0].what} not ready")
 
     def _record(self, name: str) -> ProcessRecord:
         for p in self.processes:
@@ -342,10 +475,18 @@ class LocalBus:
         record = self._record(name)
         if not processes.alive(record):
             return "DOWN", "not running"
+        if record.kind == "fleet":
+            state = self.fleet_state(name)
+            return state.verdict, state.why
         if record.kind not in ("device", "monitor"):
             return "up", ""
         health = read_health(self.run_dir / f"{name}.ready", pid=record.pid)
         return ("up", "") if health.healthy else ("unhealthy", health.why)
+
+    def fleet_state(self, name: str) -> FleetState:
+        """Meters connected of those expected in fleet ``name``, and the verdict (testbed.backends.fleets)."""
+        record = self._record(name)
+        return fleet_state(self.run_dir / f"{name}.ready", record.pid, processes.age_s(record))
 
     def signal(self, name: str, sig: signal.Signals) -> None:
         """Send ``sig`` to one of our processes (by recorded pid, if it is still ours)."""
@@ -365,7 +506,9 @@ class LocalBus:
         elif record.kind == "feeder":
             self._start_feeder(name)
         elif record.kind == "monitor":
-            self._start_monitor()
+            self._start_monitor(name)
+        elif record.kind == "fleet":
+            self._start_fleet(name)
         else:
             self._start_device(self.topology.device(name), restart=True)
         self._save()
@@ -383,9 +526,9 @@ class LocalBus:
         return len(brokers)
 
     def stop(self, timeout_s: float = 10) -> None:
-        """Stop devices, feeders, then brokers (so the data-centre brokers save last)."""
-        order = {"monitor": 0, "device": 1, "feeder": 2, "broker": 3}
-        for kind in sorted(order, key=order.__getitem__):
-            processes.stop([p for p in self.processes if p.kind == kind], timeout_s)
+        """Stop devices and fleets, feeders, then brokers (so the data-centre brokers save last)."""
+        order = {"monitor": 0, "device": 1, "fleet": 1, "feeder": 2, "broker": 3}
+        for step in sorted(set(order.values())):
+            processes.stop([p for p in self.processes if order.get(p.kind, 1) == step], timeout_s)
         self.processes = []
         self.state_file.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 from collections.abc import Iterable
@@ -21,9 +22,10 @@ from pathlib import Path
 
 from testbed.core.waiting import WaitTimeout, wait_until
 
-__all__ = ["ProcessRecord", "alive", "kill", "send", "spawn", "start_ticks", "stop"]
+__all__ = ["ProcessRecord", "age_s", "alive", "kill", "nofile_limits", "send", "spawn", "start_ticks", "stop"]
 
 _POLL_S = 0.02
+_NR_OPEN = Path("/proc/sys/fs/nr_open")  # the kernel's ceiling on any process's open-files limit
 
 
 @dataclass(frozen=True)
@@ -46,20 +48,52 @@ def start_ticks(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
+def age_s(record: ProcessRecord) -> float:
+    """How long the recorded process has been running, in seconds (0 if it is not ours any more)."""
+    if start_ticks(record.pid) != record.start_ticks:
+        return 0.0
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(0.0, uptime - record.start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def nofile_limits(wanted: int) -> tuple[int, int]:
+    """The (soft, hard) open-files limit a child that needs ``wanted`` descriptors can have: the
+    soft limit raised up to the hard one, and as root the hard one too (up to the kernel's
+    ``fs.nr_open``); never lowered. Whether it is enough is the caller's to check."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if wanted > hard and os.geteuid() == 0:
+        try:
+            ceiling = int(_NR_OPEN.read_text())
+        except (OSError, ValueError):
+            ceiling = hard
+        hard = max(hard, min(wanted, ceiling))
+    return max(soft, min(wanted, hard)), hard
+
+
 def spawn(name: str, kind: str, argv: list[str], log: Path, env: dict[str, str] | None = None, *,
-          cwd: Path | None = None, nice: int = 0, cpus: set[int] | None = None) -> ProcessRecord:
+          cwd: Path | None = None, nice: int = 0, cpus: set[int] | None = None, nofile: int = 0) -> ProcessRecord:
     """Start ``argv`` with stdout and stderr appended to ``log``, in a new session, ``env`` added to
-    ours; ``nice`` and ``cpus`` place it (a niceness increment, a CPU affinity)."""
-    def placement() -> None:
+    ours; ``nice`` and ``cpus`` place it (a niceness increment, a CPU affinity); ``nofile`` > 0 raises
+    its open-files limit towards that many (:func:`nofile_limits`: a broker's clients need one each)."""
+    limits = nofile_limits(nofile) if nofile else None
+    if limits == resource.getrlimit(resource.RLIMIT_NOFILE):
+        limits = None  # ours already: nothing to set in the child
+
+    def placement() -> None:  # in the child, between fork and exec: system calls only
         if nice:
             os.nice(nice)
         if cpus:
             os.sched_setaffinity(0, cpus)
+        if limits:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
 
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, **(env or {})}, start_new_session=True, cwd=cwd,
-                                preexec_fn=placement if (nice or cpus) else None)
+                                preexec_fn=placement if (nice or cpus or limits) else None)
     return ProcessRecord(name, kind, proc.pid, start_ticks(proc.pid), str(log))
 
 

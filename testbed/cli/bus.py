@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from testbed.backends.compose import compose_bus
+from testbed.backends.fleets import FleetState
 from testbed.backends.local import LocalBus
 from testbed.cli.common import DEFAULT_UI_PORT, ROOT, Commands, paths, stamp
 from testbed.core.errors import TestbedError
@@ -26,7 +27,12 @@ from testbed.harness.runner import ScenarioRunner
 from testbed.reporting.text import summary_table
 from testbed.security.provision import ensure_pki
 
-__all__ = ["add_demo", "add_down", "add_run", "add_status", "add_up", "local_bus", "run_scenario", "verify"]
+__all__ = ["SUMMARY_OVER", "add_demo", "add_down", "add_run", "add_status", "add_up", "local_bus", "run_scenario",
+           "status_lines", "verify"]
+
+# A bus of more processes than this is summarised: one line per fleet and per site, and every process
+# that is not up; a smaller one gets a line per process.
+SUMMARY_OVER = 40
 
 
 @contextmanager
@@ -103,7 +109,7 @@ def run_scenario(args: argparse.Namespace, scenario_name: str) -> int:
     buses = compose_bus(topology_path=args.topology) if args.backend == "docker" else local_bus(args)
     with buses as bus:
         out = Path(args.out) if args.out else ROOT / "runs" / f"{scenario.name}-{stamp()}"
-        with ScenarioRunner(bus, scenario) as runner:
+        with ScenarioRunner(bus, scenario, substation=getattr(args, "substation", None)) as runner:
             result = runner.run(args.repeat, out, backend=args.backend,
                                 progress=_progress(args.repeat))
         print(summary_table(result))
@@ -112,8 +118,12 @@ def run_scenario(args: argparse.Namespace, scenario_name: str) -> int:
 
 
 def verify(args: argparse.Namespace, what: str) -> int:
-    """Recovery is verified, not assumed: run Appendix A once and say whether it passed."""
+    """Recovery is verified, not assumed: run Appendix A once and say whether it passed (on the
+    first substation, where the topology has several)."""
     args.repeat, args.out, args.backend = 1, None, "local"
+    running = LocalBus.attach(paths(args)[1])
+    substations = (running.topology if running else load_topology(args.topology)).substations
+    args.substation = substations[0].name if len(substations) > 1 else None
     print(f"verifying {what}: running the Appendix A scenario", flush=True)
     code = run_scenario(args, "appendix-a")
     print(f"{what}: {'verified, the scenario passes' if code == 0 else 'NOT verified, the scenario fails'}")
@@ -141,8 +151,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     for b in topology.brokers:
         print(f"  broker {b.name:16} mqtts://{b.host}:{b.port}  ({b.plane} plane, "
               f"{'persistent' if b.persistent else 'non-persistent'})")
-    for d in topology.devices:
+    solo = [d for d in topology.devices if not d.fleet]
+    for d in solo[:SUMMARY_OVER]:
         print(f"  device {d.id:16} {d.role:8} site {d.site}   log {bus.device_log(d.id)}")
+    if len(solo) > SUMMARY_OVER:
+        print(f"  ... and {len(solo) - SUMMARY_OVER} more devices (`fmb status` lists them)")
+    for fleet, meters in topology.fleets.items():
+        print(f"  fleet  {fleet:16} {len(meters)} meters, site {meters[0].site}   log {bus.device_log(fleet)}")
     _print_ui(bus)
     print("run a scenario with `fmb run appendix-a` (or the page's button); stop with `fmb down`")
     return 0
@@ -165,17 +180,61 @@ def cmd_status(args: argparse.Namespace) -> int:
     if bus is None:
         print(f"no bus running from {state}")
         return 1
-    bad = 0
-    for p in bus.processes:
-        verdict, why = bus.health(p.name)
-        shown = f"unhealthy ({why})" if verdict == "unhealthy" else verdict
-        bad += verdict != "up"
-        print(f"{p.kind:7} {p.name:18} pid {p.pid:<8} {shown}  {p.log}")
+    lines, bad = status_lines(bus)
+    for line in lines:
+        print(line)
     _print_ui(bus)
     if bad:
         print(f"{bad} of {len(bus.processes)} processes are not up: their logs (above) say why; `fmb recover` "
               "restarts what is down", file=sys.stderr)
     return 1 if bad else 0
+
+
+def status_lines(bus: LocalBus) -> tuple[list[str], int]:
+    """The lines of ``fmb status`` and how many processes are not up."""
+    health = {p.name: bus.health(p.name) for p in bus.processes}
+    fleets = {p.name: bus.fleet_state(p.name) for p in bus.processes
+              if p.kind == "fleet" and health[p.name][0] != "DOWN"}
+    lines = []
+    for p in bus.processes:
+        verdict, why = health[p.name]
+        if len(bus.processes) > SUMMARY_OVER and verdict == "up" and p.kind != "fleet":
+            continue  # summarised per site below
+        shown = f"unhealthy ({why})" if verdict == "unhealthy" else verdict
+        fleet = fleets.get(p.name)
+        if fleet is not None and fleet.expected is not None:
+            shown += f"  {fleet.connected}/{fleet.expected} connected"
+        lines.append(f"{p.kind:7} {p.name:18} pid {p.pid:<8} {shown}  {p.log}")
+    if len(bus.processes) > SUMMARY_OVER or fleets:
+        lines += _site_totals(bus, health, fleets)
+    bad = sum(verdict != "up" for verdict, _ in health.values())
+    return lines, bad
+
+
+def _site_totals(bus: LocalBus, health: dict[str, tuple[str, str]], fleets: dict[str, FleetState]) -> list[str]:
+    """One line per site: its processes up, and its meters connected of those expected."""
+    topology = bus.topology
+    site_of = {b.name: b.site for b in topology.brokers}
+    site_of.update({d.id: d.site for d in topology.devices if not d.fleet})
+    site_of.update({f.id: f.site for f in topology.feeders})
+    site_of.update({name: meters[0].site for name, meters in topology.fleets.items()})
+    lines = []
+    total_up = total = connected = expected = 0
+    for site in topology.sites:
+        names = [p.name for p in bus.processes if site_of.get(p.name) == site.name]
+        up = sum(health[n][0] == "up" for n in names)
+        meters = sum(len(m) for f, m in topology.fleets.items() if m[0].site == site.name)
+        on = sum(fleets[f].connected or 0 for f in fleets if site_of[f] == site.name)
+        what = "substation" if site.bridge_to else "site"
+        lines.append(f"{what:10} {site.name:18} {up}/{len(names)} processes up"
+                     + (f", {on}/{meters} meters connected" if meters else ""))
+        total_up, total, connected, expected = total_up + up, total + len(names), connected + on, expected + meters
+    others = [p.name for p in bus.processes if p.name not in site_of]  # the monitor
+    total_up += sum(health[n][0] == "up" for n in others)
+    total += len(others)
+    lines.append(f"{'total':10} {len(topology.sites)} sites{'':9} {total_up}/{total} processes up"
+                 + (f", {connected}/{expected} meters connected in {len(topology.fleets)} fleets" if expected else ""))
+    return lines
 
 
 def _scenario_options(p: argparse.ArgumentParser) -> None:
@@ -185,6 +244,8 @@ def _scenario_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-start", action="store_true",
                    help="fail instead of starting a bus when none is running (what the tablet's run button uses)")
     p.add_argument("--out", help="result directory (default runs/<scenario>-<time>)")
+    p.add_argument("--substation", metavar="NAME", help="run on one substation of a large topology: its tablet, "
+                   "its first feeder's supply, cap bank and regulating meter (the data centre's devices are shared)")
     p.add_argument("--backend", choices=["local", "docker"], default="local",
                    help="local processes (default), or the Compose bus of compose/ (the "
                         "project $COMPOSE_PROJECT_NAME or fmb; started for the run if not up)")

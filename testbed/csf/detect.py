@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import tomllib
-from collections import defaultdict, deque
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +40,9 @@ from brokers.mosquitto import DYNSEC_TOPIC, carried_topics
 from testbed.core.errors import ConfigError
 from testbed.core.payloads import Message
 from testbed.core.topics import PROFILES, ROLES, parse_topic, topic
-from testbed.core.topology import HARNESS_IDENTITIES, Topology
+from testbed.core.topology import HARNESS_IDENTITIES, FeederSpec, Topology
 from testbed.csf.brokerlog import BrokerEvent
+from testbed.csf.window import SlidingWindow
 
 __all__ = ["ACTIONS", "ALERT_KINDS", "Alert", "Detector", "MonitorConfig", "Thresholds", "load_monitor_config"]
 
@@ -50,6 +51,7 @@ ALERT_KINDS = ("connection_flood", "tls_failures", "auth_failures", "topic_scan"
                "command_rejected", "payload_rejected_burst", "session_cap")
 ACTIONS = ("revoke", "block", "block-topic", "evict")
 OBSERVERS = ("monitor", "recorder")  # their subscriptions do not make a message delivered
+SWEEP_S = 10.0  # how often tick() forgets state that can no longer raise an alert
 _AUTH_REASONS = ("certificate verify failed", "certificate revoked", "unknown ca", "bad certificate")
 
 
@@ -156,8 +158,20 @@ def filter_within(sub: str, pattern: str) -> bool:
     return len(s) == len(p)
 
 
+_Subscriber = tuple[str | None, set[str], bool]  # (identity, filters, persistent session)
+
+
+def _is_wildcard(pattern: str) -> bool:
+    return "+" in pattern or "#" in pattern
+
+
 class Detector:
-    """All rules, with their state; call :meth:`on_event`, :meth:`on_message`, :meth:`tick`."""
+    """All rules, with their state; call :meth:`on_event`, :meth:`on_message`, :meth:`tick`.
+
+    Work per message does not grow with the bus: the feeders a device belongs to and the filters
+    the subscribers of a broker read are indexed, and state per device is bounded (counters and
+    capped windows, swept by :meth:`tick` once they no longer matter).
+    """
 
     def __init__(self, topology: Topology, thresholds: Thresholds | None = None,
                  clock: Callable[[], int] = time.time_ns) -> None:
@@ -167,27 +181,44 @@ class Detector:
         self.known = set(topology.client_identities())
         self._plane = {b.name: b.plane for b in topology.brokers}
         self._recent: dict[tuple[str, ...], int] = {}
-        self._windows: dict[tuple[str, ...], deque[tuple[int, str]]] = defaultdict(deque)
-        self._subs: dict[str, dict[str, tuple[str | None, set[str], bool]]] = defaultdict(dict)
+        self._windows: dict[tuple[str, ...], SlidingWindow] = {}
+        self._subs: dict[str, dict[str, _Subscriber]] = defaultdict(dict)
+        # (broker, wildcard?) -> the filters its subscribers (not the observers) read, and how many read each:
+        # a topic is looked up among the exact ones and matched against the (few) wildcard ones
+        self._reading: dict[tuple[str, bool], Counter[str]] = defaultdict(Counter)
         self._connected: dict[tuple[str, str], tuple[str | None, str | None, int]] = {}
         self._sessions: dict[tuple[str, str], set[str]] = defaultdict(set)  # (broker, identity) -> client ids
         self._last_data: dict[tuple[str, str], int] = {}
         self._rate: dict[tuple[str, str], list[float]] = {}  # (broker, source) -> [second, count, baseline]
         self._feeder_state: dict[str, dict[str, Any]] = {}
-        self._permanent: dict[str, list[str]] = defaultdict(list)  # broker -> bridge (out) patterns
+        # Feeder -> a reading its statuses did not explain, held for voltage_grace_s:
+        # (received ns, broker, meter, volts, seq).
+        self._pending: dict[str, tuple[int, str, str, float, int]] = {}
+        self._feeders = {f.id: f for f in topology.feeders}
+        # device -> (feeder, its part there: supply, capbank, meter (the regulating one) or other_meter)
+        self._parts: dict[str, list[tuple[FeederSpec, str]]] = defaultdict(list)
+        for f in topology.feeders:
+            self._parts[f.supply].append((f, "supply"))
+            self._parts[f.capbank].append((f, "capbank"))
+            for n, meter in enumerate(f.meters):
+                self._parts[meter].append((f, "meter" if n == 0 else "other_meter"))
+        self._next_sweep = 0
+        permanent: dict[str, set[str]] = defaultdict(set)  # broker -> bridge (out) patterns, and what no device reads
         for bridge in topology.bridges:
             for way, profiles in topology.bridge_connections(bridge).items():
                 host = topology.bridge_endpoints(bridge, way)[0]
                 directions = topology.bridge_directions(bridge)
-                self._permanent[host] += [t for p in profiles
-                                          for t in carried_topics(topology, bridge, p, directions[p])]
+                permanent[host] |= {t for p in profiles for t in carried_topics(topology, bridge, p, directions[p])}
         # A profile no device reads by design (the tablet's DisplayStatusProfile is for observers) is
         # delivered by being recorded; only the benchmarks' own profiles stay watched.
         device_reads = {g.profile for d in topology.devices for g in ROLES[d.role].reads}
         for broker in topology.brokers:
-            self._permanent[broker.name] += [topic(topology.root, p, "+") for p, prof in PROFILES.items()
-                                             if p not in device_reads and not p.startswith("Bench")
-                                             and prof.plane == broker.plane]
+            permanent[broker.name] |= {topic(topology.root, p, "+") for p, prof in PROFILES.items()
+                                       if p not in device_reads and not p.startswith("Bench")
+                                       and prof.plane == broker.plane}
+        # A bridge carries some profiles for named mRIDs (a substation's own devices): those are looked up.
+        self._permanent = {b: sorted(p for p in patterns if _is_wildcard(p)) for b, patterns in permanent.items()}
+        self._permanent_exact = {b: {p for p in patterns if not _is_wildcard(p)} for b, patterns in permanent.items()}
 
     # -- rights, as the generated ACL gives them -----------------------------------------------
 
@@ -216,13 +247,36 @@ class Detector:
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    def _count(self, key: tuple[str, ...], now: int, window_s: float, item: str = "") -> list[str]:
-        """Add ``item`` to the sliding window ``key``; the items now inside the window."""
-        q = self._windows[key]
-        q.append((now, item))
-        while q and now - q[0][0] > window_s * 1e9:
-            q.popleft()
-        return [i for _, i in q]
+    def _count(self, key: tuple[str, ...], now: int, window_s: float, limit: int, item: str = "") -> SlidingWindow:
+        """Add ``item`` to the sliding window ``key`` (kept exact beyond ``limit``, the rule's threshold)."""
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = SlidingWindow(window_s, max(64, limit + 1))
+        window.add(now, item)
+        return window
+
+    def _subscriber(self, broker: str, client_id: str, entry: _Subscriber | None) -> None:
+        """Set (or, with None, remove) one subscriber of ``broker``, keeping the reader index in step."""
+        subs = self._subs[broker]
+        old = subs.pop(client_id, None)
+        if old is not None and old[0] not in OBSERVERS:
+            for f in old[1]:
+                reading = self._reading[broker, _is_wildcard(f)]
+                reading[f] -= 1
+                if reading[f] <= 0:
+                    del reading[f]
+        if entry is not None:
+            subs[client_id] = entry
+            if entry[0] not in OBSERVERS:
+                for f in entry[1]:
+                    self._reading[broker, _is_wildcard(f)][f] += 1
+
+    def _read_by_device(self, broker: str, name: str) -> bool:
+        """Whether a subscriber other than an observer, a bridge's pattern or design reads topic ``name``."""
+        if name in self._reading[broker, False] or name in self._permanent_exact.get(broker, ()):
+            return True
+        return any(filter_within(name, f) for f in self._permanent.get(broker, ())) or any(
+            filter_within(name, f) for f in self._reading[broker, True])
 
     def _alert(self, kind: str, now: int, key: str, **fields: Any) -> list[Alert]:
         last = self._recent.get((kind, key))
@@ -239,27 +293,34 @@ class Detector:
         """Update state with one event; alerts it raises (none while replaying an old log)."""
         subs = self._subs[ev.source]
         if ev.kind == "restarted":
-            persistent = {c: v for c, v in subs.items() if not v[2]}
-            self._subs[ev.source] = persistent
+            for cid in [c for c, v in subs.items() if not v[2]]:
+                self._subscriber(ev.source, cid, None)
             for key in [k for k in self._sessions if k[0] == ev.source]:
                 del self._sessions[key]
             return []
         if ev.kind == "connected" and ev.client_id:
             clean = bool(ev.detail.get("clean_start"))
             old = subs.get(ev.client_id)
-            subs[ev.client_id] = (ev.identity, set() if clean or old is None else old[1], not clean)
+            kept = set() if clean or old is None else set(old[1])
+            self._subscriber(ev.source, ev.client_id, (ev.identity, kept, not clean))
             self._sessions[(ev.source, ev.identity or "")].add(ev.client_id)
             if not ev.replay:
                 self._connected[(ev.source, ev.client_id)] = (ev.identity, ev.address, ev.time_ns)
         if ev.kind in ("disconnected", "evicted") and ev.client_id:
-            self._sessions[(ev.source, ev.identity or "")].discard(ev.client_id)
+            key = (ev.source, ev.identity or "")
+            sessions = self._sessions.get(key)
+            if sessions is not None:
+                sessions.discard(ev.client_id)
+                if not sessions:
+                    del self._sessions[key]
             self._connected.pop((ev.source, ev.client_id), None)
             if ev.client_id in subs and not subs[ev.client_id][2]:
-                del subs[ev.client_id]
-        if ev.kind == "subscribe" and ev.client_id in subs:
-            subs[ev.client_id][1].add(ev.detail["filter"])
-        if ev.kind == "unsubscribe" and ev.client_id in subs:
-            subs[ev.client_id][1].discard(ev.detail["filter"])
+                self._subscriber(ev.source, ev.client_id, None)
+        if ev.kind in ("subscribe", "unsubscribe") and ev.client_id in subs:
+            ident, filters, persistent = subs[ev.client_id]
+            changed = filters | {ev.detail["filter"]} if ev.kind == "subscribe" else filters - {ev.detail["filter"]}
+            if changed != filters:
+                self._subscriber(ev.source, ev.client_id, (ident, changed, persistent))
         if ev.replay:
             return []
         return self._rules(ev)
@@ -276,7 +337,7 @@ class Detector:
                     "sessions": len(sessions), "max_sessions": t.max_sessions,
                     "client_ids": sorted(sessions)[:10], "line": ev.line})
         if (ev.kind == "connection" or ev.detail.get("attempt")) and ev.address:
-            n = len(self._count(("conn", ev.address), now, t.connect_window_s))
+            n = self._count(("conn", ev.address), now, t.connect_window_s, t.connect_attempts).count
             if n > t.connect_attempts:
                 alerts = self._alert("connection_flood", now, ev.address, **{**base, "subject": ev.address},
                                      evidence={"connections": n, "window_s": t.connect_window_s, "line": ev.line})
@@ -287,10 +348,10 @@ class Detector:
             reason = str(ev.detail.get("reason", ""))
             kind = "auth_failures" if any(r in reason.lower() for r in _AUTH_REASONS) else "tls_failures"
             limit = t.auth_failures if kind == "auth_failures" else t.tls_failures
-            reasons = self._count((kind, ev.address or "?"), now, t.failure_window_s, reason)
-            if len(reasons) >= limit:
+            failures = self._count((kind, ev.address or "?"), now, t.failure_window_s, limit, reason)
+            if failures.count >= limit:
                 return self._alert(kind, now, ev.address or "?", **{**base, "subject": ev.address or ""}, evidence={
-                    "failures": len(reasons), "window_s": t.failure_window_s, "reasons": sorted(set(reasons)),
+                    "failures": failures.count, "window_s": t.failure_window_s, "reasons": sorted(failures.distinct()),
                     "line": ev.line})
         if ev.kind == "subscribe" and not any(filter_within(ev.detail["filter"], p)
                                               for p in self.reads(who, ev.source)):
@@ -327,12 +388,14 @@ class Detector:
         authenticated = profile is not None and profile.kind != "command"
         sender = mrid if authenticated else ev.detail.get("claimed")
         key = sender or f"an unknown sender on {name}"
-        seen = self._count(("rejects", key), ev.time_ns, self.t.payload_reject_window_s, f"{ev.source}\t{name}")
-        if len(seen) < self.t.payload_rejects:
+        window = self._count(("rejects", key), ev.time_ns, self.t.payload_reject_window_s, self.t.payload_rejects,
+                             f"{ev.source}\t{name}")
+        if window.count < self.t.payload_rejects:
             return []
+        seen = window.distinct()
         return self._alert("payload_rejected_burst", ev.time_ns, key, identity=sender, address=None, broker=None,
                            subject=sender if authenticated else "", evidence={
-                               "rejections": len(seen), "window_s": self.t.payload_reject_window_s,
+                               "rejections": window.count, "window_s": self.t.payload_reject_window_s,
                                "receivers": sorted({i.split("\t")[0] for i in seen}),
                                "topics": sorted({i.split("\t")[1] for i in seen})[:10],
                                "sender_from": "topic (ACL-enforced)" if authenticated
@@ -341,7 +404,7 @@ class Detector:
 
     def _denied(self, ev: BrokerEvent, name: str, how: str) -> list[Alert]:
         who = ev.identity or f"client {ev.client_id}"
-        topics = set(self._count(("scan", who), ev.time_ns, self.t.scan_window_s, name))
+        topics = self._count(("scan", who), ev.time_ns, self.t.scan_window_s, self.t.scan_topics, name).distinct()
         if len(topics) >= self.t.scan_topics:
             return self._alert("topic_scan", ev.time_ns, who, broker=ev.source, identity=ev.identity,
                                address=ev.address, evidence={"distinct_topics": len(topics), "how": how,
@@ -355,7 +418,8 @@ class Detector:
                    now: int | None = None) -> list[Alert]:
         now = now if now is not None else self.clock()
         source = message.source if message else name.rsplit("/", 1)[-1]
-        self._last_data[(broker, source)] = now
+        if source in self.known:  # a claimed source no certificate has would grow this without bound
+            self._last_data[(broker, source)] = now
         out: list[Alert] = []
         if not retain:
             out += self._undeliverable(broker, name, source, now)
@@ -366,10 +430,9 @@ class Detector:
         return out
 
     def _undeliverable(self, broker: str, name: str, source: str, now: int) -> list[Alert]:
-        readers = [f for ident, filters, _ in self._subs[broker].values() if ident not in OBSERVERS for f in filters]
-        if any(filter_within(name, f) for f in readers + self._permanent[broker]):
+        if self._read_by_device(broker, name):
             return []
-        n = len(self._count(("undeliv", source, name), now, self.t.undeliverable_window_s))
+        n = self._count(("undeliv", source, name), now, self.t.undeliverable_window_s, self.t.undeliverable).count
         if n >= self.t.undeliverable:
             return self._alert("undeliverable", now, f"{source}:{name}", broker=broker, identity=source,
                                address=None, evidence={"topic": name, "messages": n,
@@ -394,50 +457,104 @@ class Detector:
         return []
 
     def _plausibility(self, broker: str, m: Message, now: int) -> list[Alert]:
-        for f in self.topology.feeders:
+        """Readings that their feeder's supply and cap bank cannot explain. One that disagrees with the
+        statuses known is held for ``voltage_grace_s``: a status published at the same moment may
+        still be on its way (the meter and the supply publish independently), and if it arrives and
+        explains the reading, there is nothing to report. (The meter's next reading agreeing explains
+        nothing: a compromised certificate's forged reading is followed by the true meter's.)"""
+        out: list[Alert] = []
+        for f, part in self._parts.get(m.source, ()):
             s = self._feeder_state.setdefault(f.id, {"supply_v": None, "closed": None, "changed": 0})
-            if m.profile == "SupplyStatusProfile" and m.source == f.supply:
+            if m.profile == "SupplyStatusProfile" and part == "supply":
                 if s["supply_v"] != m.body.get("output_v"):
                     s["supply_v"], s["changed"] = m.body.get("output_v"), now
-            elif m.profile == "CapBankStatusProfile" and m.source == f.capbank:
+                    self._explained(f, s)
+            elif m.profile == "CapBankStatusProfile" and part == "capbank":
                 closed = m.body.get("state") == "closed"
                 if s["closed"] != closed:
                     s["closed"], s["changed"] = closed, now
-            elif m.profile == "MeterReadingProfile" and m.source == f.meter:
+                    self._explained(f, s)
+            elif m.profile == "MeterReadingProfile" and part in ("meter", "other_meter"):
                 measured = float(m.body.get("voltage_v", 0.0))
-                if s["supply_v"] is None:
-                    expected = None
-                    implausible = not self.t.voltage_min_v <= measured <= self.t.voltage_max_v
-                else:
-                    expected = round(s["supply_v"] - f.line_drop_v + (f.capbank_boost_v if s["closed"] else 0.0), 2)
-                    settled = now - s["changed"] > self.t.voltage_grace_s * 1e9
-                    implausible = settled and abs(measured - expected) > self.t.voltage_tolerance_v
-                if implausible:
-                    return self._alert("implausible_reading", now, m.source, broker=broker, identity=m.source,
-                                       address=None, evidence={
-                                           "voltage_v": measured, "expected_v": expected,
-                                           "bounds_v": [self.t.voltage_min_v, self.t.voltage_max_v],
-                                           "supply_output_v": s["supply_v"], "capbank_closed": s["closed"],
-                                           "feeder": f.id, "seq": m.seq,
-                                           "tolerance_v": self.t.voltage_tolerance_v})
-        return []
+                # The feeder model's voltage is the regulating (end-of-line) meter's: another meter of the
+                # feeder is held only to the bounds of a 120 V service.
+                if s["supply_v"] is None or part == "other_meter":
+                    if not self.t.voltage_min_v <= measured <= self.t.voltage_max_v:
+                        out += self._implausible(f, s, broker, m.source, measured, None, m.seq, now)
+                        break
+                    continue
+                expected = self._expected(f, s)
+                settled = now - s["changed"] > self.t.voltage_grace_s * 1e9
+                # A later reading that agrees withdraws nothing: the device itself may follow a forged one.
+                if settled and abs(measured - expected) > self.t.voltage_tolerance_v and f.id not in self._pending:
+                    self._pending[f.id] = (now, broker, m.source, measured, m.seq)
+        return out + self._due(now)
+
+    def _expected(self, f: FeederSpec, s: dict[str, Any]) -> float:
+        return float(round(s["supply_v"] - f.line_drop_v + (f.capbank_boost_v if s["closed"] else 0.0), 2))
+
+    def _explained(self, f: FeederSpec, s: dict[str, Any]) -> None:
+        """A status changed: a held reading it explains is no longer suspect."""
+        held = self._pending.get(f.id)
+        if held and abs(held[3] - self._expected(f, s)) <= self.t.voltage_tolerance_v:
+            del self._pending[f.id]
+
+    def _due(self, now: int) -> list[Alert]:
+        """Held readings still unexplained after ``voltage_grace_s``."""
+        out: list[Alert] = []
+        for feeder_id, (since, broker, source, measured, seq) in list(self._pending.items()):
+            if now - since >= self.t.voltage_grace_s * 1e9:
+                del self._pending[feeder_id]
+                f = self._feeders[feeder_id]
+                s = self._feeder_state[feeder_id]
+                out += self._implausible(f, s, broker, source, measured, self._expected(f, s), seq, now)
+        return out
+
+    def _implausible(self, f: FeederSpec, s: dict[str, Any], broker: str, source: str, measured: float,
+                     expected: float | None, seq: int, now: int) -> list[Alert]:
+        return self._alert("implausible_reading", now, source, broker=broker, identity=source, address=None,
+                           evidence={"voltage_v": measured, "expected_v": expected,
+                                     "bounds_v": [self.t.voltage_min_v, self.t.voltage_max_v],
+                                     "supply_output_v": s["supply_v"], "capbank_closed": s["closed"],
+                                     "feeder": f.id, "seq": seq, "tolerance_v": self.t.voltage_tolerance_v})
 
     # -- the clock ----------------------------------------------------------------------------
 
     def tick(self, now: int | None = None) -> list[Alert]:
-        """Clients connected ``idle_s`` without sending anything the bus carried."""
+        """Clients connected ``idle_s`` without sending anything the bus carried; and, now and then,
+        forget the state that can no longer raise an alert (expired windows, quiet publishers)."""
         now = now if now is not None else self.clock()
-        out: list[Alert] = []
+        out: list[Alert] = self._due(now)
         for (broker, cid), (ident, addr, since) in list(self._connected.items()):
             if now - since < self.t.idle_s * 1e9:
                 continue
+            del self._connected[(broker, cid)]  # looked at once, when due: one alert per connection at most
             unknown = ident not in self.known
             expected = self._plane.get(broker) == "delivery" and self.publishes_on(ident, broker)
             if not (unknown or expected) or self._last_data.get((broker, ident or ""), 0) > since:
                 continue
-            del self._connected[(broker, cid)]  # one alert per connection
             out += self._alert("idle_client", now, f"{broker}/{cid}", broker=broker, identity=ident, address=addr,
                                evidence={"client_id": cid, "connected_s": round((now - since) / 1e9, 1),
                                          "why": "identity unknown to the topology" if unknown
                                          else "a publisher that has published nothing since it connected"})
+        if now >= self._next_sweep:
+            self._sweep(now)
+            self._next_sweep = now + int(SWEEP_S * 10**9)
         return out
+
+    def _sweep(self, now: int) -> None:
+        for key, window in list(self._windows.items()):
+            window.expire(now)
+            if window.empty():
+                del self._windows[key]
+        repeat = now - self.t.repeat_s * 1e9
+        for key in [k for k, t in self._recent.items() if t < repeat]:
+            del self._recent[key]
+        # Every connection older than this has been looked at by the idle rule (it is due after idle_s).
+        idle = now - 2 * self.t.idle_s * 1e9
+        for key in [k for k, t in self._last_data.items() if t < idle]:
+            del self._last_data[key]
+        # A baseline quiet for a minute has all but decayed (0.9 ** 60 < 0.2 %): forgetting it is starting afresh.
+        second = now // 10**9
+        for key in [k for k, v in self._rate.items() if second - v[0] > 60]:
+            del self._rate[key]

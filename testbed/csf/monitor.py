@@ -1,12 +1,13 @@
 """The monitor (NIST CSF Detect, and Respond where a policy says so).
 
 A harness process with its own certificate (``monitor``), started by the local bus after the
-devices. It watches every broker three ways: their logs (connections, TLS failures, disconnects,
-subscriptions and, on the control plane where debug logging is on, denied and oversize
-publishes: ``testbed.csf.brokerlog``), the devices' logs (rejected commands and payloads), and the messages of
-every profile of the tree, which its ACL lets it read (rates, plausibility, messages nobody
-reads). The rules are ``testbed.csf.detect``. Each alert is one JSON line appended to the alert file
-and one ``AlertProfile`` message on every control-plane broker, and, if the policy of the
+devices. It watches every broker (or, one shard of several, the brokers of some sites) three
+ways: their logs (connections, TLS failures, disconnects, subscriptions and, on the control
+plane where debug logging is on, denied and oversize publishes: ``testbed.csf.brokerlog``), the
+devices' logs (rejected commands and payloads), and the messages of every profile of the tree,
+which its ACL lets it read (rates, plausibility, messages nobody reads). The rules are
+``testbed.csf.detect``. Each alert is one JSON line appended to the alert file and one
+``AlertProfile`` message on every control-plane broker it watches, and, if the policy of the
 monitor configuration maps its kind to an action, the action is taken at once
 (``testbed.csf.respond``) and its outcome written beside the alert.
 
@@ -17,7 +18,9 @@ Configuration (environment, set by ``testbed.backends.local``; ``testbed.backend
     FMB_CA, FMB_CERT, FMB_KEY   CA, certificate and key files                  (required)
     FMB_TOPOLOGY         the topology file                                     (required)
     FMB_MONITOR_LOGS     JSON {broker or device name: "file:/path" | "cmd:COMMAND"}
-    FMB_MONITOR_ALERTS   the JSONL alert file                                  (required)
+    FMB_MONITOR_ALERTS   the JSONL alert file (shards may share it: each alert is one
+                         append of one whole line)                             (required)
+    FMB_MONITOR_SITES    comma-separated sites whose brokers this shard watches (default all)
     FMB_MONITOR_CONFIG   TOML with [thresholds] and [policy] (optional file)
     FMB_CERTS_DIR, FMB_STATE_DIR   for automatic responses on the local bus
     FMB_READY_FILE       the heartbeat: written once every broker is subscribed and the logs
@@ -42,7 +45,7 @@ from testbed.backends.local import LocalBus
 from testbed.core.errors import BrokerError, DeviceError, TestbedError
 from testbed.core.payloads import PayloadError, decode, encode
 from testbed.core.topics import subscriptions, topic
-from testbed.core.topology import load_topology
+from testbed.core.topology import Topology, load_topology
 from testbed.csf.brokerlog import BrokerLogParser, device_log_event, log_sources
 from testbed.csf.detect import Alert, Detector, load_monitor_config
 from testbed.csf.respond import Responder
@@ -50,7 +53,7 @@ from testbed.transport.guard import counts, describe_sender, one_line
 from testbed.transport.health import TICK_S, Heartbeat, install
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 
-__all__ = ["Monitor", "main"]
+__all__ = ["Monitor", "append_line", "main", "watched_sites"]
 
 log = logging.getLogger("monitor")
 
@@ -65,19 +68,28 @@ class Monitor:
         endpoints = {name: Endpoint.parse(ep) for name, ep in json.loads(env["FMB_BROKERS"]).items()}
         self.topology = topology.with_ports({s.name: (endpoints[f"{s.name}-delivery"].port,
                                                       endpoints[f"{s.name}-control"].port)
-                                             for s in topology.sites})
+                                             for s in topology.sites
+                                             if f"{s.name}-delivery" in endpoints and f"{s.name}-control" in endpoints})
         self.endpoints = endpoints
+        self.sites = watched_sites(self.topology, env.get("FMB_MONITOR_SITES", ""))
+        self.brokers = [b for b in self.topology.brokers if b.site in self.sites]
+        missing = [b.name for b in self.brokers if b.name not in endpoints]
+        if missing:
+            raise TestbedError(f"FMB_BROKERS has no address for {', '.join(missing)}: give every broker of the "
+                               "sites in FMB_MONITOR_SITES")
         self.tls = TLSIdentity(Path(env["FMB_CA"]), Path(env["FMB_CERT"]), Path(env["FMB_KEY"]))
         config_path = env.get("FMB_MONITOR_CONFIG")
         self.config = load_monitor_config(Path(config_path) if config_path else None)
         self.detector = Detector(self.topology, self.config.thresholds)
         self.alerts_file = Path(env["FMB_MONITOR_ALERTS"])
         self.sources = log_sources(json.loads(env.get("FMB_MONITOR_LOGS", "{}")))
-        self.parsers = {b.name: BrokerLogParser(b.name) for b in self.topology.brokers}
+        self.parsers = {b.name: BrokerLogParser(b.name) for b in self.brokers}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._clients: dict[str, paho.Client] = {}
-        self._seq = 0
+        # Shards (and restarts) all publish as ``monitor``: numbers from the clock keep their alerts
+        # apart for the recorder, which keys messages by (source, profile, seq).
+        self._seq = time.time_ns() // 1000
         self.rejected = 0  # payloads seen that do not decode (each is also fed to the rules as such)
         self._replayed = threading.Event()
         self._pending_replays = len(self.sources)
@@ -137,8 +149,8 @@ class Monitor:
             if action:
                 record["response"] = self._respond(action, record)
             line = json.dumps(record)
-            with self._lock, open(self.alerts_file, "a") as f:
-                f.write(line + "\n")
+            with self._lock:
+                append_line(self.alerts_file, line)
                 self._alerts += 1
             log.warning("alert %s %s", alert.kind, line)
             self._publish(alert)
@@ -163,7 +175,7 @@ class Monitor:
         body = {"kind": alert.kind, "time_ns": alert.time_ns, "evidence": alert.evidence,
                 "identity": alert.identity, "address": alert.address, "broker": alert.broker, "subject": alert.subject}
         payload = encode("AlertProfile", self.id, seq, json.loads(json.dumps(body, default=str)))
-        for broker in self.topology.brokers:
+        for broker in self.brokers:
             client = self._clients.get(broker.name)
             if broker.plane == "control" and client is not None:
                 client.publish(topic(self.topology.root, "AlertProfile", self.id), payload, 1)
@@ -177,7 +189,7 @@ class Monitor:
             self._readers.append(reader)
         if not self._replayed.wait(60):
             raise DeviceError("the monitor could not read the broker logs in 60 s: check FMB_MONITOR_LOGS")
-        for broker in self.topology.brokers:
+        for broker in self.brokers:
             subs = subscriptions(self.topology.root, "monitor", self.id, broker.plane)
             subscribed = threading.Event()
 
@@ -197,7 +209,8 @@ class Monitor:
                                   "runs and accepts the monitor's certificate")
             self.heartbeat.watch(broker.name, self._clients[broker.name])
         self._beat()
-        log.info("watching %d brokers; alerts to %s; policy %s", len(self._clients), self.alerts_file,
+        log.info("watching %d brokers (%s); alerts to %s; policy %s", len(self._clients), ", ".join(self.sites),
+                 self.alerts_file,
                  self.config.policy or "none (detect only)")
 
     def run(self) -> None:
@@ -220,6 +233,32 @@ class Monitor:
         self.heartbeat.counters.update(counts())  # handler failures contained, dead letters
         self.heartbeat.counters["alerts"] = self._alerts
         self.heartbeat.beat([f"{dead} of {len(self._readers)} log readers stopped"] if dead else [])
+
+
+def watched_sites(topology: Topology, value: str) -> list[str]:
+    """The sites named by ``FMB_MONITOR_SITES`` (comma-separated; empty: every site), checked."""
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        return [s.name for s in topology.sites]
+    known = {s.name for s in topology.sites}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise TestbedError(f"FMB_MONITOR_SITES names {', '.join(unknown)}, not a site of {topology.path}: "
+                           f"use some of {', '.join(sorted(known))}")
+    return names
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` and a newline to ``path`` in one write: monitors sharing the file never
+    interleave their lines (O_APPEND; Linux writes a regular file under its inode lock)."""
+    data = (line.replace("\n", " ") + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):  # a full disk: say so rather than leave half a line unexplained
+            raise TestbedError(f"only {written} of {len(data)} bytes of an alert reached {path}")
+    finally:
+        os.close(fd)
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from testbed.transport.mqtt import RECONNECT_MAX_S
 
 __all__ = ["backup", "recover", "reissue", "restore"]
 
-_KIND_ORDER = {"broker": 0, "feeder": 1, "device": 2, "monitor": 3}  # the monitor watches the others
+_KIND_ORDER = {"broker": 0, "feeder": 1, "device": 2, "fleet": 2, "monitor": 3}  # the monitor watches the others
 
 
 def recover(bus: LocalBus) -> list[str]:
@@ -62,8 +62,11 @@ def recover(bus: LocalBus) -> list[str]:
 def reissue(pki: PKI, name: str, bus: LocalBus | None) -> Path:
     """A fresh certificate for revoked ``name``; its process, if running, restarts with it."""
     paths = pki.issue_client(name)
-    if bus is not None and any(p.name == name for p in bus.processes):
-        bus.restart(name)
+    if bus is not None:
+        fleet = next((d.fleet for d in bus.topology.devices_matching(name) if d.id == name), "")
+        process = fleet or name  # a fleet's meter runs in its fleet's process
+        if any(p.name == process for p in bus.processes):
+            bus.restart(process)
     return paths.cert
 
 

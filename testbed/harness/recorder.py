@@ -5,28 +5,42 @@ It subscribes to every profile of the topic tree on every broker (the ACLs give 
 plane it was seen on, its receive time, its decoded payload and its trace context. The same
 message seen on a field broker and, through the bridge, on a data-centre broker is one
 :class:`Observation` with two sightings. Scenario checks, reports and plots only read this.
+
+Memory is bounded whatever the message rate: the recorder holds the newest ``capacity``
+observations (a ring) and the newest one of each known device and profile (what a scenario's
+initial and final states are checked against); every observation that leaves the ring is
+written to a spool file on disk, so :meth:`Recorder.write_jsonl` still writes them all. A
+recorder for a few devices of a large bus (Appendix A on one substation) can be told to keep
+only those devices' messages (``devices``) and to watch only some sites' brokers (``sites``).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import paho.mqtt.client as paho
 
-from testbed.core.errors import BrokerError
+from testbed.core.errors import BrokerError, TestbedError
 from testbed.core.payloads import Message, PayloadError, decode
 from testbed.core.topics import parse_topic, subscriptions
 from testbed.core.topology import BrokerSpec, Topology
 from testbed.transport.health import current
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect, user_properties
 
-__all__ = ["Observation", "Recorder"]
+__all__ = ["DEFAULT_CAPACITY", "MAX_SIGHTINGS", "Observation", "Recorder"]
+
+DEFAULT_CAPACITY = 20_000  # observations held in memory (a few KB each): about 20 s of a 1,000 msg/s bus
+MAX_SIGHTINGS = 64  # per observation: a replayed message's copies are counted, not all kept
 
 _T = TypeVar("_T")
 
@@ -47,6 +61,7 @@ class Observation:
     first_recv_ns: int
     sightings: list[tuple[str, str, int]] = field(default_factory=list)  # (broker, plane, recv_ns)
     error: str | None = None
+    unkept_sightings: int = 0  # sightings beyond MAX_SIGHTINGS (the same bytes replayed), counted only
 
     @property
     def planes(self) -> set[str]:
@@ -60,31 +75,56 @@ class Observation:
         return self.message
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "index": self.index, "topic": self.topic, "qos": self.qos, "retain": self.retain,
             "first_recv_ns": self.first_recv_ns, "traceparent": self.traceparent, "signer": self.signer,
             "sightings": [{"broker": b, "plane": p, "recv_ns": t} for b, p, t in self.sightings],
             "payload": self.message.as_dict() if self.message else self.raw.decode("utf-8", "replace"),
             "error": self.error,
         }
+        if self.unkept_sightings:
+            doc["unkept_sightings"] = self.unkept_sightings
+        return doc
 
 
 class Recorder:
-    """Records the bus; thread-safe; :meth:`wait_for` blocks until a condition holds."""
+    """Records the bus; thread-safe; :meth:`wait_for` blocks until a condition holds.
 
-    def __init__(self, topology: Topology, identity: TLSIdentity,
-                 endpoints: dict[str, Endpoint]) -> None:
+    ``capacity`` observations stay in memory (older ones are on disk only); ``devices``, if
+    given, keeps only messages about those devices (on their topic or sent by them); ``sites``,
+    if given, subscribes only on those sites' brokers; ``spool_dir`` is where the spool file of
+    observations that left memory lives (an unnamed temporary file; default the system's).
+    """
+
+    def __init__(self, topology: Topology, identity: TLSIdentity, endpoints: dict[str, Endpoint], *,
+                 capacity: int = DEFAULT_CAPACITY, devices: Collection[str] | None = None,
+                 sites: Collection[str] | None = None, spool_dir: Path | None = None) -> None:
+        if capacity < 1:
+            raise TestbedError(f"recorder capacity {capacity} must be >= 1 (observations held in memory)")
+        unknown = sorted(set(sites or ()) - {s.name for s in topology.sites})
+        if unknown:
+            raise TestbedError(f"the recorder cannot watch site(s) {', '.join(unknown)}: not in {topology.path}; "
+                               f"use one of {', '.join(s.name for s in topology.sites)}")
         self.topology = topology
         self.identity = identity
         self.endpoints = endpoints
-        self.observations: list[Observation] = []
-        self._by_key: dict[tuple[str, str, int], Observation] = {}
+        self.capacity = capacity
+        self.devices = frozenset(devices) if devices is not None else None
+        self.brokers = [b for b in topology.brokers if sites is None or b.site in sites]
+        self.tls_version: str | None = None
+        self.ignored = 0  # messages about devices outside ``devices``, not recorded
+        self._held: deque[Observation] = deque()
+        self._first = 0  # the index of _held[0]
+        self._by_key: dict[tuple[str, str, int], Observation] = {}  # of the held observations only
+        self._latest: dict[tuple[str, str], Observation] = {}  # (source, profile) -> newest, known devices only
+        self._known = frozenset(topology.client_identities())
+        self._spool: IO[str] = tempfile.TemporaryFile(  # noqa: SIM115 (open for the recorder's life)
+            "w+", encoding="utf-8", dir=spool_dir, prefix="fmb-recorder-", suffix=".jsonl")
         self._cond = threading.Condition()
         self._clients: list[paho.Client] = []
-        self.tls_version: str | None = None
 
     def start(self) -> None:
-        for broker in self.topology.brokers:
+        for broker in self.brokers:
             subs = subscriptions(self.topology.root, "recorder", "recorder", broker.plane)
             subscribed = threading.Event()
 
@@ -94,7 +134,7 @@ class Recorder:
                 c.subscribe(subs)
 
             def on_message(c: paho.Client, u: Any, m: paho.MQTTMessage, b: BrokerSpec = broker) -> None:
-                self._on_message(b.name, b.plane, m)
+                self.on_message(b.name, b.plane, m)
 
             client = connect(
                 f"recorder-{broker.name}-{time.monotonic_ns() % 10**9}", self.identity,
@@ -116,14 +156,23 @@ class Recorder:
     def stop(self) -> None:
         heartbeat = current()
         if heartbeat is not None:
-            for broker in self.topology.brokers:
+            for broker in self.brokers:
                 heartbeat.unwatch(f"recorder {broker.name}")
         for c in self._clients:
             c.disconnect()
             c.loop_stop()
         self._clients = []
 
-    def _on_message(self, broker: str, plane: str, msg: paho.MQTTMessage) -> None:
+    def close(self) -> None:
+        """Stop, and delete the spool file (what :meth:`write_jsonl` has not copied is gone)."""
+        self.stop()
+        with self._cond:
+            self._spool.close()
+
+    # -- recording ------------------------------------------------------------------------------
+
+    def on_message(self, broker: str, plane: str, msg: paho.MQTTMessage) -> None:
+        """Record one message seen on ``broker`` (the MQTT clients' handler; a test may call it)."""
         now = time.time_ns()
         message, error, mrid = None, None, ""
         try:
@@ -131,35 +180,92 @@ class Recorder:
             message = decode(msg.payload)
         except (ValueError, PayloadError) as e:
             error = str(e)
+        if self.devices is not None and mrid not in self.devices and (
+                message is None or message.source not in self.devices):
+            with self._cond:
+                self.ignored += 1
+            return
         with self._cond:
             key = (message.source, message.profile, message.seq) if message else None
             obs = self._by_key.get(key) if key else None
             if obs is None:
                 props = user_properties(msg)
-                obs = Observation(len(self.observations), msg.topic, mrid, message, bytes(msg.payload),
+                obs = Observation(self._first + len(self._held), msg.topic, mrid, message, bytes(msg.payload),
                                   props.get("traceparent"), props.get("signer"), msg.qos, bool(msg.retain), now,
                                   error=error)
-                self.observations.append(obs)
-                if key:
-                    self._by_key[key] = obs
-            obs.sightings.append((broker, plane, now))
+                self._hold(obs, key)
+            if len(obs.sightings) < MAX_SIGHTINGS:
+                obs.sightings.append((broker, plane, now))
+            else:
+                obs.unkept_sightings += 1
             self._cond.notify_all()
+
+    def _hold(self, obs: Observation, key: tuple[str, str, int] | None) -> None:
+        if len(self._held) >= self.capacity:  # the oldest goes to disk: no more sightings expected of it
+            old = self._held.popleft()
+            self._first += 1
+            self._spool.write(json.dumps(old.as_json()) + "\n")
+            if old.message is not None:
+                old_key = (old.message.source, old.message.profile, old.message.seq)
+                if self._by_key.get(old_key) is old:
+                    del self._by_key[old_key]
+        self._held.append(obs)
+        m = obs.message
+        if m is None:
+            return
+        if key is not None:
+            self._by_key[key] = obs
+        if m.source in self._known:  # a claimed source no certificate has would grow this without bound
+            newest = self._latest.get((m.source, m.profile))
+            if newest is None or newest.decoded.ts_ns <= m.ts_ns:
+                self._latest[(m.source, m.profile)] = obs
+
+    # -- reading --------------------------------------------------------------------------------
+
+    @property
+    def dropped(self) -> int:
+        """How many observations have left memory (they are in the spool file, and in write_jsonl's)."""
+        with self._cond:
+            return self._first
+
+    def held(self) -> int:
+        """How many observations are in memory now (at most ``capacity``)."""
+        with self._cond:
+            return len(self._held)
 
     def mark(self) -> int:
         """The index the next observation will have (to look only at what comes after)."""
         with self._cond:
-            return len(self.observations)
+            return self._first + len(self._held)
 
     def snapshot(self, since: int = 0) -> list[Observation]:
+        """The observations held in memory whose index is ``since`` or later, oldest first."""
         with self._cond:
-            return list(self.observations[since:])
+            return self._since(since)
 
-    def wait_for(self, condition: Callable[[list[Observation]], _T], timeout_s: float) -> _T:
-        """Re-evaluate ``condition`` on every new observation until it is truthy or time is up."""
+    def _since(self, since: int) -> list[Observation]:
+        return list(itertools.islice(self._held, max(0, since - self._first), None))
+
+    def latest(self, device: str, profile: str, until_ns: int | None = None) -> Observation | None:
+        """The newest decoded observation of ``device``'s ``profile`` (published at or before
+        ``until_ns``), whether or not it is still in the ring."""
+        with self._cond:
+            kept = self._latest.get((device, profile))  # the newest of all (a known device's)
+            if kept is not None and (until_ns is None or kept.decoded.ts_ns <= until_ns):
+                return kept
+            # An older one (until_ns), or a device no certificate names: what the ring still holds.
+            fits = [o for o in self._held if o.message is not None and o.message.source == device
+                    and o.message.profile == profile and (until_ns is None or o.message.ts_ns <= until_ns)]
+            return max(fits, key=lambda o: o.decoded.ts_ns, default=None)
+
+    def wait_for(self, condition: Callable[[list[Observation]], _T], timeout_s: float, since: int = 0) -> _T:
+        """Re-evaluate ``condition`` on the held observations from index ``since`` on (see
+        :meth:`snapshot`) on every new observation, until it is truthy or time is up. While
+        nothing has left memory, position ``i`` of the list is observation ``i``."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while True:
-                result = condition(list(self.observations))
+                result = condition(self._since(since))
                 if result:
                     return result
                 remaining = deadline - time.monotonic()
@@ -168,6 +274,17 @@ class Recorder:
                 self._cond.wait(min(remaining, 0.5))
 
     def write_jsonl(self, path: Path, since: int = 0) -> None:
-        with open(path, "w") as f:
-            for obs in self.snapshot(since):
-                f.write(json.dumps(obs.as_json()) + "\n")
+        """Every observation from index ``since`` on, the ones on disk included, one JSON line each."""
+        with self._cond, open(path, "w", encoding="utf-8") as out:
+            self._spool.flush()
+            if since < self._first:
+                self._spool.seek(0)
+                if since <= 0:
+                    shutil.copyfileobj(self._spool, out)
+                else:
+                    for line in self._spool:
+                        if json.loads(line)["index"] >= since:
+                            out.write(line)
+                self._spool.seek(0, 2)  # appends go on at the end
+            for obs in self._since(since):
+                out.write(json.dumps(obs.as_json()) + "\n")

@@ -9,7 +9,8 @@ times are publish times relative to the trigger's publish; the end-to-end time r
 trigger's publish to the moment the tablet displayed the final diagram.
 
 The bus is whatever offers ``topology``, ``identity(name)``, ``endpoint(broker)`` and
-``ui_socket(device)``: the local processes now, containers later.
+``ui_socket(device)``: the local processes now, containers later. With a ``substation`` the
+scenario's roles are played by that substation's devices (:class:`testbed.harness.cast.Cast`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from testbed.core.scenario import Expectation, Scenario
 from testbed.core.stats import percentiles, rounded
 from testbed.core.topics import PROFILES, ROLES, topic
 from testbed.core.topology import Topology
+from testbed.harness.cast import Cast
 from testbed.harness.recorder import Observation, Recorder
 from testbed.reporting.text import summary_table
 from testbed.security.signing import CommandSigner, SigningKeys
@@ -65,10 +67,11 @@ class _Match:
 class ScenarioRunner:
     """Runs one scenario on a running bus, as many times as asked."""
 
-    def __init__(self, bus: Bus, scenario: Scenario) -> None:
+    def __init__(self, bus: Bus, scenario: Scenario, substation: str | None = None) -> None:
         self.bus = bus
         self.topology = bus.topology
         self.scenario = scenario
+        self.cast = Cast.of(self.topology, substation)  # who plays the scenario's roles
         endpoints = {b.name: bus.endpoint(b.name) for b in self.topology.brokers}
         self.recorder = Recorder(self.topology, bus.identity("recorder"), endpoints)
         self._operator: dict[str, paho.Client] = {}
@@ -84,6 +87,8 @@ class ScenarioRunner:
     def __enter__(self) -> ScenarioRunner:
         self.recorder.start()
         for site in self.topology.sites:
+            if site.name not in self.cast.sites:
+                continue
             broker = self.topology.broker_for(site.name, "control")
             self._operator[site.name] = connect(
                 f"operator-{site.name}-{time.monotonic_ns() % 10**9}", self.bus.identity("operator"),
@@ -102,7 +107,7 @@ class ScenarioRunner:
         """Bring the bus to the scenario's initial state, or raise ScenarioError."""
         start_ns = time.time_ns()
         for cmd in self.scenario.initial_commands:
-            for device in self.topology.devices_matching(cmd.device):
+            for device in self.cast.matching(cmd.device):
                 self._operator_seq += 1
                 payload = encode(cmd.profile, "operator", self._operator_seq, cmd.body)
                 name = topic(self.topology.root, cmd.profile, device.id)
@@ -110,18 +115,18 @@ class ScenarioRunner:
                 info = self._operator[device.site].publish(
                     name, payload, 1, properties=publish_properties(new_traceparent(), signature))
                 info.wait_for_publish(5)
-        reached = self.recorder.wait_for(lambda obs: not self._unmet(obs, start_ns), timeout_s)
+        reached = self.recorder.wait_for(lambda _: not self._unmet(start_ns), timeout_s, since=self.recorder.mark())
         if not reached:
-            unmet = self._unmet(self.recorder.snapshot(), start_ns)
+            unmet = self._unmet(start_ns)
             raise ScenarioError(
                 f"initial state not reached in {timeout_s:g} s: {'; '.join(unmet)} "
                 "(are all devices running? see their logs under the state directory)")
 
-    def _unmet(self, observations: list[Observation], start_ns: int) -> list[str]:
+    def _unmet(self, start_ns: int) -> list[str]:
         unmet = []
         for exp in self.scenario.initial_expect:
-            for device in self.topology.devices_matching(exp.device):
-                last = _latest(observations, device.id, exp.profile)
+            for device in self.cast.matching(exp.device):
+                last = self.recorder.latest(device.id, exp.profile)
                 if last is None or (exp.fresh and last.decoded.ts_ns < start_ns) or not exp.matches(
                         last.decoded.body):
                     unmet.append(f"{device.id} {exp.profile} {exp.where}")
@@ -132,13 +137,16 @@ class ScenarioRunner:
         trig = self.scenario.trigger
         time.sleep(trig.delay_s)
         if trig.action == "publish":
-            return self._publish_as(trig.device, trig.args)
-        devices = self.topology.devices_matching(trig.device)
+            identity = self.cast.stand_in(self.topology, trig.device, trig.args["profile"])
+            target = self.cast.stand_in(self.topology, trig.args["target"], trig.args["profile"])
+            return self._publish_as(identity, {**trig.args, "target": target})
+        devices = self.cast.matching(trig.device)
         if not devices:
             raise ScenarioError(f"no device {trig.device!r} in the topology to trigger")
         path = self.bus.ui_socket(devices[0].id)
         try:
-            reply = unix_request(path, {"op": trig.action, **trig.args}, timeout_s=10)
+            target = self.cast.stand_in(self.topology, str(trig.args["target"]), "SupplyControlProfile")
+            reply = unix_request(path, {"op": trig.action, **trig.args, "target": target}, timeout_s=10)
         except OSError as e:
             raise ScenarioError(f"cannot reach the UI of {devices[0].id} at {path}: {e}") from None
         if not reply.get("ok"):
@@ -184,8 +192,8 @@ class ScenarioRunner:
         self.restore()
         mark = self.recorder.mark()
         t0 = self.trigger()
-        progress = self.recorder.wait_for(lambda obs: self._progress(obs[mark:], t0),
-                                          self.scenario.timeout_s)
+        progress = self.recorder.wait_for(lambda obs: self._progress(obs, t0), self.scenario.timeout_s,
+                                          since=mark)
         matched, end = progress or self._last_progress  # the partial match on a time-out
         failure = None
         if len(matched) < len(self.scenario.steps):
@@ -244,15 +252,14 @@ class ScenarioRunner:
         assert msg is not None
         return (msg.profile == exp.profile
                 and (msg.source == exp.device
-                     or any(d.id == msg.source for d in self.topology.devices_matching(exp.device)))
+                     or any(d.id == msg.source for d in self.cast.matching(exp.device)))
                 and obs.planes == {exp.plane}
                 and exp.matches(msg.body))
 
     def _check_final(self, end: Observation) -> str | None:
-        observations = self.recorder.snapshot()
         for exp in self.scenario.final:
-            for device in self.topology.devices_matching(exp.device):
-                last = _latest(observations, device.id, exp.profile, until_ns=end.decoded.ts_ns)
+            for device in self.cast.matching(exp.device):
+                last = self.recorder.latest(device.id, exp.profile, until_ns=end.decoded.ts_ns)
                 if last is None or not exp.matches(last.decoded.body):
                     got = last.decoded.body if last else "nothing"
                     return f"final state: {device.id} {exp.profile} {exp.where} does not hold (got {got})"
@@ -283,7 +290,7 @@ class ScenarioRunner:
 
     def _summarise(self, reps: list[Repetition], backend: str) -> ScenarioResultDoc:
         shown = next((r for r in reps if not r["passed"]), reps[-1])
-        lanes = sorted((d.id for d in self.topology.devices),
+        lanes = sorted((d.id for d in self.cast.devices),
                        key=lambda i: (LANE_ORDER.index(self.topology.device(i).role)
                                       if self.topology.device(i).role in LANE_ORDER else 99, i))
         spread: RepetitionSpread = {}
@@ -325,15 +332,3 @@ class ScenarioRunner:
         plot_timeline(result, out / "timeline.png")
         (out / "summary.txt").write_text(summary_table(result) + "\n")
 
-
-def _latest(observations: list[Observation], device: str, profile: str,
-            until_ns: int | None = None) -> Observation | None:
-    best = None
-    for o in observations:
-        m = o.message
-        if m is None:
-            continue
-        fits = m.source == device and m.profile == profile and (until_ns is None or m.ts_ns <= until_ns)
-        if fits and (best is None or m.ts_ns > best.decoded.ts_ns):
-            best = o
-    return best
