@@ -67,7 +67,8 @@ class BrokerFiles:
     blocked_identities: tuple[str, ...] = ()
     blocked_topics: tuple[str, ...] = ()
     # > 0: refuse connections beyond this many (Mosquitto's default is no limit but the process's
-    # open-files limit, where accept() fails instead); the local backend raises that limit to match.
+    # open-files limit, where accept() fails instead); containers set it with their `ulimits`, the local
+    # backend raises that limit to match.
     max_connections: int = 0
 
 

@@ -1,4 +1,8 @@
-"""The docker backend: the Compose bus of ``compose/docker-compose.yml``, driven from this host.
+"""The docker backend: the Compose bus of a topology, driven from this host.
+
+The bus is ``compose/docker-compose.yml`` for the default (Appendix A) topology, and for any other
+the file :func:`~testbed.backends.composefile.render_compose` generates from it (``fmb compose``),
+written to a private temporary folder for the life of the bus (:func:`compose_file_for`).
 
 :class:`ComposeProject` brings one Compose project up and down (``docker compose`` v2 when
 installed, else ``docker-compose`` v1) and finds its containers, networks and volumes with
@@ -23,29 +27,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from testbed.backends.composefile import image_variable, is_default, port_variable, render_compose
+from testbed.backends.containers import fleet_volume
 from testbed.core.errors import TestbedError
 from testbed.core.topology import Topology, load_topology
 from testbed.core.waiting import wait_until
 from testbed.security.pki import PKI
 from testbed.transport.mqtt import Endpoint, TLSIdentity
 
-__all__ = ["COMPOSE_FILE", "ComposeProject", "DockerBus", "compose_bus", "image_variable", "port_variable"]
+__all__ = ["COMPOSE_FILE", "ComposeProject", "DockerBus", "compose_bus", "compose_file_for", "image_variable",
+           "port_variable"]
 
 COMPOSE_FILE = Path(__file__).resolve().parents[2] / "compose" / "docker-compose.yml"
 DEFAULT_PROJECT = "fmb"
 HARNESS_SERVICE = "scenario"
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
-
-
-def port_variable(broker: str) -> str:
-    """The Compose variable that sets a broker's published port: FMB_DC_DELIVERY_PORT."""
-    return "FMB_" + broker.upper().replace("-", "_") + "_PORT"
-
-
-def image_variable(broker: str) -> str:
-    """The Compose variable that sets a broker's image (its Mosquitto build): FMB_DC_DELIVERY_IMAGE."""
-    return "FMB_" + broker.upper().replace("-", "_") + "_IMAGE"
 
 
 def docker_client() -> Any:
@@ -94,7 +91,8 @@ class ComposeProject:
 
     def __init__(self, name: str = DEFAULT_PROJECT, compose_file: Path = COMPOSE_FILE,
                  ports: dict[str, int] | None = None, ui_port: int | None = None,
-                 compose_version: str | None = None, images: dict[str, str] | None = None) -> None:
+                 compose_version: str | None = None, images: dict[str, str] | None = None,
+                 variables: dict[str, str] | None = None) -> None:
         if not name or not all(c.isalnum() or c in "-_" for c in name) or name != name.lower():
             raise TestbedError(f"Compose project name {name!r}: use lower-case letters, digits, "
                                "- and _")
@@ -103,6 +101,7 @@ class ComposeProject:
         self.ports = ports or {}
         self.images = images or {}  # broker -> image (the Compose file's default: fmb-broker:latest)
         self.ui_port = ui_port  # the tablet console's host port (FMB_UI_PORT; the Compose file's default otherwise)
+        self.variables = variables or {}  # any other Compose variable (another tablet's FMB_<TABLET>_UI_PORT)
         self.client = docker_client()
         self._compose = compose_command(compose_version)  # None: v2 if installed, else v1
 
@@ -118,6 +117,7 @@ class ComposeProject:
                **{image_variable(b): i for b, i in self.images.items()}}
         if self.ui_port is not None:
             env["FMB_UI_PORT"] = str(self.ui_port)
+        env.update(self.variables)
         argv = [*self._compose, "-p", self.name, "-f", str(self.compose_file), *args]
         try:
             done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout_s)
@@ -129,13 +129,13 @@ class ComposeProject:
             raise TestbedError(f"`{' '.join(argv[len(self._compose):])}` failed: {tail}")
         return done.stdout
 
-    def up(self, services: list[str] | None = None) -> None:
+    def up(self, services: list[str] | None = None, timeout_s: float = 60) -> None:
         """Start the services (all of them by default) and those they depend on, detached.
 
         Returns once each started service is running, and healthy where it has a health
         check (compose waits only for the dependencies it declares)."""
-        self.compose("up", "-d", *(services or []))
-        self.wait_healthy(services)
+        self.compose("up", "-d", *(services or []), timeout_s=max(300, timeout_s))
+        self.wait_healthy(services, timeout_s)
 
     def wait_healthy(self, services: list[str] | None = None, timeout_s: float = 60) -> None:
         pending: list[str] = []
@@ -226,9 +226,11 @@ class DockerBus:
 
         For benchmarks that must publish what only that device may (a profile that crosses a
         bridge, under the device's ACL); the copy goes when the bus is closed."""
-        if device_id not in {d.id for d in self.topology.devices}:
+        device = next((d for d in self.topology.devices if d.id == device_id), None)
+        if device is None:
             raise TestbedError(f"no device {device_id!r} in the topology")
-        self._copy_volume(f"certs-{device_id}")
+        # A fleet's meters share the fleet's volume.
+        self._copy_volume(fleet_volume(device.fleet) if device.fleet else f"certs-{device_id}")
         return self.identity(device_id)
 
     def _copy_harness_identities(self) -> None:
@@ -284,16 +286,42 @@ def _project_running(project: ComposeProject) -> bool:
 
 
 @contextmanager
-def compose_bus(project_name: str | None = None,
-                topology_path: str | None = None) -> Iterator[DockerBus]:
-    """The Compose bus of ``project_name`` (default ``$COMPOSE_PROJECT_NAME`` or ``fmb``).
+def compose_file_for(topology: Topology) -> Iterator[Path]:
+    """The Compose file of ``topology``: the checked-in one for the default topology, else the
+    generated one in a private temporary folder, removed on exit (the topology is mounted into
+    the containers from where it is)."""
+    if is_default(topology):
+        yield COMPOSE_FILE
+        return
+    folder = Path(tempfile.mkdtemp(prefix="fmb-compose-"))  # 0700
+    try:
+        path = folder / "docker-compose.yml"
+        path.write_text(render_compose(topology, str(Path(topology.path).resolve())))
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def compose_bus(project_name: str | None = None, topology_path: str | None = None,
+                up_timeout_s: float = 120) -> Iterator[DockerBus]:
+    """The Compose bus of ``project_name`` (default ``$COMPOSE_PROJECT_NAME`` or ``fmb``) for the
+    topology of ``topology_path`` (default Appendix A).
 
     When it is not up, this starts it without the ``scenario`` service (the caller is the
     harness) and removes it, volumes included, afterwards."""
+    topology = load_topology(topology_path) if topology_path else load_topology()
+    with compose_file_for(topology) as compose_file, _compose_bus(project_name, topology, compose_file,
+                                                                  up_timeout_s) as bus:
+        yield bus
+
+
+@contextmanager
+def _compose_bus(project_name: str | None, topology: Topology, compose_file: Path,
+                 up_timeout_s: float) -> Iterator[DockerBus]:
     name = project_name or os.environ.get("COMPOSE_PROJECT_NAME") or DEFAULT_PROJECT
-    topology = load_topology(topology_path) if topology_path else None
     # Each broker in the image of the Mosquitto build its topology asks for (`mosquitto`).
-    project = ComposeProject(name, images={b.name: b.image for b in (topology or load_topology()).brokers})
+    project = ComposeProject(name, compose_file, images={b.name: b.image for b in topology.brokers})
     for broker, image in project.images.items():  # fmb-broker-2.1 is built only when asked for
         try:
             project.client.images.get(image)
@@ -308,7 +336,7 @@ def compose_bus(project_name: str | None = None,
               flush=True)
         started = True
         try:
-            project.up(services)
+            project.up(services, timeout_s=up_timeout_s)
         except BaseException:
             project.down()
             raise

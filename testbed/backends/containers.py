@@ -13,9 +13,12 @@ to 10001 for everything else.
 
 ``device ID`` and ``feeder ID`` derive a device's or feeder model's ``FMB_*`` environment from
 the topology (:func:`testbed.backends.local.device_environment`, the same as for a local
-process) and exec it. :class:`ContainerBus` is the bus as the harness sees it from inside (the
-scenario and runner services of :mod:`testbed.harness.service`). The topology is the packaged
-Appendix A one unless ``FMB_TOPOLOGY`` names another file.
+process) and exec it; ``fleet NAME`` writes the fleet file of a substation's meters (their
+certificates in the fleet's one volume) and execs ``devices.fleet``. :class:`ContainerBus` is
+the bus as the harness sees it from inside (the scenario and runner services of
+:mod:`testbed.harness.service`). The topology is the packaged
+Appendix A one unless ``FMB_TOPOLOGY`` names another file (the Compose file of another topology
+mounts it at :data:`TOPOLOGY_MOUNT`).
 """
 
 from __future__ import annotations
@@ -26,15 +29,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path, PurePath
 
-from brokers.mosquitto import BrokerFiles, render_broker
+from brokers.mosquitto import BrokerFiles, connection_budget, render_broker
 from testbed.backends.local import device_environment
 from testbed.core.errors import TestbedError
 from testbed.core.topology import BrokerSpec, Topology, load_topology
 from testbed.security.pki import PKI
+from testbed.security.provision import issuers_for
 from testbed.security.signing import SigningKeys
 from testbed.transport.mqtt import Endpoint, TLSIdentity
 
-__all__ = ["ContainerBus", "container_topology", "device_env", "exec_module", "health_identity", "init_volumes"]
+__all__ = ["TOPOLOGY_MOUNT", "ContainerBus", "container_topology", "device_env", "exec_module", "feeder_dir",
+           "feeder_socket", "fleet_env", "fleet_volume", "health_identity", "init_volumes"]
 
 UID = GID = 10001
 PKI_DIR = Path("/pki")  # the CA and every certificate: mounted only in the init service
@@ -43,7 +48,7 @@ CONFIG_DIR = PurePath("/mosquitto/config")  # a broker's volume, read-only in th
 DATA_DIR = PurePath("/mosquitto/data")
 CERTS_DIR = Path("/certs")  # a device's (or the harness's) volume, read-only
 RUN_DIR = Path("/run/fmb")  # a tmpfs: ready files
-FEEDER_DIR = Path("/feeder")  # a shared tmpfs volume per feeder: the model's Unix socket
+FEEDER_DIR = Path("/feeder")  # /feeder/<feeder>: a shared tmpfs volume per feeder, the model's Unix socket
 UI_DIR = Path("/ui")  # a shared tmpfs volume: the tablets' operator input sockets and console URLs
 UI_PORT = 8443  # the tablet's web console inside its container (compose publishes it)
 RUNS_DIR = Path("/runs")  # a shared volume: the runner writes scenario runs, the tablets read them
@@ -52,11 +57,28 @@ RUNNER_SCENARIOS = ("appendix-a",)  # what a tablet's button may ask the runner 
 RUN_TIMEOUT_S = 120.0
 HARNESS = "harness"  # the volume of the services that run scenarios (scenario, runner)
 RUNNER_IDENTITIES = ("recorder", "operator")  # the harness identities those services hold
+TOPOLOGY_MOUNT = Path("/etc/fmb/topology.toml")  # where a Compose file mounts a topology other than the default
+FLEET_FILE = RUN_DIR / "fleet.json"  # written by `fleet NAME` for devices.fleet (a tmpfs)
 
 
 def health_identity(broker: str) -> str:
     """The identity a broker's health check connects as (listed in no ACL: no topic rights)."""
     return f"health-{broker}"
+
+
+def fleet_volume(fleet: str) -> str:
+    """The volume holding a fleet's meters' certificates and keys: ``certs-<fleet>``."""
+    return f"certs-{fleet}"
+
+
+def feeder_dir(feeder: str) -> Path:
+    """Where a feeder model's volume is mounted, in the model's container and its devices'."""
+    return FEEDER_DIR / feeder
+
+
+def feeder_socket(feeder: str) -> Path:
+    """The feeder model's Unix socket, on its volume."""
+    return feeder_dir(feeder) / "feeder.sock"
 
 
 def container_topology() -> Topology:
@@ -68,7 +90,9 @@ def container_topology() -> Topology:
 
 def init_volumes(topology: Topology, pki_dir: Path = PKI_DIR, out: Path = OUT_DIR) -> list[str]:
     """Create the PKI if missing and fill every container's volume; returns the PKI's news."""
-    targets = [b.name for b in topology.brokers] + [d.id for d in topology.devices] + [HARNESS]
+    solo = [d for d in topology.devices if not d.fleet]
+    fleet_meters = topology.fleets
+    targets = [b.name for b in topology.brokers] + [d.id for d in solo] + list(fleet_meters) + [HARNESS]
     missing = [t for t in targets if not (out / t).is_dir()]
     if missing:
         raise TestbedError(f"no volume mounted at {out}/{missing[0]}: the Compose file and the "
@@ -77,16 +101,19 @@ def init_volumes(topology: Topology, pki_dir: Path = PKI_DIR, out: Path = OUT_DI
         _drop_root([pki_dir, *(out / t for t in targets)])
     pki = PKI(pki_dir)
     health = [health_identity(b.name) for b in topology.brokers]
+    # A substation's devices under its intermediate CA, as on the local bus (testbed.security.provision).
     created = pki.init({b.name: [b.name, "localhost"] for b in topology.brokers} | topology.web_servers(),
-                       topology.client_identities() + health)
+                       topology.client_identities() + health, issuers_for(topology))
     signing = SigningKeys(pki_dir)
     created += [f"signing key {n}" for n in signing.ensure(topology.command_signers())]
     for broker in topology.brokers:
         _fill_broker(topology, broker, pki, out / broker.name)
-    for device in topology.devices:
+    for device in solo:
         web = [name for name in topology.web_servers() if name == f"{device.id}-ui"]
         _fill(out / device.id, pki, clients=[device.id], servers=web)
         _fill_signing(out / device.id, signing, device.id)
+    for fleet, meters in fleet_meters.items():  # meters read no command: no signing keys
+        _fill(out / fleet, pki, clients=[m.id for m in meters])
     _fill(out / HARNESS, pki, clients=list(RUNNER_IDENTITIES))
     for ident in RUNNER_IDENTITIES:
         _fill_signing(out / HARNESS, signing, ident)
@@ -128,9 +155,10 @@ def _fill_broker(topology: Topology, broker: BrokerSpec, pki: PKI, target: Path)
                if any(topology.bridge_endpoints(b, way)[0] == broker.name for way in topology.bridge_connections(b))]
     _fill(target / "certs", pki, clients=[*bridges, health_identity(broker.name)],
           servers=[broker.name])
+    # max_connections below the open-files limit the Compose file gives the container (ulimits).
     files = BrokerFiles(certs=CONFIG_DIR / "certs", directory=CONFIG_DIR, log=None, bind="0.0.0.0",
                         peer_hosts={b.name: b.name for b in topology.brokers},
-                        data=DATA_DIR)
+                        data=DATA_DIR, max_connections=connection_budget(topology, broker))
     for name, text in render_broker(topology, broker, files).items():
         _write(target / name, text.encode(), 0o644)
     ident = health_identity(broker.name)
@@ -171,7 +199,7 @@ def device_env(topology: Topology, device_id: str) -> dict[str, str]:
     env["FMB_READY_FILE"] = str(RUN_DIR / "ready")  # the container's health check looks here
     feeder = topology.feeder_of(device.id)
     if feeder is not None:
-        env["FMB_FEEDER_SOCKET"] = str(FEEDER_DIR / f"{feeder.id}.sock")
+        env["FMB_FEEDER_SOCKET"] = str(feeder_socket(feeder.id))
     if "FMB_UI_SOCKET" in env:
         env["FMB_UI_SOCKET"] = str(UI_DIR / f"{device.id}.sock")
         # The console listens inside the container; Compose publishes it on the host's loopback.
@@ -182,6 +210,33 @@ def device_env(topology: Topology, device_id: str) -> dict[str, str]:
         env["FMB_UI_RUNS"] = str(RUNS_DIR)
         env["FMB_UI_RUN_COMMAND"] = json.dumps(["python", "-m", "testbed.cli.containers", "request-run", "appendix-a"])
     return env
+
+
+def fleet_env(topology: Topology, fleet: str, fleet_file: Path = FLEET_FILE) -> dict[str, str]:
+    """Write the fleet file of ``fleet``'s meters (their certificates on the fleet's volume, their
+    feeders' sockets) and return the ``FMB_*`` environment of ``python -m devices.fleet``."""
+    meters = topology.fleets.get(fleet)
+    if not meters:
+        known = ", ".join(topology.fleets) or "(none)"
+        raise TestbedError(f"no fleet {fleet!r} in topology {topology.path}: use one of: {known}")
+    entries = []
+    for m in meters:
+        feeder = topology.feeder_of(m.id)
+        entry: dict[str, object] = {"id": m.id, "cert": str(CERTS_DIR / "clients" / f"{m.id}.pem"),
+                                    "key": str(CERTS_DIR / "clients" / f"{m.id}.key")}
+        if feeder is not None:  # else no physics: the fleet reports a nominal voltage (devices/fleet.py)
+            entry.update(feeder_socket=str(feeder_socket(feeder.id)), deadband_v=feeder.meter_deadband_v,
+                         period_s=feeder.meter_period_s)
+        entries.append(entry)
+    _write(fleet_file, json.dumps({"root": topology.root, "qos": topology.qos, "meters": entries}).encode(), 0o600)
+    delivery = topology.broker_for(meters[0].site, "delivery")
+    return {
+        "FMB_FLEET_ID": fleet,
+        "FMB_DELIVERY": f"{delivery.name}:{delivery.port}",  # the service name
+        "FMB_CA": str(CERTS_DIR / "ca" / "ca.pem"),
+        "FMB_FLEET_FILE": str(fleet_file),
+        "FMB_READY_FILE": str(RUN_DIR / "ready"),  # the container's health check looks here
+    }
 
 
 def exec_module(module: str, env: dict[str, str]) -> None:

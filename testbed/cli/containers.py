@@ -1,7 +1,7 @@
 """The command line inside the Compose bus's containers (``python -m testbed.cli.containers``).
 
-Each Compose service's ``command`` is one of these: ``init`` fills the volumes, ``device`` and
-``feeder`` exec a device or feeder model with its environment derived from the topology,
+Each Compose service's ``command`` is one of these: ``init`` fills the volumes, ``device``, ``feeder`` and
+``fleet`` exec a device, feeder model or fleet of meters with its environment derived from the topology,
 ``scenario`` and ``runner`` are the harness services, ``request-run`` is what a tablet's button
 starts. Thin: it parses, calls :mod:`testbed.backends.containers` or
 :mod:`testbed.harness.service`, and prints one line on error (an unknown command or name too).
@@ -15,7 +15,14 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from testbed.backends.containers import FEEDER_DIR, container_topology, device_env, exec_module, init_volumes
+from testbed.backends.containers import (
+    container_topology,
+    device_env,
+    exec_module,
+    feeder_socket,
+    fleet_env,
+    init_volumes,
+)
 from testbed.core.errors import TestbedError
 from testbed.harness import service
 
@@ -24,12 +31,13 @@ __all__ = ["main"]
 USAGE = """usage: python -m testbed.cli.containers COMMAND
   init            create the PKI if missing and fill each container's volume (init service)
   device ID       run device ID with its environment derived from the topology
-  feeder ID       run feeder model ID, serving /feeder/ID.sock
+  feeder ID       run feeder model ID, serving /feeder/ID/feeder.sock
+  fleet NAME      run fleet NAME: its meters in one process (devices.fleet)
   scenario NAME   run scenario NAME once on the bus, print the timeline, exit 0 if it passed
   runner          serve run requests from the tablets' run buttons on /ui/runner.sock
   request-run NAME --out DIR
                   ask the runner for scenario NAME into DIR (what a tablet's button starts)"""
-COMMANDS = ("init", "device", "feeder", "scenario", "runner", "request-run")
+COMMANDS = ("init", "device", "feeder", "fleet", "scenario", "runner", "request-run")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         if len(args) == 2 and args[0] == "feeder":
             spec = container_topology().feeder(args[1])
             exec_module("devices.feeder", {"FMB_FEEDER": json.dumps(asdict(spec)),
-                                     "FMB_FEEDER_SOCKET": str(FEEDER_DIR / f"{spec.id}.sock")})
+                                     "FMB_FEEDER_SOCKET": str(feeder_socket(spec.id))})
+        if len(args) == 2 and args[0] == "fleet":
+            exec_module("devices.fleet", fleet_env(container_topology(), args[1]))
         if args == ["runner"]:
             service.serve_runner()
         if len(args) == 4 and args[0] == "request-run" and args[2] == "--out":
