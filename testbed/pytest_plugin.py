@@ -236,23 +236,25 @@ def _docker_bus(topology: Topology) -> Iterator[Any]:
     problem = docker_problem()
     require(problem is None, f"the fmb docker backend cannot run here: {problem}")
     # Not at the top: loading the plugin imports no module of ours (tests/test_pytest_plugin.py).
-    from testbed.backends.compose import HARNESS_SERVICE, ComposeProject, DockerBus
+    from testbed.backends.compose import HARNESS_SERVICE, ComposeProject, DockerBus, compose_file_for
     from testbed.core.ports import free_port
     from testbed.core.topology import load_topology
 
-    # The tablet console's port too: the Compose default, 8443, may be a developer's `fmb up`.
-    project = ComposeProject(f"fmbpytest-{os.getpid()}-{secrets.token_hex(3)}",
-                             ports={b.name: b.port for b in topology.brokers}, ui_port=free_port())
-    bus = None
-    try:
-        services = [s for s in project.compose("config", "--services").split() if s != HARNESS_SERVICE]
-        project.up(services)
-        bus = DockerBus(project, load_topology(topology.path))  # the ports inside the Compose networks
-        yield bus
-    finally:
-        if bus is not None:
-            bus.close()
-        project.down()
+    # The topology's own Compose file (generated unless it is Appendix A's), and the tablet console's
+    # port too: the Compose default, 8443, may be a developer's `fmb up`.
+    with compose_file_for(topology) as compose_file:
+        project = ComposeProject(f"fmbpytest-{os.getpid()}-{secrets.token_hex(3)}", compose_file,
+                                 ports={b.name: b.port for b in topology.brokers}, ui_port=free_port())
+        bus = None
+        try:
+            services = [s for s in project.compose("config", "--services").split() if s != HARNESS_SERVICE]
+            project.up(services)
+            bus = DockerBus(project, load_topology(topology.path))  # the ports inside the Compose networks
+            yield bus
+        finally:
+            if bus is not None:
+                bus.close()
+            project.down()
 
 
 @pytest.fixture(scope="session")
