@@ -31,7 +31,9 @@ from tests.conftest import require
 MINUTES = 2.0
 SEED = 19  # first round: SIGTERM of dc-control, crash of meter-1, a poison to the DMS, kill -9 of dc-control
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-BUDGET_S = 165  # the whole soak, bus start and stop included: two minutes of faults and some margin on 2 busy cores
+# The whole soak, bus start and stop included: two minutes of faults and a margin on 2 busy cores (172 s seen
+# beside a benchmark).
+BUDGET_S = 210
 LOCAL_KINDS = {"broker-sigterm", "broker-kill9", "device-crash", "poison"}
 
 pytestmark = pytest.mark.slow

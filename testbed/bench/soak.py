@@ -359,9 +359,10 @@ def _poison_targets(topology: Topology) -> dict[str, tuple[str, str, str]]:
     """``"<topic> as <device>"`` -> (publisher, profile, mRID): every topic a device reads, published with the
     certificate of a device the ACLs let write it."""
     found: dict[str, tuple[str, str, str]] = {}
-    for publisher in topology.devices:
+    devices = [d for d in topology.devices if not d.external]  # the soak's own sink is no device under test
+    for publisher in devices:
         for grant in ROLES[publisher.role].publishes:
-            for reader in topology.devices:
+            for reader in devices:
                 reads = [g for g in ROLES[reader.role].reads if g.profile == grant.profile]
                 if reader.id == publisher.id or not reads:
                     continue
@@ -383,7 +384,7 @@ def fault_targets(topology: Topology, specs: Sequence[StreamSpec]) -> dict[str, 
     return {
         "broker-sigterm": [b.name for b in topology.brokers if b.persistent],
         "broker-kill9": [b.name for b in topology.brokers if b.persistent],
-        "device-crash": [d.id for d in topology.devices] + [s.process for s in specs],
+        "device-crash": [d.id for d in topology.devices if not d.external] + [s.process for s in specs],
         "partition": bridged,
         "link-loss": [b.name for b in topology.brokers if b.site in bridged],
         "poison": sorted(_poison_targets(topology)),
