@@ -31,8 +31,8 @@ class Cast:
     @classmethod
     def of(cls, topology: Topology, substation: str | None = None) -> Cast:
         """The whole topology's devices, or those of ``substation`` (a ScenarioError if it is none)."""
-        if substation is None:
-            return cls(topology.devices, frozenset(s.name for s in topology.sites))
+        if substation is None:  # an external device is not the testbed's to drive or to wait for
+            return cls(tuple(d for d in topology.devices if not d.external), frozenset(s.name for s in topology.sites))
         names = [s.name for s in topology.substations]
         if substation not in names:
             shown = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
@@ -46,7 +46,7 @@ class Cast:
         chosen = {feeder.supply, feeder.capbank, feeder.meter}
         shared = [s.name for s in topology.sites if s.name not in names]
         devices = [d for d in topology.devices_at(substation) if d.id in chosen or d.role == "tablet"]
-        devices += [d for site in shared for d in topology.devices_at(site)]
+        devices += [d for site in shared for d in topology.devices_at(site) if not d.external]
         return cls(tuple(devices), frozenset([substation, *shared]), substation)
 
     def matching(self, name: str) -> list[DeviceSpec]:
