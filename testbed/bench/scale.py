@@ -569,7 +569,13 @@ def _appendix_a(topology: Topology, certs: Path, runs: int, work: Path, say: Cal
     bus = LocalBus(topology, pki, state, monitor=False, ui_port=None)
     t0 = time.monotonic()
     say(f"  Appendix A: starting the whole bus ({len(topology.devices):,} devices) for {runs} runs on {substation}")
-    bus.start()
+    try:
+        bus.start()  # stops what it started if it fails
+    except TestbedError as e:  # the other phases' figures stand: say why this one is missing
+        shutil.rmtree(state, ignore_errors=True)
+        say(f"  Appendix A: not run, the whole bus did not start in {time.monotonic() - t0:.0f} s: {e}")
+        return ScaleAppendixA(ran=False, why=f"the whole bus (LocalBus) did not start after "
+                              f"{time.monotonic() - t0:.0f} s: {str(e)[:400]}")
     try:
         started = time.monotonic() - t0
         configs: dict[str, ScaleScenarioRuns] = {}
