@@ -439,7 +439,7 @@ def _steady(bus: _Bus, readings: Readings, interval_s: float, duration_s: float,
     bus.check_fleets()
     cpu = ProcessCpu({"brokers": bus.broker_pids, "fleets": bus.fleet_pids, "harness": lambda: [os.getpid()]})
     published0 = sum(f.counters().get("published", 0) for f in fleets)
-    lost0, dup0, rej0, n0, bytes0 = readings.counts()
+    lost0, dup0, rej0, earlier0, n0, bytes0 = readings.counts()
     readings.take()
     cpu.start()
     t0 = time.monotonic()
@@ -447,13 +447,13 @@ def _steady(bus: _Bus, readings: Readings, interval_s: float, duration_s: float,
     elapsed = time.monotonic() - t0
     samples = readings.take()
     published = sum(f.counters().get("published", 0) for f in fleets) - published0
-    lost, dup, rej, n, nbytes = readings.counts()
+    lost, dup, rej, earlier, n, nbytes = readings.counts()
     latency = _stats([s[1] / 1e6 for s in samples])
     point = ScaleSteady(
         meters=meters, substations=len(fleets), interval_s=interval_s, duration_s=round(elapsed, 2),
         offered_per_s=round(meters / interval_s, 1), published_per_s=round(published / elapsed, 1),
         delivered_per_s=round(len(samples) / elapsed, 1), latency_ms=latency, lost=lost - lost0,
-        duplicated=dup - dup0, rejected=rej - rej0,
+        duplicated=dup - dup0, rejected=rej - rej0, earlier=earlier - earlier0,
         payload_bytes=round((nbytes - bytes0) / (n - n0), 1) if n > n0 else None, cpu=cpu.result())
     say(f"  steady {meters:,} meters every {interval_s:g} s: published {point['published_per_s']:,.0f}/s, "
         f"delivered {point['delivered_per_s']:,.0f}/s, meter -> DMS p50 {latency.get('p50', math.nan):.1f} "

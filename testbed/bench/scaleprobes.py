@@ -88,7 +88,8 @@ class Readings:
         self.last_seq: dict[str, int] = {}
         self.first_after: dict[str, int] = {}  # meter -> received ns of its first reading published after `mark_ns`
         self.mark_ns = 0
-        self.lost = self.duplicated = self.rejected = 0
+        self.lost = self.duplicated = self.rejected = self.earlier = 0
+        self.epoch_ns = 0  # readings published before this are the previous fleets' (see restart_sequences)
         self.bytes = self.count = 0
         subscribed = threading.Event()
 
@@ -104,6 +105,9 @@ class Readings:
             with self.lock:
                 self.count += 1
                 self.bytes += len(msg.payload)
+                if message.ts_ns < self.epoch_ns:  # queued before the fleets restarted: their own count
+                    self.earlier += 1
+                    return
                 last = self.last_seq.get(mrid)
                 if last is not None and message.seq <= last:
                     self.duplicated += 1
@@ -130,10 +134,10 @@ class Readings:
             out, self.samples = self.samples, []
         return out
 
-    def counts(self) -> tuple[int, int, int, int, int]:
-        """(lost, duplicated, rejected, messages, bytes) so far."""
+    def counts(self) -> tuple[int, int, int, int, int, int]:
+        """(lost, duplicated, rejected, earlier, messages, bytes) so far."""
         with self.lock:
-            return self.lost, self.duplicated, self.rejected, self.count, self.bytes
+            return self.lost, self.duplicated, self.rejected, self.earlier, self.count, self.bytes
 
     def mark(self, ns: int) -> None:
         """From now on note each meter's first reading published at or after ``ns``."""
@@ -141,9 +145,11 @@ class Readings:
             self.mark_ns, self.first_after = ns, {}
 
     def restart_sequences(self) -> None:
-        """The fleets start again: their meters count from 1 again."""
+        """The fleets start again (call it between stopping and starting them): their meters count from 1
+        again, and what the previous fleets published, still queued on the way, is counted apart
+        (``earlier``), not as duplicates of the new sequence numbers."""
         with self.lock:
-            self.last_seq = {}
+            self.last_seq, self.epoch_ns = {}, time.time_ns()
 
     def heard_after(self) -> dict[str, int]:
         with self.lock:

@@ -833,6 +833,7 @@ class ScaleSteady(TypedDict):
     lost: int  # gaps in meters' sequence numbers
     duplicated: int
     rejected: int  # payloads the DMS side could not decode
+    earlier: int  # readings the fleets published before they were restarted for this interval, arriving now
     payload_bytes: float | None
     cpu: dict[str, ScaleCpu]
 
