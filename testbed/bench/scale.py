@@ -436,6 +436,7 @@ def _steady(bus: _Bus, readings: Readings, interval_s: float, duration_s: float,
     fleets = bus.running()
     meters = sum(f.meters for f in fleets)
     time.sleep(min(interval_s, 10.0))  # every meter past its first (random-phase) reading
+    _drain(readings, say)
     bus.check_fleets()
     cpu = ProcessCpu({"brokers": bus.broker_pids, "fleets": bus.fleet_pids, "harness": lambda: [os.getpid()]})
     published0 = sum(f.counters().get("published", 0) for f in fleets)
@@ -459,6 +460,19 @@ def _steady(bus: _Bus, readings: Readings, interval_s: float, duration_s: float,
         f"delivered {point['delivered_per_s']:,.0f}/s, meter -> DMS p50 {latency.get('p50', math.nan):.1f} "
         f"p99 {latency.get('p99', math.nan):.1f} ms, lost {point['lost']}")
     return point
+
+
+def _drain(readings: Readings, say: Callable[[str], None], timeout_s: float = 120.0) -> None:
+    """Wait until what the previous fleets published has stopped arriving (a backlog queued for the DMS
+    side in an earlier, saturated point would otherwise delay this point's readings behind it)."""
+    start, last = time.monotonic(), readings.counts()[3]
+    while time.monotonic() - start < timeout_s:
+        time.sleep(1.0)
+        now = readings.counts()[3]
+        if now == last:
+            return
+        last = now
+    say(f"  (readings of the previous fleets were still arriving after {timeout_s:g} s)")
 
 
 def _storm(bus: _Bus, readings: Readings, config: str, options: ScaleOptions, wait_s: float,
