@@ -262,10 +262,15 @@ def image_21() -> str:
 @pytest.mark.parametrize("sync", ["normal", "off"])
 def test_mosquitto_21_sqlite_flushing_every_loop_keeps_what_it_acknowledged(image_21: str, tmp_path: Path,
                                                                            sync: str) -> None:
-    """2.1.2 loads the sqlite configuration rendered here and, committing every loop, loses none of
-    the messages it acknowledged to a kill -9 (the commit reaches the kernel; fsync is for power loss)."""
+    """2.1.2 loads the sqlite configuration rendered here and, committing every loop, loses to a kill -9
+    at most what it acknowledged in the loop the kill interrupted: the PUBACK leaves in the same loop
+    iteration that ends with the plugin's commit, so a kill between the two loses those messages (seen
+    in CI: 1 of 390 at 200 msg/s, 5 ms). With the plugin's default 5 s period the same trial loses
+    hundreds, so the bound below tells the two apart (the commit reaches the kernel; fsync is for power
+    loss)."""
     policy = CrashPolicy("2.1", "sqlite", flush_period_s=0, sync=sync)
     pki = PKI(tmp_path / "pki")
     for _ in range(2):
         t = kill_trial(pki, "fmb", policy, runtime="docker", fill_s=(1.0, 2.0))
-        assert t["acked"] > 100 and t["lost"] == 0, t
+        assert t["acked"] > 100 and not t["all_lost"], t
+        assert t["lost"] <= 5 and t["window_s"] <= 0.25, t  # one loop's worth, even on a loaded machine
