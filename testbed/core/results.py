@@ -21,6 +21,10 @@ from typing import Literal, NotRequired, TypedDict
 
 __all__ = [
     "AutosavePoint",
+    "BottleneckCurve",
+    "BottleneckPoint",
+    "BottleneckResult",
+    "BottleneckTargets",
     "CrashConditions",
     "CrashKill",
     "CrashPolicyRow",
@@ -932,4 +936,48 @@ class ScaleResult(TypedDict):
     storm: list[ScaleStorm]
     appendix_a: ScaleAppendixA
     targets: ScaleTargets
+    environment: Environment
+
+
+# -- a shared bottleneck, shared against segregated: bench-<bottleneck>.json (fmb.bench-bottleneck/1) --
+# One document per bottleneck ("broker": brokers held to a CPU quota; "wan": a shaped field <-> data
+# centre link; "storm": a substation's reconnect storm; "cpu": the two shared cores, converted from
+# fmb.bench-prioritization/1), each a curve per configuration of control round trips against load.
+# ``testbed.bench.bottleneck`` computes the targets and checks a document; the report "when does
+# segregation matter" (``fmb report`` of several of them) reads only this shape.
+
+BottleneckConfig = Literal["shared", "segregated", "segregated+priority"]
+
+
+class BottleneckPoint(TypedDict):
+    load: float  # offered load, in the document's ``load_unit``
+    control_ms: PrioritizationControl  # command round trips at this load
+    delivery_rate: float  # what the delivery plane carried end to end (msg/s) at this load
+    saturated: bool  # the offered load was more than the bottleneck carried
+
+
+class BottleneckCurve(TypedDict):
+    config: BottleneckConfig
+    idle_p99_ms: float | None  # control round trip p99 with no delivery load
+    unsaturated_rate: float  # the delivery plane's best rate below saturation (msg/s): "kept" is against it
+    points: list[BottleneckPoint]  # lightest load first (ascending ``load``; descending on a falling axis)
+
+
+class BottleneckTargets(TypedDict):
+    segregated_config: BottleneckConfig  # the segregated curve the targets read (with priority where it has one)
+    segregated_saturation_over_idle: float | None  # target <= 2
+    shared_over_segregated: float | None  # control p99 at saturation; target >= 10
+    delivery_kept: float | None  # the segregated config's delivery rate at saturation / unsaturated; >= 0.8
+    met: dict[str, bool]
+
+
+class BottleneckResult(TypedDict):
+    schema: Literal["fmb.bench-bottleneck/1"]
+    created: str
+    bottleneck: Literal["cpu", "broker", "wan", "storm"]
+    load_unit: str  # e.g. "msg/s offered", "Mbit/s link rate", "meters reconnecting"
+    load_axis: Literal["rising", "falling"]  # "falling": smaller values are the heavier load (a link rate)
+    conditions: dict[str, object]  # what this bottleneck needs said: rates, quotas, QoS, payload, repetitions...
+    curves: list[BottleneckCurve]
+    targets: BottleneckTargets
     environment: Environment
