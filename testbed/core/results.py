@@ -954,6 +954,9 @@ class BottleneckPoint(TypedDict):
     control_ms: PrioritizationControl  # command round trips at this load
     delivery_rate: float  # what the delivery plane carried end to end (msg/s) at this load
     saturated: bool  # the offered load was more than the bottleneck carried
+    # What a bottleneck wants said about one point beyond the above (the WAN link: bytes and drops per
+    # direction and class during the step); readers of the shape need not look at it.
+    detail: NotRequired[dict[str, object]]
 
 
 class BottleneckCurve(TypedDict):
