@@ -83,8 +83,9 @@ def parse_rate(text: str) -> int:
 
 
 def parse_wan(text: str) -> tuple[int, float]:
-    """``RATE[,DELAY]`` (``1mbit,40ms``) -> (bits/s, delay ms). A delay needs netem, which this
-    kernel lacks: a non-zero delay is refused unless netem is there."""
+    """``RATE[,DELAY]`` (``1mbit,40ms``) -> (bits/s, delay ms). The Compose bench would need netem
+    for a delay, which this kernel lacks (:func:`check_wan` refuses it); the link of
+    ``testbed.bench.wancurve`` delays in user space."""
     rate, _, delay = text.partition(",")
     delay_ms = 0.0
     if delay.strip():

@@ -56,7 +56,7 @@ from testbed.core.waiting import WaitTimeout, wait_until
 from testbed.security.pki import PKI
 from testbed.transport.mqtt import Endpoint, TLSIdentity
 
-__all__ = ["CONFIGS", "DEFAULT_FACTORS", "RESULT_FILE", "capacity_msgs", "run_wan_curve", "summary"]
+__all__ = ["CONFIGS", "DEFAULT_FACTORS", "RESULT_FILE", "capacity_msgs", "parse_factors", "run_wan_curve", "summary"]
 
 RESULT_FILE: Final = "bench-wan-curve.json"
 CONFIGS: Final[tuple[BottleneckConfig, ...]] = ("shared", "segregated", "segregated+priority")
@@ -67,6 +67,18 @@ WIRE_OVERHEAD_BYTES = 150
 SATURATED_BELOW = 0.9  # a step is saturated when the link carried less than this share of the offered flood
 QOS = 1
 ROOT = "fmb"
+
+
+def parse_factors(text: str) -> tuple[float, ...]:
+    """``0,0.5,1.5,3`` -> the load axis: multiples of the link's capacity, ascending from 0 (idle)."""
+    try:
+        factors = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        factors = ()
+    if not factors or factors[0] != 0 or list(factors) != sorted(set(factors)):
+        raise TestbedError(f"--load-factors {text!r}: give ascending multiples of the link's capacity from 0, "
+                           "e.g. 0,0.5,0.8,1.5,3")
+    return factors
 
 
 def capacity_msgs(rate_bps: int, payload_bytes: int) -> float:
