@@ -50,6 +50,7 @@ def test_wan_curve_smoke_three_configs_on_a_shaped_delayed_link(tmp_path: Path) 
         assert c["acked"] == 15 and 30 <= c["min"] <= c["p50"] <= c["p99"] < 200, (curve["config"], c)
         # Three times what 1 Mbit/s carries: the link is the limit, in both the count and tc's bytes.
         assert flood["saturated"] and 0 < flood["delivery_rate"] < flood["load"] * 0.9, flood
+        assert flood["delivery_rate"] <= flood["detail"]["published_rate"] * 1.1, flood  # what crossed was published
         sent = flood["detail"]["link_during_step"]
         assert isinstance(sent, dict) and set(sent) == {"dc->field", "field->dc"}
         bps = flood["detail"]["link_bits_per_s"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,6 +90,10 @@ def _bench_ui(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _bench_wan(args: argparse.Namespace, out: Path) -> int:
     command_rate = args.command_rate if args.command_rate != 50.0 else 10.0  # 50/s would take a third of 1 Mbit/s
     if args.backend == "docker":
@@ -99,9 +104,14 @@ def _bench_wan(args: argparse.Namespace, out: Path) -> int:
     _refuse_beside_running_bus(paths(args)[1], "the WAN benchmark")
     print(f"WAN benchmark on a link of this host: {rate_bps / 1e6:g} Mbit/s both ways, {delay_ms:g} ms each way; "
           f"flood at {', '.join(f'{f:g}' for f in factors)} x the link's capacity, {seconds:g} s per step", flush=True)
-    result = wancurve.run_wan_curve(rate_bps, delay_ms, out, factors=factors, seconds=seconds, settle_s=settle_s,
-                                    command_rate=command_rate, payload_bytes=args.payload, publishers=args.publishers,
-                                    progress=_say)
+    # SIGTERM as an exception: the run's namespaces, shaping and processes are removed on the way out.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        result = wancurve.run_wan_curve(rate_bps, delay_ms, out, factors=factors, seconds=seconds,
+                                        settle_s=settle_s, command_rate=command_rate, payload_bytes=args.payload,
+                                        publishers=args.publishers, progress=_say)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(wancurve.summary(result))
     print(f"result: {out}/{wancurve.RESULT_FILE}")
     return 0
