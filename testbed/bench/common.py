@@ -87,7 +87,8 @@ def start_broker(procs: Processes, topology: Topology, broker: BrokerSpec, pki: 
                  extra_acl: str = "", bind: str | None = None, extra_conf: str = "",
                  **placement: Unpack[Placement]) -> tuple[ProcessRecord, Endpoint]:
     """Configure (first time) and start one broker; returns once it accepts connections.
-    ``bind``: listen there instead of the broker's host; ``extra_conf``: appended to its
+    ``bind``: listen there instead of the broker's host (the endpoint returned is still the
+    broker's own: the caller knows where it asked it to listen); ``extra_conf``: appended to its
     mosquitto.conf (a benchmark's own bridges)."""
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / "mosquitto.log"
@@ -101,4 +102,4 @@ def start_broker(procs: Processes, topology: Topology, broker: BrokerSpec, pki: 
     proc = procs.start(f"{broker.name}-{time.monotonic_ns()}", [mosquitto_binary(), "-c",
                        str(directory / "mosquitto.conf")], **placement)
     wait_for_log(log, " running", proc, offset)
-    return proc, Endpoint(host, broker.port)
+    return proc, Endpoint(broker.host, broker.port)

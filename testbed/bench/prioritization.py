@@ -55,7 +55,7 @@ from testbed.core.waiting import WaitTimeout, wait_until
 from testbed.security.pki import PKI
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 
-__all__ = ["CONFIGS", "RESULT_SCHEMA", "Commander", "run_prioritization", "summary", "wait_for_ack"]
+__all__ = ["CONFIGS", "RESULT_SCHEMA", "run_prioritization", "summary"]
 
 RESULT_SCHEMA: Final = "fmb.bench-prioritization/1"  # the shape: testbed.core.results.PrioritizationResult
 CONFIGS = ("segregated", "shared", "segregated+priority")
@@ -94,11 +94,10 @@ def _start_brokers(config: str, topology: Topology, pki: PKI, work: Path, procs:
     return _Setup(control=c, delivery=d, procs=[d_proc, c_proc])
 
 
-class Commander:
+class _Commander:
     """Publishes commands at a steady rate and times each until its acknowledgement arrives."""
 
-    def __init__(self, identity: TLSIdentity, endpoint: Endpoint, root: str, qos: int, target: str,
-                 client_id: str = "") -> None:
+    def __init__(self, identity: TLSIdentity, endpoint: Endpoint, root: str, qos: int, target: str) -> None:
         self.qos = qos
         self.sent: dict[int, int] = {}  # seq -> perf_counter_ns at publish
         self.rtts: dict[int, float] = {}  # seq -> round trip, ms
@@ -117,7 +116,7 @@ class Commander:
             c.on_subscribe = lambda *a: subscribed.set()
             c.subscribe(topic(root, "BenchAckProfile", target), qos)
 
-        self.client = connect(client_id or f"bench-commander-{os.getpid()}", identity, endpoint, on_message=on_message,
+        self.client = connect(f"bench-commander-{os.getpid()}", identity, endpoint, on_message=on_message,
                               on_connect=on_connect)
         if not subscribed.wait(10):
             raise TestbedError("the benchmark commander could not subscribe to acknowledgements")
@@ -129,9 +128,8 @@ class Commander:
             self.sent[self.seq] = time.perf_counter_ns()
         self.client.publish(self.command_topic, f"{self.seq},{'c' * 64}".encode(), self.qos)
 
-    def window(self, rate: float, seconds: float, wait_s: float = ACK_TIMEOUT_S) -> PrioritizationControl:
-        """Send at ``rate`` for ``seconds``; the round trips of this window (ms), each acknowledgement
-        awaited ``wait_s`` after the last command (later ones count as lost)."""
+    def window(self, rate: float, seconds: float) -> PrioritizationControl:
+        """Send at ``rate`` for ``seconds``; the round trips of this window (ms)."""
         first = self.seq + 1
         period = 1.0 / rate
         start = time.perf_counter()
@@ -147,12 +145,12 @@ class Commander:
                 return all(s in self.rtts for s in range(first, last + 1))
 
         with contextlib.suppress(WaitTimeout):  # those still unacknowledged are counted lost
-            wait_until(acked, wait_s, interval_s=0.01, what=f"acknowledgements of commands {first} to {last}")
+            wait_until(acked, ACK_TIMEOUT_S, interval_s=0.01, what=f"acknowledgements of commands {first} to {last}")
         with self.lock:
             samples = [self.rtts[s] for s in range(first, last + 1) if s in self.rtts]
         lost = (last - first + 1) - len(samples)
         counts: PrioritizationControl = {"sent": last - first + 1, "acked": len(samples),
-                                         "unacked_within_s": wait_s, "lost": lost}
+                                         "unacked_within_s": ACK_TIMEOUT_S, "lost": lost}
         return {**counts, **rounded(percentiles(samples), 4)} if samples else counts
 
     def close(self) -> None:
@@ -208,7 +206,7 @@ def run_prioritization(pki: PKI, root: str, rates: list[float | None], seconds: 
                     "FMB_CERT": str(identity.cert), "FMB_KEY": str(identity.key), "FMB_ROOT": root,
                     "FMB_QOS": str(command_qos), "FMB_DEVICE_ID": "responder-1"},
                     **control_place)
-                commander = Commander(identity, setup.control, root, command_qos, "responder-1")
+                commander = _Commander(identity, setup.control, root, command_qos, "responder-1")
                 flood_log = work / f"{config}-flood-sub.out"
                 subscriber = procs.start(f"{config}-flood-sub", [
                     "mosquitto_sub", "-V", "5", "-h", setup.delivery.host, "-p", str(setup.delivery.port),
@@ -216,7 +214,7 @@ def run_prioritization(pki: PKI, root: str, rates: list[float | None], seconds: 
                     "-q", str(flood_qos), "-i", f"flood-sub-{config}", "-t", topic(root, "BenchFloodProfile", "+"),
                     "-F", "x"], stdout=flood_log, **delivery_place)
                 try:
-                    wait_for_ack(commander)
+                    _wait_for_ack(commander)
                     if tls_version is None:
                         sock = commander.client.socket()
                         tls_version = sock.version() if sock is not None and hasattr(sock, "version") else None
@@ -287,7 +285,7 @@ def _summarise(results: dict[str, list[PrioritizationRow]], rates: list[float | 
             "environment": environment(topology, tls_version, "local")}
 
 
-def wait_for_ack(commander: Commander) -> None:
+def _wait_for_ack(commander: _Commander) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         window = commander.window(20, 0.25)

@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from brokers.mosquitto import BRIDGE_KEEPALIVE_S, BRIDGE_RESTART_S, render_acl
 from testbed.backends.environment import environment
@@ -45,16 +45,21 @@ from testbed.backends.processes import ProcessRecord
 from testbed.backends.wanlink import LinkShape, WanLink, check_host
 from testbed.bench.bottleneck import RESULT_SCHEMA, check, targets
 from testbed.bench.common import Placement, Processes, start_broker
-from testbed.bench.prioritization import Commander, wait_for_ack
 from testbed.core.errors import TestbedError
 from testbed.core.ports import free_port
-from testbed.core.results import BottleneckConfig, BottleneckCurve, BottleneckPoint, BottleneckResult
+from testbed.core.results import (
+    BottleneckConfig,
+    BottleneckCurve,
+    BottleneckPoint,
+    BottleneckResult,
+    PrioritizationControl,
+)
 from testbed.core.stats import percentiles, rounded
 from testbed.core.topics import topic
 from testbed.core.topology import BrokerSpec, SiteSpec, Topology
 from testbed.core.waiting import WaitTimeout, wait_until
 from testbed.security.pki import PKI
-from testbed.transport.mqtt import Endpoint, TLSIdentity
+from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 
 __all__ = ["CONFIGS", "DEFAULT_FACTORS", "RESULT_FILE", "capacity_msgs", "parse_factors", "run_wan_curve", "summary"]
 
@@ -143,10 +148,80 @@ class _Rig:
         field = broker.site == "field"
         host = self.link.field_host if field else self.link.dc_host
         place: Placement = {"netns": self.link.field_ns} if field else {}
-        record, endpoint = start_broker(self.procs, self.topology, broker, self.pki, self.work / broker.name,
-                                        extra_acl, bind=host, extra_conf=bridges, **place)
+        record, _ = start_broker(self.procs, self.topology, broker, self.pki, self.work / broker.name, extra_acl,
+                                 bind=host, extra_conf=bridges, **place)
         self.records.append(record)
-        return endpoint
+        return Endpoint(host, broker.port)
+
+
+class _Commander:
+    """Commands at a steady rate, each timed until its acknowledgement arrives (as
+    ``testbed.bench.prioritization``'s commander, but awaiting acknowledgements as long as a backlog
+    on the link can hold them back, where that one gives up after 2 s)."""
+
+    def __init__(self, identity: TLSIdentity, endpoint: Endpoint, target: str, client_id: str) -> None:
+        self.sent: dict[int, int] = {}  # seq -> perf_counter_ns at publish
+        self.rtts: dict[int, float] = {}  # seq -> round trip, ms
+        self.lock = threading.Lock()
+        self.command_topic = topic(ROOT, "BenchCommandProfile", target)
+        self.seq = 0
+        subscribed = threading.Event()
+
+        def on_message(c: Any, u: Any, msg: Any) -> None:
+            now = time.perf_counter_ns()
+            try:
+                seq = int(msg.payload.split(b",", 1)[0])
+            except ValueError:
+                return  # not an acknowledgement of ours
+            with self.lock:
+                if seq in self.sent and seq not in self.rtts:
+                    self.rtts[seq] = (now - self.sent[seq]) / 1e6
+
+        def on_connect(c: Any) -> None:
+            c.on_subscribe = lambda *a: subscribed.set()
+            c.subscribe(topic(ROOT, "BenchAckProfile", target), QOS)
+
+        self.client = connect(client_id, identity, endpoint, on_message=on_message, on_connect=on_connect)
+        if not subscribed.wait(10):
+            raise TestbedError("the WAN benchmark's commander could not subscribe to acknowledgements")
+
+    def window(self, rate: float, seconds: float, wait_s: float) -> PrioritizationControl:
+        """Send at ``rate`` for ``seconds``; the round trips (ms) of those acknowledged within ``wait_s``
+        of the last command (the others count as lost)."""
+        first, period, start = self.seq + 1, 1.0 / rate, time.perf_counter()
+        for i in range(max(1, int(rate * seconds))):
+            delay = start + i * period - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            self.seq += 1
+            with self.lock:
+                self.sent[self.seq] = time.perf_counter_ns()
+            self.client.publish(self.command_topic, f"{self.seq},{'c' * 64}".encode(), QOS)
+        last = self.seq
+
+        def acked() -> bool:
+            with self.lock:
+                return all(s in self.rtts for s in range(first, last + 1))
+
+        with contextlib.suppress(WaitTimeout):  # those still unacknowledged are counted lost
+            wait_until(acked, wait_s, interval_s=0.01, what=f"acknowledgements of commands {first} to {last}")
+        with self.lock:
+            samples = [self.rtts[s] for s in range(first, last + 1) if s in self.rtts]
+        counts: PrioritizationControl = {"sent": last - first + 1, "acked": len(samples),
+                                         "unacked_within_s": wait_s, "lost": last - first + 1 - len(samples)}
+        return {**counts, **rounded(percentiles(samples), 3)} if samples else counts
+
+    def wait_for_ack(self) -> None:
+        """Until one command makes the round trip: the bridges are up both ways."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.window(20, 0.25, 2.0)["acked"]:
+                return
+        raise TestbedError("the WAN benchmark's responder never acknowledged a command across the link")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
 def _flood(procs: Processes, pki: PKI, endpoint: Endpoint, rate: float, seconds: float, payload_bytes: int,
@@ -338,11 +413,11 @@ def _run_config(config: BottleneckConfig, topology: Topology, pki: PKI, identity
             "mosquitto_sub", "-V", "5", "-h", endpoint.host, "-p", str(endpoint.port), "--cafile", str(identity.ca),
             "--cert", str(identity.cert), "--key", str(identity.key), "-q", str(QOS), "-i", f"wan-{name}-{config}",
             "-t", flood_topic, "-F", "x"], stdout=log, netns=netns))
-    commander = Commander(identity, rig.dc_control, ROOT, QOS, "responder-1", f"wan-commander-{config}")
+    commander = _Commander(identity, rig.dc_control, "responder-1", f"wan-commander-{config}")
     points: list[BottleneckPoint] = []
     tls_version = None
     try:
-        wait_for_ack(commander)  # the bridges are up both ways
+        commander.wait_for_ack()
         sock = commander.client.socket()
         tls_version = sock.version() if sock is not None and hasattr(sock, "version") else None
         for rate in offered:
