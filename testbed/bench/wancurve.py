@@ -432,10 +432,14 @@ def _run_config(config: BottleneckConfig, topology: Topology, pki: PKI, identity
             procs.stop(flood)
             # Saturated: the link ran at its rate (field -> dc, the flood's way) during the step.
             saturated = bool(rate) and link_bps["field->dc"] >= SATURATED_LINK_SHARE * shape.rate_bps
+            evidence: dict[str, float | None] = {"published_rate": round(published, 1),
+                                                 "load_average_1m": round(os.getloadavg()[0], 2)}
+            for way, counters in during.items():
+                key = way.replace("->", "_to_")
+                evidence[f"{key}_bits_per_s"] = link_bps[way]
+                evidence.update({f"{key}_{name}": value for name, value in counters.items()})
             points.append({"load": rate, "control_ms": control, "delivery_rate": round(delivered, 1),
-                           "saturated": saturated,
-                           "detail": {"published_rate": round(published, 1), "link_bits_per_s": link_bps,
-                                      "link_during_step": during}})
+                           "saturated": saturated, "evidence": evidence})
             say(f"  {config:20} flood {rate:6.1f} msg/s asked, {published:6.1f} published, {delivered:6.1f} "
                 f"delivered, link {link_bps['field->dc'] / 1e3:5.0f} kbit/s; control p50 "
                 f"{control.get('p50', float('nan')):8.2f} p99 {control.get('p99', float('nan')):8.2f} ms, "
