@@ -1,5 +1,7 @@
-"""``fmb bench wan``: control commands across a constrained field <-> data-centre link, with and
-without network-level priority for the control-plane bridge.
+"""``fmb bench wan --backend docker``: control commands across a constrained field <-> data-centre
+link, with and without network-level priority for the control-plane bridge. (The default
+``fmb bench wan``, with the shared case, both directions shaped and a delay, is
+:mod:`testbed.bench.wancurve`.)
 
 The Compose bus (docker backend) with the data-centre -> field direction of the backhaul shaped
 to ``--wan RATE``: the traffic the data-centre brokers send to *both* field brokers (the

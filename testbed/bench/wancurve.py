@@ -330,7 +330,7 @@ def run_wan_curve(rate_bps: int, delay_ms: float, out: Path, *, factors: tuple[f
                      "delivery broker -> bridge -> mosquitto_sub on the dc delivery broker",
             "flood_payload_bytes": payload_bytes, "flood_publishers": publishers,
             "bridges": "one connection per direction, opened by the sending side (brokers.mosquitto's rule); shared: "
-                       "both planes' traffic in that connection",
+                       "both planes' traffic in that connection; TLS 1.2 (bridge_tls_version), mutual, MQTT v5",
             "brokers": "Mosquitto processes on this host, no persistence (both sites 'edge'), "
                        "max_queued_messages 100000",
             "machine_load_average_at_end": [round(x, 2) for x in os.getloadavg()],
