@@ -66,6 +66,7 @@ class FeederModel:
         self.traceparent: str | None = None
         self.changed = threading.Condition()
         self.version = 0
+        self.applied_ns = 0  # when the last change took effect (the meter passes it on: latency waterfall)
 
     @property
     def meter_v(self) -> float:
@@ -74,7 +75,8 @@ class FeederModel:
 
     def state(self) -> dict[str, Any]:
         return {"supply_v": self.supply_v, "capbank_closed": self.capbank_closed,
-                "meter_v": self.meter_v, "traceparent": self.traceparent, "version": self.version}
+                "meter_v": self.meter_v, "traceparent": self.traceparent, "version": self.version,
+                "applied_ns": self.applied_ns}
 
     def apply(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -96,6 +98,7 @@ class FeederModel:
             for k, v in update.items():
                 setattr(self, k, v)
             self.traceparent = request.get("traceparent")
+            self.applied_ns = time.time_ns()
             self.version += 1
             self.changed.notify_all()
             return self.state()

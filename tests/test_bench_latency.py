@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy
 import pytest
 
 from testbed.bench import latency
@@ -39,8 +40,9 @@ def assert_sane_stats(stats: dict[str, Any], what: str) -> None:
 
 
 def assert_latency_result(result: dict[str, Any]) -> None:
-    """The ``fmb.bench-latency/2`` shape, and figures that make sense."""
-    assert result["schema"] == latency.RESULT_SCHEMA == "fmb.bench-latency/2"
+    """The ``fmb.bench-latency/2`` or ``/3`` shape, and figures that make sense (and /3's waterfall)."""
+    assert result["schema"] in ("fmb.bench-latency/2", "fmb.bench-latency/3")
+    assert latency.RESULT_SCHEMA == "fmb.bench-latency/3"
     c = result["conditions"]
     for key in ("scenario", "qos_levels", "repetitions", "warmup_repetitions", "one_hop_messages",
                 "one_hop_payload_bytes", "tls_version"):
@@ -65,6 +67,32 @@ def assert_latency_result(result: dict[str, Any]) -> None:
         assert q["meets_target"] == (q["overhead_ratio"] <= result["target_ratio"])
         # The scenario cannot be faster than its critical path's hops at their fastest.
         assert q["e2e_ms"]["min"] >= path["total"] * q["one_hop_ms"]["min"]
+        if result["schema"] == "fmb.bench-latency/3":
+            assert_waterfall(q, path)
+
+
+def assert_waterfall(q: dict[str, Any], path: dict[str, Any]) -> None:
+    """Every traversal of the critical path is a bus segment, every act a device's, and they add up."""
+    w = q["waterfall"]
+    assert w["path"] == path["path"] and w["repetitions"] + w["incomplete"] == q["e2e_ms"]["n"]
+    kinds = [s["kind"] for s in w["segments"]]
+    assert kinds.count("broker") + kinds.count("bridge") == path["total"]  # one bus segment per traversal
+    # One act per link, and the supply before the feeder model before the meter where the physics couples them.
+    assert kinds.count("device") == len(path["path"]) + kinds.count("feeder") and kinds[-1] == "display"
+    for s in w["segments"]:
+        assert len(s["samples_ms"]) == s["ms"]["n"] == w["repetitions"], s["key"]
+        assert s["ms"]["p50"] == pytest.approx(float(numpy.percentile(s["samples_ms"], 50)), abs=1e-3)
+        if s["kind"] in ("broker", "bridge"):  # a message is seen on a broker after it was published
+            assert s["ms"]["min"] > 0, s
+    # The segments of each repetition telescope to its end to end: only rounding is left.
+    assert w["max_repetition_residual_ms"] < 0.01
+    assert w["sum_of_p50_ms"] == pytest.approx(sum(s["ms"]["p50"] for s in w["segments"]), abs=1e-3)
+    assert w["sums_within_tolerance"] == (abs(w["sum_deviation"]) <= w["sum_tolerance"] == 0.05)
+    means = sum(w["mean_by_kind_ms"].values())
+    assert means == pytest.approx(sum(s["ms"]["mean"] for s in w["segments"]), abs=1e-3)
+    if w["incomplete"] == 0:  # means add: the segments' means are the end-to-end mean
+        assert means == pytest.approx(q["e2e_ms"]["mean"], abs=0.01)
+    assert set(w["device_ms"]) >= {s["who"] for s in w["segments"] if s["kind"] in ("device", "feeder")}
 
 
 def _assert_png(path: Path) -> None:

@@ -30,12 +30,13 @@ from typing import Any, Final
 
 from testbed.backends.environment import environment
 from testbed.backends.local import LocalBus
+from testbed.bench import waterfall
 from testbed.core.errors import ScenarioError, TestbedError
 from testbed.core.payloads import encode
 from testbed.core.results import (
     CriticalPath,
-    LatencyByQos,
-    LatencyResult,
+    LatencyByQosV3,
+    LatencyResultV3,
     LatencyStep,
     OneHop,
     Percentiles,
@@ -55,6 +56,7 @@ __all__ = [
     "RESULT_FILE",
     "RESULT_SCHEMA",
     "TARGET_RATIO",
+    "critical_path",
     "critical_path_traversals",
     "local_buses",
     "measure_qos",
@@ -66,7 +68,7 @@ __all__ = [
     "summary",
 ]
 
-RESULT_SCHEMA: Final = "fmb.bench-latency/2"  # the shape: testbed.core.results.LatencyResult
+RESULT_SCHEMA: Final = "fmb.bench-latency/3"  # the shape: testbed.core.results.LatencyResultV3 (/2: LatencyResult)
 RESULT_FILE = "bench-latency.json"
 TARGET_RATIO = 1.3
 PERCENTILES = (50, 90, 99)
@@ -141,13 +143,19 @@ def critical_path_traversals(topology: Topology, scenario: Scenario, steps: list
     A step whose receivers sit at its publisher's site crosses one broker; one whose receivers
     sit at another site crosses two (the local broker and, over the bridge, the remote one).
     """
-    chain, n = [], len(steps)
+    chain = critical_path(scenario)
+    per_step = {str(n): step_traversals(topology, steps[n - 1]) for n in chain}
+    return {"path": chain, "per_step": per_step, "total": sum(per_step.values())}
+
+
+def critical_path(scenario: Scenario) -> list[int]:
+    """The step numbers from the trigger to the last step, following each step's ``after`` back."""
+    chain, n = [], len(scenario.steps)
     while n:
         chain.append(n)
         n = scenario.steps[n - 1].after
     chain.reverse()
-    per_step = {str(n): step_traversals(topology, steps[n - 1]) for n in chain}
-    return {"path": chain, "per_step": per_step, "total": sum(per_step.values())}
+    return chain
 
 
 def step_traversals(topology: Topology, step: ScenarioStep) -> int:
@@ -156,14 +164,18 @@ def step_traversals(topology: Topology, step: ScenarioStep) -> int:
     return 2 if any(topology.device(r).site != here for r in step["receivers"]) else 1
 
 
-def _repetitions(runner: ScenarioRunner, count: int, qos: int, phase: str, log: Log) -> list[Repetition]:
-    """``count`` repetitions; stops at the first failure (a benchmark of a broken bus is no figure)."""
+def _repetitions(runner: ScenarioRunner, count: int, qos: int, phase: str, log: Log,
+                 each: Callable[[Repetition], object] | None = None) -> list[Repetition]:
+    """``count`` repetitions; stops at the first failure (a benchmark of a broken bus is no figure).
+    ``each`` sees every passed repetition at once, while the recorder still holds its messages."""
     reps = []
     every = max(1, count // 10)
     for i in range(1, count + 1):
         rep = runner.run_once(i)
         if not rep["passed"]:
             raise ScenarioError(f"QoS {qos}: {phase} repetition {i} failed: {rep['failure']}")
+        if each is not None:
+            each(rep)
         reps.append(rep)
         if phase == "measured" and (i % every == 0 or i == count):
             so_far = percentiles([r["e2e_ms"] for r in reps if r["e2e_ms"] is not None], (50,))["p50"]
@@ -172,12 +184,22 @@ def _repetitions(runner: ScenarioRunner, count: int, qos: int, phase: str, log: 
 
 
 def measure_qos(bus: Bus, scenario: Scenario, repeat: int, warmup: int, hops: int,
-                log: Log = print) -> LatencyByQos:
-    """One QoS level on one running bus: the scenario repetitions, then the one-hop baseline."""
+                log: Log = print) -> LatencyByQosV3:
+    """One QoS level on one running bus: the scenario repetitions (each split into its waterfall
+    from the recorder's sightings), then the one-hop baseline."""
     qos = bus.topology.qos
+    path = critical_path(scenario)
+    split: list[list[waterfall.Segment] | str] = []
     with ScenarioRunner(bus, scenario) as runner:
         _repetitions(runner, warmup, qos, "warm-up", log)
-        reps = _repetitions(runner, repeat, qos, "measured", log)
+
+        def keep_split(rep: Repetition) -> None:
+            try:
+                split.append(waterfall.split(bus.topology, path, rep, runner.recorder.snapshot(rep["first_index"])))
+            except waterfall.Incomplete as e:
+                split.append(str(e))
+
+        reps = _repetitions(runner, repeat, qos, "measured", log, keep_split)
         tls = runner.recorder.tls_version
     log(f"  QoS {qos}: one-hop baseline, {hops} messages")
     hop = one_hop(bus, hops)
@@ -198,6 +220,10 @@ def measure_qos(bus: Bus, scenario: Scenario, repeat: int, warmup: int, hops: in
     e2e, hop_stats = _stats(e2e_samples), _stats(hop["samples_ms"])
     expected = traversals["total"] * hop_stats["p50"]
     ratio = e2e["p50"] / expected
+    falls = waterfall.summarise(path, split, e2e_samples, traversals["total"], hop_stats["p50"])
+    if not falls["sums_within_tolerance"]:
+        log(f"  QoS {qos}: the waterfall's p50s sum to {falls['sum_of_p50_ms']:.2f} ms against an end-to-end p50 "
+            f"of {falls['e2e_p50_ms']:.2f} ms ({falls['sum_deviation']:+.1%}): outside the 5 % the issue asks")
     return {
         "qos": qos,
         "tls_version": tls,
@@ -213,6 +239,7 @@ def measure_qos(bus: Bus, scenario: Scenario, repeat: int, warmup: int, hops: in
         "meets_target": ratio <= TARGET_RATIO,
         "samples": {"e2e_ms": [round(v, _DIGITS) for v in e2e_samples],
                     "one_hop_ms": [round(v, _DIGITS) for v in hop["samples_ms"]]},
+        "waterfall": falls,
     }
 
 
@@ -249,7 +276,7 @@ def source_revision() -> str | None:
 
 
 def run_latency(buses: BusFactory, topology: Topology, scenario: Scenario, qos_levels: Iterable[int],
-                repeat: int, warmup: int, hops: int, out: Path, log: Log = print) -> LatencyResult:
+                repeat: int, warmup: int, hops: int, out: Path, log: Log = print) -> LatencyResultV3:
     """The whole benchmark, one fresh bus per QoS level; writes ``out/bench-latency.json``."""
     if repeat < 2:
         raise TestbedError(f"--repeat is {repeat}; percentiles need 2 or more repetitions")
@@ -263,7 +290,7 @@ def run_latency(buses: BusFactory, topology: Topology, scenario: Scenario, qos_l
             by_qos.append(measure_qos(bus, scenario, repeat, warmup, hops, log))
     env = environment(topology, by_qos[0]["tls_version"], "local")
     env["qos"] = levels
-    result: LatencyResult = {
+    result: LatencyResultV3 = {
         "schema": RESULT_SCHEMA,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "conditions": {
@@ -292,7 +319,7 @@ def run_latency(buses: BusFactory, topology: Topology, scenario: Scenario, qos_l
     return result
 
 
-def summary(result: LatencyResult) -> str:
+def summary(result: LatencyResultV3) -> str:
     """The headline table of a latency result, for a terminal."""
     c = result["conditions"]
     lines = [
@@ -309,4 +336,12 @@ def summary(result: LatencyResult) -> str:
             f"{h['p50']:8.3f} {h['p99']:6.3f}  {q['critical_path']['total']:>5}  {q['overhead_ratio']:5.2f}  "
             f"{'met' if q['meets_target'] else 'NOT met'}")
     lines.append("(milliseconds; ratio = e2e p50 / (broker traversals on the critical path x one-hop p50))")
+    for q in result["by_qos"]:
+        w = q["waterfall"]
+        kinds = ", ".join(f"{k} {v:.2f}" for k, v in w["p50_by_kind_ms"].items() if v)
+        devices = ", ".join(f"{d} {s.get('p50', 0.0):.2f}" for d, s in w["device_ms"].items())
+        lines.append(f"QoS {q['qos']} waterfall (p50 sums, ms): {kinds} = {w['sum_of_p50_ms']:.2f} against e2e p50 "
+                     f"{w['e2e_p50_ms']:.2f} ({w['sum_deviation']:+.1%}, "
+                     f"{'within' if w['sums_within_tolerance'] else 'OUTSIDE'} {w['sum_tolerance']:.0%}); "
+                     f"bus {w['bus_over_one_hop']:.2f} x its one-hop share; per device p50: {devices}")
     return "\n".join(lines)

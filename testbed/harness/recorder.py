@@ -43,6 +43,7 @@ DEFAULT_CAPACITY = 20_000  # observations held in memory (a few KB each): about 
 MAX_SIGHTINGS = 64  # per observation: a replayed message's copies are counted, not all kept
 
 _T = TypeVar("_T")
+_TIMING_KEYS = ("recv_ns", "feeder_ns", "sent_ns")
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Observation:
     sightings: list[tuple[str, str, int]] = field(default_factory=list)  # (broker, plane, recv_ns)
     error: str | None = None
     unkept_sightings: int = 0  # sightings beyond MAX_SIGHTINGS (the same bytes replayed), counted only
+    timing: dict[str, int] = field(default_factory=dict)  # the publisher's recv_ns / feeder_ns claims (figures only)
 
     @property
     def planes(self) -> set[str]:
@@ -84,7 +86,16 @@ class Observation:
         }
         if self.unkept_sightings:
             doc["unkept_sightings"] = self.unkept_sightings
+        if self.timing:
+            doc["timing"] = self.timing
         return doc
+
+
+def _timing(props: dict[str, str]) -> dict[str, int]:
+    """The timing claims a publisher attached (``devices.base.Device.publish``): nanosecond counts of
+    at most 19 digits; anything else is dropped (a property is input like any other)."""
+    return {k: int(v) for k in _TIMING_KEYS if (v := props.get(k)) is not None and v.isascii() and v.isdigit()
+            and len(v) <= 19}
 
 
 class Recorder:
@@ -192,7 +203,7 @@ class Recorder:
                 props = user_properties(msg)
                 obs = Observation(self._first + len(self._held), msg.topic, mrid, message, bytes(msg.payload),
                                   props.get("traceparent"), props.get("signer"), msg.qos, bool(msg.retain), now,
-                                  error=error)
+                                  error=error, timing=_timing(props))
                 self._hold(obs, key)
             if len(obs.sightings) < MAX_SIGHTINGS:
                 obs.sightings.append((broker, plane, now))
