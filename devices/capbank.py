@@ -29,7 +29,7 @@ class CapBankController(Device):
         if profile.name != "CapBankControlProfile" or mrid != self.id:
             return
         closed = message.body["action"] == "close"
-        self.log.info("%s from %s", message.body["action"], message.source)
+        self.log.debug("%s from %s", message.body["action"], message.source)  # debug: on the hot path
         self._report(self.feeder.request(op="set_capbank", closed=closed, traceparent=traceparent),
                      traceparent)
 

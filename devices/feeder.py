@@ -56,6 +56,13 @@ class FeederSettings(TypedDict, total=False):
     meter_period_s: float
 
 
+def _actuate(delay_s: float) -> None:
+    """Wait the configured actuation time; none at all for 0 (a sleep(0) still gives up the GIL to
+    the watchers' threads, in the middle of the reply the actuator waits for)."""
+    if delay_s > 0:
+        time.sleep(delay_s)
+
+
 class FeederModel:
     """The state of one feeder and the rule that gives the meter's voltage."""
 
@@ -84,13 +91,13 @@ class FeederModel:
             volts = request.get("volts")
             if not isinstance(volts, int | float) or not 0 <= volts <= 2 * NOMINAL_V:
                 raise ValueError(f"volts must be a number 0-{2 * NOMINAL_V:g}, not {volts!r}")
-            time.sleep(self.settings.get("supply_delay_s", 0.0))
+            _actuate(self.settings.get("supply_delay_s", 0.0))
             update = {"supply_v": float(volts)}
         elif op == "set_capbank":
             closed = request.get("closed")
             if not isinstance(closed, bool):
                 raise ValueError(f"closed must be true or false, not {closed!r}")
-            time.sleep(self.settings.get("capbank_delay_s", 0.0))
+            _actuate(self.settings.get("capbank_delay_s", 0.0))
             update = {"capbank_closed": closed}
         else:
             raise ValueError(f"unknown op {op!r}; use set_supply, set_capbank, state or watch")

@@ -31,7 +31,7 @@ class PowerSupply(Device):
         if profile.name != "SupplyControlProfile" or mrid != self.id:
             return
         self.setpoint_v = float(message.body["setpoint_v"])
-        self.log.info("set-point %.1f V from %s", self.setpoint_v, message.source)
+        self.log.debug("set-point %.1f V from %s", self.setpoint_v, message.source)  # debug: on the hot path
         state = self.feeder.request(op="set_supply", volts=self.setpoint_v, traceparent=traceparent)
         self._report(state, traceparent)
 

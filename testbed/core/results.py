@@ -314,11 +314,12 @@ class LatencyResult(TypedDict):
 class WaterfallSegment(TypedDict):
     """One part of the critical path (``testbed.bench.waterfall``), over the repetitions."""
 
-    key: str  # stable across repetitions: "3>4 bridge", "4 dms-1"
+    key: str  # stable across repetitions: "3>4 bus", "4 dms-1"
     step: int  # the step it belongs to; the display leg: the last step + 1
-    kind: str  # "broker", "bridge", "device", "feeder" or "display"
-    who: str  # the broker, "<from> -> <to>" for a bridge, or the device
+    kind: str  # "bus", "device", "feeder" or "display"
+    who: str  # the broker, "<from> -> <to>" over a bridge, or the device
     what: str
+    traversals: int  # brokers a bus segment crosses (1, or 2 over a bridge); 0 for the others
     ms: Percentiles
     samples_ms: list[float]  # one per complete repetition, in order
 
@@ -340,7 +341,7 @@ class Waterfall(TypedDict):
     sum_tolerance: float
     max_repetition_residual_ms: float  # |e2e - its segments' sum|, worst repetition: 0 but rounding
     device_ms: dict[str, Percentiles]  # each device's processing segments together
-    bus_p50_ms: float  # broker + bridge segments' p50s
+    bus_p50_ms: float  # the bus segments' p50s
     bus_over_one_hop: float  # bus_p50_ms / (traversals x one-hop p50)
 
 

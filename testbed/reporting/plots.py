@@ -181,17 +181,18 @@ def latency_steps(result: LatencyResult | LatencyResultV3) -> Figure:
 
 
 # Bus parts in blues, what our Python adds in warm colours: the split the figure is for.
-_KIND_STYLE = {"broker": ("#1f618d", ""), "bridge": ("#5dade2", "//"), "device": ("#b03a2e", ""),
-               "feeder": ("#ca6f1e", "xx"), "display": ("#7d3c98", "..")}
+_KIND_STYLE = {"bus": ("#1f618d", ""), "device": ("#b03a2e", "//"), "feeder": ("#ca6f1e", "xx"),
+               "display": ("#7d3c98", "..")}
 
 
 def latency_waterfall(result: LatencyResultV3) -> Figure:
     """One panel per QoS: the critical path's segments as a waterfall of their p50s, top to bottom.
 
     Each bar starts where the previous one ended (the p50s' running sum); its colour says what
-    spends the time (the bus: broker, bridge; ours: device, feeder model, display). A whisker runs
-    to the segment's p99. The bottom bar is the measured end-to-end p50: where the running sum
-    ends against it is the 5 % check of the waterfall.
+    spends the time (the bus, or ours: device, feeder model, display). A whisker runs to the
+    segment's p99; a tick on a bus bar marks its traversals x the one-hop p50 (the bus alone). The
+    bottom bar is the measured end-to-end p50: where the running sum ends against it is the 5 %
+    check of the waterfall.
     """
     levels = result["by_qos"]
     segments = levels[0]["waterfall"]["segments"]
@@ -206,6 +207,9 @@ def latency_waterfall(result: LatencyResultV3) -> Figure:
             p50 = s["ms"].get("p50", 0.0)
             axes.barh(y, p50, left=start, color=colour, hatch=hatch, edgecolor="white", height=0.7)
             axes.plot([start + p50, start + s["ms"].get("p99", p50)], [y, y], color="#17202a", linewidth=0.8)
+            if s["kind"] == "bus":
+                axes.plot(start + s["traversals"] * q["one_hop_ms"]["p50"], y, marker="|", markersize=12,
+                          markeredgewidth=2, color="#f4d03f")
             start += p50
         y_end = len(w["segments"])
         axes.barh(y_end, w["e2e_p50_ms"], color=_GREY, height=0.7)
@@ -213,7 +217,7 @@ def latency_waterfall(result: LatencyResultV3) -> Figure:
         axes.annotate(f"sum of p50s {start:.2f} ms\ne2e p50 {w['e2e_p50_ms']:.2f} ms ({w['sum_deviation']:+.1%})",
                       (start, y_end), textcoords="offset points", xytext=(6, -4), fontsize=8, va="top")
         k = w["p50_by_kind_ms"]
-        axes.set_title(f"QoS {q['qos']}: bus {k['broker'] + k['bridge']:.2f} ms, devices "
+        axes.set_title(f"QoS {q['qos']}: bus {k['bus']:.2f} ms, ours "
                        f"{k['device'] + k['feeder'] + k['display']:.2f} ms (p50s)", fontsize=10)
         axes.set_xlabel("ms from the trigger (bar: p50, whisker to p99)")
         axes.grid(True, axis="x", alpha=0.3)

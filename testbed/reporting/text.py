@@ -207,15 +207,15 @@ def waterfall_markdown(result: LatencyResultV3) -> str:
     """The critical path's segments, p50 / p99 ms per QoS, then the sums checked against end to end."""
     levels = result["by_qos"]
     segments = levels[0]["waterfall"]["segments"]
-    rows = [[s["step"], s["kind"], s["what"],
+    rows = [[s["step"], s["kind"], s["traversals"] or "", s["what"],
              *(f"{q['waterfall']['segments'][i]['ms'].get('p50', 0.0):.3f} / "
                f"{q['waterfall']['segments'][i]['ms'].get('p99', 0.0):.3f}" for q in levels)]
             for i, s in enumerate(segments)]
-    out = ["Waterfall of the critical path (the recorder's sighting of each message on each broker it crosses "
-           "and each publisher's timestamp, one clock): `broker` is a publish to its publisher's broker, "
-           "`bridge` the bridge to the receiver's site, `device` a device's receive to its publish, `feeder` "
-           "the same through the feeder model, `display` the tablet showing the diagram. p50 / p99 ms:\n\n",
-           markdown_table(["step", "kind", "segment", *(f"QoS {q['qos']}" for q in levels)], rows),
+    out = ["Waterfall of the critical path (each device's receive and send times, one clock): `bus` is a message "
+           "handed to paho to its arrival in the receiver's handler (1 broker, or 2 over the bridge), `device` a "
+           "device's receive to its send (decode, verify, decide, encode, sign), `feeder` the feeder model's new "
+           "state to the meter, `display` the tablet showing the diagram. p50 / p99 ms:\n\n",
+           markdown_table(["step", "kind", "traversals", "segment", *(f"QoS {q['qos']}" for q in levels)], rows),
            "\n\nSums of the segments' p50s (ms), against the end-to-end p50 of the same repetitions:\n\n"]
     kinds = list(levels[0]["waterfall"]["p50_by_kind_ms"])
     out.append(markdown_table(
