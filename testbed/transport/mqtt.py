@@ -22,13 +22,16 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties, VariableByteIntegers, writeUTF
+from paho.mqtt.properties import Properties
 
 import testbed.transport.guard as guard
 from testbed.core.errors import TestbedError
+from testbed.transport.properties import install, packed_publish_properties
 from testbed.transport.reliable import ReliableClient
 
 __all__ = ["Endpoint", "TLSIdentity", "connect", "publish_properties", "tls_context", "user_properties"]
+
+install()  # paho decodes every received message's properties with testbed.transport.properties
 
 RECONNECT_MIN_S = 0.25  # paho's defaults are 1 s and 120 s: see `fmb bench recovery`
 RECONNECT_MAX_S = 5.0
@@ -141,40 +144,11 @@ def connect(
     return client
 
 
-_PUBLISH_TEMPLATE = Properties(PacketTypes.PUBLISH)
-
-
-class _PublishProperties(Properties):
-    """PUBLISH properties as paho's, packed once and quickly: paho's ``__setattr__`` and ``pack()``
-    walk all 27 property names for each property set and each pack (about a third of a device's
-    publish on this machine, issue 13's profile). Only what :func:`publish_properties` sets is here,
-    checked as paho would (strings), so ``pack()`` need not look for anything else."""
-
-    def __init__(self, content_type: str, pairs: list[tuple[str, str]]) -> None:  # noqa: D107
-        # paho's __init__ builds its two tables of every property anew for each instance: shared here.
-        for attr in ("packetType", "types", "names", "properties"):
-            object.__setattr__(self, attr, getattr(_PUBLISH_TEMPLATE, attr))
-        for name, value in pairs:
-            if not isinstance(name, str) or not isinstance(value, str):
-                raise TypeError(f"a user property is a pair of strings, not {name!r}: {value!r}")
-        object.__setattr__(self, "ContentType", content_type)
-        if pairs:
-            object.__setattr__(self, "UserProperty", pairs)
-        buffer = b"\x03" + writeUTF(content_type)  # Content Type (3), then User Property (38) pairs
-        for name, value in pairs:
-            buffer += b"\x26" + writeUTF(name) + writeUTF(value)
-        object.__setattr__(self, "_packed", VariableByteIntegers.encode(len(buffer)) + buffer)
-
-    def pack(self) -> bytes:
-        packed: bytes = object.__getattribute__(self, "_packed")  # set in __init__, past paho's __setattr__
-        return packed
-
-
 def publish_properties(traceparent: str | None, extra: list[tuple[str, str]] | None = None) -> Properties:
     """PUBLISH properties: JSON content type, the trace context and ``extra`` as user properties."""
     pairs = [("traceparent", traceparent)] if traceparent else []
     pairs += extra or []
-    return _PublishProperties("application/json", pairs)
+    return packed_publish_properties("application/json", pairs)
 
 
 def user_properties(message: paho.MQTTMessage) -> dict[str, str]:
