@@ -74,9 +74,13 @@ def assert_latency_result(result: dict[str, Any]) -> None:
 def assert_waterfall(q: dict[str, Any], path: dict[str, Any]) -> None:
     """Every traversal of the critical path is a bus segment, every act a device's, and they add up."""
     w = q["waterfall"]
-    assert w["path"] == path["path"] and w["repetitions"] + w["incomplete"] == q["e2e_ms"]["n"]
+    assert w["paths"]["-".join(map(str, w["path"]))] == w["repetitions"] == max(w["paths"].values())
+    assert w["repetitions"] + w["incomplete"] == q["e2e_ms"]["n"]
+    # The path runs from the trigger to the last step, each step after one the scenario lets it follow.
+    assert w["path"][0] == 1 and w["path"][-1] == len(q["steps"]) and w["path"] == sorted(w["path"])
     kinds = [s["kind"] for s in w["segments"]]
-    assert sum(s["traversals"] for s in w["segments"] if s["kind"] == "bus") == path["total"]
+    traversals = sum(q["steps"][n - 1]["traversals"] for n in w["path"])
+    assert sum(s["traversals"] for s in w["segments"] if s["kind"] == "bus") == traversals
     # One act per link, and the supply before the feeder model before the meter where the physics couples them.
     assert kinds.count("device") == len(path["path"]) + kinds.count("feeder") and kinds[-1] == "display"
     for s in w["segments"]:

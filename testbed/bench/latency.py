@@ -188,14 +188,13 @@ def measure_qos(bus: Bus, scenario: Scenario, repeat: int, warmup: int, hops: in
     """One QoS level on one running bus: the scenario repetitions (each split into its waterfall
     from the recorder's sightings), then the one-hop baseline."""
     qos = bus.topology.qos
-    path = critical_path(scenario)
-    split: list[list[waterfall.Segment] | str] = []
+    split: list[tuple[list[int], list[waterfall.Segment]] | str] = []
     with ScenarioRunner(bus, scenario) as runner:
         _repetitions(runner, warmup, qos, "warm-up", log)
 
         def keep_split(rep: Repetition) -> None:
             try:
-                split.append(waterfall.split(bus.topology, path, rep, runner.recorder.snapshot(rep["first_index"])))
+                split.append(waterfall.split(bus.topology, rep, runner.recorder.snapshot(rep["first_index"])))
             except waterfall.Incomplete as e:
                 split.append(str(e))
 
@@ -220,7 +219,7 @@ def measure_qos(bus: Bus, scenario: Scenario, repeat: int, warmup: int, hops: in
     e2e, hop_stats = _stats(e2e_samples), _stats(hop["samples_ms"])
     expected = traversals["total"] * hop_stats["p50"]
     ratio = e2e["p50"] / expected
-    falls = waterfall.summarise(path, split, e2e_samples, traversals["total"], hop_stats["p50"])
+    falls = waterfall.summarise(split, e2e_samples, traversals["total"], hop_stats["p50"])
     if not falls["sums_within_tolerance"]:
         log(f"  QoS {qos}: the waterfall's p50s sum to {falls['sum_of_p50_ms']:.2f} ms against an end-to-end p50 "
             f"of {falls['e2e_p50_ms']:.2f} ms ({falls['sum_deviation']:+.1%}): outside the 5 % the issue asks")

@@ -24,17 +24,20 @@ issue asks for 5 %); their means add exactly. The recorder's own sightings are n
 bridged transit between its two brokers: the recorder is one more Python subscriber on a shared
 machine and its sighting came after the remote device's arrival in about half the repetitions
 here. A message without the timing properties (a device of another make) falls back to the
-recorder's sighting on the receiver's broker.
+recorder's sighting on the receiver's broker. A repetition in which a step followed another
+message than the one the scenario says (the DMS's final diagram published on the supply's status
+because it came after the meter's reading) took another path: it is counted ``incomplete``, why.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from testbed.core.results import Percentiles, Repetition, Waterfall, WaterfallSegment
+from testbed.core.results import Percentiles, Repetition, ScenarioStep, Waterfall, WaterfallSegment
 from testbed.core.stats import percentiles, rounded
 from testbed.core.topics import PROFILES, ROLES, parse_topic
 from testbed.core.topology import Topology
@@ -89,9 +92,35 @@ def _end(observations: Sequence[Observation], device: str, topic: str, displayed
                 None)
 
 
-def split(topology: Topology, path: Sequence[int], rep: Repetition,
-          observations: Sequence[Observation]) -> list[Segment]:
-    """The segments of one passed repetition's critical path (``path``: step numbers, trigger first);
+def _path(steps: Sequence[ScenarioStep], found: dict[int, Observation | None], last: Observation) -> list[int]:
+    """The steps this repetition really went through, trigger first: back from the end, each step to
+    the message its publisher says it was handling (``cause``), or, where it claims none (the trigger;
+    the meter, which follows the feeder model), to the step the scenario says it follows."""
+    ids = {f"{o.decoded.source}/{o.decoded.seq}": n for n, o in found.items() if o is not None}
+    diagram = last.decoded.body.get("diagram_seq")
+    n = next((m for m, o in found.items() if o is not None and o.decoded.source == last.decoded.body.get("dms")
+              and o.decoded.seq == diagram), None)
+    if n is None:
+        raise Incomplete(f"{last.decoded.source} ended on a diagram (seq {diagram}) that is no step of the scenario")
+    path: list[int] = []
+    while n:
+        if n in path or len(path) > len(steps):
+            raise Incomplete(f"the causes of the steps loop at step {n}")
+        path.append(n)
+        obs = found[n]
+        if obs is None:
+            raise Incomplete(f"the recorder holds no message of step {n}")
+        if obs.cause is None:
+            n = steps[n - 1]["after"]
+        elif obs.cause in ids:
+            n = ids[obs.cause]
+        else:
+            raise Incomplete(f"step {n} followed a message that is no step of the scenario ({obs.cause})")
+    return path[::-1]
+
+
+def split(topology: Topology, rep: Repetition, observations: Sequence[Observation]) -> tuple[list[int], list[Segment]]:
+    """The path one passed repetition took (step numbers, trigger first) and its segments;
     :class:`Incomplete` says why not when a message on it was not seen where it had to be."""
     steps, end = rep["steps"], rep["end"]
     if end is None or rep["e2e_ms"] is None:
@@ -101,17 +130,13 @@ def split(topology: Topology, path: Sequence[int], rep: Repetition,
     last = _end(observations, end["device"], end["topic"], rep["t0_ns"] + round(rep["e2e_ms"] * 1e6))
     if last is None:
         raise Incomplete(f"the recorder holds no display acknowledgement of {end['device']} at the end's time")
-    missing = [n for n in path if found[n] is None]
-    if missing:
-        raise Incomplete(f"the recorder holds no message of step(s) {missing}")
-    if last.decoded.body.get("diagram_seq") != steps[path[-1] - 1]["seq"]:
-        raise Incomplete(f"{end['device']} ended on another diagram than step {path[-1]}'s (one published before it)")
+    path = _path(steps, found, last)
     trigger = found[path[0]]
     assert trigger is not None
     segments = [Segment(f"{path[0]} {trigger.decoded.source}", path[0], "device", trigger.decoded.source,
                         f"step {path[0]}: {trigger.decoded.source} encodes, signs, publishes the trigger",
                         (_sent(trigger) - trigger.decoded.ts_ns) / 1e6)]
-    chain = [*path, path[-1] + 1]
+    chain = [*path, len(steps) + 1]
     for p, n in zip(chain, chain[1:], strict=False):
         cause, effect = found[p], found.get(n) if n <= len(steps) else last
         assert cause is not None and effect is not None
@@ -124,7 +149,7 @@ def split(topology: Topology, path: Sequence[int], rep: Repetition,
         if direct is None:
             raise Incomplete(f"no step takes step {p}'s message off the bus before step {n}")
         segments += _link(topology, p, n, cause, direct, effect, acted_ns, is_end=n > len(steps))
-    return segments
+    return path, segments
 
 
 def _link(topology: Topology, p: int, n: int, cause: Observation, direct: Observation, effect: Observation,
@@ -169,16 +194,22 @@ def _stats(samples: Sequence[float]) -> Percentiles:
     return rounded(percentiles(samples, (50, 90, 99)), _DIGITS)
 
 
-def summarise(path: Sequence[int], per_rep: Sequence[list[Segment] | str], e2e_ms: Sequence[float],
+def summarise(per_rep: Sequence[tuple[list[int], list[Segment]] | str], e2e_ms: Sequence[float],
               traversals: int, one_hop_p50_ms: float) -> Waterfall:
     """Percentiles over the repetitions of every segment, the sums checked against end to end.
 
-    ``per_rep[i]`` and ``e2e_ms[i]`` are repetition i's (a string: incomplete, why; left out).
+    ``per_rep[i]`` and ``e2e_ms[i]`` are repetition i's (a string: incomplete, why; left out). The
+    waterfall is that of the path most repetitions took; the others are counted in ``paths``.
     """
-    complete = [(segs, e) for segs, e in zip(per_rep, e2e_ms, strict=True) if not isinstance(segs, str)]
+    taken = Counter("-".join(map(str, r[0])) for r in per_rep if not isinstance(r, str))
     reasons = sorted({r for r in per_rep if isinstance(r, str)})
-    if not complete:
+    if not taken:
         raise ValueError(f"no repetition has a complete waterfall: {'; '.join(reasons)}")
+    main = taken.most_common(1)[0][0]
+    path = [int(n) for n in main.split("-")]
+    complete = [(r[1], e) for r, e in zip(per_rep, e2e_ms, strict=True)
+                if not isinstance(r, str) and "-".join(map(str, r[0])) == main]
+    reasons += [f"{k} took the path {p}" for p, k in taken.items() if p != main]
     order = [s.key for s in complete[0][0]]
     if any([s.key for s in segs] != order for segs, _ in complete):
         raise ValueError("the critical path's segments differ between repetitions; the scenario is not one path")
@@ -203,7 +234,8 @@ def summarise(path: Sequence[int], per_rep: Sequence[list[Segment] | str], e2e_m
     bus_p50 = by_kind["bus"]
     deviation = (sum_p50 - e2e_p50) / e2e_p50
     return {
-        "path": list(path),
+        "path": path,
+        "paths": dict(taken),
         "repetitions": len(complete),
         "incomplete": len(per_rep) - len(complete),
         "incomplete_reasons": reasons[:5],

@@ -327,15 +327,16 @@ class WaterfallSegment(TypedDict):
 class Waterfall(TypedDict):
     """Where the end-to-end time goes; the segments of one repetition sum to its end to end."""
 
-    path: list[int]
-    repetitions: int  # with every sighting on the path
-    incomplete: int  # left out: the recorder missed a message on a broker it crossed
+    path: list[int]  # the steps most repetitions went through (each step to the message it followed)
+    paths: dict[str, int]  # every path taken ("1-3-4-5-6-8-9"): repetitions
+    repetitions: int  # that took ``path``, with every message held
+    incomplete: int  # left out: another path, or the recorder did not hold a message on it
     incomplete_reasons: list[str]  # why, the first few distinct
     segments: list[WaterfallSegment]
     p50_by_kind_ms: dict[str, float]  # sums of the segments' p50s, per kind
     mean_by_kind_ms: dict[str, float]  # sums of their means (these add up exactly)
     sum_of_p50_ms: float
-    e2e_p50_ms: float  # over the complete repetitions
+    e2e_p50_ms: float  # over the repetitions of ``path``
     sum_deviation: float  # (sum_of_p50_ms - e2e_p50_ms) / e2e_p50_ms
     sums_within_tolerance: bool
     sum_tolerance: float

@@ -64,6 +64,7 @@ class Observation:
     error: str | None = None
     unkept_sightings: int = 0  # sightings beyond MAX_SIGHTINGS (the same bytes replayed), counted only
     timing: dict[str, int] = field(default_factory=dict)  # the publisher's recv_ns / feeder_ns claims (figures only)
+    cause: str | None = None  # the publisher's claim: the message it was handling, "<source>/<seq>"
 
     @property
     def planes(self) -> set[str]:
@@ -88,6 +89,8 @@ class Observation:
             doc["unkept_sightings"] = self.unkept_sightings
         if self.timing:
             doc["timing"] = self.timing
+        if self.cause:
+            doc["cause"] = self.cause
         return doc
 
 
@@ -96,6 +99,12 @@ def _timing(props: dict[str, str]) -> dict[str, int]:
     at most 19 digits; anything else is dropped (a property is input like any other)."""
     return {k: int(v) for k in _TIMING_KEYS if (v := props.get(k)) is not None and v.isascii() and v.isdigit()
             and len(v) <= 19}
+
+
+def _cause(props: dict[str, str]) -> str | None:
+    """The ``cause`` a publisher claims, if it looks like one (``<source>/<seq>``, printable, short)."""
+    value = props.get("cause")
+    return value if value and len(value) <= 200 and value.isprintable() and "/" in value else None
 
 
 class Recorder:
@@ -203,7 +212,7 @@ class Recorder:
                 props = user_properties(msg)
                 obs = Observation(self._first + len(self._held), msg.topic, mrid, message, bytes(msg.payload),
                                   props.get("traceparent"), props.get("signer"), msg.qos, bool(msg.retain), now,
-                                  error=error, timing=_timing(props))
+                                  error=error, timing=_timing(props), cause=_cause(props))
                 self._hold(obs, key)
             if len(obs.sightings) < MAX_SIGHTINGS:
                 obs.sightings.append((broker, plane, now))

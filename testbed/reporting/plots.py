@@ -198,7 +198,7 @@ def latency_waterfall(result: LatencyResultV3) -> Figure:
     segments = levels[0]["waterfall"]["segments"]
     figure = _figure(max(10.0, 5.2 * len(levels)), 0.32 * len(segments) + 2.6)
     axes_row = figure.subplots(1, len(levels), sharey=True, squeeze=False)[0]
-    labels = [f"{s['step']}: {s['who']}" for s in segments] + ["end to end"]
+    labels = [f"{s['key'].split()[0]}: {s['who']}" for s in segments] + ["end to end"]
     for axes, q in zip(axes_row, levels, strict=True):
         w = q["waterfall"]
         start = 0.0
@@ -229,7 +229,9 @@ def latency_waterfall(result: LatencyResultV3) -> Figure:
         handles=[Patch(facecolor=c, hatch=h, edgecolor="white", label=k) for k, (c, h) in _KIND_STYLE.items()],
         loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=len(_KIND_STYLE), fontsize=8, frameon=False)
     c = result["conditions"]
-    return _finish(figure, f"Where the time goes: {c['scenario']} critical path, ×{c['repetitions']}", result)
+    load = c.get("load_average_before")
+    busy = f", load average {load[0]:.1f} before" if load else ""  # a shared machine's figures vary with it
+    return _finish(figure, f"Where the time goes: {c['scenario']} critical path, ×{c['repetitions']}{busy}", result)
 
 
 # -- prioritisation (fmb.bench-prioritization/1) ------------------------------------------------
