@@ -3,10 +3,13 @@
 For each QoS level a fresh bus is started whose devices publish and subscribe at that QoS (the
 caller supplies the buses: :func:`local_buses` starts local processes on free ports). On it,
 after a warm-up, the scenario is repeated and every repetition's end-to-end and per-step times
-are kept; then, on the same running brokers, a plain publish -> broker -> subscriber hop is timed
-(one publisher, one subscriber, one message in flight, TLS, the same QoS, a payload the size of a
-supply command). The overhead ratio is end-to-end p50 / (broker traversals on the critical path x
-one-hop p50): what the devices, the feeder model and the bridge add to the bus itself.
+are kept; between the repetitions, on the same running brokers, a plain publish -> broker ->
+subscriber hop is timed (one publisher, one subscriber, one message in flight, TLS, the same QoS, a
+payload the size of a supply command; a few after each repetition, so that the baseline sees the
+machine's load as the scenario does). Each repetition is also split into its waterfall
+(:mod:`testbed.bench.waterfall`): where the time goes, bus or devices. The overhead ratio is
+end-to-end p50 / (broker traversals on the critical path x one-hop p50): what the devices, the
+feeder model and the bridge add to the bus itself.
 
 The result (``bench-latency.json``, schema :data:`RESULT_SCHEMA`) keeps the raw end-to-end and
 one-hop samples so that CDFs can be drawn from it; nothing is re-measured to draw a figure.
@@ -52,7 +55,9 @@ from testbed.security.pki import PKI
 from testbed.transport.mqtt import connect, publish_properties
 
 __all__ = [
+    "ONE_HOP_WARMUP",
     "PERCENTILES",
+    "OneHopProbe",
     "RESULT_FILE",
     "RESULT_SCHEMA",
     "TARGET_RATIO",
@@ -72,6 +77,7 @@ RESULT_SCHEMA: Final = "fmb.bench-latency/3"  # the shape: testbed.core.results.
 RESULT_FILE = "bench-latency.json"
 TARGET_RATIO = 1.3
 PERCENTILES = (50, 90, 99)
+ONE_HOP_WARMUP = 50
 _DIGITS = 4  # 0.1 µs: below the clock's useful resolution for these hops, keeps the JSON small
 
 BusFactory = Callable[[int], AbstractContextManager[Bus]]
@@ -93,47 +99,65 @@ def parse_qos_levels(text: str) -> list[int]:
     return levels
 
 
+class OneHopProbe:
+    """One publisher and one subscriber on ``broker`` at the bus's QoS, timing one message at a time
+    (TLS, a payload the size of a supply command); close it after use."""
+
+    def __init__(self, bus: Bus, broker: str = "field-control") -> None:
+        t = bus.topology
+        self.broker, self.qos = broker, t.qos
+        self.name = topic(t.root, "SupplyControlProfile", "bench-probe")  # no device has this mRID
+        self.payload = encode("SupplyControlProfile", "operator", 0, {"setpoint_v": 120.0})
+        self._received = threading.Event()
+        self._stamps: dict[str, int] = {}
+        subscribed = threading.Event()
+
+        def on_message(c: Any, u: Any, msg: Any) -> None:
+            self._stamps["recv"] = time.perf_counter_ns()
+            self._received.set()
+
+        def on_connect(c: Any) -> None:
+            c.on_subscribe = lambda *a: subscribed.set()
+            c.subscribe(self.name, t.qos)
+
+        self._sub = connect(f"bench-sub-{time.monotonic_ns() % 10**9}", bus.identity("recorder"),
+                            bus.endpoint(broker), on_message=on_message, on_connect=on_connect)
+        self._pub = connect(f"bench-pub-{time.monotonic_ns() % 10**9}", bus.identity("operator"),
+                            bus.endpoint(broker))
+        if not subscribed.wait(10):
+            self.close()
+            raise ScenarioError("the one-hop subscriber could not subscribe in 10 s")
+
+    def sample(self, count: int) -> list[float]:
+        """``count`` hops, one after the other: publish to the subscriber's callback, in ms."""
+        samples = []
+        for i in range(count):
+            self._received.clear()
+            sent = time.perf_counter_ns()
+            self._pub.publish(self.name, self.payload, self.qos, properties=publish_properties(None))
+            if not self._received.wait(5):
+                raise ScenarioError(f"one-hop message {i} on {self.broker} not received in 5 s")
+            samples.append((self._stamps["recv"] - sent) / 1e6)
+        return samples
+
+    def close(self) -> None:
+        for c in (self._sub, self._pub):
+            c.disconnect()
+            c.loop_stop()
+
+
 def one_hop(bus: Bus, count: int, broker: str = "field-control", warmup: int = 50) -> OneHop:
     """Time ``count`` sequential publish -> subscriber hops on ``broker`` at the bus's QoS.
 
     Returns the broker, the payload size, the counts and the raw samples in ms.
     """
-    t = bus.topology
-    name = topic(t.root, "SupplyControlProfile", "bench-probe")  # no device has this mRID
-    received = threading.Event()
-    stamps: dict[str, int] = {}
-
-    def on_message(c: Any, u: Any, msg: Any) -> None:
-        stamps["recv"] = time.perf_counter_ns()
-        received.set()
-
-    subscribed = threading.Event()
-
-    def on_connect(c: Any) -> None:
-        c.on_subscribe = lambda *a: subscribed.set()
-        c.subscribe(name, t.qos)
-
-    sub = connect(f"bench-sub-{time.monotonic_ns() % 10**9}", bus.identity("recorder"), bus.endpoint(broker),
-                  on_message=on_message, on_connect=on_connect)
-    pub = connect(f"bench-pub-{time.monotonic_ns() % 10**9}", bus.identity("operator"), bus.endpoint(broker))
+    probe = OneHopProbe(bus, broker)
     try:
-        if not subscribed.wait(10):
-            raise ScenarioError("the one-hop subscriber could not subscribe in 10 s")
-        samples = []
-        payload = encode("SupplyControlProfile", "operator", 0, {"setpoint_v": 120.0})
-        for i in range(warmup + count):
-            received.clear()
-            sent = time.perf_counter_ns()
-            pub.publish(name, payload, t.qos, properties=publish_properties(None))
-            if not received.wait(5):
-                raise ScenarioError(f"one-hop message {i} on {broker} not received in 5 s")
-            if i >= warmup:
-                samples.append((stamps["recv"] - sent) / 1e6)
+        probe.sample(warmup)
+        samples = probe.sample(count)
     finally:
-        for c in (sub, pub):
-            c.disconnect()
-            c.loop_stop()
-    return {"broker": broker, "payload_bytes": len(payload), "count": count, "warmup": warmup,
+        probe.close()
+    return {"broker": broker, "payload_bytes": len(probe.payload), "count": count, "warmup": warmup,
             "samples_ms": samples}
 
 
@@ -189,19 +213,29 @@ def measure_qos(bus: Bus, scenario: Scenario, repeat: int, warmup: int, hops: in
     from the recorder's sightings), then the one-hop baseline."""
     qos = bus.topology.qos
     split: list[tuple[list[int], list[waterfall.Segment]] | str] = []
-    with ScenarioRunner(bus, scenario) as runner:
-        _repetitions(runner, warmup, qos, "warm-up", log)
+    hop_samples: list[float] = []
+    # The baseline is taken between the repetitions, a few hops after each, so that it sees the load
+    # they see: on a shared machine a baseline measured apart moved by 3x from one minute to the next.
+    per_rep = -(-hops // repeat)
+    probe = OneHopProbe(bus)
+    try:
+        with ScenarioRunner(bus, scenario) as runner:
+            _repetitions(runner, warmup, qos, "warm-up", log)
+            probe.sample(ONE_HOP_WARMUP)
 
-        def keep_split(rep: Repetition) -> None:
-            try:
-                split.append(waterfall.split(bus.topology, rep, runner.recorder.snapshot(rep["first_index"])))
-            except waterfall.Incomplete as e:
-                split.append(str(e))
+            def after_each(rep: Repetition) -> None:
+                try:
+                    split.append(waterfall.split(bus.topology, rep, runner.recorder.snapshot(rep["first_index"])))
+                except waterfall.Incomplete as e:
+                    split.append(str(e))
+                hop_samples.extend(probe.sample(min(per_rep, hops - len(hop_samples))))
 
-        reps = _repetitions(runner, repeat, qos, "measured", log, keep_split)
-        tls = runner.recorder.tls_version
-    log(f"  QoS {qos}: one-hop baseline, {hops} messages")
-    hop = one_hop(bus, hops)
+            reps = _repetitions(runner, repeat, qos, "measured", log, after_each)
+            tls = runner.recorder.tls_version
+    finally:
+        probe.close()
+    hop: OneHop = {"broker": probe.broker, "payload_bytes": len(probe.payload), "count": hops,
+                   "warmup": ONE_HOP_WARMUP, "samples_ms": hop_samples}
     shown = reps[-1]["steps"]
     traversals = critical_path_traversals(bus.topology, scenario, shown)
     e2e_samples = [r["e2e_ms"] for r in reps if r["e2e_ms"] is not None]  # every one: they all passed
@@ -300,7 +334,8 @@ def run_latency(buses: BusFactory, topology: Topology, scenario: Scenario, qos_l
             "one_hop_payload_bytes": by_qos[0]["one_hop"]["payload_bytes"],
             "tls_version": by_qos[0]["tls_version"],
             "bus": "a fresh bus per QoS level (every device at that QoS), on free loopback ports; "
-                   "the one-hop baseline runs on the same brokers right after the repetitions",
+                   "the one-hop baseline runs on the same brokers, interleaved with the repetitions "
+                   "(ceil(hops / repetitions) messages after each, after a warm-up of its own)",
             "client": "paho-mqtt, MQTT v5, TCP_NODELAY, one message in flight",
             "percentile_method": "linear interpolation between closest ranks (numpy 'linear')",
             "duration_s": round(time.monotonic() - started, 1),
