@@ -39,8 +39,10 @@ __all__ = [
     "CutoffResult",
     "Environment",
     "LatencyByQos",
+    "LatencyByQosV3",
     "LatencyConditions",
     "LatencyResult",
+    "LatencyResultV3",
     "LatencySamples",
     "LatencyStep",
     "Machine",
@@ -94,6 +96,8 @@ __all__ = [
     "WanPriorityClass",
     "WanResult",
     "WanRow",
+    "Waterfall",
+    "WaterfallSegment",
 ]
 
 
@@ -302,6 +306,56 @@ class LatencyResult(TypedDict):
     conditions: LatencyConditions
     target_ratio: float
     by_qos: list[LatencyByQos]
+    environment: Environment
+
+
+# -- fmb bench latency: bench-latency.json (fmb.bench-latency/3): /2 and the waterfall ------------
+
+class WaterfallSegment(TypedDict):
+    """One part of the critical path (``testbed.bench.waterfall``), over the repetitions."""
+
+    key: str  # stable across repetitions: "3>4 bus", "4 dms-1"
+    step: int  # the step it belongs to; the display leg: the last step + 1
+    kind: str  # "bus", "device", "feeder" or "display"
+    who: str  # the broker, "<from> -> <to>" over a bridge, or the device
+    what: str
+    traversals: int  # brokers a bus segment crosses (1, or 2 over a bridge); 0 for the others
+    ms: Percentiles
+    samples_ms: list[float]  # one per complete repetition, in order
+
+
+class Waterfall(TypedDict):
+    """Where the end-to-end time goes; the segments of one repetition sum to its end to end."""
+
+    path: list[int]  # the steps most repetitions went through (each step to the message it followed)
+    paths: dict[str, int]  # every path taken ("1-3-4-5-6-8-9"): repetitions
+    repetitions: int  # that took ``path``, with every message held
+    incomplete: int  # left out: another path, or the recorder did not hold a message on it
+    incomplete_reasons: list[str]  # why, the first few distinct
+    segments: list[WaterfallSegment]
+    p50_by_kind_ms: dict[str, float]  # sums of the segments' p50s, per kind
+    mean_by_kind_ms: dict[str, float]  # sums of their means (these add up exactly)
+    sum_of_p50_ms: float
+    e2e_p50_ms: float  # over the repetitions of ``path``
+    sum_deviation: float  # (sum_of_p50_ms - e2e_p50_ms) / e2e_p50_ms
+    sums_within_tolerance: bool
+    sum_tolerance: float
+    max_repetition_residual_ms: float  # |e2e - its segments' sum|, worst repetition: 0 but rounding
+    device_ms: dict[str, Percentiles]  # each device's processing segments together
+    bus_p50_ms: float  # the bus segments' p50s
+    bus_over_one_hop: float  # bus_p50_ms / (traversals x one-hop p50)
+
+
+class LatencyByQosV3(LatencyByQos):
+    waterfall: Waterfall
+
+
+class LatencyResultV3(TypedDict):
+    schema: Literal["fmb.bench-latency/3"]
+    created: str
+    conditions: LatencyConditions
+    target_ratio: float
+    by_qos: list[LatencyByQosV3]
     environment: Environment
 
 
