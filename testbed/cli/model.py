@@ -81,8 +81,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     topology = load_topology(_topology_path(args.topology_file or args.topology))
     settings = parse_settings(args.set or [], from_topology(topology))
     calibration, name = _calibration(args)
-    out = _out(args, "run")
     run = run_model(settings, calibration, topology.name, name)
+    out = _out(args, "run")
     for flow in run["flows"]:
         lat = flow["latency_ms"]
         print(f"{flow['flow']:20} sent {flow['sent']:>9} delivered {flow['delivered']:>9} lost {flow['lost']:>7}  "
@@ -104,8 +104,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                       else [FIXTURES / "bench-prioritization.json"])
     if args.seconds < 2:
         raise TestbedError(f"--seconds {args.seconds:g}; give 2 or more simulated seconds per point")
-    out = _out(args, "validation")
     doc = validate(calibration, name, scale, prioritization, not args.no_contention, args.seconds, args.seed)
+    out = _out(args, "validation")
     from testbed.model.plots import validation_plot, validation_table
 
     print(validation_table(doc))
@@ -115,8 +115,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_answers(args: argparse.Namespace) -> int:
     calibration, name = _calibration(args)
-    out = _out(args, "answers")
     doc = answer(calibration, name, quick=args.quick)
+    out = _out(args, "answers")
     from testbed.model.plots import answer_plots
 
     figures = answer_plots(doc, out)

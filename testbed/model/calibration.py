@@ -34,10 +34,10 @@ def _fail(path: Path, field: str, problem: str) -> TestbedError:
     return TestbedError(f"calibration {path}: {field} {problem}; write it with `fmb model calibrate`")
 
 
-def _number(path: Path, doc: dict[str, Any], key: str, low: float = 0.0) -> float:
+def _number(path: Path, doc: dict[str, Any], key: str, low: float = 0.0, where: str = "") -> float:
     value = doc.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < low:
-        raise _fail(path, key, f"is {value!r}, not a number >= {low:g}")
+        raise _fail(path, f"{where}{key}", f"is {value!r}, not a number >= {low:g}")
     return float(value)
 
 
@@ -46,7 +46,7 @@ def _by_qos(path: Path, doc: dict[str, Any], key: str) -> None:
     if not isinstance(table, dict) or set(table) != set(QOS_KEYS):
         raise _fail(path, key, f"must map each QoS {', '.join(QOS_KEYS)} to a number; got {table!r:.60}")
     for q in QOS_KEYS:
-        _number(path, table, q, low=-math.inf if key != "client_overhead_ms" else 0.0)
+        _number(path, table, q, low=-math.inf if key != "client_overhead_ms" else 0.0, where=f"{key}.")
         if key == "base_us" and table[q] <= 0:
             raise _fail(path, f"{key}.{q}", f"is {table[q]!r}; a message costs the broker more than nothing")
 
@@ -59,7 +59,7 @@ def _rows(path: Path, doc: dict[str, Any], key: str, fields: tuple[str, ...]) ->
         if not isinstance(row, dict):
             raise _fail(path, f"{key}[{i}]", "is not an object")
         for f in fields:
-            _number(path, row, f)
+            _number(path, row, f, where=f"{key}[{i}].")
         if row.get("qos") not in (0, 1, 2):
             raise _fail(path, f"{key}[{i}].qos", f"is {row.get('qos')!r}; give 0, 1 or 2")
 
@@ -101,7 +101,7 @@ def load_calibration(path: Path | str | None = None) -> ModelCalibration:
     if not isinstance(devices, dict) or not devices:
         raise _fail(file, "device_ms", "must map each device role to its processing time in ms")
     for role in devices:
-        _number(file, devices, role)
+        _number(file, devices, role, where="device_ms.")
     if not isinstance(doc.get("environment"), dict) or not isinstance(doc.get("conditions"), dict):
         raise _fail(file, "environment and conditions", "are missing; a figure needs its conditions")
     return cast(ModelCalibration, doc)
