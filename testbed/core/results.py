@@ -1046,7 +1046,9 @@ class ModelCalibration(TypedDict):
     broker_fit: ModelBrokerFit
     bridge: list[ModelBridgePoint]
     handshake_us: float  # broker CPU per mutual-TLS connection (connect, CONNACK, disconnect)
+    round_trip_ms: Percentiles  # command -> echo responder -> acknowledgement on the idle broker, QoS 1
     client_overhead_ms: dict[str, float]  # by QoS: one-hop p50 not spent in the broker (client stacks, loopback)
+    one_hop_ms: dict[str, Percentiles]  # by QoS: the latency fixture's one-hop latencies, whose spread the model draws
     service_cv: float  # coefficient of variation of a hop's time (one-hop samples), for the service distribution
     device_ms: dict[str, float]  # by role: a device's own processing (a step's hop less its two broker traversals)
     environment: Environment

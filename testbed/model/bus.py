@@ -20,6 +20,7 @@ import datetime as dt
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -72,6 +73,9 @@ class Settings:
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 20.0
     connect_timeout_s: float = 10.0
+    accept_backlog: int = 100  # connections the listener queues before the kernel drops new SYNs (listen(fd, 100))
+    storm_cohort: int = 1  # clients that reconnect as one (1: each its own; more: a storm of millions in seconds)
+    storm_limit_s: float = 3600.0  # stop a storm that has not ended this long after the restart
     partition_at_s: float = 0.0
     partition_s: float = 0.0
     slowdown: float = 1.0  # every broker's work x this: CPU contention (1 = a core to itself)
@@ -95,6 +99,8 @@ class Settings:
             ("backoff", self.backoff in ("jitter", "fixed"), "jitter or fixed"),
             ("backoff_base_s", self.backoff_base_s > 0, "> 0"), ("backoff_cap_s", self.backoff_cap_s > 0, "> 0"),
             ("connect_timeout_s", self.connect_timeout_s > 0, "> 0"),
+            ("accept_backlog", self.accept_backlog >= 1, "1 or more"), ("storm_cohort", self.storm_cohort >= 1, ">= 1"),
+            ("storm_limit_s", self.storm_limit_s > 0, "> 0"),
             ("partition_s", self.partition_s >= 0, ">= 0"), ("slowdown", self.slowdown >= 1, "1 or more"),
         ]
         for key, fine, want in checks:
@@ -154,54 +160,77 @@ def from_topology(topology: Topology) -> Settings:
 
 
 class _Storm:
-    """Clients of a restarted broker reconnecting: each attempt a handshake on the broker's thread."""
+    """Clients of a restarted broker reconnecting: each attempt a TLS handshake on the broker's thread.
+
+    While the broker is down an attempt is refused at once. Up, the listener queues at most
+    ``accept_backlog`` connections; past that the kernel drops the SYN and the client tries again after
+    its backoff. A queued handshake that waits past ``connect_timeout_s`` is abandoned by its client,
+    but the broker still does it (it reads the ClientHello before it sees the close): wasted work.
+    ``storm_cohort`` clients move as one (one attempt, that many handshakes of work), so that a storm of
+    hundreds of thousands takes seconds to simulate; the backoff draws are then per cohort.
+    """
 
     def __init__(self, env: simpy.Environment, broker: Broker, clients: int, s: Settings, costs: Costs,
                  rng: random.Random, background: Callable[[], float]) -> None:
         self.env, self.broker, self.s, self.costs, self.rng, self.background = env, broker, s, costs, rng, background
-        self.connected = bytearray(clients)  # 1: connected
+        self.clients, self.cohort = clients, s.storm_cohort
+        self.connected = bytearray(math.ceil(clients / s.storm_cohort))  # per cohort, 1: connected
         self.remaining = clients
-        self.attempts = self.refused = self.abandoned = 0
+        self.attempts = self.refused = self.dropped = self.abandoned = 0
         self.reconnect_s: list[float] = []
         self.start = 0.0
         self.done = env.event()
+        self._pending: deque[float] = deque()  # completion times of the handshakes the listener holds
 
     def strike(self) -> None:
         self.start = self.env.now
         self.connected[:] = bytes(len(self.connected))
-        self.remaining = len(self.connected)
+        self.remaining = self.clients
         self.broker.restart(self.s.down_s)
-        for client in range(len(self.connected)):
-            self._later(client, 0, 0.0)
+        for unit in range(len(self.connected)):
+            self._later(unit, 0, 0.0)
+
+    def size(self, unit: int) -> int:
+        return min(self.cohort, self.clients - unit * self.cohort)
 
     def _delay(self, attempt: int) -> float:
         ceiling = min(self.s.backoff_cap_s, self.s.backoff_base_s * 2 ** min(attempt, 30))
         return self.rng.uniform(0, ceiling) if self.s.backoff == "jitter" else ceiling
 
-    def _later(self, client: int, attempt: int, wait: float) -> None:
+    def _later(self, unit: int, attempt: int, wait: float) -> None:
         event = self.env.timeout(wait + self._delay(attempt))
-        event.callbacks.append(lambda _e: self._attempt(client, attempt))
+        event.callbacks.append(lambda _e: self._attempt(unit, attempt))
 
-    def _attempt(self, client: int, attempt: int) -> None:
-        self.attempts += 1
+    def _attempt(self, unit: int, attempt: int) -> None:
+        now, size = self.env.now, self.size(unit)
+        self.attempts += size
+        pending = self._pending
+        while pending and pending[0] <= now:
+            pending.popleft()
+        if now >= self.broker.down_until and len(pending) * self.cohort >= max(self.s.accept_backlog, self.cohort):
+            self.dropped += size  # listen queue full: the SYN is dropped
+            self._later(unit, attempt + 1, 0.0)
+            return
         # The readings of the clients already back take their share of the thread (a fluid approximation:
         # a handshake's work stretched by 1 / (1 - their utilisation)).
         busy = min(self.background(), 0.95)
-        done = self.broker.take(self.costs.draw(self.costs.handshake_mean_s()) / (1 - busy))
+        done = self.broker.take(self.costs.draw(self.costs.handshake_mean_s()) * size / (1 - busy))
         if done is None:  # still down: connection refused at once
-            self.refused += 1
-            self._later(client, attempt + 1, 0.0)
-        elif done - self.env.now > self.s.connect_timeout_s:  # gave up; the broker does the handshake anyway
-            self.abandoned += 1
-            self._later(client, attempt + 1, self.s.connect_timeout_s)
+            self.refused += size
+            self._later(unit, attempt + 1, 0.0)
+            return
+        pending.append(done)
+        if done - now > self.s.connect_timeout_s:  # gave up; the broker does the handshake anyway
+            self.abandoned += size
+            self._later(unit, attempt + 1, self.s.connect_timeout_s)
         else:
-            event = self.env.timeout(done - self.env.now)
-            event.callbacks.append(lambda _e: self._connected(client))
+            event = self.env.timeout(done - now)
+            event.callbacks.append(lambda _e: self._connected(unit))
 
-    def _connected(self, client: int) -> None:
-        self.connected[client] = 1
+    def _connected(self, unit: int) -> None:
+        self.connected[unit] = 1
         self.reconnect_s.append(self.env.now - self.start)
-        self.remaining -= 1
+        self.remaining -= self.size(unit)
         if self.remaining == 0 and not self.done.triggered:
             self.done.succeed()
 
@@ -232,7 +261,13 @@ def run_model(s: Settings, calibration: ModelCalibration, topology: str = "(sett
     dc_s += costs.message_mean_s(s.qos, s.payload_bytes, s.dc_subscribers) - costs.message_mean_s(
         s.qos, s.payload_bytes, 1)
     cmd_s = costs.message_mean_s(s.command_qos, COMMAND_BYTES, 1)
-    device_s = costs.device_s("capbank") * s.slowdown
+    slow = s.slowdown
+
+    def reading_clients() -> float:
+        return costs.clients_draw_s(s.qos, s.payload_bytes) * slow
+
+    def command_ends() -> float:  # the DMS's and the device's stacks and the device's answer, as calibrated
+        return costs.round_trip_rest_draw_s(s.command_qos, COMMAND_BYTES) * slow
     links: list[Link] = []
     readings: list[Route] = []
     commands: list[Route] = []
@@ -249,13 +284,13 @@ def run_model(s: Settings, calibration: ModelCalibration, topology: str = "(sett
                         if s.direct else
                         [Hop(broker=edge_d, service_s=edge_s), Hop(link=up, size_bytes=reading_wire),
                          Hop(broker=dc_d, service_s=dc_s)])
-        readings.append(Route(env, "reading", reading_hops, rec, costs.client_s(s.qos) * s.slowdown, draw))
+        readings.append(Route(env, "reading", reading_hops, rec, 0.0, draw, reading_clients))
         cmd_wire = COMMAND_BYTES + 40 + WIRE_OVERHEAD_BYTES
         commands.append(Route(env, "control round trip", [
             Hop(broker=dc_c, service_s=cmd_s), Hop(link=down, size_bytes=cmd_wire),
-            Hop(broker=edge_c, service_s=cmd_s, then_s=device_s),
+            Hop(broker=edge_c, service_s=cmd_s),
             Hop(broker=edge_c, service_s=cmd_s), Hop(link=up, size_bytes=cmd_wire),
-            Hop(broker=dc_c, service_s=cmd_s)], rec, 2 * costs.client_s(s.command_qos) * s.slowdown, draw))
+            Hop(broker=dc_c, service_s=cmd_s)], rec, 0.0, draw, command_ends))
     storm: _Storm | None = None
     restart_target = next((b for b in brokers if b.name == s.restart), None) if s.restart else None
     if s.restart and restart_target is None:
@@ -287,7 +322,7 @@ def run_model(s: Settings, calibration: ModelCalibration, topology: str = "(sett
 
         def send(meter: int, route: Route = route, gate: bool = gate, offset: int = k * s.meters if s.direct else 0
                  ) -> None:
-            if gate and storm is not None and storm.start and not storm.connected[meter + offset]:
+            if gate and storm is not None and storm.start and not storm.connected[(meter + offset) // s.storm_cohort]:
                 return
             messages[0] += 1
             route.send()
@@ -299,7 +334,7 @@ def run_model(s: Settings, calibration: ModelCalibration, topology: str = "(sett
     env.process(poisson_source(env, s.command_rate, command, rng, until))
     if s.flood_rate > 0:
         flood = Route(env, "flood", [Hop(broker=dc_d, service_s=costs.message_mean_s(
-            s.flood_qos, s.flood_payload_bytes, 1))], rec, costs.client_s(s.flood_qos), draw)
+            s.flood_qos, s.flood_payload_bytes, 1))], rec, 0.0, draw, lambda: costs.clients_draw_s(s.flood_qos) * slow)
 
         def flood_one() -> None:
             messages[0] += 1
@@ -315,7 +350,7 @@ def run_model(s: Settings, calibration: ModelCalibration, topology: str = "(sett
         env.run(until=s.duration_s)
         elapsed = s.duration_s
     else:
-        limit = s.restart_at_s + 3600 * 6
+        limit = s.restart_at_s + s.storm_limit_s
         env.run(until=simpy.events.AnyOf(env, [storm.done, env.timeout(limit)]))
         elapsed = env.now
     measured = max(elapsed - s.warmup_s, 1e-9)
@@ -332,11 +367,12 @@ def run_model(s: Settings, calibration: ModelCalibration, topology: str = "(sett
     if storm is not None:
         back = sorted(storm.reconnect_s)
         result["storm"] = {
-            "broker": storm.broker.name, "clients": len(storm.connected), "backoff": s.backoff,
+            "broker": storm.broker.name, "clients": storm.clients, "cohort": storm.cohort, "backoff": s.backoff,
             "all_back": storm.remaining == 0, "recovery_s": round(back[-1], 3) if storm.remaining == 0 else None,
             "p50_back_s": round(back[len(back) // 2], 3) if back else None,
             "p99_back_s": round(back[min(len(back) - 1, int(len(back) * 0.99))], 3) if back else None,
-            "attempts": storm.attempts, "refused": storm.refused, "abandoned": storm.abandoned,
+            "attempts": storm.attempts, "refused": storm.refused, "dropped": storm.dropped,
+            "abandoned": storm.abandoned, "back_by_limit": storm.clients - storm.remaining,
             "broker_utilisation": round(storm.broker.utilisation(max(elapsed - s.restart_at_s, 1e-9)), 4),
             "max_queue": storm.broker.max_queue}
     result["wall_s"] = round(time.perf_counter() - wall, 2)

@@ -28,6 +28,8 @@ CALIBRATION_SCHEMA: Final = "fmb.model-calibration/1"  # shape: testbed.core.res
 DEFAULT_CALIBRATION: Final = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "model-calibration.json"
 QOS_KEYS: Final = ("0", "1", "2")
 _LIMIT_BYTES: Final = 1 << 20
+QUANTILES: Final = ("min", "p50", "p90", "p99", "max")
+_AT: Final = (0.0, 0.5, 0.9, 0.99, 1.0)
 
 
 def _fail(path: Path, field: str, problem: str) -> TestbedError:
@@ -64,6 +66,13 @@ def _rows(path: Path, doc: dict[str, Any], key: str, fields: tuple[str, ...]) ->
             raise _fail(path, f"{key}[{i}].qos", f"is {row.get('qos')!r}; give 0, 1 or 2")
 
 
+def _quantiles(path: Path, stats: dict[str, Any], where: str) -> None:
+    """Percentiles the model draws from: each present, and in order (min <= p50 <= ... <= max)."""
+    values = [_number(path, stats, key, where=where) for key in QUANTILES]
+    if values != sorted(values):
+        raise _fail(path, where.rstrip("."), f"has percentiles out of order ({values})")
+
+
 def load_calibration(path: Path | str | None = None) -> ModelCalibration:
     """Read and check a calibration file (default: the committed fixture)."""
     file = Path(path) if path is not None else DEFAULT_CALIBRATION
@@ -94,6 +103,15 @@ def load_calibration(path: Path | str | None = None) -> ModelCalibration:
     _number(file, doc, "handshake_us")
     if doc["handshake_us"] <= 0:
         raise _fail(file, "handshake_us", "is 0; a TLS handshake costs the broker more than nothing")
+    trips = doc.get("round_trip_ms")
+    if not isinstance(trips, dict):
+        raise _fail(file, "round_trip_ms", "is missing (the idle command round trip through the echo responder)")
+    _quantiles(file, trips, "round_trip_ms.")
+    hops = doc.get("one_hop_ms")
+    if not isinstance(hops, dict) or set(hops) != set(QOS_KEYS) or not all(isinstance(v, dict) for v in hops.values()):
+        raise _fail(file, "one_hop_ms", "must map each QoS 0, 1, 2 to the one-hop latency percentiles")
+    for q in QOS_KEYS:
+        _quantiles(file, hops[q], f"one_hop_ms.{q}.")
     cv = _number(file, doc, "service_cv")
     if cv > 10:
         raise _fail(file, "service_cv", f"is {cv}; a coefficient of variation above 10 is not a measurement")
@@ -137,16 +155,30 @@ class Costs:
         return (max(point["edge_cpu_us_per_message"] + extra, 1.0) * 1e-6,
                 max(point["datacentre_cpu_us_per_message"] + extra, 1.0) * 1e-6)
 
+    def _quantile_draw(self, stats: Any) -> float:
+        """One value from a distribution known by its percentiles (linear between them), in seconds."""
+        u = self.rng.random()
+        points = [float(stats[k]) for k in QUANTILES]
+        for i in range(1, len(_AT)):
+            if u <= _AT[i]:
+                share = (u - _AT[i - 1]) / (_AT[i] - _AT[i - 1])
+                return (points[i - 1] + share * (points[i] - points[i - 1])) * 1e-3
+        return points[-1] * 1e-3
+
+    def clients_draw_s(self, qos: int, payload_bytes: int = 124) -> float:
+        """A message's time outside the brokers (publisher and subscriber stacks): a one-hop latency drawn
+        from the measured ones, less the broker's mean cost."""
+        return max(self._quantile_draw(self.cal["one_hop_ms"][str(qos)]) - self.message_mean_s(qos, payload_bytes, 1),
+                   0.0)
+
+    def round_trip_rest_draw_s(self, qos: int, payload_bytes: int) -> float:
+        """A command round trip's time outside the brokers (commander, responder, their stacks): an idle round
+        trip drawn from the calibrated ones, less its two broker jobs."""
+        return max(self._quantile_draw(self.cal["round_trip_ms"]) - 2 * self.message_mean_s(qos, payload_bytes, 1),
+                   0.0)
+
     def handshake_mean_s(self) -> float:
         return self.cal["handshake_us"] * 1e-6
-
-    def client_s(self, qos: int) -> float:
-        """The part of a hop's latency outside the broker (publisher and subscriber stacks, loopback)."""
-        return self.cal["client_overhead_ms"][str(qos)] * 1e-3
-
-    def device_s(self, role: str) -> float:
-        devices = self.cal["device_ms"]
-        return devices.get(role, min(devices.values())) * 1e-3
 
     def draw(self, mean_s: float) -> float:
         """One service time of mean ``mean_s``: gamma with the calibration's coefficient of variation

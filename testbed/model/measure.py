@@ -10,8 +10,11 @@ between runs while a broker's CPU per message does not (the crash benchmark meas
   topology's own bridge (mutual TLS) to the data centre's delivery broker and one subscriber there
   (the recorder identity, as ``fmb bench scale`` reads): CPU of each broker per reading;
 * a TLS handshake: ``handshakes`` connections opened and closed one after another;
+* a command's round trip on the idle broker through the benchmarks' echo responder (its own process),
+  which gives the responder's own processing time;
 * from a ``bench-latency/2`` result (the committed fixture by default): the part of a one-hop
-  latency not spent in the broker, its spread, and each device's own processing time.
+  latency not spent in the broker, its spread (the one-hop percentiles), and each device's own
+  processing time.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import contextlib
 import datetime as dt
 import os
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -33,12 +37,16 @@ from testbed.bench.common import Processes, bench_topology, start_broker
 from testbed.core.errors import TestbedError
 from testbed.core.ports import free_port
 from testbed.core.results import (
+    Environment,
     LatencyResult,
     ModelBridgePoint,
     ModelBrokerFit,
     ModelBrokerPoint,
     ModelCalibration,
+    ModelCalibrationConditions,
+    Percentiles,
 )
+from testbed.core.stats import percentiles, rounded
 from testbed.core.topics import topic
 from testbed.core.topology import DEFAULT_TOPOLOGY, Topology, load_topology
 from testbed.core.waiting import WaitTimeout, wait_until
@@ -47,7 +55,7 @@ from testbed.security.pki import PKI
 from testbed.security.provision import ensure_pki
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 
-__all__ = ["calibrate", "device_times"]
+__all__ = ["calibrate", "derive", "device_times"]
 
 PAYLOADS: Final = (150, 4096)  # a meter's reading (~150 B, bench-scale.json) and a larger message
 SUBSCRIBERS: Final = (1, 4)
@@ -132,7 +140,9 @@ def _broker_point(pid: int, identity: TLSIdentity, endpoint: Endpoint, root: str
             counter.count = 0
         before = _cpu_s(pid)
         _publish(publisher, subject, body, qos, messages)
-        delivered = counter.wait(messages * subscribers, 60)
+        # Deliveries still on their way when the clock is read would be work the broker has yet to do:
+        # wait for every one (on a loaded machine the subscribers' Python threads lag the C broker).
+        delivered = counter.wait(messages * subscribers, max(60.0, messages * subscribers * 0.005))
         cpu = _cpu_s(pid) - before
     finally:
         publisher.disconnect()
@@ -154,6 +164,45 @@ def _fit(points: list[ModelBrokerPoint]) -> ModelBrokerFit:
         fit["per_subscriber_us"][q] = round(float(coef[1]), 3)
         fit["per_kib_us"][q] = round(float(coef[2]), 3)
     return fit
+
+
+def _round_trips(procs: Processes, pki: PKI, identity: TLSIdentity, endpoint: Endpoint, root: str,
+                 count: int) -> list[float]:
+    """Command round trips (ms) on the idle broker through the benchmarks' echo responder (its own
+    process, as ``fmb bench prioritization`` runs it): one command at a time, QoS 1."""
+    ready = procs.logs / "responder.ready"
+    ready.unlink(missing_ok=True)
+    responder = procs.start("cal-responder", [sys.executable, "-m", "testbed.bench.echo"], {
+        "FMB_CONTROL": f"{endpoint.host}:{endpoint.port}", "FMB_CA": str(pki.ca_cert), "FMB_CERT": str(identity.cert),
+        "FMB_KEY": str(identity.key), "FMB_ROOT": root, "FMB_QOS": "1", "FMB_DEVICE_ID": "cal-responder",
+        "FMB_READY_FILE": str(ready)})
+    wait_until(ready.exists, 30, interval_s=0.05, what="the echo responder")
+    acked = threading.Event()
+    subscribed = threading.Event()
+
+    def on_connect(c: Any) -> None:
+        c.on_subscribe = lambda *a: subscribed.set()
+        c.subscribe(topic(root, "BenchAckProfile", "cal-responder"), 1)
+
+    commander = connect(f"cal-commander-{time.monotonic_ns() % 10**9}", identity, endpoint,
+                        on_message=lambda c, u, m: acked.set(), on_connect=on_connect)
+    trips: list[float] = []
+    try:
+        if not subscribed.wait(10):
+            raise TestbedError("calibration: the commander could not subscribe to acknowledgements within 10 s")
+        subject = topic(root, "BenchCommandProfile", "cal-responder")
+        for i in range(count + 20):  # the first 20 warm up
+            acked.clear()
+            start = time.perf_counter_ns()
+            commander.publish(subject, f"{i},{'c' * 64}".encode(), 1)
+            if acked.wait(5) and i >= 20:
+                trips.append((time.perf_counter_ns() - start) / 1e6)
+            time.sleep(0.02)
+    finally:
+        commander.disconnect()
+        commander.loop_stop()
+        procs.stop([responder])
+    return trips
 
 
 def _handshakes(pid: int, identity: TLSIdentity, endpoint: Endpoint, count: int) -> float:
@@ -207,17 +256,19 @@ def _bridge_point(topology: Topology, pki: PKI, procs: Processes, work: Path, me
 
 
 def device_times(latency: LatencyResult, broker_us: Callable[[int, int], float]) -> tuple[
-        dict[str, float], float, dict[str, float]]:
+        dict[str, float], float, dict[str, float], dict[str, Percentiles]]:
     """From a latency benchmark: (client overhead ms by QoS, the one-hop spread as a coefficient of
     variation, each device role's own processing ms). A step's hop crosses two brokers and one device:
     the device's time is the hop's median less two one-hop medians."""
     overhead: dict[str, float] = {}
+    one_hops: dict[str, Percentiles] = {}
     devices: dict[str, list[float]] = {}
     cvs: list[float] = []
     for row in latency["by_qos"]:
         qos = row["qos"]
         one_hop = row["one_hop_ms"].get("p50", row["one_hop_ms"]["mean"])
         overhead[str(qos)] = round(max(one_hop - broker_us(qos, row["one_hop"]["payload_bytes"]) / 1000, 0.0), 4)
+        one_hops[str(qos)] = row["one_hop_ms"]
         samples = row["samples"]["one_hop_ms"]
         if len(samples) > 1:
             cvs.append(statistics.pstdev(samples) / statistics.fmean(samples))
@@ -227,9 +278,11 @@ def device_times(latency: LatencyResult, broker_us: Callable[[int, int], float])
                 role = step["device"].rsplit("-", 1)[0]
                 devices.setdefault(role, []).append(max(hop - 2 * one_hop, 0.0))
     for q in QOS_KEYS:  # a latency run without a level: the nearest level measured
-        overhead.setdefault(q, overhead[min(overhead, key=lambda k: abs(int(k) - int(q)))])
+        nearest = min(overhead, key=lambda k: abs(int(k) - int(q)))
+        overhead.setdefault(q, overhead[nearest])
+        one_hops.setdefault(q, one_hops[nearest])
     device_ms = {role: round(statistics.median(v), 4) for role, v in sorted(devices.items())}
-    return overhead, round(statistics.median(cvs), 3) if cvs else 0.0, device_ms
+    return overhead, round(statistics.median(cvs), 3) if cvs else 0.0, device_ms, one_hops
 
 
 def calibrate(certs: Path, work: Path, latency: LatencyResult, latency_source: str, messages: int = 3000,
@@ -258,6 +311,12 @@ def calibrate(certs: Path, work: Path, latency: LatencyResult, latency_source: s
                     points.append(point)
         handshake = _handshakes(record.pid, identity, endpoint, handshakes)
         progress(f"  TLS handshake: {handshake} us broker CPU per connection")
+        trips = _round_trips(procs, pki, identity, endpoint, topology.root, 200)
+        if not trips:
+            raise TestbedError("calibration: no command came back from the echo responder; see its log in "
+                               f"{procs.logs}")
+        round_trip = rounded(percentiles(trips), 4)
+        progress(f"  control round trip through the echo responder: p50 {round_trip.get('p50')} ms")
         procs.stop()
         bridged = load_topology(BRIDGE_TOPOLOGY).with_free_ports()
         bridge_pki = ensure_pki(bridged, certs)
@@ -266,18 +325,29 @@ def calibrate(certs: Path, work: Path, latency: LatencyResult, latency_source: s
                  f"{bridge['datacentre_cpu_us_per_message']} us at the data centre's per reading")
     finally:
         procs.stop()
+    return derive(points, [bridge], handshake, round_trip, latency, {
+        "messages_per_point": messages, "handshakes": handshakes, "latency_fixture": latency_source,
+        "client": "paho-mqtt, MQTT v5, TCP_NODELAY, mutual TLS; publisher and subscribers in this process",
+        "load_average_before": load_before, "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "seconds": round(time.monotonic() - started, 1)}, environment(topology, "TLSv1.3", "local"))
+
+
+def derive(points: list[ModelBrokerPoint], bridge: list[ModelBridgePoint], handshake_us: float,
+           round_trip: Percentiles, latency: LatencyResult, conditions: ModelCalibrationConditions,
+           env: Environment) -> ModelCalibration:
+    """The calibration document from what was measured: the broker fit, and what the latency result adds."""
     fit = _fit(points)
 
     def broker_us(qos: int, payload: int) -> float:
         q = str(qos)
         return fit["base_us"][q] + fit["per_kib_us"][q] * payload / 1024
 
-    overhead, cv, device_ms = device_times(latency, broker_us)
+    overhead, cv, device_ms, one_hops = device_times(latency, broker_us)
+    # The echo responder's own time: the round trip less its two one-hop traversals (broker and client stacks).
+    hop_ms = fit["base_us"]["1"] / 1000 + overhead["1"]
+    device_ms["responder"] = round(max(round_trip.get("p50", 0.0) - 2 * hop_ms, 0.0), 4)
     return ModelCalibration(
         schema=CALIBRATION_SCHEMA, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        conditions={"messages_per_point": messages, "handshakes": handshakes, "latency_fixture": latency_source,
-                    "client": "paho-mqtt, MQTT v5, TCP_NODELAY, mutual TLS; publisher and subscribers in this process",
-                    "load_average_before": load_before, "load_average_after": [round(x, 2) for x in os.getloadavg()],
-                    "seconds": round(time.monotonic() - started, 1)},
-        broker_points=points, broker_fit=fit, bridge=[bridge], handshake_us=handshake, client_overhead_ms=overhead,
-        service_cv=cv, device_ms=device_ms, environment=environment(topology, "TLSv1.3", "local"))
+        conditions=conditions, broker_points=points, broker_fit=fit, bridge=bridge, handshake_us=handshake_us,
+        round_trip_ms=round_trip, client_overhead_ms=overhead, one_hop_ms=one_hops, service_cv=cv,
+        device_ms=device_ms, environment=env)

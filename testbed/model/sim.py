@@ -170,8 +170,10 @@ class Route:
     """The path of one flow's messages through brokers and links; records each message's latency."""
 
     def __init__(self, env: simpy.Environment, name: str, hops: Sequence[Hop], recorder: Recorder,
-                 fixed_s: float = 0.0, draw: Callable[[float], float] | None = None) -> None:
+                 fixed_s: float = 0.0, draw: Callable[[float], float] | None = None,
+                 outside: Callable[[], float] | None = None) -> None:
         self.env, self.name, self.hops, self.recorder, self.fixed_s = env, name, tuple(hops), recorder, fixed_s
+        self.outside = outside  # a message's time outside brokers and links (its clients), drawn per message
         self.draw = draw or _exactly  # a broker hop's service time from its mean: drawn, or the mean itself
         recorder.flow(name)
         self._latencies = recorder.latencies[name]
@@ -201,7 +203,8 @@ class Route:
             i += 1
             if i == len(hops):  # the last hop's completion is known now: no event needed for it
                 if born >= self.recorder.warmup_s:
-                    self._latencies.append(done - born + self.fixed_s)
+                    extra = self.outside() if self.outside is not None else 0.0
+                    self._latencies.append(done - born + self.fixed_s + extra)
                 return
             if done > env.now:  # the next hop must see this message when it arrives, in time order
                 event = env.timeout(done - env.now)

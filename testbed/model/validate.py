@@ -18,7 +18,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -96,44 +97,90 @@ def _scale_rows(doc: dict[str, Any], calibration: ModelCalibration, contention: 
 
 
 def _prioritization_point(calibration: ModelCalibration, config: str, flood_rate: float, command_rate: float,
-                          command_qos: int, flood_qos: int, payload: int, command_payload: int, seconds: float,
-                          seed: int) -> tuple[list[float], float]:
+                          command_qos: int, flood_qos: int, payload: int, command_payload: int, publishers: int,
+                          seconds: float, seed: int, slowdown: float = 1.0) -> tuple[list[float], float]:
     """One load of the prioritization benchmark: commands to a responder on the control broker (the
     delivery broker when shared) while a flood goes to the delivery broker; (round trips s, flood msg/s)."""
     env = simpy.Environment()
     rng = random.Random(seed)
     costs = Costs(calibration, rng)
     rec = Recorder(warmup_s=0.5)
-    delivery = Broker(env, "delivery")
-    control = delivery if config == "shared" else Broker(env, "control")
+    delivery = Broker(env, "delivery", slowdown)
+    control = delivery if config == "shared" else Broker(env, "control", slowdown)
     cmd = costs.message_mean_s(command_qos, command_payload, 1)
-    commands = Route(env, "control", [Hop(broker=control, service_s=cmd, then_s=costs.device_s("responder")),
-                                      Hop(broker=control, service_s=cmd)], rec, 2 * costs.client_s(command_qos),
-                     costs.draw)
+    commands = Route(env, "control", [
+        Hop(broker=control, service_s=cmd), Hop(broker=control, service_s=cmd)], rec, 0.0, costs.draw,
+        lambda: costs.round_trip_rest_draw_s(command_qos, command_payload) * slowdown)
     flood = Route(env, "flood", [Hop(broker=delivery, service_s=costs.message_mean_s(flood_qos, payload, 1))],
-                  rec, costs.client_s(flood_qos), costs.draw)
+                  rec, 0.0, costs.draw)
     env.process(poisson_source(env, command_rate, commands.send, rng, seconds))
-    # A flood "as fast as the publishers can" is the broker's own limit: offered at twice its capacity.
-    capacity = 1 / costs.message_mean_s(flood_qos, payload, 1)
-    offered = 2 * capacity if flood_rate < 0 else flood_rate
-    env.process(poisson_source(env, offered, flood.send, rng, seconds))
+    flood_cost = costs.message_mean_s(flood_qos, payload, 1)
+    if flood_rate >= 0:
+        env.process(poisson_source(env, flood_rate, flood.send, rng, seconds))
+        env.run(until=seconds)
+        return rec.latencies["control"], len(rec.latencies["flood"]) / (seconds - rec.warmup_s)
+    # "As fast as the publishers can": a closed loop. Each publisher's messages wait in the broker's
+    # socket buffer, so at most a receive buffer's worth each is queued ahead of a command.
+    window = publishers * max(1, _receive_buffer() // (payload + WIRE_BYTES))
+    carried = [0]
+
+    def closed_loop() -> Generator[simpy.Event, Any, None]:
+        queued: deque[float] = deque()
+        while env.now < seconds:
+            done = delivery.take(costs.draw(flood_cost))
+            assert done is not None  # this broker is never restarted
+            queued.append(done)
+            if env.now >= rec.warmup_s:
+                carried[0] += 1
+            if len(queued) >= window:
+                yield env.timeout(max(queued.popleft() - env.now, 0.0))
+    env.process(closed_loop())
     env.run(until=seconds)
-    carried = sum(1 for x in rec.latencies["flood"]) / (seconds - 0.5)
-    return rec.latencies["control"], min(carried, capacity)
+    return rec.latencies["control"], carried[0] / (seconds - rec.warmup_s)
+
+
+WIRE_BYTES: Final = 60  # MQTT header, topic and TLS record framing of a flood message, beside its payload
+
+
+def _receive_buffer() -> int:
+    """The kernel's default TCP receive buffer (tcp_rmem's middle value): how much of a publisher's flood
+    one connection holds before TCP stops it."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/tcp_rmem").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 131072  # Linux's default
+
+
+def _flood_contention(config: str, flood_rate: float, flood_cost: float, publishers: int, cores: int) -> float:
+    """How much slower the control path runs beside the flood on the same cores (processor sharing): the
+    flood's publishers, broker and subscriber are C programs doing the same TLS work per message, so each
+    costs about what the broker does. "max" keeps all of them busy: (publishers + 2) runnable on ``cores``.
+    With priority the control plane has cores of its own (the benchmark pins and renices the flood)."""
+    if config == "segregated+priority" or flood_rate == 0:
+        return 1.0
+    if flood_rate < 0:
+        return max(1.0, (publishers + 2) / cores)
+    busy = min(3 * flood_rate * flood_cost / cores, 0.9)
+    return 1 / (1 - busy)
 
 
 def _prioritization_rows(doc: dict[str, Any], calibration: ModelCalibration, seconds: float,
                          seed: int) -> list[ModelValidationRow]:
     c = doc["conditions"]
+    cores = doc.get("environment", {}).get("machine", {}).get("cores") or 1
+    publishers = int(c.get("flood_publishers", 1))
+    flood_cost = Costs(calibration, random.Random(0)).message_mean_s(int(c["flood_qos"]), int(c["payload_bytes"]), 1)
     rows: list[ModelValidationRow] = []
     for config, points in doc["results"].items():
         for j, point in enumerate(points):
             rate = point["offered_rate"]
             flood = -1.0 if rate == "max" else float(rate)
+            slowdown = _flood_contention(config, flood, flood_cost, publishers, cores)
             trips, carried = _prioritization_point(
                 calibration, config, flood, float(c["command_rate"]), int(c["command_qos"]), int(c["flood_qos"]),
-                int(c["payload_bytes"]), int(c.get("command_payload_bytes", 66)), seconds, seed + j)
-            name = f"{config} flood {rate}"
+                int(c["payload_bytes"]), int(c.get("command_payload_bytes", 66)), publishers, seconds, seed + j,
+                slowdown)
+            name = f"{config} flood {rate} (x{slowdown:.2f})"
             ms: dict[str, Any] = dict(percentiles([t * 1000 for t in trips])) if trips else {}
             ctl = point["control_ms"]
             for row in (_row("prioritization", name, "throughput_per_s", point["achieved_rate"] or None,
@@ -168,7 +215,8 @@ def validate(calibration: ModelCalibration, calibration_name: str, scale: Sequen
         rows += _prioritization_rows(doc, calibration, min(duration_s, 10.0), seed)
         note = doc["conditions"].get("note", "")
         sources.append(f"{path}{f' ({note})' if note else ''}")
-    notes.append("prioritization: no load average recorded -> no slowdown")
+    notes.append("prioritization: the flood's own processes on the same cores -> slowdown (publishers + 2) / cores "
+                 "at max, 1 / (1 - 3 x rate x cost / cores) below; none with priority (pinned apart)")
     return ModelValidation(schema=VALIDATION_SCHEMA, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                            calibration=calibration_name, measurements=sources,
                            contention="; ".join(notes) if contention else "none (each broker a core of its own)",
