@@ -103,8 +103,10 @@ def answer(calibration: ModelCalibration, calibration_name: str, quick: bool = F
         sweep.append(point)
 
     storm: list[dict[str, float | int | str | bool | None]] = []
+    clients = base.substations * base.meters
     storm_base = dataclasses.replace(base, direct=True, restart="dc-delivery", restart_at_s=1.0, down_s=5.0,
-                                     warmup_s=0.0, command_rate=0.0)
+                                     warmup_s=0.0, command_rate=0.0, storm_cohort=max(1, clients // 3000),
+                                     storm_limit_s=600.0 if quick else 3600.0)
     for backoff in ("jitter", "fixed"):
         run = run_model(dataclasses.replace(storm_base, backoff=backoff), calibration,
                         calibration_name=calibration_name)
@@ -136,6 +138,8 @@ def answer(calibration: ModelCalibration, calibration_name: str, quick: bool = F
                     "reading_cost_edge_us": round(edge_s * 1e6, 2), "handshake_us": calibration["handshake_us"],
                     "connect_timeout_s": storm_base.connect_timeout_s, "down_s": storm_base.down_s,
                     "backoff": f"base {storm_base.backoff_base_s} s, cap {storm_base.backoff_cap_s} s",
+                    "accept_backlog": storm_base.accept_backlog, "storm_cohort": storm_base.storm_cohort,
+                    "storm_limit_s": storm_base.storm_limit_s,
                     "quick": int(quick), "seed": base.seed},
         baseline=baseline, sweep=sweep, saturation_substations=observed,
         storm=storm, wan_per_substation=wan | {"analytic_saturation_substations": float(saturation)},

@@ -163,9 +163,10 @@ class _Storm:
     """Clients of a restarted broker reconnecting: each attempt a TLS handshake on the broker's thread.
 
     While the broker is down an attempt is refused at once. Up, the listener queues at most
-    ``accept_backlog`` connections; past that the kernel drops the SYN and the client tries again after
-    its backoff. A queued handshake that waits past ``connect_timeout_s`` is abandoned by its client,
-    but the broker still does it (it reads the ClientHello before it sees the close): wasted work.
+    ``accept_backlog`` connections; past that the kernel drops the SYN, the client's kernel sends it
+    again 1, 2, 4 ... s later (Linux's SYN retransmission) until ``connect_timeout_s``, then the client
+    backs off. A queued handshake that waits past ``connect_timeout_s`` is abandoned by its client, but
+    the broker still does it (it reads the ClientHello before it sees the close): wasted work.
     ``storm_cohort`` clients move as one (one attempt, that many handshakes of work), so that a storm of
     hundreds of thousands takes seconds to simulate; the backoff draws are then per cohort.
     """
@@ -201,15 +202,23 @@ class _Storm:
         event = self.env.timeout(wait + self._delay(attempt))
         event.callbacks.append(lambda _e: self._attempt(unit, attempt))
 
-    def _attempt(self, unit: int, attempt: int) -> None:
+    def _attempt(self, unit: int, attempt: int, syn: int = 0, began: float | None = None) -> None:
         now, size = self.env.now, self.size(unit)
-        self.attempts += size
+        began = now if began is None else began
+        if syn == 0:
+            self.attempts += size
         pending = self._pending
         while pending and pending[0] <= now:
             pending.popleft()
         if now >= self.broker.down_until and len(pending) * self.cohort >= max(self.s.accept_backlog, self.cohort):
             self.dropped += size  # listen queue full: the SYN is dropped
-            self._later(unit, attempt + 1, 0.0)
+            retry = float(2 ** syn)
+            if now + retry - began < self.s.connect_timeout_s:
+                event = self.env.timeout(retry)
+                event.callbacks.append(lambda _e: self._attempt(unit, attempt, syn + 1, began))
+            else:
+                self.abandoned += size
+                self._later(unit, attempt + 1, max(began + self.s.connect_timeout_s - now, 0.0))
             return
         # The readings of the clients already back take their share of the thread (a fluid approximation:
         # a handshake's work stretched by 1 / (1 - their utilisation)).
@@ -220,9 +229,9 @@ class _Storm:
             self._later(unit, attempt + 1, 0.0)
             return
         pending.append(done)
-        if done - now > self.s.connect_timeout_s:  # gave up; the broker does the handshake anyway
+        if done - began > self.s.connect_timeout_s:  # gave up; the broker does the handshake anyway
             self.abandoned += size
-            self._later(unit, attempt + 1, self.s.connect_timeout_s)
+            self._later(unit, attempt + 1, began + self.s.connect_timeout_s - now)
         else:
             event = self.env.timeout(done - now)
             event.callbacks.append(lambda _e: self._connected(unit))
