@@ -64,7 +64,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     certs, _ = paths(args)
     out = _out(args, "calibration")
     print(f"calibration: real brokers, {args.messages} messages per point, {args.handshakes} handshakes")
-    doc = calibrate(certs, out / "work", latency, str(latency_path), args.messages, args.handshakes)
+    source = latency_path.resolve()
+    shown = str(source.relative_to(ROOT)) if source.is_relative_to(ROOT) else str(source)
+    doc = calibrate(certs, out / "work", latency, shown, args.messages, args.handshakes)
     print(f"result: {_write(out, 'model-calibration.json', doc)}")
     return 0
 

@@ -1066,7 +1066,8 @@ class ModelFlow(TypedDict):
 
 class ModelBrokerLoad(TypedDict):
     broker: str
-    utilisation: float  # busy fraction of the run (after slowdown)
+    utilisation: float  # busy fraction of the run (after slowdown), at most 1
+    offered_load: float  # work offered over the run's time: above 1, the broker cannot keep up and its queue grows
     mean_in_system: float  # Little's law: time-averaged messages queued or in service
     max_queue: int
     jobs: int

@@ -92,6 +92,8 @@ def answer(calibration: ModelCalibration, calibration_name: str, quick: bool = F
             run = run_model(dataclasses.replace(base, substations=n, control=control, duration_s=seconds / 2,
                                                 warmup_s=1.0), calibration, calibration_name=calibration_name)
             point[f"{control}_dc_delivery_utilisation"] = _util(run, "dc-delivery")
+            point[f"{control}_dc_delivery_offered_load"] = next(
+                (b["offered_load"] for b in run["brokers"] if b["broker"] == "dc-delivery"), None)
             point[f"{control}_control_p99_ms"] = _flow(run, "control round trip", "p99")
             point[f"{control}_reading_p99_ms"] = _flow(run, "reading", "p99")
             point[f"{control}_delivered_share"] = _delivered_share(run)
@@ -106,7 +108,7 @@ def answer(calibration: ModelCalibration, calibration_name: str, quick: bool = F
     clients = base.substations * base.meters
     storm_base = dataclasses.replace(base, direct=True, restart="dc-delivery", restart_at_s=1.0, down_s=5.0,
                                      warmup_s=0.0, command_rate=0.0, storm_cohort=max(1, clients // 3000),
-                                     storm_limit_s=600.0 if quick else 3600.0)
+                                     storm_limit_s=600.0 if quick else 3600.0, storm_readings=False)
     for backoff in ("jitter", "fixed"):
         run = run_model(dataclasses.replace(storm_base, backoff=backoff), calibration,
                         calibration_name=calibration_name)

@@ -76,6 +76,7 @@ class Settings:
     accept_backlog: int = 100  # connections the listener queues before the kernel drops new SYNs (listen(fd, 100))
     storm_cohort: int = 1  # clients that reconnect as one (1: each its own; more: a storm of millions in seconds)
     storm_limit_s: float = 3600.0  # stop a storm that has not ended this long after the restart
+    storm_readings: bool = True  # simulate the reconnected meters' readings as messages (else as a fluid load only)
     partition_at_s: float = 0.0
     partition_s: float = 0.0
     slowdown: float = 1.0  # every broker's work x this: CPU contention (1 = a core to itself)
@@ -328,6 +329,8 @@ def run_model(s: Settings, calibration: ModelCalibration, topology: str = "(sett
     for k in range(s.substations):
         route = readings[k]
         gate = storm is not None and (s.direct or storm.broker.name == f"sub-{k + 1:03d}-delivery")
+        if gate and not s.storm_readings:
+            continue  # their load on the broker enters the storm as a fluid (_Storm.background)
 
         def send(meter: int, route: Route = route, gate: bool = gate, offset: int = k * s.meters if s.direct else 0
                  ) -> None:
@@ -394,6 +397,7 @@ def _shown(brokers: list[Broker]) -> list[Broker]:
 
 
 def _load(b: Broker, elapsed: float) -> ModelBrokerLoad:
-    return ModelBrokerLoad(broker=b.name, utilisation=round(b.utilisation(elapsed), 4),
+    return ModelBrokerLoad(broker=b.name, utilisation=round(min(b.utilisation(elapsed), 1.0), 4),
+                           offered_load=round(b.utilisation(elapsed), 4),
                            mean_in_system=round(b.mean_in_system(elapsed), 3), max_queue=b.max_queue, jobs=b.jobs,
                            dropped=b.dropped)

@@ -73,10 +73,10 @@ def sweep_figure(doc: ModelAnswers) -> Figure:
     figure = _figure(10, 3.8)
     left, right = figure.subplots(1, 2)
     n = [p["substations"] for p in doc["sweep"]]
-    left.plot(n, [p["segregated_dc_delivery_utilisation"] for p in doc["sweep"]], "o-")
+    left.plot(n, [p.get("segregated_dc_delivery_offered_load") for p in doc["sweep"]], "o-")
     left.axhline(1.0, color="grey", lw=0.8)
     left.set_xlabel("substations (2,000 meters each, every 60 s)")
-    left.set_ylabel("dc-delivery utilisation")
+    left.set_ylabel("dc-delivery offered load (1 = saturated)")
     for control in ("segregated", "shared"):
         right.plot(n, [p[f"{control}_control_p99_ms"] for p in doc["sweep"]], "o-", label=control)
     right.axhline(100, color="grey", lw=0.8, ls="--", label="IEC 61850-5 medium (100 ms)")
