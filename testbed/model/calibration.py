@@ -172,10 +172,19 @@ class Costs:
                    0.0)
 
     def round_trip_rest_draw_s(self, qos: int, payload_bytes: int) -> float:
-        """A command round trip's time outside the brokers (commander, responder, their stacks): an idle round
-        trip drawn from the calibrated ones, less its two broker jobs."""
-        return max(self._quantile_draw(self.cal["round_trip_ms"]) - 2 * self.message_mean_s(qos, payload_bytes, 1),
-                   0.0)
+        """A command round trip's time outside the brokers (commander, responder, their stacks): a round trip
+        drawn from the calibrated ones, less its two broker jobs, and divided by the contention it was
+        measured under (the calibration run's load average over the cores, as validation multiplies it):
+        the time those processes would take with a core each."""
+        rest = self._quantile_draw(self.cal["round_trip_ms"]) - 2 * self.message_mean_s(qos, payload_bytes, 1)
+        return max(rest, 0.0) / self.measured_slowdown
+
+    @property
+    def measured_slowdown(self) -> float:
+        """load / cores of the calibration run (1 when it had a core per runnable process)."""
+        cond, cores = self.cal["conditions"], self.cal["environment"]["machine"]["cores"] or 1
+        loads = [cond["load_average_before"][0], cond["load_average_after"][0]]
+        return max(1.0, sum(loads) / len(loads) / cores)
 
     def handshake_mean_s(self) -> float:
         return self.cal["handshake_us"] * 1e-6
