@@ -106,7 +106,7 @@ def test_settings_are_checked_in_one_line(pairs: list[str], says: str) -> None:
 
 def test_validation_against_the_committed_fixtures_gives_every_row_its_error() -> None:
     doc = validate(CAL, "fixture", [FIXTURES / "bench-scale.json"], [FIXTURES / "bench-prioritization.json"],
-                   duration_s=4.0)
+                   duration_s=2.0)
     points = {(r["benchmark"], r["point"]) for r in doc["rows"]}
     assert len({p for b, p in points if b == "prioritization"}) == 9  # 3 configurations x 3 loads, "max" included
     assert len({p for b, p in points if b == "scale"}) == 2

@@ -45,7 +45,7 @@ def test_the_fit_reproduces_the_measured_points_it_was_fitted_on() -> None:
     costs = Costs(cal, random.Random(0))
     for p in cal["broker_points"]:
         fitted = costs.message_mean_s(p["qos"], p["payload_bytes"], p["subscribers"]) * 1e6
-        assert fitted == pytest.approx(p["cpu_us_per_message"], rel=0.25), p
+        assert fitted == pytest.approx(p["cpu_us_per_message"], rel=0.05), p
 
 
 def test_more_subscribers_and_higher_qos_cost_the_broker_more() -> None:

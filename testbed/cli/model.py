@@ -45,7 +45,8 @@ def _write(out: Path, name: str, doc: Any) -> Path:
 
 def _calibration(args: argparse.Namespace) -> tuple[Any, str]:
     path = Path(args.calibration) if args.calibration else DEFAULT_CALIBRATION
-    return load_calibration(path), str(path)
+    source = path.resolve()
+    return load_calibration(path), str(source.relative_to(ROOT)) if source.is_relative_to(ROOT) else str(source)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

@@ -1008,7 +1008,8 @@ class ModelBrokerPoint(TypedDict):
 
 
 class ModelBrokerFit(TypedDict):
-    """cost(qos, bytes, subscribers) = base + per_subscriber x (subscribers - 1) + per_kib x KiB, by QoS ("0".."2")."""
+    """cost(qos, bytes, subscribers) = base + per_subscriber x (subscribers - 1) + per_kib x KiB x subscribers,
+    by QoS ("0".."2"): the payload is encrypted and written once per delivery."""
 
     base_us: dict[str, float]
     per_subscriber_us: dict[str, float]

@@ -25,10 +25,10 @@ def _figure(width: float, height: float) -> Figure:
 
 def validation_table(doc: ModelValidation) -> str:
     """The table of the closing note: predicted, measured, error, target, per point and metric."""
-    lines = [f"{'benchmark':15}{'point':34}{'metric':18}{'measured':>10}{'predicted':>11}{'error':>9}  target",
-             "-" * 106]
+    lines = [f"{'benchmark':15}{'point':48}{'metric':18}{'measured':>10}{'predicted':>11}{'error':>9}  target",
+             "-" * 120]
     for r in doc["rows"]:
-        lines.append(f"{r['benchmark']:15}{r['point']:34}{r['metric']:18}{r['measured']:>10.3f}{r['predicted']:>11.3f}"
+        lines.append(f"{r['benchmark']:15}{r['point']:48}{r['metric']:18}{r['measured']:>10.3f}{r['predicted']:>11.3f}"
                      f"{r['error']:>+9.1%}  <= {r['target']:.0%} {'met' if r['met'] else 'NOT met'}")
     lines.append(f"{doc['met']} of {doc['total']} within target; contention: {doc['contention']}")
     return "\n".join(lines)
