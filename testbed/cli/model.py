@@ -108,6 +108,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.seconds < 2:
         raise TestbedError(f"--seconds {args.seconds:g}; give 2 or more simulated seconds per point")
     doc = validate(calibration, name, scale, prioritization, not args.no_contention, args.seconds, args.seed)
+    doc["measurements"] = [m.replace(f"{ROOT}/", "") for m in doc["measurements"]]  # as the checkout names them
     out = _out(args, "validation")
     from testbed.model.plots import validation_plot, validation_table
 
