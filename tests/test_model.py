@@ -143,7 +143,7 @@ def test_fmb_model_run_writes_its_result(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_fmb_model_validate_writes_the_table_and_the_plot(tmp_path: Path) -> None:
-    done = _fmb("validate", "--seconds", "3", "--out", str(tmp_path), cwd=tmp_path)
+    done = _fmb("validate", "--seconds", "2", "--out", str(tmp_path), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "within target" in done.stdout
     assert (tmp_path / "model-validation.png").stat().st_size > 10_000
