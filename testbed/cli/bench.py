@@ -1,4 +1,4 @@
-"""``fmb bench NAME``: a benchmark (latency, prioritization, recovery, crash, soak, wan, ui, scale) and its result JSON.
+"""``fmb bench NAME``: a benchmark (latency, prioritization, ..., scale, storm; cpu converts) and its result JSON.
 
 Each starts its own buses or brokers, so every argument is checked first: a typo costs a line,
 not a bus started and stopped. A benchmark that starts local buses refuses to run beside a bus
@@ -8,13 +8,14 @@ already up from ``--state``, which would share the cores with the measured one.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from testbed.backends.compose import compose_bus
 from testbed.backends.local import LocalBus
-from testbed.bench import crash, latency, partition, prioritization, recovery, scale, soak, ui, wan
+from testbed.bench import cpubound, crash, latency, partition, prioritization, recovery, scale, soak, storm, ui, wan
 from testbed.cli.common import ROOT, Commands, paths, stamp
 from testbed.core.errors import TestbedError
 from testbed.core.scenario import load_scenario
@@ -250,6 +251,44 @@ def _bench_scale(args: argparse.Namespace, out: Path) -> int:
 BENCHMARKS["scale"] = _bench_scale
 
 
+def _bench_storm(args: argparse.Namespace, out: Path) -> int:
+    base = storm.StormOptions.quick_run() if args.quick else storm.StormOptions()
+    options = storm.StormOptions(
+        sizes=storm.parse_sizes(args.sizes) if args.sizes else base.sizes,
+        interval_s=scale.parse_intervals(args.interval)[-1] if args.interval != "10" else base.interval_s,
+        command_rate=base.command_rate if args.command_rate == 50.0 else args.command_rate,  # 50/s: prioritization's
+        idle_control_s=base.idle_control_s,
+        connect_rate=base.connect_rate if args.connect_rate is None else args.connect_rate, quick=args.quick)
+    options.check()
+    certs, state = paths(args)
+    _refuse_beside_running_bus(state, "the storm benchmark")
+    topology = Path(args.topology) if args.topology else SCALE_TOPOLOGY
+    result = storm.run_storm_bench(topology, certs, options, out, progress=_say)
+    _render(out)
+    print(storm.summary(result))
+    print(f"result: {out}/{storm.RESULT_FILE}; figures and report.md beside it")
+    return 0
+
+
+BENCHMARKS["storm"] = _bench_storm
+
+
+def _bench_cpu(args: argparse.Namespace, out: Path) -> int:
+    """Not a measurement: the CPU-bound prioritization result converted to the bottleneck shape."""
+    if not args.from_:
+        raise TestbedError("cpu converts a prioritization result: give --from bench-prioritization.json")
+    source = Path(args.from_)
+    result = cpubound.from_prioritization(cpubound.load_prioritization(source), source.name)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / cpubound.RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    _render(out)
+    print(f"result: {out}/{cpubound.RESULT_FILE} (CPU-bound, converted from {source}); figures and report.md beside it")
+    return 0
+
+
+BENCHMARKS["cpu"] = _bench_cpu
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     _check_numbers(args)
     out = Path(args.out) if args.out else ROOT / "runs" / f"bench-{args.name}-{stamp()}"
@@ -316,7 +355,7 @@ def add_bench(commands: Commands) -> None:
                             "default: as the others)")
     bench.add_argument("--interval", default="10",
                        help="scale: seconds between a meter's readings, or a list (10,5: a steady state each; "
-                            "default 10: 10,000 meters give 1,000 readings/s)")
+                            "default 10: 10,000 meters give 1,000 readings/s); storm: one (default 5; --quick 1)")
     bench.add_argument("--duration", type=float,
                        help="scale: seconds measured per steady state (default 30; --quick 3)")
     bench.add_argument("--connect-rate", type=float,
@@ -328,7 +367,12 @@ def add_bench(commands: Commands) -> None:
                        help="scale: the meters' reconnect backoff, BASE,CAP seconds (full jitter; default 0.5,20, "
                             "the fleet's own)")
     bench.add_argument("--quick", action="store_true",
-                       help="scale: a smoke of seconds (2 substations x 20 meters, readings every second)")
+                       help="scale: a smoke of seconds (2 substations x 20 meters, readings every second); storm: "
+                            "storms of 50 and 100 meters, readings every second")
+    bench.add_argument("--sizes", help="storm: meters of the storm substation, one storm per size and configuration "
+                                       "(default 100,300,1000; --quick 50,100)")
+    bench.add_argument("--from", dest="from_", metavar="FILE",
+                       help="cpu: the bench-prioritization.json to convert to the CPU-bound bottleneck document")
     bench.add_argument("--crash-window-s", type=float,
                        help="soak: what a kill -9 of a persistent broker may lose, seconds of traffic (default: "
                             "the window its persistence policy gives, 0.5 s for Appendix A's data centre)")

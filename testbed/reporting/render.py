@@ -23,6 +23,7 @@ from testbed.core.errors import TestbedError
 from testbed.reporting import plots
 from testbed.reporting.scenario import timeline_figure
 from testbed.reporting.text import (  # re-exported: the notebooks read them from here
+    bottleneck_markdown,
     conditions_markdown,
     crash_markdown,
     latency_markdown,
@@ -41,6 +42,7 @@ __all__ = [
     "REPORT_FILE",
     "Renderer",
     "RunReport",
+    "bottleneck_markdown",
     "conditions_markdown",
     "crash_markdown",
     "latency_markdown",
@@ -119,6 +121,8 @@ register(Renderer("fmb.bench-scale/1", "Utility scale: thousands of meters, each
                   lambda r: {"ramp": plots.scale_ramp(r), "steady": plots.scale_steady(r),
                              "storm": plots.scale_storm(r)},
                   scale_markdown))
+register(Renderer("fmb.bench-bottleneck/1", "Shared against segregated at one bottleneck",
+                  lambda r: {"curves": plots.bottleneck_curves(r)}, bottleneck_markdown))
 
 
 # -- a whole run directory ----------------------------------------------------------------------
