@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from testbed.bench import bottleneck, cpubound, segregation
+from testbed.cli.fmb import main
 from testbed.core.errors import TestbedError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,12 +46,11 @@ def test_the_committed_documents_are_bottleneck_documents() -> None:
         bottleneck.check(json.loads(path.read_text()), path.name)
 
 
-def test_fmb_report_renders_the_report_from_the_fixtures(tmp_path: Path) -> None:
+def test_fmb_report_renders_the_report_from_the_fixtures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for path in _fixture_documents():
         shutil.copy(path, tmp_path / path.name)
-    run = subprocess.run([sys.executable, "-m", "testbed", "report", str(tmp_path)], capture_output=True, text=True,
-                         timeout=180, cwd=ROOT)
-    assert run.returncode == 0, run.stdout + run.stderr
+    assert main(["report", str(tmp_path)]) == 0, capsys.readouterr()
+    assert "when does segregation matter" in capsys.readouterr().out
     text = (tmp_path / "segregation.md").read_text()
     assert text.startswith("# When does segregation matter") and "IEC 61850-5" in text
     for name in ("segregation-control.png", "segregation-delivery.png"):

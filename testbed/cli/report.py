@@ -17,14 +17,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     from testbed.reporting.render import render_run
 
     run_dir = Path(args.run_dir)
+    # Bottleneck documents (fmb.bench-bottleneck/1) together make the report "when does segregation matter";
+    # they are checked before anything is drawn, so a bad one costs a line, not a minute of figures.
+    documents = segregation.find_documents([run_dir]) if run_dir.is_dir() else []
+    bottlenecks = segregation.load_documents(documents) if documents else []
     report = render_run(run_dir)
     for skipped in report.skipped:
         print(f"fmb: not rendered: {skipped}", file=sys.stderr)
     print(f"report: {report.path} ({len(report.figures)} figures beside the result files)")
-    # Bottleneck documents (fmb.bench-bottleneck/1) together: the report "when does segregation matter".
-    documents = segregation.find_documents([run_dir])
-    if documents:
-        path = segregation.write_report(segregation.load_documents(documents), run_dir)
+    if bottlenecks:
+        path = segregation.write_report(bottlenecks, run_dir)
         print(f"report: {path} (when does segregation matter, from {len(documents)} bottleneck documents)")
     return 0 if report.figures or not report.skipped else 1
 
