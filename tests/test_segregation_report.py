@@ -81,7 +81,7 @@ def test_the_recommendation_follows_the_data() -> None:
     assert reach["shared"]["medium_up_to"] == shared["points"][-2]["load"]
     assert reach["segregated"]["medium_all"] and max(p["control_ms"]["p99"] for p in segregated["points"]) <= 100
     assert row["choose"] == "segregated" and row["recommendation"].startswith("segregated: holds p99 <= 100 ms")
-    assert f"shared only up to {shared['points'][-2]['load']:,.4g}" in row["recommendation"]
+    assert f"shared only up to {shared['points'][-2]['load']:,.0f} msg/s" in row["recommendation"]
 
     # Shared keeps every command fast: shared is enough, and the table says so.
     calm = copy.deepcopy(doc)

@@ -130,11 +130,16 @@ def _further(a: float | None, b: float | None, falling: bool) -> bool:
     return a < b if falling else a > b
 
 
+def _number(value: float) -> str:
+    """A load as a reader writes it: 11,840 or 0.5, never 1.184e+04."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def _load(value: float | None, doc: BottleneckResult) -> str:
     if value is None:
         return "not even at the lightest load"
     word = "down to" if doc["load_axis"] == "falling" else "up to"
-    return f"{word} {value:,.4g} {doc['load_unit']}"
+    return f"{word} {_number(value)} {doc['load_unit']}"
 
 
 def _recommend(doc: BottleneckResult, rows: list[SegregationReach]) -> tuple[BottleneckConfig | None, str]:
@@ -145,7 +150,7 @@ def _recommend(doc: BottleneckResult, rows: list[SegregationReach]) -> tuple[Bot
         holding = [c for c in ORDER if c in by and by[c][f"{cls}_all"]]  # type: ignore[literal-required]
         if holding:
             choose = holding[0]
-            others = [f"{c} only {_load(by[c][f'{cls}_up_to'], doc)}"  # type: ignore[literal-required]
+            others = [f"{c} {_held(by[c][f'{cls}_up_to'], doc)}"  # type: ignore[literal-required]
                       for c in ORDER if c in by and ORDER.index(c) < ORDER.index(choose)]
             heaviest = by[choose]["heaviest_load"]
             text = (f"{choose}: holds p99 <= {limit} at every measured load ({_load(heaviest, doc)})"
@@ -169,6 +174,10 @@ def _recommend(doc: BottleneckResult, rows: list[SegregationReach]) -> tuple[Bot
     return best, (f"no configuration holds {CLASSES_MS['low']:g} ms at every load; {best} holds "
                   f"{CLASSES_MS['medium']:g} ms furthest ({_load(by[best]['medium_up_to'], doc)}) and "
                   f"{CLASSES_MS['low']:g} ms {_load(by[best]['low_up_to'], doc)}" + _delivery_cost(best, by))
+
+
+def _held(up_to: float | None, doc: BottleneckResult) -> str:
+    return "holds it not even at the lightest load" if up_to is None else f"only {_load(up_to, doc)}"
 
 
 def _delivery_cost(choose: BottleneckConfig, by: dict[BottleneckConfig, SegregationReach]) -> str:
@@ -198,7 +207,7 @@ def _reach_cell(up_to: float | None, every: bool, row: SegregationRow) -> str:
     if up_to is None:
         return "none"
     sign = "≥" if row["load_axis"] == "falling" else "≤"
-    return f"{sign} {up_to:,.4g}" + (" (every load)" if every else "")
+    return f"{sign} {_number(up_to)}" + (" (every load)" if every else "")
 
 
 def report_markdown(docs: Sequence[BottleneckResult], rows: Sequence[SegregationRow],
