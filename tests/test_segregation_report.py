@@ -188,3 +188,13 @@ def test_a_file_that_is_not_a_prioritization_result_is_refused(tmp_path: Path) -
     broken["results"] = {"mesh": []}
     with pytest.raises(TestbedError, match="configuration 'mesh' is not one of"):
         cpubound.from_prioritization(broken)
+
+
+def test_fmb_bench_cpu_converts_or_says_why_not(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "cpu", "--out", str(tmp_path / "none")]) == 1
+    assert capsys.readouterr().err.strip() == ("fmb: error: cpu converts a prioritization result: give --from "
+                                               "bench-prioritization.json")
+    assert main(["bench", "cpu", "--from", str(FIXTURES / "bench-storm.json"), "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "holds 'fmb.bench-bottleneck/1', not fmb.bench-prioritization/1" in err
+    assert not (tmp_path / "x").exists()  # nothing written for a refused input
