@@ -67,6 +67,7 @@ class StormOptions:
         return cls(sizes=(50, 100), interval_s=1.0, idle_control_s=2.0, connect_rate=100.0, quick=True)
 
     def check(self) -> None:
+        """Raise TestbedError naming the option and the fix; the scale options each storm runs with too."""
         if not self.sizes or any(not 1 <= n <= MAX_METERS_PER_FEEDER for n in self.sizes):
             raise TestbedError(f"--sizes is {','.join(map(str, self.sizes)) or 'empty'}; give meters per storm, "
                                f"1 to {MAX_METERS_PER_FEEDER:,}, e.g. 100,300,1000")

@@ -720,6 +720,7 @@ def _bottleneck_delivery(axes: Axes, result: Result) -> None:
                       color=colour)
     if result.get("load_axis") == "falling":
         axes.invert_xaxis()
+    axes.set_ylim(bottom=0)  # a rate from zero: a short axis would make noise look like a cost
     axes.set_xlabel(result["load_unit"])
     axes.set_ylabel("delivery plane carried (msg/s)")
     axes.grid(True, alpha=0.3)
