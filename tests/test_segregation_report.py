@@ -198,3 +198,11 @@ def test_fmb_bench_cpu_converts_or_says_why_not(tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "holds 'fmb.bench-bottleneck/1', not fmb.bench-prioritization/1" in err
     assert not (tmp_path / "x").exists()  # nothing written for a refused input
+
+
+def test_a_curve_without_points_holds_nothing() -> None:
+    doc = _cpu()
+    _curve(doc, "shared")["points"] = []
+    reach = {r["config"]: r for r in _row(doc)["reach"]}
+    assert reach["shared"]["medium_up_to"] is None and reach["shared"]["medium_all"] is False
+    assert reach["shared"]["heaviest_load"] is None and _row(doc)["choose"] == "segregated"

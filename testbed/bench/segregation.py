@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final, cast
@@ -102,6 +101,8 @@ def _meets(point: BottleneckPoint, limit_ms: float) -> bool:
 
 def reach(curve: BottleneckCurve, limit_ms: float) -> tuple[float | None, bool]:
     """(the heaviest load up to which every point met ``limit_ms``, whether every point did)."""
+    if not curve["points"]:
+        return None, False  # measured nothing: holds nothing
     last: float | None = None
     for point in curve["points"]:  # lightest first, in either axis direction
         if not _meets(point, limit_ms):
@@ -116,7 +117,7 @@ def _reach_row(curve: BottleneckCurve) -> SegregationReach:
     heaviest = curve["points"][-1] if curve["points"] else None
     return SegregationReach(
         config=curve["config"], medium_up_to=medium, medium_all=medium_all, low_up_to=low, low_all=low_all,
-        heaviest_load=heaviest["load"] if heaviest else math.nan,
+        heaviest_load=heaviest["load"] if heaviest else None,
         heaviest_p99_ms=heaviest["control_ms"].get("p99") if heaviest else None,
         heaviest_delivery_rate=heaviest["delivery_rate"] if heaviest else 0.0)
 

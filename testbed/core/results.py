@@ -1003,7 +1003,7 @@ class SegregationReach(TypedDict):
     medium_all: bool
     low_up_to: float | None
     low_all: bool
-    heaviest_load: float
+    heaviest_load: float | None  # None: the curve has no point
     heaviest_p99_ms: float | None
     heaviest_delivery_rate: float
 
