@@ -13,7 +13,7 @@ import pytest
 
 from brokers.mosquitto import mosquitto_binary
 from testbed.bench import bottleneck
-from testbed.bench.storm import CONFIGS, StormOptions, parse_sizes, summary
+from testbed.bench.storm import CONFIGS, SATURATED_SLOWER, StormOptions, parse_sizes, summary
 from testbed.core.errors import TestbedError
 from testbed.pytest_plugin import require
 
@@ -70,6 +70,14 @@ def test_the_fixture_has_the_current_shape() -> None:
     result = json.loads(FIXTURE.read_text())
     assert_storm_result(result, result["conditions"]["sizes"])
     assert len(result["conditions"]["sizes"]) >= 2
+    # Saturated by the stated rule: slower than SATURATED_SLOWER x the smallest storm to report back.
+    for curve in result["curves"]:
+        storms = sorted((s for s in result["conditions"]["storms"] if s["config"] == curve["config"]),
+                        key=lambda s: s["meters"])
+        expected = [s["reported_s"] is None or (i > 0 and s["reported_s"] > SATURATED_SLOWER * storms[0]["reported_s"])
+                    for i, s in enumerate(storms)]
+        assert [p["saturated"] for p in curve["points"]] == expected
+        assert [p["delivery_rate"] for p in curve["points"]] == [s["delivered_per_s"] for s in storms]
     assert "segregated" in summary(result)  # type: ignore[arg-type]
 
 
