@@ -669,14 +669,17 @@ def bottleneck_caption(result: Result) -> str:
     """The conditions of one bottleneck document in a line: machine, versions, QoS, TLS, load average."""
     cond = result.get("conditions") or {}
     env = result.get("environment") or {}
-    load = cond.get("load_average_before") or cond.get("load_average")
+    # Each benchmark names its load average as it measured it (before, after, at the end): the first one it has.
+    load_key = next((k for k, v in cond.items() if "load_average" in k and isinstance(v, list) and v), None)
+    load = cond[load_key] if load_key else None
     reps = cond.get("repetitions")
     parts = [f"QoS {env.get('qos', cond.get('qos', cond.get('command_qos', '?')))}",
              str(env.get("tls_version") or cond.get("tls_version") or "TLS ?"),
              f"mosquitto {env.get('mosquitto') or '?'}",
              f"{(env.get('machine') or {}).get('cores', '?')} cores"]
-    if isinstance(load, list) and load:
-        parts.append(f"load avg {load[0]}")
+    if isinstance(load, list) and load_key:
+        when = load_key.replace("machine_", "").replace("load_average", "").strip("_").replace("_", " ")
+        parts.append(f"load avg {load[0]}" + (f" ({when})" if when else ""))
     if reps is not None:
         parts.append(f"{reps} run(s) per point")
     if cond.get("note"):
