@@ -53,6 +53,7 @@ from testbed.bench.common import (
     bench_topology,
     file_size,
     mosquitto_pub_version,
+    sent_count,
     start_flood,
     start_flood_subscriber,
     start_responder,
@@ -86,22 +87,26 @@ PRIORITY_QUOTA_FACTOR: Final = 2.0
 SHORTFALL: Final = 0.9
 AT_QUOTA: Final = 0.8
 DRAIN_TIMEOUT_S: Final = 10.0
+CONNECT_TIMEOUT_S: Final = 60.0
+PACING_CAP_S: Final = 0.005  # at most this is taken off a publisher's repeat delay (an idle step gone slow)
 
 
 @dataclasses.dataclass(frozen=True)
 class BrokerBenchOptions:
     """What one run measures; :meth:`check` refuses what cannot be run, naming the option."""
 
-    rates: tuple[float, ...] = (0, 250, 500, 1000, 2000, 4000)
-    quota: float = 0.25  # CPU cores per broker (cgroup CFS quota)
+    rates: tuple[float, ...] = (0, 200, 400, 700, 1000, 1500, 2000)
+    # CPU cores per broker (cgroup CFS quota): at 0.2 a broker of ours carried about 1,400 QoS 1 msg/s over TLS
+    # here before the two shared cores ran out (load average 10+); at 0.1 it reaches its quota first.
+    quota: float = 0.1
     step_seconds: float = 10.0
     settle_s: float = 1.0
     command_rate: float = 50.0
     payload_bytes: int = 256
     flood_qos: int = 1
     command_qos: int = 1
-    publishers: int = 2  # at least this many flood publishers
-    per_publisher_rate: float = 250.0  # and one more for every so many msg/s offered
+    publishers: int = 3  # at least this many flood publishers
+    per_publisher_rate: float = 100.0  # and one more for every so many msg/s offered
     configs: tuple[str, ...] = CONFIGS  # measured in the order of CONFIGS
     image: str = IMAGE
 
@@ -273,13 +278,15 @@ class _Sample:
 
     at: float
     delivered_bytes: int
+    sent: int
     brokers: dict[str, tuple[float, int, int]]
     generators: dict[int, float]
 
     @classmethod
-    def take(cls, log: Path, brokers: dict[str, QuotaBroker], flood: list[ProcessRecord]) -> _Sample:
-        return cls(time.monotonic(), file_size(log), {plane: b.cpu() for plane, b in brokers.items()},
-                   {r.pid: _proc_cpu_s([r.pid]) for r in flood})
+    def take(cls, log: Path, brokers: dict[str, QuotaBroker], flood: list[ProcessRecord],
+             offsets: dict[int, tuple[int, int]]) -> _Sample:
+        return cls(time.monotonic(), file_size(log), sent_count(flood, offsets),
+                   {plane: b.cpu() for plane, b in brokers.items()}, {r.pid: _proc_cpu_s([r.pid]) for r in flood})
 
 
 def _evidence(first: _Sample, last: _Sample, brokers: dict[str, QuotaBroker],
@@ -287,6 +294,7 @@ def _evidence(first: _Sample, last: _Sample, brokers: dict[str, QuotaBroker],
     """Each broker's CPU (cores, cgroup) and throttled share of CFS periods, the generators' CPU, over a window."""
     wall = last.at - first.at
     evidence: dict[str, float | None] = {"publishers": publishers, "window_s": round(wall, 3),
+                                         "offered_sent_rate": round((last.sent - first.sent) / wall, 1),
                                          "load_average_1min": round(os.getloadavg()[0], 2)}
     for plane, broker in brokers.items():
         (cpu0, periods0, throttled0), (cpu1, periods1, throttled1) = first.brokers[plane], last.brokers[plane]
@@ -316,6 +324,21 @@ def _wait_drained(log: Path, quiet_s: float = 0.5) -> None:
         wait_until(quiet, DRAIN_TIMEOUT_S, interval_s=0.1, what="the flood's backlog to drain")
 
 
+def _wait_connected(flood: list[ProcessRecord]) -> None:
+    """Until every flood publisher (started with ``count_sent``: ``-d``) has its CONNACK."""
+    def connected() -> bool:
+        for record in flood:
+            try:
+                if b"received CONNACK" not in Path(record.log).read_bytes()[:4096]:
+                    return False
+            except OSError:
+                return False
+        return True
+
+    wait_until(connected, CONNECT_TIMEOUT_S, interval_s=0.05,
+               what=lambda: f"{len(flood)} flood publishers connected to the quota'd broker; see {flood[0].log}")
+
+
 @dataclasses.dataclass
 class _Run:
     """What every configuration shares: the engine, the network, the PKI and identities, the options."""
@@ -331,6 +354,7 @@ class _Run:
     procs: Processes
     progress: Callable[[str], None]
     versions: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    publish_s: float = 0.0  # how long one flood publish took at idle (set by each curve's idle step)
 
     def brokers(self, config: BottleneckConfig) -> dict[str, QuotaBroker]:
         """The started brokers of ``config`` by plane ("delivery", and "control" when segregated)."""
@@ -388,33 +412,46 @@ class _Run:
         return {"config": config, "idle_p99_ms": idle, "unsaturated_rate": max(unsaturated, default=0.0),
                 "points": points}
 
+    def _paced(self, rate: float, publishers: int) -> float:
+        """The rate to ask ``mosquitto_pub`` for so that it offers ``rate``: it starts its repeat delay only
+        when a publish completes (at QoS 1, its PUBACK), so the delay is shortened by the time a publish
+        took at idle (half the idle command round trip), never below half of it."""
+        delay = publishers / rate
+        return publishers / max(delay - self.publish_s, delay / 2)
+
     def _point(self, config: str, rate: float, commander: Commander, brokers: dict[str, QuotaBroker],
                delivery: Endpoint, flood_log: Path) -> BottleneckPoint:
         opts = self.options
         publishers = opts.publishers_for(rate) if rate else 0
         run_s = opts.settle_s + opts.step_seconds + 4  # outlasts the window and its acknowledgements
         flood = [] if rate == 0 else start_flood(
-            self.procs, self.pki, delivery, self.topology.root, rate, run_s, opts.payload_bytes, opts.flood_qos,
-            publishers, {}, f"{config.replace('+', '-')}-{rate:g}")
+            self.procs, self.pki, delivery, self.topology.root, self._paced(rate, publishers), run_s,
+            opts.payload_bytes, opts.flood_qos, publishers, {}, f"{config.replace('+', '-')}-{rate:g}", count_sent=True)
+        offsets: dict[int, tuple[int, int]] = {}
         try:
+            _wait_connected(flood)  # a quota'd broker takes seconds to shake hands with tens of publishers
             time.sleep(opts.settle_s if flood else 0.2)
-            first = _Sample.take(flood_log, brokers, flood)
+            first = _Sample.take(flood_log, brokers, flood, offsets)
             samples: list[_Sample] = []
             # The counters are read when the commands stop, not after their acknowledgements are waited for.
-            timer = threading.Timer(opts.step_seconds, lambda: samples.append(_Sample.take(flood_log, brokers, flood)))
+            timer = threading.Timer(opts.step_seconds,
+                                    lambda: samples.append(_Sample.take(flood_log, brokers, flood, offsets)))
             timer.start()
             control = commander.window(opts.command_rate, opts.step_seconds)
             timer.join()
         finally:
             self.procs.stop(flood)
-        last = samples[0] if samples else _Sample.take(flood_log, brokers, flood)
+        last = samples[0] if samples else _Sample.take(flood_log, brokers, flood, offsets)
+        if rate == 0 and control.get("p50"):
+            self.publish_s = min(control["p50"] / 2 / 1000, PACING_CAP_S)
         delivered = (last.delivered_bytes - first.delivered_bytes) / 2 / (last.at - first.at)  # "x\n" a message
         evidence = _evidence(first, last, brokers, publishers)
         at_quota = (evidence["delivery_broker_cpu_cores"] or 0) >= AT_QUOTA * brokers["delivery"].quota
         saturated = rate > 0 and delivered < SHORTFALL * rate and at_quota
         point: BottleneckPoint = {"load": rate, "control_ms": control, "delivery_rate": round(delivered, 1),
                                   "saturated": saturated, "evidence": evidence}
-        self.progress(f"  {config:20} offered {rate:>7g} msg/s ({publishers:2} publishers): delivered "
+        self.progress(f"  {config:20} offered {rate:>7g} msg/s ({publishers:2} publishers, sent "
+                      f"{evidence['offered_sent_rate']:7.0f}): delivered "
                       f"{delivered:7.0f} msg/s, delivery broker {evidence['delivery_broker_cpu_cores']:.2f} of "
                       f"{brokers['delivery'].quota:g} cores, generators {evidence['generator_cpu_cores']:.2f} cores; "
                       f"control p50 {control.get('p50', float('nan')):.2f} "

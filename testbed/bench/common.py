@@ -27,8 +27,8 @@ from testbed.security.pki import PKI
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 
 __all__ = ["ACK_TIMEOUT_S", "Commander", "Placement", "Processes", "bench_topology", "file_size",
-           "mosquitto_pub_version", "start_broker", "start_flood", "start_flood_subscriber", "start_responder",
-           "wait_for_ack", "wait_for_log"]
+           "mosquitto_pub_version", "sent_count", "start_broker", "start_flood", "start_flood_subscriber",
+           "start_responder", "wait_for_ack", "wait_for_log"]
 
 ACK_TIMEOUT_S: Final = 2.0  # a command unacknowledged this long after its window is counted lost
 
@@ -174,13 +174,17 @@ class Commander:
 
 
 def start_flood(procs: Processes, pki: PKI, endpoint: Endpoint, root: str, rate: float | None, seconds: float,
-           payload_bytes: int, qos: int, publishers: int, place: Placement,
-           tag: str) -> list[ProcessRecord]:
-    """Start ``publishers`` mosquitto_pub processes offering ``rate`` msg/s in all (None: as fast as they can)."""
+                payload_bytes: int, qos: int, publishers: int, place: Placement,
+                tag: str, count_sent: bool = False) -> list[ProcessRecord]:
+    """Start ``publishers`` mosquitto_pub processes offering ``rate`` msg/s in all (None: as fast as they can).
+
+    ``count_sent``: each logs a line per PUBLISH it sends (``-d``), so :func:`sent_count` can tell what the
+    generators really offered: ``mosquitto_pub`` starts its repeat delay only when a publish completes
+    (at QoS 1 its PUBACK), so it offers less than ``rate`` when the broker or the host is slow."""
     client = pki.client("bench")
     base = ["mosquitto_pub", "-V", "5", "-h", endpoint.host, "-p", str(endpoint.port), "--cafile",
             str(pki.ca_cert), "--cert", str(client.cert), "--key", str(client.key), "-q", str(qos),
-            "-m", "f" * payload_bytes]
+            "-m", "f" * payload_bytes, *(["-d"] if count_sent else [])]
     started = []
     for i in range(publishers):
         if rate is None:
@@ -191,6 +195,28 @@ def start_flood(procs: Processes, pki: PKI, endpoint: Endpoint, root: str, rate:
                        "--repeat", str(count), "--repeat-delay", f"{delay:.6f}"]
         started.append(procs.start(f"flood-{tag}-{i}", argv, **place))
     return started
+
+
+SENT: Final = b"sending PUBLISH"
+
+
+def sent_count(flood: list[ProcessRecord], offsets: dict[int, tuple[int, int]]) -> int:
+    """PUBLISH packets the flood publishers (started with ``count_sent``) have sent so far, reading each
+    log from where ``offsets`` (pid -> (bytes read, count); updated here) left it."""
+    total = 0
+    for record in flood:
+        done, count = offsets.get(record.pid, (0, 0))
+        try:
+            with open(record.log, "rb") as f:
+                f.seek(done)
+                chunk = f.read()
+        except OSError:
+            chunk = b""
+        complete = chunk.rfind(b"\n") + 1  # a line being written counts next time
+        count += chunk[:complete].count(SENT)
+        offsets[record.pid] = (done + complete, count)
+        total += count
+    return total
 
 
 

@@ -306,11 +306,11 @@ def add_bench(commands: Commands) -> None:
     bench.add_argument("--qos", default="0,1,2", help="latency: QoS levels, comma-separated (default 0,1,2)")
     bench.add_argument("--rates", default=PRIORITIZATION_RATES,
                        help="prioritization: flood rates in msg/s, from 0, 'max' = as fast as the publishers can; "
-                            "broker: offered rates in msg/s, rising from 0 (default 0,250,500,1000,2000,4000)")
+                            "broker: offered rates in msg/s, rising from 0 (default 0,200,400,700,1000,1500,2000)")
     bench.add_argument("--configs", default=PRIORITIZATION_CONFIGS,
                        help="prioritization, broker: configurations to compare")
-    bench.add_argument("--quota", type=float, default=0.25,
-                       help="broker: each broker container's CPU quota in cores (default 0.25)")
+    bench.add_argument("--quota", type=float, default=0.1,
+                       help="broker: each broker container's CPU quota in cores (default 0.1)")
     bench.add_argument("--image", default="fmb-broker:latest",
                        help="broker: the broker image (default fmb-broker:latest, built by scripts/images)")
     bench.add_argument("--step-seconds", type=float, default=10.0,
@@ -323,7 +323,7 @@ def add_bench(commands: Commands) -> None:
     bench.add_argument("--command-qos", type=int, choices=[0, 1, 2], default=1, help="prioritization: command QoS")
     bench.add_argument("--publishers", type=int, default=3,
                        help="prioritization, wan: flood publisher processes; broker: at least this many, and one "
-                            "more per 250 msg/s offered")
+                            "more per 100 msg/s offered")
     bench.add_argument("--rate", type=float, default=200.0,
                        help="recovery, crash: producer messages per second (default 200; recovery on docker: 20)")
     bench.add_argument("--autosave", default="1,5,30", help="recovery: autosave intervals to sweep, seconds")
