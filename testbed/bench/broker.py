@@ -540,12 +540,13 @@ def summary(result: BottleneckResult) -> str:
     cond = result["conditions"]
     lines = [f"broker benchmark: brokers at {cond['broker_quota_cores']} cores each (cgroup quota), "
              f"control round trip (ms) under a delivery-plane flood; load average {cond['load_average_after']}",
-             f"{'config':22}{'offered':>9}{'delivered':>11}{'broker cpu':>11}{'ctl p50':>9}{'ctl p99':>9}"
+             f"{'config':22}{'offered':>9}{'sent':>7}{'delivered':>11}{'broker cpu':>11}{'ctl p50':>9}{'ctl p99':>9}"
              f"{'unacked':>9}  saturated"]
     for curve in result["curves"]:
         for p in curve["points"]:
             c, ev = p["control_ms"], p.get("evidence", {})
-            lines.append(f"{curve['config']:22}{p['load']:>9g}{p['delivery_rate']:>11.0f}"
+            lines.append(f"{curve['config']:22}{p['load']:>9g}{ev.get('offered_sent_rate') or 0:>7.0f}"
+                         f"{p['delivery_rate']:>11.0f}"
                          f"{ev.get('delivery_broker_cpu_cores') or 0:>11.2f}{c.get('p50', float('nan')):>9.2f}"
                          f"{c.get('p99', float('nan')):>9.2f}{c['lost']:>9}  {'yes' if p['saturated'] else ''}")
     t = result["targets"]
