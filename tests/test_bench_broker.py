@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from testbed.bench.bottleneck import check
-from testbed.bench.broker import BrokerBenchOptions, run_broker_bench
+from testbed.bench.broker import CONFIGS, BrokerBenchOptions, run_broker_bench
 from testbed.core.errors import TestbedError
 from testbed.security.pki import PKI
 from tests.conftest import require
@@ -125,3 +125,18 @@ def test_a_broker_that_fails_to_start_leaves_nothing_behind(tmp_path: Path) -> N
         run_broker_bench(PKI(tmp_path / "certs"), "fmb", options, tmp_path / "out")
     assert not _leftovers(client)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_committed_fixture_is_a_valid_document() -> None:
+    """tests/fixtures/bench-broker.json (a real run's output, which the report reads) passes check() and
+    says its conditions: the quota, the load average, the generator check."""
+    doc = json.loads((Path(__file__).parent / "fixtures" / "bench-broker.json").read_text())
+    check(doc, "tests/fixtures/bench-broker.json")
+    assert doc["bottleneck"] == "broker" and [c["config"] for c in doc["curves"]] == list(CONFIGS)
+    cond = doc["conditions"]
+    assert cond["broker_quota_cores"] > 0 and len(cond["load_average_before"]) == 3
+    assert isinstance(cond["generator_check"]["broker_was_the_limit"], bool)
+    for curve in doc["curves"]:
+        assert curve["points"][0]["load"] == 0
+        for point in curve["points"]:
+            assert "delivery_broker_cpu_cores" in point["evidence"]

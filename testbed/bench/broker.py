@@ -74,6 +74,10 @@ IMAGE: Final = "fmb-broker:latest"
 SITE: Final = "bench-broker"  # brokers bench-broker-delivery and bench-broker-control
 CONTAINER: Final = PurePath("/mosquitto")
 IMAGE_UID: Final = 10001  # the fmb-broker image's user (compose/images/broker/Dockerfile)
+# The brokers' cgroup parent: a group of their own beside Docker's. Under the default (/docker) every other
+# container on the machine shares one weight with them, and a busy Compose bus next door starved a 0.1-core
+# broker to 0.02 cores; here they compete for the host like any one process, and their quota binds first.
+CGROUP_PARENT: Final = "/fmb-bench-broker"
 PORTS: Final = (8883, 8884)  # inside each container's own network namespace: nothing on the host's ports
 # The run's network takes the first of these /28s that is free (several runs can go at once); the
 # brokers' certificates name their address in every one, so they stay valid from run to run.
@@ -183,7 +187,8 @@ class QuotaBroker:
                  str(self.directory / "log"): {"bind": str(CONTAINER / "log"), "mode": "rw"}}
         host_config = api.create_host_config(
             binds=binds, network_mode=network, nano_cpus=int(quota * 1e9), cpu_shares=cpu_shares,
-            read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"], mem_limit="256m")
+            read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"], mem_limit="256m",
+            cgroup_parent=CGROUP_PARENT)
         networking = api.create_networking_config({network: api.create_endpoint_config(ipv4_address=self.address)})
         self.id = api.create_container(
             self.image, user=self.user, host_config=host_config, networking_config=networking,
@@ -513,7 +518,7 @@ def run_broker_bench(pki: PKI, root: str, options: BrokerBenchOptions, out: Path
         "flood_publishers": f"max({options.publishers}, ceil(offered / {options.per_publisher_rate:g}))",
         "flood_client": mosquitto_pub_version(), "tls_version": run.versions.get("tls_version"),
         "broker_image": options.image, "broker_mosquitto": run.versions.get("broker_mosquitto"),
-        "broker_quota_cores": options.quota, "cfs_period_ms": 100,
+        "broker_quota_cores": options.quota, "cfs_period_ms": 100, "cgroup_parent": CGROUP_PARENT,
         "priority": {"control_cpu_shares": PRIORITY_CONTROL_SHARES, "delivery_cpu_shares": PRIORITY_DELIVERY_SHARES,
                      "control_quota_cores": options.quota * PRIORITY_QUOTA_FACTOR,
                      "others_cpu_shares": 1024},
