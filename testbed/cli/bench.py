@@ -189,7 +189,8 @@ def _bench_prioritization(args: argparse.Namespace, out: Path) -> int:
     print(f"prioritization benchmark: {len(configs)} configurations x {len(rates)} flood rates x "
           f"{args.step_seconds:g} s", flush=True)
     result = prioritization.run_prioritization(
-        pki, topology.root, rates, args.step_seconds, 1.0, args.command_rate, args.payload, args.flood_qos,
+        pki, topology.root, rates, args.step_seconds, 1.0, args.command_rate, args.payload,
+        1 if args.flood_qos is None else args.flood_qos,
         args.command_qos, args.publishers, out, configs, progress=_say)
     print(prioritization.summary(result))
     print(f"result: {out}/bench-prioritization.json")
@@ -210,7 +211,8 @@ def _bench_broker(args: argparse.Namespace, out: Path) -> int:
     configs_text = ",".join(defaults.configs) if args.configs == PRIORITIZATION_CONFIGS else args.configs
     options = broker.BrokerBenchOptions(
         rates=rates, quota=args.quota, step_seconds=args.step_seconds, command_rate=args.command_rate,
-        payload_bytes=args.payload, flood_qos=args.flood_qos, command_qos=args.command_qos,
+        payload_bytes=args.payload, flood_qos=defaults.flood_qos if args.flood_qos is None else args.flood_qos,
+        command_qos=args.command_qos,
         publishers=args.publishers, configs=tuple(c.strip() for c in configs_text.split(",")),
         image=args.image)
     options.check()
@@ -306,7 +308,7 @@ def add_bench(commands: Commands) -> None:
     bench.add_argument("--qos", default="0,1,2", help="latency: QoS levels, comma-separated (default 0,1,2)")
     bench.add_argument("--rates", default=PRIORITIZATION_RATES,
                        help="prioritization: flood rates in msg/s, from 0, 'max' = as fast as the publishers can; "
-                            "broker: offered rates in msg/s, rising from 0 (default 0,200,400,700,1000,1500,2000)")
+                            "broker: offered rates in msg/s, rising from 0 (default 0,1000,2000,3000,4000,5000,6000)")
     bench.add_argument("--configs", default=PRIORITIZATION_CONFIGS,
                        help="prioritization, broker: configurations to compare")
     bench.add_argument("--quota", type=float, default=0.1,
@@ -319,11 +321,12 @@ def add_bench(commands: Commands) -> None:
                        help="prioritization: control commands per second (default 50; wan: 10; scale: 20)")
     bench.add_argument("--payload", type=int, default=256,
                        help="prioritization, wan, crash: payload bytes (default 256)")
-    bench.add_argument("--flood-qos", type=int, choices=[0, 1, 2], default=1, help="prioritization: flood QoS")
+    bench.add_argument("--flood-qos", type=int, choices=[0, 1, 2],
+                       help="prioritization, broker: flood QoS (default 1; broker: 0, open loop)")
     bench.add_argument("--command-qos", type=int, choices=[0, 1, 2], default=1, help="prioritization: command QoS")
     bench.add_argument("--publishers", type=int, default=3,
                        help="prioritization, wan: flood publisher processes; broker: at least this many, and one "
-                            "more per 100 msg/s offered")
+                            "more per 200 msg/s offered")
     bench.add_argument("--rate", type=float, default=200.0,
                        help="recovery, crash: producer messages per second (default 200; recovery on docker: 20)")
     bench.add_argument("--autosave", default="1,5,30", help="recovery: autosave intervals to sweep, seconds")
