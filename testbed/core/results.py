@@ -961,6 +961,10 @@ class BottleneckPoint(TypedDict):
     control_ms: PrioritizationControl  # command round trips at this load
     delivery_rate: float  # what the delivery plane carried end to end (msg/s) at this load
     saturated: bool  # the offered load was more than the bottleneck carried
+    # What shows where the limit was at this point, by name (all numeric; None: not measured). The broker
+    # bench: each broker's CPU in cores against its quota and its fraction of throttled CFS periods, the
+    # flood generators' CPU, publishers, the host's load average. A reader must not count on any key.
+    evidence: NotRequired[dict[str, float | None]]
 
 
 class BottleneckCurve(TypedDict):
