@@ -528,9 +528,10 @@ def _storm(bus: _Bus, readings: Readings, config: str, options: ScaleOptions, wa
             if reported is None and len(heard) >= fleet.meters:
                 reported = (max(heard.values()) - readings.mark_ns) / 1e9
             time.sleep(TICK_S)
-        storm_control = commander.stop(first)
+        # The delivery window ends with the storm, before the commander waits for late acknowledgements.
         storm_s = time.monotonic() - t_stop
         during = _own_per_s(readings.take(), own, storm_s)
+        storm_control = commander.stop(first)
         cpu_used = cpu.result()
         mark = readings.mark_ns
         times = sorted((ns - mark) / 1e9 for ns in heard.values())
