@@ -90,6 +90,9 @@ __all__ = [
     "ScenarioEnd",
     "ScenarioResultDoc",
     "ScenarioStep",
+    "SegregationReach",
+    "SegregationReport",
+    "SegregationRow",
     "SoakConditions",
     "SoakFault",
     "SoakInvariant",
@@ -929,6 +932,10 @@ class ScaleStorm(TypedDict):
     control_ms: ScaleControl  # during it: from the SIGTERM to every meter reported (or the wait)
     reported_by_time: list[list[float]]  # [[s since broker back, meters reported]]
     cpu: dict[str, ScaleCpu]
+    # Readings/s the DMS side received (fmb bench storm's delivery plane; added after the first results):
+    delivered_before_per_s: NotRequired[float]  # during the idle control window before the storm
+    delivered_per_s: NotRequired[float]  # from the SIGTERM to every meter reported (or the wait)
+    storm_s: NotRequired[float]  # the length of that window
 
 
 class ScaleScenarioRuns(PercentilesIfAny):
@@ -1187,3 +1194,38 @@ class ModelAnswers(TypedDict):
     storm: list[dict[str, float | int | str | bool | None]]  # with and without jittered backoff
     wan_per_substation: dict[str, float]
     wall_s: float
+
+
+# -- the report "when does segregation matter": segregation.json (fmb.segregation-report/1) ----------
+# Derived from the bottleneck documents above by ``testbed.bench.segregation``; nothing in it is measured.
+
+class SegregationReach(TypedDict):
+    """How far one configuration keeps command round trips under each IEC 61850-5 class."""
+
+    config: BottleneckConfig
+    # The heaviest load up to which every point (in load order) had p99 <= the class and no command
+    # unacknowledged; None: not even the lightest. ``*_all``: every measured point did.
+    medium_up_to: float | None
+    medium_all: bool
+    low_up_to: float | None
+    low_all: bool
+    heaviest_load: float | None  # None: the curve has no point
+    heaviest_p99_ms: float | None
+    heaviest_delivery_rate: float
+
+
+class SegregationRow(TypedDict):
+    bottleneck: Literal["cpu", "broker", "wan", "storm"]
+    load_unit: str
+    load_axis: Literal["rising", "falling"]
+    source: str  # the document it was derived from
+    reach: list[SegregationReach]  # shared, segregated, segregated+priority (those measured)
+    choose: BottleneckConfig | None  # the simplest configuration that holds the tightest class furthest
+    recommendation: str  # the same, with the loads, in a sentence
+
+
+class SegregationReport(TypedDict):
+    schema: Literal["fmb.segregation-report/1"]
+    created: str
+    rows: list[SegregationRow]
+

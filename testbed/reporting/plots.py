@@ -36,6 +36,10 @@ from testbed.core.stats import percentiles
 from testbed.reporting.text import RECOVERY_TIMES
 
 __all__ = [
+    "BOTTLENECK_TITLES",
+    "IEC_LINES_MS",
+    "bottleneck_caption",
+    "bottleneck_curves",
     "conditions_caption",
     "crash_curve",
     "crash_policies",
@@ -50,6 +54,8 @@ __all__ = [
     "scale_ramp",
     "scale_steady",
     "scale_storm",
+    "segregation_control",
+    "segregation_delivery",
     "soak_ledger",
     "soak_timeline",
     "ui_cdf",
@@ -703,3 +709,127 @@ def scale_storm(result: ScaleResult) -> Figure:
     right.legend(fontsize=8)
     meters = storms[0]["meters"] if storms else 0
     return _finish(figure, f"Reconnect storm: {meters:,} meters' broker restarted", result)
+
+
+# -- shared against segregated, per bottleneck (fmb.bench-bottleneck/1) ------------------------------
+
+# IEC 61850-5's classes a control command must stay under (DESIGN.md): medium and low speed.
+IEC_LINES_MS = ((100.0, "IEC 61850-5 medium speed (100 ms)"), (500.0, "IEC 61850-5 low speed (500 ms)"))
+_CONFIG_STYLE = {"shared": _SERIES[0], "segregated": _SERIES[1], "segregated+priority": _SERIES[2]}
+BOTTLENECK_TITLES = {"cpu": "CPU-bound (two shared cores)", "broker": "Broker-bound (a broker at its CPU quota)",
+                     "wan": "WAN-bound (a shaped field <-> data-centre link)",
+                     "storm": "Storm-bound (a substation's reconnect storm)"}
+
+
+def bottleneck_caption(result: Result) -> str:
+    """The conditions of one bottleneck document in a line: machine, versions, QoS, TLS, load average."""
+    cond = result.get("conditions") or {}
+    env = result.get("environment") or {}
+    # Each benchmark names its load average as it measured it (before, after, at the end): the first one it has.
+    load_key = next((k for k, v in cond.items() if "load_average" in k and isinstance(v, list) and v), None)
+    load = cond[load_key] if load_key else None
+    reps = cond.get("repetitions")
+    parts = [f"QoS {env.get('qos', cond.get('qos', cond.get('command_qos', '?')))}",
+             str(env.get("tls_version") or cond.get("tls_version") or "TLS ?"),
+             f"mosquitto {env.get('mosquitto') or '?'}",
+             f"{(env.get('machine') or {}).get('cores', '?')} cores"]
+    if isinstance(load, list) and load_key:
+        when = load_key.replace("machine_", "").replace("load_average", "").strip("_").replace("_", " ")
+        parts.append(f"load avg {load[0]}" + (f" ({when})" if when else ""))
+    if reps is not None:
+        parts.append(f"{reps} run(s) per point")
+    if cond.get("note"):
+        parts.append(str(cond["note"]))
+    return " · ".join(parts)
+
+
+def _bottleneck_control(axes: Axes, result: Result) -> None:
+    for curve in result["curves"]:
+        colour, line, marker = _CONFIG_STYLE.get(curve["config"], _SERIES[3])
+        points = curve["points"]
+        xs = [p["load"] for p in points]
+        for key, alpha in (("p99", 1.0), ("p50", 0.35)):
+            ys = [p["control_ms"].get(key, float("nan")) for p in points]
+            axes.plot(xs, ys, color=colour, linestyle=line, marker=marker, alpha=alpha,
+                      markersize=6 if key == "p99" else 4, label=f"{curve['config']} {key}")
+        lossy = [(p["load"], p["control_ms"].get("p99", float("nan"))) for p in points if p["control_ms"].get("lost")]
+        if lossy:
+            axes.plot(*zip(*lossy, strict=True), linestyle="", marker="x", color="black", markersize=9,
+                      label=f"{curve['config']}: commands unacknowledged")
+    for limit, label in IEC_LINES_MS:
+        axes.axhline(limit, color=_GREY, linestyle=":" if limit > 100 else "--", linewidth=1.2, label=label)
+    axes.set_yscale("log")
+    axes.set_xlabel(result["load_unit"] + (" (heavier to the right: axis reversed)"
+                                           if result.get("load_axis") == "falling" else ""))
+    if result.get("load_axis") == "falling":
+        axes.invert_xaxis()
+    axes.set_ylabel("command round trip (ms, log)")
+    axes.grid(True, which="both", alpha=0.3)
+
+
+def _bottleneck_delivery(axes: Axes, result: Result) -> None:
+    for curve in result["curves"]:
+        colour, line, marker = _CONFIG_STYLE.get(curve["config"], _SERIES[3])
+        points = curve["points"]
+        axes.plot([p["load"] for p in points], [p["delivery_rate"] for p in points], color=colour, linestyle=line,
+                  marker=marker, label=curve["config"])
+        saturated = [(p["load"], p["delivery_rate"]) for p in points if p["saturated"]]
+        if saturated:
+            axes.plot(*zip(*saturated, strict=True), linestyle="", marker="o", markersize=11, markerfacecolor="none",
+                      color=colour)
+    if result.get("load_axis") == "falling":
+        axes.invert_xaxis()
+    axes.set_ylim(bottom=0)  # a rate from zero: a short axis would make noise look like a cost
+    axes.set_xlabel(result["load_unit"])
+    axes.set_ylabel("delivery plane carried (msg/s)")
+    axes.grid(True, alpha=0.3)
+
+
+def bottleneck_curves(result: Result) -> Figure:
+    """One bottleneck document: control p99 / p50 against load per configuration (IEC 61850-5 lines
+    drawn), and the delivery plane's rate beside it (saturated points circled)."""
+    figure = _figure(12, 4.8)
+    control, delivery = figure.subplots(1, 2)
+    _bottleneck_control(control, result)
+    figure.legend(*control.get_legend_handles_labels(), loc="outside lower center", ncols=5, fontsize=7)
+    _bottleneck_delivery(delivery, result)
+    delivery.legend(fontsize=8)
+    title = BOTTLENECK_TITLES.get(result.get("bottleneck", ""), str(result.get("bottleneck")))
+    figure.suptitle(f"{title}: shared against segregated", fontsize=13, fontweight="bold")
+    figure.supxlabel(bottleneck_caption(result) + "   ·   " + conditions_caption(result), fontsize=7, color=_GREY)
+    return figure
+
+
+def _panels(results: Sequence[Result], draw: Any, title: str) -> Figure:
+    if not results:
+        raise ValueError("no bottleneck document to draw")
+    columns = 1 if len(results) == 1 else 2
+    rows = (len(results) + columns - 1) // columns
+    figure = _figure(7 * columns, 4.4 * rows)
+    grid = figure.subplots(rows, columns, squeeze=False)
+    for n, result in enumerate(results):
+        axes: Axes = grid[n // columns][n % columns]
+        draw(axes, result)
+        name = str(result["bottleneck"])
+        axes.set_title(BOTTLENECK_TITLES.get(name, name) + "\n" + bottleneck_caption(result), fontsize=8)
+    for n in range(len(results), rows * columns):
+        grid[n // columns][n % columns].set_visible(False)
+    handles: dict[str, Any] = {}
+    for axes in figure.axes:
+        for handle, label in zip(*axes.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    figure.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=4, fontsize=8)
+    figure.suptitle(title, fontsize=13, fontweight="bold")
+    return figure
+
+
+def segregation_control(results: Sequence[Result]) -> Figure:
+    """When does segregation matter: per bottleneck, command p99 (solid) and p50 (faint) against load for
+    each configuration, with IEC 61850-5's medium (100 ms) and low (500 ms) speed classes drawn."""
+    return _panels(results, _bottleneck_control, "Control round trip against load, per bottleneck")
+
+
+def segregation_delivery(results: Sequence[Result]) -> Figure:
+    """Per bottleneck, what the delivery plane carried against load for each configuration (saturated
+    points circled): the throughput a configuration keeps while it protects commands."""
+    return _panels(results, _bottleneck_delivery, "Delivery-plane throughput against load, per bottleneck")

@@ -24,6 +24,7 @@ from testbed.core.results import LatencyResultV3
 from testbed.reporting import plots
 from testbed.reporting.scenario import timeline_figure
 from testbed.reporting.text import (  # re-exported: the notebooks read them from here
+    bottleneck_markdown,
     conditions_markdown,
     crash_markdown,
     latency_markdown,
@@ -42,6 +43,7 @@ __all__ = [
     "REPORT_FILE",
     "Renderer",
     "RunReport",
+    "bottleneck_markdown",
     "conditions_markdown",
     "crash_markdown",
     "latency_markdown",
@@ -123,6 +125,8 @@ register(Renderer("fmb.bench-scale/1", "Utility scale: thousands of meters, each
                   lambda r: {"ramp": plots.scale_ramp(r), "steady": plots.scale_steady(r),
                              "storm": plots.scale_storm(r)},
                   scale_markdown))
+register(Renderer("fmb.bench-bottleneck/1", "Shared against segregated at one bottleneck",
+                  lambda r: {"curves": plots.bottleneck_curves(r)}, bottleneck_markdown))
 
 
 # -- a whole run directory ----------------------------------------------------------------------

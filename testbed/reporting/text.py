@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from testbed.core.results import (
+    BottleneckResult,
     CrashResult,
     LatencyResult,
     LatencyResultV3,
@@ -30,6 +31,7 @@ from testbed.core.stats import percentiles
 
 __all__ = [
     "RECOVERY_TIMES",
+    "bottleneck_markdown",
     "conditions_markdown",
     "crash_markdown",
     "failure_reason",
@@ -479,3 +481,29 @@ def _appendix_a_markdown(result: ScaleResult) -> str:
             + markdown_table(["configuration", "passed", "failed", "e2e p50 ms", "p90 ms", "p99 ms", "max ms",
                               "first failure"], rows)
             + f"\nLoaded ÷ idle, p99: {_cell(a.get('loaded_over_idle_p99'))}.\n")
+
+
+# -- shared against segregated, one bottleneck (fmb.bench-bottleneck/1) ----------------------------
+
+def bottleneck_markdown(result: BottleneckResult) -> str:
+    """Per configuration and load: command round trips, unacknowledged commands, the delivery plane's
+    rate; then the issue's targets as the document computed them."""
+    rows = [[c["config"], p["load"], p["control_ms"].get("p50"), p["control_ms"].get("p99"),
+             p["control_ms"].get("max"), p["control_ms"].get("lost", 0), p["delivery_rate"], p["saturated"]]
+            for c in result["curves"] for p in c["points"]]
+    out = [f"Bottleneck **{result['bottleneck']}**; load in {result['load_unit']}"
+           + (" (smaller is heavier)" if result.get("load_axis") == "falling" else "") + ".\n\n",
+           markdown_table(["configuration", "load", "control p50 ms", "p99", "max", "unacked",
+                           "delivery msg/s", "saturated"], rows),
+           "\nIdle control p99 (ms) and the delivery plane's unsaturated rate (msg/s): "
+           + "; ".join(f"{c['config']} {_cell(c['idle_p99_ms'])}, {_cell(c['unsaturated_rate'])}"
+                       for c in result["curves"]) + ".\n\n"]
+    t = result["targets"]
+    out.append(markdown_table(
+        ["target (at saturation)", "value", "met"],
+        [[f"{t['segregated_config']} p99 / its idle p99 <= 2", t["segregated_saturation_over_idle"],
+          t["met"].get("segregated_saturation_over_idle")],
+         [f"shared p99 / {t['segregated_config']} p99 >= 10", t["shared_over_segregated"],
+          t["met"].get("shared_over_segregated")],
+         ["delivery plane kept >= 0.8 of its unsaturated rate", t["delivery_kept"], t["met"].get("delivery_kept")]]))
+    return "".join(out)
