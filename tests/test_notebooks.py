@@ -49,10 +49,9 @@ def test_notebook_is_stored_without_outputs(path: Path) -> None:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_against_its_fixture(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fixture = FIXTURES / FIXTURE_OF.get(path.stem, f"bench-{path.stem}.json")
-    assert fixture.is_file(), f"no fixture {fixture} for {path.name}"
     # A notebook over several results reads a directory: segregation, every bottleneck document of the fixtures.
-    fixture = FIXTURES if path.stem in SEVERAL_RESULTS else FIXTURES / f"bench-{path.stem}.json"
+    name = FIXTURE_OF.get(path.stem, f"bench-{path.stem}.json")
+    fixture = FIXTURES if path.stem in SEVERAL_RESULTS else FIXTURES / name
     assert fixture.exists(), f"no fixture {fixture} for {path.name}"
     monkeypatch.setenv("FMB_RESULT", str(fixture))
     monkeypatch.setenv("MPLBACKEND", "agg")
