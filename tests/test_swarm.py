@@ -31,7 +31,7 @@ import pytest
 from brokers.mosquitto import connection_budget
 from testbed.backends.compose import compose_command, docker_client
 from testbed.backends.composefile import FILE_RESERVE
-from testbed.backends.swarm import SECRET_LIMIT, ensure_pki, site_label, write_stack
+from testbed.backends.swarm import SECRET_LIMIT, StackImages, ensure_pki, site_label, write_stack
 from testbed.backends.swarmstack import SwarmStack, ensure_swarm, label_node, leave_swarm
 from testbed.core.errors import TestbedError
 from testbed.core.topology import Topology, load_topology
@@ -43,11 +43,11 @@ UP_TIMEOUT_S = 300  # every service healthy; ~2 min seen here at load average 5-
 RUN_TIMEOUT_S = 120
 
 
-def _stack_dir(topology: Topology, tmp_path: Path) -> Path:
+def _stack_dir(topology: Topology, tmp_path: Path, images: StackImages | None = None) -> Path:
     certs = tmp_path / "pki"
     certs.mkdir(mode=0o700)
     ensure_pki(topology, certs)
-    return write_stack(topology, certs, tmp_path / "stack")
+    return write_stack(topology, certs, tmp_path / "stack", images or StackImages())
 
 
 def _config(stack_file: Path) -> dict[str, Any]:
@@ -120,27 +120,36 @@ def test_fmb_swarm_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
 # -- on a single-node swarm -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def swarm() -> Iterator[None]:
-    """The images (scripts/images, cached), and this engine as a swarm: made here (and left again
-    afterwards) when it is in none."""
+def swarm() -> Iterator[StackImages]:
+    """The images (scripts/images, cached) under a tag of this run's own (``:latest`` is shared with
+    other users of the engine, who may rebuild it meanwhile), and this engine as a swarm: made here
+    (and left again afterwards, also on failure) when it is in none."""
     try:
-        docker_client()
+        client = docker_client()
     except TestbedError as e:
         require(False, f"needs a Docker engine: {e}")
     done = subprocess.run([str(ROOT / "scripts" / "images")], capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
+    tag = f"fmbt-{os.getpid()}"
+    for name in ("fmb-device", "fmb-broker"):
+        client.images.get(f"{name}:latest").tag(name, tag)
     made = ensure_swarm("127.0.0.1")
     try:
-        yield
+        yield StackImages(device=f"fmb-device:{tag}", broker=f"fmb-broker:{tag}")
     finally:
-        if made:
-            leave_swarm()
+        try:
+            if made:
+                leave_swarm()
+        finally:
+            for name in ("fmb-device", "fmb-broker"):
+                client.images.remove(f"{name}:{tag}")  # the tag only: the image stays
 
 
-def _deploy_and_run(topology: Topology, tmp_path: Path, substations: list[str | None]) -> list[str]:
+def _deploy_and_run(topology: Topology, tmp_path: Path, images: StackImages,
+                    substations: list[str | None]) -> list[str]:
     """Deploy ``topology``'s stack, wait until healthy, run the harness per substation; the logs.
     Removes the stack and checks nothing of it is left."""
-    stack_file = _stack_dir(topology, tmp_path)
+    stack_file = _stack_dir(topology, tmp_path, images)
     label_node([site_label(s.name) for s in topology.sites])
     stack = SwarmStack(f"fmbt{os.getpid()}{secrets.token_hex(2)}")
     logs, failures = [], []
@@ -167,19 +176,19 @@ def _deploy_and_run(topology: Topology, tmp_path: Path, substations: list[str | 
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_appendix_a_passes_on_a_swarm_stack(swarm: None, tmp_path: Path) -> None:
-    logs = _deploy_and_run(load_topology(), tmp_path, [None])
+def test_appendix_a_passes_on_a_swarm_stack(swarm: StackImages, tmp_path: Path) -> None:
+    logs = _deploy_and_run(load_topology(), tmp_path, swarm, [None])
     verdict = json.loads(logs[0].strip().splitlines()[-1])
     assert verdict["passed"] is True and verdict["steps"] == 9, logs[0][-2000:]
 
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_three_substations_run_on_swarm(swarm: None, tmp_path: Path) -> None:
+def test_three_substations_run_on_swarm(swarm: StackImages, tmp_path: Path) -> None:
     topology = load_topology(THREE)
     substations = [s.name for s in topology.substations]
     assert len(substations) == 3
-    logs = _deploy_and_run(topology, tmp_path, list(substations))
+    logs = _deploy_and_run(topology, tmp_path, swarm, list(substations))
     for sub, log in zip(substations, logs, strict=True):
         verdict = json.loads(log.strip().splitlines()[-1])
         assert verdict["passed"] is True, (sub, log[-2000:])

@@ -147,7 +147,7 @@ class _Stack:
         self.harness_site = self.tablets[0].site if self.tablets else next(s.name for s in topology.sites
                                                                            if s.persistent)
         self.topology_config = None if is_default(topology) else self._config(
-            "topology", Path(topology.path), TOPOLOGY_MOUNT)
+            "topology", Path(topology.path).resolve(), TOPOLOGY_MOUNT)
 
     # -- configs and secrets --------------------------------------------------------------------
 
@@ -340,9 +340,8 @@ class _Stack:
         feeder = self.t.feeder_of(d.id)
         if feeder is not None:
             volumes.append(f"{feeder.id}:{feeder_dir(feeder.id)}")
-        if d.role == "tablet":
-            volumes.append("ui:/ui" if d.site == self.harness_site else f"ui-{d.id}:/ui")
-            volumes.append("runs:/runs:ro" if d.site == self.harness_site else f"runs-{d.id}:/runs:ro")
+        if d.role == "tablet":  # node-local: the tablets on one node share them (a socket each)
+            volumes += ["ui:/ui", "runs:/runs:ro"]
         service.update({"networks": [d.site], **({"environment": self._topology_env()} if self.topology_config
                                                   else {}),
                         "configs": [*configs, *more_configs, *self._topology_configs()],
@@ -395,7 +394,6 @@ class _Stack:
     def _volumes(self) -> dict[str, Any]:
         volumes: dict[str, Any] = {f"data-{b.name}": Flow({}) for b in self.t.brokers if b.persistent}
         ram = [f.id for f in self.t.feeders] + ["ui", "runs"]
-        ram += [v for d in self.tablets if d.site != self.harness_site for v in (f"ui-{d.id}", f"runs-{d.id}")]
         for name in ram:
             volumes[name] = {"driver_opts": Flow(_TMPFS)}
         return volumes

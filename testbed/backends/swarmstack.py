@@ -11,6 +11,7 @@ no replica) once, optionally for one substation, and returns its exit status and
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import time
@@ -19,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from testbed.backends.compose import docker_client
+from testbed.backends.swarm import site_label
 from testbed.core.errors import TestbedError
 
-__all__ = ["ScenarioRun", "SwarmStack", "ensure_swarm", "leave_swarm", "swarm_state"]
+__all__ = ["ScenarioRun", "SwarmStack", "check_stack_name", "docker_errors", "ensure_swarm", "label_node",
+           "leave_swarm", "swarm_state"]
 
 STACK_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,30}")
 SCENARIO = "scenario"
@@ -36,17 +39,25 @@ class ScenarioRun:
     substation: str | None
 
 
-def _docker(*args: str, timeout_s: float = 300.0) -> str:
+def _docker(*args: str, timeout_s: float = 300.0, merge: bool = False) -> str:
+    """Run ``docker ARGS``; its standard output (with ``merge``, and its standard error)."""
     try:
-        done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(["docker", *args], stdout=subprocess.PIPE, text=True, timeout=timeout_s,
+                              stderr=subprocess.STDOUT if merge else subprocess.PIPE)
     except FileNotFoundError:
         raise TestbedError("no `docker` command: install Docker Engine 20.10 or later") from None
     except subprocess.TimeoutExpired:
         raise TestbedError(f"`docker {' '.join(args[:3])}` took more than {timeout_s:g} s") from None
     if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        last = ((done.stderr or done.stdout).strip().splitlines() or ["(no message)"])[-1]
         raise TestbedError(f"`docker {' '.join(args[:3])}` failed: {last}")
     return done.stdout
+
+
+def docker_errors() -> Any:
+    """The Docker SDK's exceptions module (imported where a stack is driven, like the SDK itself)."""
+    import docker.errors
+    return docker.errors
 
 
 def swarm_state() -> str:
@@ -77,21 +88,28 @@ def label_node(labels: list[str], node: str = "self") -> None:
     _docker("node", "update", *args, node)
 
 
+def check_stack_name(name: str) -> str:
+    """``name`` if it can name a stack (its services, secrets and configs are prefixed with it)."""
+    if not STACK_NAME.fullmatch(name):
+        raise TestbedError(f"stack name {name!r}: use up to 31 lower-case letters, digits, '-' and '_', "
+                           "starting with a letter or digit")
+    return name
+
+
 class SwarmStack:
     """A stack named ``name`` on this engine's swarm."""
 
     def __init__(self, name: str) -> None:
-        if not STACK_NAME.fullmatch(name):
-            raise TestbedError(f"stack name {name!r}: use up to 31 lower-case letters, digits, '-' and '_', "
-                               "starting with a letter or digit")
-        self.name = name
+        self.name = check_stack_name(name)
         self.client = docker_client()
 
     def deploy(self, stack_file: Path) -> None:
         """``docker stack deploy`` the file (creates or updates; secrets and configs included)."""
         if not stack_file.is_file():
             raise TestbedError(f"no stack file {stack_file}: write one with `fmb swarm stack -o DIR`")
-        _docker("stack", "deploy", "--prune", "-c", str(stack_file), self.name)
+        # --resolve-image never: the images are local (scripts/images, no registry); asking a registry
+        # for their digests would only wait for it to time out.
+        _docker("stack", "deploy", "--prune", "--resolve-image", "never", "-c", str(stack_file), self.name)
 
     def services(self) -> list[Any]:
         return list(self.client.services.list(filters={"label": f"com.docker.stack.namespace={self.name}"}))
@@ -124,11 +142,19 @@ class SwarmStack:
                            f"(`docker service ps {self.name}_{late[0]} --no-trunc` says why)")
 
     def run(self, substation: str | None = None, timeout_s: float = 180.0) -> ScenarioRun:
-        """Run the one-shot harness once (for ``substation`` of a large topology): (exit code, log)."""
+        """Run the one-shot harness once (for ``substation`` of a large topology): (exit code, log).
+
+        For a substation it runs on that substation's node (its placement label): it enters the
+        operator's input through the tablet's socket on the node-local ``ui`` volume."""
         service = f"{self.name}_{SCENARIO}"
-        env = (["--env-add", f"FMB_SUBSTATION={substation}"] if substation else ["--env-rm", "FMB_SUBSTATION"])
+        spec = self.client.services.get(service).attrs["Spec"]
+        placed = spec["TaskTemplate"].get("Placement", {}).get("Constraints", [])
+        args = ["--env-add", f"FMB_SUBSTATION={substation}"] if substation else ["--env-rm", "FMB_SUBSTATION"]
+        if substation:
+            args += [a for c in placed for a in ("--constraint-rm", c)]
+            args += ["--constraint-add", f"node.labels.{site_label(substation)}==true"]
         before = {t["ID"] for t in self.client.services.get(service).tasks()}
-        _docker("service", "update", "--detach", "--force", "--replicas", "1", *env, service)
+        _docker("service", "update", "--detach", "--force", "--replicas", "1", *args, service)
         deadline = time.monotonic() + timeout_s
         code: int | None = None
         task_id = None
@@ -142,22 +168,38 @@ class SwarmStack:
                     code = int(t["Status"].get("ContainerStatus", {}).get("ExitCode", -1))
                     if state == "rejected":
                         code = -1
-        log = _docker("service", "logs", "--raw", task_id, timeout_s=60) if task_id else ""
+        log = _docker("service", "logs", "--raw", task_id, timeout_s=60, merge=True) if task_id else ""
         _docker("service", "scale", "--detach", f"{service}=0")
         return ScenarioRun(code, log, substation)
 
     def remove(self, timeout_s: float = 120.0) -> None:
-        """``docker stack rm``, then wait until its services, networks, secrets and configs are gone."""
+        """``docker stack rm``, then wait until its services, networks, secrets, configs and containers
+        are gone and remove its volumes on this node (``docker stack rm`` leaves them; the data
+        centre's persistence goes too, as with ``docker compose down -v``; on other nodes remove
+        them there: ``docker volume rm STACK_...``)."""
         _docker("stack", "rm", self.name)
+        label = {"label": f"com.docker.stack.namespace={self.name}"}
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self.leftovers():
+        while time.monotonic() < deadline:
+            left = self.leftovers()
+            if left == [v for v in left if v.startswith("volume ")]:
+                for volume in self.client.volumes.list(filters=label):
+                    # still in use by a container on its way out: the next round removes it
+                    with contextlib.suppress(docker_errors().APIError):
+                        volume.remove()
+            if not self.leftovers():
+                return
             time.sleep(1)
 
     def leftovers(self) -> list[str]:
-        """What of the stack still exists: services, networks, secrets, configs (by its label)."""
+        """What of the stack still exists: services, networks, secrets, configs, and this node's
+        containers and volumes (by the stack's label)."""
         label = {"label": f"com.docker.stack.namespace={self.name}"}
         found = [f"service {s.name}" for s in self.client.services.list(filters=label)]
         found += [f"network {n.name}" for n in self.client.networks.list(filters=label)]
         found += [f"secret {s.name}" for s in self.client.secrets.list(filters=label)]
         found += [f"config {c.name}" for c in self.client.configs.list(filters=label)]
+        # sparse: no inspection of each, which fails for a container removed meanwhile
+        found += [f"container {c.id[:12]}" for c in self.client.containers.list(all=True, filters=label, sparse=True)]
+        found += [f"volume {v.name}" for v in self.client.volumes.list(filters=label)]
         return found

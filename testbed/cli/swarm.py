@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from testbed.backends.swarm import StackImages, ensure_pki, site_label, write_stack
-from testbed.backends.swarmstack import SwarmStack
+from testbed.backends.swarmstack import SwarmStack, check_stack_name
 from testbed.cli.common import Commands
 from testbed.core.errors import TestbedError
 from testbed.core.topology import load_topology
@@ -50,6 +50,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    check_stack_name(args.name)
     path = _write(args)
     stack = SwarmStack(args.name)
     stack.deploy(path)
@@ -102,6 +103,7 @@ def add_swarm(commands: Commands) -> None:
     run.add_argument("--substation", metavar="S", help="one substation of a large topology")
     run.add_argument("--timeout", type=float, default=180.0, metavar="S", help="seconds to wait (default 180)")
     run.set_defaults(func=cmd_run)
-    rm = sub.add_parser("rm", help="remove a stack: services, networks, secrets, configs")
+    rm = sub.add_parser("rm", help="remove a stack: services, networks, secrets, configs, and its volumes on this "
+                        "node (the data centre's persistence too)")
     rm.add_argument("name", metavar="NAME", help="the stack's name")
     rm.set_defaults(func=cmd_rm)
