@@ -161,15 +161,18 @@ def _deploy_and_run(topology: Topology, tmp_path: Path, images: StackImages,
             run = stack.run(sub, RUN_TIMEOUT_S)
             logs.append(run.log)
             if run.exit_code != 0:
-                failures.append(f"{sub or topology.name}: exit {run.exit_code}\n{run.log[-3000:]}")
+                failures.append(f"{sub or topology.name}: exit {run.exit_code}, tasks replaced so far "
+                                f"{stack.restarts() or 'none'}\n{run.log[-3000:]}")
         with open("/proc/loadavg") as f:
             load = f.read().split()[0]
         print(f"{topology.name} on Swarm: healthy in {up_s:.0f} s, {len(substations)} run(s) in "
-              f"{time.monotonic() - start - up_s:.0f} s (load average {load})")
+              f"{time.monotonic() - start - up_s:.0f} s (load average {load}); tasks replaced: "
+              f"{stack.restarts() or 'none'}")
     finally:
         stack.remove()
         left = stack.leftovers()
-    assert not failures, "\n".join(failures)
+    if failures:
+        pytest.fail("\n".join(failures), pytrace=False)
     assert not left, f"left behind: {left}"
     return logs
 

@@ -72,6 +72,11 @@ UID = "10001"
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 _TMPFS = {"type": "tmpfs", "device": "tmpfs", "o": "uid=10001,gid=10001,mode=0700"}
 _RESTART = {"condition": "any", "delay": "2s"}
+# Swarm, unlike Compose, kills and replaces a task whose health check fails `retries` times in a
+# row, so a check that only timed out on a loaded machine restarts a working device mid-run (a
+# Python check took over 10 s here at load average 50). Patient: a minute of failures, and a
+# start period that ends at the first success.
+_HEALTH_PACE = {"interval": "3s", "timeout": "20s", "start_period": "180s", "retries": 20}
 
 
 @dataclass(frozen=True)
@@ -267,8 +272,7 @@ class _Stack:
             "command": Flow(["mosquitto-saver", str(CONFIG / "mosquitto.conf")]),
             "hostname": b.name,
             "networks": networks,
-            "healthcheck": {"test": Flow(["CMD", str(CONFIG / "healthcheck")]), "interval": "2s", "timeout": "5s",
-                            "start_period": "60s", "retries": 10},
+            "healthcheck": {"test": Flow(["CMD", str(CONFIG / "healthcheck")]), **_HEALTH_PACE},
             "configs": configs,
             "secrets": secrets,
             "deploy": self._deploy(b.site),
@@ -312,7 +316,7 @@ class _Stack:
         return {
             **self._hardened(self.images.device),
             "healthcheck": {"test": Flow(["CMD", "python", "-m", "testbed.transport.health", "/run/fmb/ready"]),
-                            "interval": "2s", "timeout": "10s", "start_period": "180s", "retries": 3},
+                            **_HEALTH_PACE},
             "deploy": self._deploy(site),
         }
 
@@ -321,8 +325,7 @@ class _Stack:
         service.update({
             "command": Flow([*CONTAINERS, "feeder", feeder]),
             "networks": Note(["isolated"], "nothing to reach: its Unix socket is on its node-local RAM volume"),
-            "healthcheck": {"test": Flow(["CMD", "test", "-S", str(feeder_socket(feeder))]), "interval": "2s",
-                            "timeout": "5s", "retries": 20},
+            "healthcheck": {"test": Flow(["CMD", "test", "-S", str(feeder_socket(feeder))]), **_HEALTH_PACE},
             "volumes": self._ram(f"{feeder}:{feeder_dir(feeder)}"),
         })
         if self.topology_config is not None:

@@ -82,10 +82,11 @@ def leave_swarm() -> None:
     _docker("swarm", "leave", "--force")
 
 
-def label_node(labels: list[str], node: str = "self") -> None:
-    """Put ``label=true`` on ``node`` for each label (the stack's placement constraints)."""
+def label_node(labels: list[str], node: str | None = None) -> None:
+    """Put ``label=true`` on ``node`` (default: this engine's node) for each label (the stack's
+    placement constraints)."""
     args = [a for label in labels for a in ("--label-add", f"{label}=true")]
-    _docker("node", "update", *args, node)
+    _docker("node", "update", *args, node or _docker("info", "--format", "{{.Swarm.NodeID}}").strip())
 
 
 def check_stack_name(name: str) -> str:
@@ -127,6 +128,17 @@ class SwarmStack:
             if len(running) < want:
                 late.append(short)
         return sorted(late)
+
+    def restarts(self) -> dict[str, int]:
+        """Per service (short name), how many of its tasks ended and were replaced (the harness's
+        runs not counted): a device killed by a failing health check shows here."""
+        counts = {}
+        for service in self.services():
+            short = service.name.removeprefix(f"{self.name}_")
+            replaced = len(service.tasks()) - 1
+            if short != SCENARIO and replaced > 0:
+                counts[short] = replaced
+        return counts
 
     def wait_healthy(self, timeout_s: float) -> float:
         """Wait until :meth:`not_ready` is empty; the seconds it took. Raises with the late services."""
