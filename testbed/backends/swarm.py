@@ -21,13 +21,15 @@ deploy). The design follows what Swarm does with a Compose file, not what Compos
   ``docker stack deploy``; every service has ``deploy.restart_policy`` (``restart`` is
   ignored) and the processes retry on their own: devices retry their first MQTT connection
   (paho's loop) for 20 s and the feeder socket for 30 s before they exit, and Swarm restarts
-  them; Mosquitto's bridges retry every few seconds; the fleets back off with jitter.
+  them; Mosquitto's bridges retry every 2 s (``restart_timeout 1 1``); the fleets back off with
+  jitter.
 - **Placement by node labels.** Every service of a site runs where the node carries the label
   ``fmb.site.<site>=true``: one label per site (rather than one ``fmb.site`` value) lets a node
   hold several sites, as the single-node swarm of the tests does. A feeder model's Unix socket
-  and the tablets' operator input ride node-local RAM volumes, so a site's devices, its feeder
-  models and (for the harness) the first tablet's site share a node: the physics is local by
-  nature, the bus between sites is not.
+  and the tablets' operator input ride node-local RAM volumes, so a site's devices and its
+  feeder models share a node (the physics is local by nature, the bus between sites is not), and
+  the harness runs on the node of the tablet it drives: the first tablet's site, or the
+  substation a run asks for (:meth:`testbed.backends.swarmstack.SwarmStack.run` moves it).
 - **Overlay networks**, one per site, ``internal: true`` (no route out) and ``attachable`` (a
   harness container may join them); only edge brokers sit on their data centre's network too.
 - **Hardening** kept where Swarm supports it: ``read_only``, ``cap_drop: [ALL]``, uid 10001,
