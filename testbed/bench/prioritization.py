@@ -19,48 +19,51 @@ the same generator as the testbed's (``brokers.mosquitto``), with nothing on dis
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from brokers.mosquitto import render_acl
 from testbed.backends.environment import environment
 from testbed.backends.processes import ProcessRecord
-from testbed.bench.common import Placement, Processes, bench_topology, start_broker
+from testbed.bench.common import (
+    Commander,
+    Placement,
+    Processes,
+    bench_topology,
+    file_size,
+    mosquitto_pub_version,
+    start_broker,
+    start_flood,
+    start_flood_subscriber,
+    start_responder,
+    wait_for_ack,
+)
 from testbed.core.errors import TestbedError
 from testbed.core.ports import free_port
 from testbed.core.results import (
     PrioritizationConditions,
-    PrioritizationControl,
     PrioritizationHeadline,
     PrioritizationResult,
     PrioritizationRow,
     PrioritizationTargets,
 )
-from testbed.core.stats import percentiles, rounded
-from testbed.core.topics import topic
 from testbed.core.topology import Topology
-from testbed.core.waiting import WaitTimeout, wait_until
 from testbed.security.pki import PKI
-from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
+from testbed.transport.mqtt import Endpoint, TLSIdentity
 
 __all__ = ["CONFIGS", "RESULT_SCHEMA", "run_prioritization", "summary"]
 
 RESULT_SCHEMA: Final = "fmb.bench-prioritization/1"  # the shape: testbed.core.results.PrioritizationResult
 CONFIGS = ("segregated", "shared", "segregated+priority")
 FLOOD_NICE = 15
-ACK_TIMEOUT_S = 2.0
 
 
 def _placement(config: str) -> tuple[Placement, Placement]:
@@ -94,90 +97,6 @@ def _start_brokers(config: str, topology: Topology, pki: PKI, work: Path, procs:
     return _Setup(control=c, delivery=d, procs=[d_proc, c_proc])
 
 
-class _Commander:
-    """Publishes commands at a steady rate and times each until its acknowledgement arrives."""
-
-    def __init__(self, identity: TLSIdentity, endpoint: Endpoint, root: str, qos: int, target: str) -> None:
-        self.qos = qos
-        self.sent: dict[int, int] = {}  # seq -> perf_counter_ns at publish
-        self.rtts: dict[int, float] = {}  # seq -> round trip, ms
-        self.lock = threading.Lock()
-        self.command_topic = topic(root, "BenchCommandProfile", target)
-        subscribed = threading.Event()
-
-        def on_message(c: Any, u: Any, msg: Any) -> None:
-            now = time.perf_counter_ns()
-            seq = int(msg.payload.split(b",", 1)[0])
-            with self.lock:
-                if seq in self.sent and seq not in self.rtts:
-                    self.rtts[seq] = (now - self.sent[seq]) / 1e6
-
-        def on_connect(c: Any) -> None:
-            c.on_subscribe = lambda *a: subscribed.set()
-            c.subscribe(topic(root, "BenchAckProfile", target), qos)
-
-        self.client = connect(f"bench-commander-{os.getpid()}", identity, endpoint, on_message=on_message,
-                              on_connect=on_connect)
-        if not subscribed.wait(10):
-            raise TestbedError("the benchmark commander could not subscribe to acknowledgements")
-        self.seq = 0
-
-    def send(self) -> None:
-        self.seq += 1
-        with self.lock:
-            self.sent[self.seq] = time.perf_counter_ns()
-        self.client.publish(self.command_topic, f"{self.seq},{'c' * 64}".encode(), self.qos)
-
-    def window(self, rate: float, seconds: float) -> PrioritizationControl:
-        """Send at ``rate`` for ``seconds``; the round trips of this window (ms)."""
-        first = self.seq + 1
-        period = 1.0 / rate
-        start = time.perf_counter()
-        for i in range(int(rate * seconds)):
-            delay = start + i * period - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            self.send()
-        last = self.seq
-
-        def acked() -> bool:
-            with self.lock:
-                return all(s in self.rtts for s in range(first, last + 1))
-
-        with contextlib.suppress(WaitTimeout):  # those still unacknowledged are counted lost
-            wait_until(acked, ACK_TIMEOUT_S, interval_s=0.01, what=f"acknowledgements of commands {first} to {last}")
-        with self.lock:
-            samples = [self.rtts[s] for s in range(first, last + 1) if s in self.rtts]
-        lost = (last - first + 1) - len(samples)
-        counts: PrioritizationControl = {"sent": last - first + 1, "acked": len(samples),
-                                         "unacked_within_s": ACK_TIMEOUT_S, "lost": lost}
-        return {**counts, **rounded(percentiles(samples), 4)} if samples else counts
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def _flood(procs: Processes, pki: PKI, endpoint: Endpoint, root: str, rate: float | None, seconds: float,
-           payload_bytes: int, qos: int, publishers: int, place: Placement,
-           tag: str) -> list[ProcessRecord]:
-    """Start ``publishers`` mosquitto_pub processes offering ``rate`` msg/s in all (None: as fast as they can)."""
-    client = pki.client("bench")
-    base = ["mosquitto_pub", "-V", "5", "-h", endpoint.host, "-p", str(endpoint.port), "--cafile",
-            str(pki.ca_cert), "--cert", str(client.cert), "--key", str(client.key), "-q", str(qos),
-            "-m", "f" * payload_bytes]
-    started = []
-    for i in range(publishers):
-        if rate is None:
-            count, delay = 10**9, 0.0
-        else:
-            count, delay = int(rate * seconds / publishers) + 1, publishers / rate
-        argv = base + ["-i", f"flood-{tag}-{i}", "-t", topic(root, "BenchFloodProfile", f"flood-{i}"),
-                       "--repeat", str(count), "--repeat-delay", f"{delay:.6f}"]
-        started.append(procs.start(f"flood-{tag}-{i}", argv, **place))
-    return started
-
-
 def run_prioritization(pki: PKI, root: str, rates: list[float | None], seconds: float, settle_s: float,
                        command_rate: float, payload_bytes: int, flood_qos: int, command_qos: int,
                        publishers: int, out: Path, configs: tuple[str, ...] = CONFIGS,
@@ -201,32 +120,26 @@ def run_prioritization(pki: PKI, root: str, rates: list[float | None], seconds: 
                 own_cpus = os.sched_getaffinity(0)
                 if control_place.get("cpus"):
                     os.sched_setaffinity(0, control_place["cpus"])  # the commander is this process
-                responder = procs.start(f"{config}-responder", [sys.executable, "-m", "testbed.bench.echo"], {
-                    "FMB_CONTROL": f"{setup.control.host}:{setup.control.port}", "FMB_CA": str(pki.ca_cert),
-                    "FMB_CERT": str(identity.cert), "FMB_KEY": str(identity.key), "FMB_ROOT": root,
-                    "FMB_QOS": str(command_qos), "FMB_DEVICE_ID": "responder-1"},
-                    **control_place)
-                commander = _Commander(identity, setup.control, root, command_qos, "responder-1")
+                responder = start_responder(procs, f"{config}-responder", setup.control, identity, root,
+                                            command_qos, control_place)
+                commander = Commander(identity, setup.control, root, command_qos, "responder-1")
                 flood_log = work / f"{config}-flood-sub.out"
-                subscriber = procs.start(f"{config}-flood-sub", [
-                    "mosquitto_sub", "-V", "5", "-h", setup.delivery.host, "-p", str(setup.delivery.port),
-                    "--cafile", str(pki.ca_cert), "--cert", str(identity.cert), "--key", str(identity.key),
-                    "-q", str(flood_qos), "-i", f"flood-sub-{config}", "-t", topic(root, "BenchFloodProfile", "+"),
-                    "-F", "x"], stdout=flood_log, **delivery_place)
+                subscriber = start_flood_subscriber(procs, f"{config}-flood-sub", setup.delivery, identity, root,
+                                                    flood_qos, flood_log, delivery_place)
                 try:
-                    _wait_for_ack(commander)
+                    wait_for_ack(commander)
                     if tls_version is None:
                         sock = commander.client.socket()
                         tls_version = sock.version() if sock is not None and hasattr(sock, "version") else None
                     rows: list[PrioritizationRow] = []
                     for rate in rates:
-                        flood = [] if rate == 0 else _flood(
+                        flood = [] if rate == 0 else start_flood(
                             procs, pki, setup.delivery, root, rate, seconds + settle_s + 1, payload_bytes,
                             flood_qos, publishers, delivery_place, f"{config}-{rate}")
                         time.sleep(settle_s if flood else 0.2)
-                        before, t0 = _size(flood_log), time.monotonic()
+                        before, t0 = file_size(flood_log), time.monotonic()
                         control = commander.window(command_rate, seconds)
-                        achieved = (_size(flood_log) - before) / 2 / (time.monotonic() - t0)  # "x\n" a message
+                        achieved = (file_size(flood_log) - before) / 2 / (time.monotonic() - t0)  # "x\n" a message
                         procs.stop(flood)
                         rows.append({"offered_rate": rate if rate is not None else "max",
                                      "achieved_rate": round(achieved, 1), "control_ms": control})
@@ -245,7 +158,7 @@ def run_prioritization(pki: PKI, root: str, rates: list[float | None], seconds: 
     result = _summarise(results, rates, PrioritizationConditions(
         rates=["max" if r is None else r for r in rates], seconds_per_step=seconds, settle_s=settle_s,
         command_rate=command_rate, command_qos=command_qos, flood_qos=flood_qos, payload_bytes=payload_bytes,
-        flood_publishers=publishers, flood_client=_mosquitto_pub_version(), flood_nice_priority=FLOOD_NICE,
+        flood_publishers=publishers, flood_client=mosquitto_pub_version(), flood_nice_priority=FLOOD_NICE,
         priority_placement={k: {kk: sorted(vv) if isinstance(vv, set) else vv for kk, vv in v.items()}
                             for k, v in zip(("control", "delivery"), _placement("segregated+priority"), strict=True)},
         command_payload_bytes=len(b"1," + b"c" * 64), tls_version=tls_version,
@@ -283,31 +196,6 @@ def _summarise(results: dict[str, list[PrioritizationRow]], rates: list[float | 
     return {"schema": RESULT_SCHEMA, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "conditions": conditions, "results": results, "headline": headline, "targets": targets,
             "environment": environment(topology, tls_version, "local")}
-
-
-def _wait_for_ack(commander: _Commander) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        window = commander.window(20, 0.25)
-        if window["acked"]:
-            return
-    raise TestbedError("the benchmark responder never acknowledged a command")
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _mosquitto_pub_version() -> str | None:
-    try:
-        out = subprocess.run(["mosquitto_pub", "--help"], capture_output=True, text=True, timeout=5)
-        lines = (out.stdout or out.stderr).splitlines()
-        return next((ln.strip() for ln in lines if "version" in ln), lines[0].strip())
-    except (OSError, IndexError, subprocess.SubprocessError):
-        return None
 
 
 def summary(result: PrioritizationResult) -> str:

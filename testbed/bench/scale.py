@@ -82,8 +82,8 @@ from testbed.security.provision import ensure_pki
 from testbed.transport.health import read_health
 from testbed.transport.mqtt import Endpoint, TLSIdentity
 
-__all__ = ["RESULT_FILE", "RESULT_SCHEMA", "ScaleOptions", "parse_backoff", "parse_intervals", "run_scale",
-           "scale_topology", "summary"]
+__all__ = ["RESULT_FILE", "RESULT_SCHEMA", "ScaleOptions", "StormRun", "parse_backoff", "parse_intervals",
+           "run_scale", "run_storms", "scale_topology", "summary"]
 
 RESULT_SCHEMA: Final = "fmb.bench-scale/1"  # the shape: testbed.core.results.ScaleResult
 RESULT_FILE = "bench-scale.json"
@@ -494,7 +494,10 @@ def _storm(bus: _Bus, readings: Readings, config: str, options: ScaleOptions, wa
         while not commander.window(20, 0.25)["acked"]:  # the responder is subscribed
             if time.monotonic() > deadline:
                 raise TestbedError(f"the echo responder never acknowledged a command; see {responder.log}")
+        readings.take()
+        t_idle = time.monotonic()
         idle = commander.window(options.command_rate, options.idle_control_s)
+        before = _own_per_s(readings.take(), own, time.monotonic() - t_idle)
         reconnects0 = fleet.counters().get("reconnects", 0)
         cpu = ProcessCpu({"brokers": bus.broker_pids, "fleets": bus.fleet_pids, "harness": lambda: [os.getpid()]})
         cpu.start()
@@ -525,6 +528,9 @@ def _storm(bus: _Bus, readings: Readings, config: str, options: ScaleOptions, wa
             if reported is None and len(heard) >= fleet.meters:
                 reported = (max(heard.values()) - readings.mark_ns) / 1e9
             time.sleep(TICK_S)
+        # The delivery window ends with the storm, before the commander waits for late acknowledgements.
+        storm_s = time.monotonic() - t_stop
+        during = _own_per_s(readings.take(), own, storm_s)
         storm_control = commander.stop(first)
         cpu_used = cpu.result()
         mark = readings.mark_ns
@@ -539,10 +545,16 @@ def _storm(bus: _Bus, readings: Readings, config: str, options: ScaleOptions, wa
                           reconnected_s=round(reconnected, 2) if reconnected is not None else None,
                           reported_s=round(reported, 2) if reported is not None else None, reported=len(heard),
                           reconnects=reconnects, wait_s=wait_s, control_idle_ms=idle, control_ms=storm_control,
-                          reported_by_time=_thin(by_time, 400), cpu=cpu_used)
+                          reported_by_time=_thin(by_time, 400), cpu=cpu_used, delivered_before_per_s=before,
+                          delivered_per_s=during, storm_s=round(storm_s, 2))
     finally:
         commander.close()
         bus.procs.stop([responder])
+
+
+def _own_per_s(samples: list[tuple[int, int, str]], own: set[str], seconds: float) -> float:
+    """Readings/s of the storm substation's own meters among ``samples`` (the DMS side's, over ``seconds``)."""
+    return round(sum(1 for s in samples if s[2] in own) / max(seconds, 1e-6), 1)
 
 
 def _halvings(count: int) -> list[int]:
@@ -731,6 +743,61 @@ def run_scale(topology_path: Path, certs: Path, options: ScaleOptions, out: Path
     out.mkdir(parents=True, exist_ok=True)
     (out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+@dataclass(frozen=True)
+class StormRun:
+    """What :func:`run_storms` measured: the storms in order, and what a result needs to state them."""
+
+    storms: list[ScaleStorm]
+    topology: Topology
+    tls_version: str | None
+    connect_s: float | None  # every meter connected after the fleets started; None: not within the time-out
+
+
+def run_storms(topology_path: Path, certs: Path, options: ScaleOptions, configs: Sequence[str],
+               say: Callable[[str], None]) -> StormRun:
+    """Only the reconnect storms (one per ``configs`` entry: "segregated", "shared"), on the brokers and
+    fleets ``options`` size, with no ramp figures, steady states or Appendix A: ``fmb bench storm``
+    sweeps the storm substation's size with it. Everything it starts is stopped before it returns."""
+    options.check()
+    work = Path(tempfile.mkdtemp(prefix="fmb-bench-storm-"))
+    ok = False
+    try:
+        topology = scale_topology(topology_path, options, work)
+        bus = _Bus(topology, certs, work, options.intervals_s[-1], options, say)
+        readings: Readings | None = None
+        try:
+            bus.start_brokers()
+            readings = Readings(bus.identity("recorder"), bus.endpoints[f"{_datacentre(topology).name}-delivery"],
+                                topology.root, topology.qos)
+            meters = sum(f.meters for f in bus.fleets)
+            timeout = max(120.0, 3 * meters / options.connect_rate + 60)
+            t0 = time.monotonic()
+            bus.start_fleets()
+            _wait_all_connected(bus, timeout)
+            connected = bus.connected()
+            connect_s = (time.monotonic() - t0 if all(connected[f.name] >= f.meters for f in bus.running())
+                         else None)
+            wait_s = max(4 * TARGETS["storm_back_max_s"], 3 * options.intervals_s[-1] + 10)
+            storms = []
+            for config in configs:
+                _wait_all_connected(bus, timeout)
+                time.sleep(min(2.0, options.intervals_s[-1]))
+                storms.append(_storm(bus, readings, config, options, wait_s, say))
+            tls = readings.client.socket()
+            tls_version = tls.version() if tls is not None and hasattr(tls, "version") else None
+        finally:
+            if readings is not None:
+                readings.close()
+            bus.procs.stop(timeout_s=15)
+        ok = True
+    finally:
+        if ok:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            say(f"  (the run's brokers' and fleets' logs are kept in {work})")
+    return StormRun(storms, topology, tls_version, round(connect_s, 2) if connect_s is not None else None)
 
 
 def _backoff(backoff: tuple[float, float]) -> dict[str, float]:

@@ -61,20 +61,25 @@ class ProcessCpu:
 
     def __init__(self, groups: dict[str, Callable[[], Iterable[int]]]) -> None:
         self.groups = groups
-        self.begin: dict[str, float] = {}
+        self.begin: dict[str, dict[int, float]] = {}  # group -> pid -> CPU seconds at start
         self.t0 = 0.0
 
-    def _now(self) -> dict[str, float]:
-        return {name: sum(cpu_s(p) for p in pids()) for name, pids in self.groups.items()}
+    def _now(self) -> dict[str, dict[int, float]]:
+        return {name: {p: cpu_s(p) for p in pids()} for name, pids in self.groups.items()}
 
     def start(self) -> None:
         self.begin, self.t0 = self._now(), time.monotonic()
 
     def result(self) -> dict[str, ScaleCpu]:
+        """Per group, CPU used since :meth:`start`, per pid: a process started meanwhile (a restarted broker)
+        counts from zero, one that ended counts nothing, rather than its predecessor's total subtracted."""
         wall = max(1e-6, time.monotonic() - self.t0)
-        return {name: ScaleCpu(seconds=round(used - self.begin.get(name, 0.0), 2),
-                               percent_of_a_core=round((used - self.begin.get(name, 0.0)) / wall * 100, 1))
-                for name, used in self._now().items()}
+        out = {}
+        for name, now in self._now().items():
+            begin = self.begin.get(name, {})
+            used = sum(max(0.0, seconds - begin.get(pid, 0.0)) for pid, seconds in now.items())
+            out[name] = ScaleCpu(seconds=round(used, 2), percent_of_a_core=round(used / wall * 100, 1))
+        return out
 
 
 # -- the DMS side: readings as the data centre delivers them -----------------------------------------

@@ -1,4 +1,5 @@
-"""``fmb bench NAME``: a benchmark (latency, prioritization, recovery, crash, soak, wan, ui, scale) and its result JSON.
+"""``fmb bench NAME``: a benchmark (latency, prioritization, broker, recovery, crash, soak, wan, ui, scale, storm;
+cpu converts) and its result JSON.
 
 Each starts its own buses or brokers, so every argument is checked first: a typo costs a line,
 not a bus started and stopped. A benchmark that starts local buses refuses to run beside a bus
@@ -8,13 +9,29 @@ already up from ``--state``, which would share the cores with the measured one.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
 from testbed.backends.compose import compose_bus
 from testbed.backends.local import LocalBus
-from testbed.bench import crash, latency, partition, prioritization, recovery, scale, soak, ui, wan
+from testbed.bench import (
+    broker,
+    cpubound,
+    crash,
+    latency,
+    partition,
+    prioritization,
+    recovery,
+    scale,
+    soak,
+    storm,
+    ui,
+    wan,
+    wancurve,
+)
 from testbed.cli.common import ROOT, Commands, paths, stamp
 from testbed.core.errors import TestbedError
 from testbed.core.scenario import load_scenario
@@ -89,10 +106,37 @@ def _bench_ui(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _bench_wan(args: argparse.Namespace, out: Path) -> int:
-    rate_bps, delay_ms = wan.parse_wan(args.wan)
-    wan.check_wan(delay_ms)
     command_rate = args.command_rate if args.command_rate != 50.0 else 10.0  # 50/s would take a third of 1 Mbit/s
+    if args.backend == "docker":
+        return _bench_wan_docker(args, out, command_rate)
+    rate_bps, delay_ms = wan.parse_wan(args.wan or "1mbit,20ms")
+    factors = (0.0, 3.0) if args.quick else wancurve.parse_factors(args.load_factors)
+    seconds, settle_s = (1.0, 1.0) if args.quick else (args.step_seconds, 2.0)
+    _refuse_beside_running_bus(paths(args)[1], "the WAN benchmark")
+    print(f"WAN benchmark on a link of this host: {rate_bps / 1e6:g} Mbit/s both ways, {delay_ms:g} ms each way; "
+          f"flood at {', '.join(f'{f:g}' for f in factors)} x the link's capacity, {seconds:g} s per step", flush=True)
+    # SIGTERM as an exception: the run's namespaces, shaping and processes are removed on the way out.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        result = wancurve.run_wan_curve(rate_bps, delay_ms, out, factors=factors, seconds=seconds,
+                                        settle_s=settle_s, command_rate=command_rate, payload_bytes=args.payload,
+                                        publishers=args.publishers, progress=_say)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(wancurve.summary(result))
+    print(f"result: {out}/{wancurve.RESULT_FILE}")
+    return 0
+
+
+def _bench_wan_docker(args: argparse.Namespace, out: Path, command_rate: float) -> int:
+    """The Compose bus's comparison at one rate, with and without the priority class (dc -> field only)."""
+    rate_bps, delay_ms = wan.parse_wan(args.wan or "1mbit")
+    wan.check_wan(delay_ms)
     print(f"WAN benchmark on the Compose bus: link {rate_bps / 1e6:g} Mbit/s (DC -> field), "
           f"{args.step_seconds:g} s per step", flush=True)
     with compose_bus(topology_path=args.topology) as bus:
@@ -188,14 +232,48 @@ def _bench_prioritization(args: argparse.Namespace, out: Path) -> int:
     print(f"prioritization benchmark: {len(configs)} configurations x {len(rates)} flood rates x "
           f"{args.step_seconds:g} s", flush=True)
     result = prioritization.run_prioritization(
-        pki, topology.root, rates, args.step_seconds, 1.0, args.command_rate, args.payload, args.flood_qos,
+        pki, topology.root, rates, args.step_seconds, 1.0, args.command_rate, args.payload,
+        1 if args.flood_qos is None else args.flood_qos,
         args.command_qos, args.publishers, out, configs, progress=_say)
     print(prioritization.summary(result))
     print(f"result: {out}/bench-prioritization.json")
     return 0
 
 
+PRIORITIZATION_RATES = "0,5000,20000,40000,max"
+PRIORITIZATION_CONFIGS = "segregated,shared,segregated+priority"
+
+
+def _bench_broker(args: argparse.Namespace, out: Path) -> int:
+    defaults = broker.BrokerBenchOptions()
+    rates_text = ",".join(f"{r:g}" for r in defaults.rates) if args.rates == PRIORITIZATION_RATES else args.rates
+    try:
+        rates = tuple(float(r) for r in rates_text.split(",") if r.strip())
+    except ValueError:
+        raise TestbedError(f"--rates is {rates_text!r}; give numbers of msg/s from 0, e.g. 0,500,1000,2000") from None
+    configs_text = ",".join(defaults.configs) if args.configs == PRIORITIZATION_CONFIGS else args.configs
+    options = broker.BrokerBenchOptions(
+        rates=rates, quota=args.quota, step_seconds=args.step_seconds, command_rate=args.command_rate,
+        payload_bytes=args.payload, flood_qos=defaults.flood_qos if args.flood_qos is None else args.flood_qos,
+        command_qos=args.command_qos,
+        publishers=args.publishers, configs=tuple(c.strip() for c in configs_text.split(",")),
+        image=args.image)
+    options.check()
+    certs, state = paths(args)
+    _refuse_beside_running_bus(state, "the broker benchmark")
+    topology = load_topology(args.topology)
+    pki = ensure_pki(topology, certs)
+    print(f"broker benchmark: {len(options.configs)} configurations x {len(rates)} offered rates x "
+          f"{args.step_seconds:g} s, brokers at {args.quota:g} cores each; load average now "
+          f"{os.getloadavg()[0]:.2f}", flush=True)
+    result = broker.run_broker_bench(pki, topology.root, options, out, progress=_say)
+    print(broker.summary(result))
+    print(f"result: {out}/{broker.RESULT_FILE}")
+    return 0
+
+
 BENCHMARKS: dict[str, Callable[[argparse.Namespace, Path], int]] = {
+    "broker": _bench_broker,
     "latency": _bench_latency, "prioritization": _bench_prioritization, "recovery": _bench_recovery,
     "wan": _bench_wan, "ui": _bench_ui, "crash": _bench_crash}
 
@@ -250,6 +328,44 @@ def _bench_scale(args: argparse.Namespace, out: Path) -> int:
 BENCHMARKS["scale"] = _bench_scale
 
 
+def _bench_storm(args: argparse.Namespace, out: Path) -> int:
+    base = storm.StormOptions.quick_run() if args.quick else storm.StormOptions()
+    options = storm.StormOptions(
+        sizes=storm.parse_sizes(args.sizes) if args.sizes else base.sizes,
+        interval_s=scale.parse_intervals(args.interval)[-1] if args.interval != "10" else base.interval_s,
+        command_rate=base.command_rate if args.command_rate == 50.0 else args.command_rate,  # 50/s: prioritization's
+        idle_control_s=base.idle_control_s,
+        connect_rate=base.connect_rate if args.connect_rate is None else args.connect_rate, quick=args.quick)
+    options.check()
+    certs, state = paths(args)
+    _refuse_beside_running_bus(state, "the storm benchmark")
+    topology = Path(args.topology) if args.topology else SCALE_TOPOLOGY
+    result = storm.run_storm_bench(topology, certs, options, out, progress=_say)
+    _render(out)
+    print(storm.summary(result))
+    print(f"result: {out}/{storm.RESULT_FILE}; figures and report.md beside it")
+    return 0
+
+
+BENCHMARKS["storm"] = _bench_storm
+
+
+def _bench_cpu(args: argparse.Namespace, out: Path) -> int:
+    """Not a measurement: the CPU-bound prioritization result converted to the bottleneck shape."""
+    if not args.from_:
+        raise TestbedError("cpu converts a prioritization result: give --from bench-prioritization.json")
+    source = Path(args.from_)
+    result = cpubound.from_prioritization(cpubound.load_prioritization(source), source.name)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / cpubound.RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    _render(out)
+    print(f"result: {out}/{cpubound.RESULT_FILE} (CPU-bound, converted from {source}); figures and report.md beside it")
+    return 0
+
+
+BENCHMARKS["cpu"] = _bench_cpu
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     _check_numbers(args)
     out = Path(args.out) if args.out else ROOT / "runs" / f"bench-{args.name}-{stamp()}"
@@ -271,31 +387,45 @@ def add_bench(commands: Commands) -> None:
     bench.add_argument("--hops", type=int, default=1000,
                        help="latency: one-hop baseline messages per QoS (default 1000)")
     bench.add_argument("--qos", default="0,1,2", help="latency: QoS levels, comma-separated (default 0,1,2)")
-    bench.add_argument("--rates", default="0,5000,20000,40000,max",
-                       help="prioritization: flood rates in msg/s, from 0, 'max' = as fast as the publishers can")
-    bench.add_argument("--configs", default="segregated,shared,segregated+priority",
-                       help="prioritization: configurations to compare")
+    bench.add_argument("--rates", default=PRIORITIZATION_RATES,
+                       help="prioritization: flood rates in msg/s, from 0, 'max' = as fast as the publishers can; "
+                            "broker: offered rates in msg/s, rising from 0 (default 0,1000,2000,3000,4000,5000,6000)")
+    bench.add_argument("--configs", default=PRIORITIZATION_CONFIGS,
+                       help="prioritization, broker: configurations to compare")
+    bench.add_argument("--quota", type=float, default=0.1,
+                       help="broker: each broker container's CPU quota in cores (default 0.1)")
+    bench.add_argument("--image", default="fmb-broker:latest",
+                       help="broker: the broker image (default fmb-broker:latest, built by scripts/images)")
     bench.add_argument("--step-seconds", type=float, default=10.0,
                        help="prioritization, wan: measuring time per step (default 10)")
     bench.add_argument("--command-rate", type=float, default=50.0,
                        help="prioritization: control commands per second (default 50; wan: 10; scale: 20)")
     bench.add_argument("--payload", type=int, default=256,
                        help="prioritization, wan, crash: payload bytes (default 256)")
-    bench.add_argument("--flood-qos", type=int, choices=[0, 1, 2], default=1, help="prioritization: flood QoS")
+    bench.add_argument("--flood-qos", type=int, choices=[0, 1, 2],
+                       help="prioritization, broker: flood QoS (default 1; broker: 0, open loop)")
     bench.add_argument("--command-qos", type=int, choices=[0, 1, 2], default=1, help="prioritization: command QoS")
-    bench.add_argument("--publishers", type=int, default=3, help="prioritization, wan: flood publisher processes")
+    bench.add_argument("--publishers", type=int, default=3,
+                       help="prioritization, wan: flood publisher processes; broker: at least this many, and one "
+                            "more per 200 msg/s offered")
     bench.add_argument("--rate", type=float, default=200.0,
                        help="recovery, crash: producer messages per second (default 200; recovery on docker: 20)")
     bench.add_argument("--autosave", default="1,5,30", help="recovery: autosave intervals to sweep, seconds")
     bench.add_argument("--backend", choices=["local", "docker"], default="local",
                        help="recovery: local processes (default), or field <-> data-centre partitions on the "
                             "Compose bus (started for the run if not up); soak: the local bus (no partition or link "
-                            "loss) or the Compose bus (every fault); wan always runs on docker")
+                            "loss) or the Compose bus (every fault); wan: a link built on this host with network "
+                            "namespaces (default: shared, segregated, segregated+priority over a rising flood, "
+                            "bench-wan-curve.json) or the Compose bus (segregated with and without the class, "
+                            "bench-wan.json)")
     bench.add_argument("--partitions", default="5,30",
                        help="recovery --backend docker: partition lengths in seconds (default 5,30)")
-    bench.add_argument("--wan", default="1mbit",
-                       help="wan: the DC -> field link, RATE[,DELAY] (default 1mbit; a delay needs netem, "
-                            "which this kernel lacks)")
+    bench.add_argument("--wan",
+                       help="wan: the link, RATE[,DELAY each way] (default 1mbit,20ms; --backend docker: the DC -> "
+                            "field direction only, and no delay, which needs netem)")
+    bench.add_argument("--load-factors", default=",".join(f"{f:g}" for f in wancurve.DEFAULT_FACTORS),
+                       help="wan: the flood offered, as multiples of the link's estimated capacity, ascending from 0 "
+                            "(default %(default)s)")
     bench.add_argument("--policies", default=",".join(crash.DEFAULT_POLICIES),
                        help="crash: VERSION/none, /snapshot=S, /changes=N, /usr1=MS, /sqlite=S[,sync=off|normal|full] "
                             "(default: %(default)s)")
@@ -316,7 +446,7 @@ def add_bench(commands: Commands) -> None:
                             "default: as the others)")
     bench.add_argument("--interval", default="10",
                        help="scale: seconds between a meter's readings, or a list (10,5: a steady state each; "
-                            "default 10: 10,000 meters give 1,000 readings/s)")
+                            "default 10: 10,000 meters give 1,000 readings/s); storm: one (default 5; --quick 1)")
     bench.add_argument("--duration", type=float,
                        help="scale: seconds measured per steady state (default 30; --quick 3)")
     bench.add_argument("--connect-rate", type=float,
@@ -328,7 +458,13 @@ def add_bench(commands: Commands) -> None:
                        help="scale: the meters' reconnect backoff, BASE,CAP seconds (full jitter; default 0.5,20, "
                             "the fleet's own)")
     bench.add_argument("--quick", action="store_true",
-                       help="scale: a smoke of seconds (2 substations x 20 meters, readings every second)")
+                       help="scale: a smoke of seconds (2 substations x 20 meters, readings every second); wan: "
+                            "idle and 3 x the link's capacity, 1 s each (about half a minute); storm: storms of 50 "
+                            "and 100 meters, readings every second")
+    bench.add_argument("--sizes", help="storm: meters of the storm substation, one storm per size and configuration "
+                                       "(default 100,300,1000; --quick 50,100)")
+    bench.add_argument("--from", dest="from_", metavar="FILE",
+                       help="cpu: the bench-prioritization.json to convert to the CPU-bound bottleneck document")
     bench.add_argument("--crash-window-s", type=float,
                        help="soak: what a kill -9 of a persistent broker may lose, seconds of traffic (default: "
                             "the window its persistence policy gives, 0.5 s for Appendix A's data centre)")

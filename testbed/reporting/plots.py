@@ -3,8 +3,8 @@
 One function per figure; each takes a loaded result (``bench-*.json``) and returns a matplotlib
 :class:`~matplotlib.figure.Figure` on an Agg canvas, touching no pyplot state, so the same
 function serves ``fmb report`` (saved as PNG), the notebooks (displayed inline) and the tests.
-Sections: latency (``fmb.bench-latency/2``), prioritisation (``fmb.bench-prioritization/1``),
-recovery (``fmb.bench-recovery/1``), crash (``fmb.bench-crash/1``), soak and scale
+Sections: latency (``fmb.bench-latency/2``; ``/3`` adds the waterfall), prioritisation
+(``fmb.bench-prioritization/1``), recovery (``fmb.bench-recovery/1``), crash (``fmb.bench-crash/1``), soak and scale
 (``fmb.bench-scale/1``); the JSON shapes are described in ``testbed/bench/README.md``.
 """
 
@@ -20,6 +20,7 @@ from matplotlib.lines import Line2D
 
 from testbed.core.results import (
     LatencyResult,
+    LatencyResultV3,
     Percentiles,
     PrioritizationResult,
     RecoveryResult,
@@ -35,12 +36,17 @@ from testbed.core.stats import percentiles
 from testbed.reporting.text import RECOVERY_TIMES
 
 __all__ = [
+    "BOTTLENECK_TITLES",
+    "IEC_LINES_MS",
+    "bottleneck_caption",
+    "bottleneck_curves",
     "conditions_caption",
     "crash_curve",
     "crash_policies",
     "ecdf",
     "latency_cdf",
     "latency_steps",
+    "latency_waterfall",
     "prioritization_control_latency",
     "prioritization_throughput",
     "recovery_autosave",
@@ -48,6 +54,8 @@ __all__ = [
     "scale_ramp",
     "scale_steady",
     "scale_storm",
+    "segregation_control",
+    "segregation_delivery",
     "soak_ledger",
     "soak_timeline",
     "ui_cdf",
@@ -105,7 +113,7 @@ def _finish(figure: Figure, title: str, result: Result) -> Figure:
 
 # -- latency (fmb.bench-latency/2) ---------------------------------------------------------------
 
-def latency_cdf(result: LatencyResult) -> Figure:
+def latency_cdf(result: LatencyResult | LatencyResultV3) -> Figure:
     """One panel per QoS: the CDF of Appendix A end to end and of one broker hop (log time axis)."""
     levels = result["by_qos"]
     figure = _figure(max(9.5, 4.6 * len(levels)), 4.4)  # room for the legend under one panel
@@ -144,7 +152,7 @@ def latency_cdf(result: LatencyResult) -> Figure:
     return _finish(figure, f"Latency CDF: {c['scenario']} ×{c['repetitions']} vs one broker hop", result)
 
 
-def latency_steps(result: LatencyResult) -> Figure:
+def latency_steps(result: LatencyResult | LatencyResultV3) -> Figure:
     """Per step and QoS: a bar at the p50 of the step's time with a whisker to its p99.
 
     A step's time runs from the publish of the step it follows to its own publish; ``display``
@@ -176,6 +184,60 @@ def latency_steps(result: LatencyResult) -> Figure:
     axes.grid(True, axis="y", alpha=0.3)
     axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=len(levels) + 1, fontsize=9, frameon=False)
     return _finish(figure, "Appendix A per-step latency by QoS", result)
+
+
+# Bus parts in blues, what our Python adds in warm colours: the split the figure is for.
+_KIND_STYLE = {"bus": ("#1f618d", ""), "device": ("#b03a2e", "//"), "feeder": ("#ca6f1e", "xx"),
+               "display": ("#7d3c98", "..")}
+
+
+def latency_waterfall(result: LatencyResultV3) -> Figure:
+    """One panel per QoS: the critical path's segments as a waterfall of their p50s, top to bottom.
+
+    Each bar starts where the previous one ended (the p50s' running sum); its colour says what
+    spends the time (the bus, or ours: device, feeder model, display). A whisker runs to the
+    segment's p99; a tick on a bus bar marks its traversals x the one-hop p50 (the bus alone). The
+    bottom bar is the measured end-to-end p50: where the running sum ends against it is the 5 %
+    check of the waterfall.
+    """
+    levels = result["by_qos"]
+    segments = levels[0]["waterfall"]["segments"]
+    figure = _figure(max(10.0, 5.2 * len(levels)), 0.32 * len(segments) + 2.6)
+    axes_row = figure.subplots(1, len(levels), sharey=True, squeeze=False)[0]
+    labels = [f"{s['key'].split()[0]}: {s['who']}" for s in segments] + ["end to end"]
+    for axes, q in zip(axes_row, levels, strict=True):
+        w = q["waterfall"]
+        start = 0.0
+        for y, s in enumerate(w["segments"]):
+            colour, hatch = _KIND_STYLE.get(s["kind"], (_GREY, ""))
+            p50 = s["ms"].get("p50", 0.0)
+            axes.barh(y, p50, left=start, color=colour, hatch=hatch, edgecolor="white", height=0.7)
+            axes.plot([start + p50, start + s["ms"].get("p99", p50)], [y, y], color="#17202a", linewidth=0.8)
+            if s["kind"] == "bus":
+                axes.plot(start + s["traversals"] * q["one_hop_ms"]["p50"], y, marker="|", markersize=12,
+                          markeredgewidth=2, color="#f4d03f")
+            start += p50
+        y_end = len(w["segments"])
+        axes.barh(y_end, w["e2e_p50_ms"], color=_GREY, height=0.7)
+        axes.axvline(start, color="#17202a", linestyle="--", linewidth=0.8)
+        axes.annotate(f"sum of p50s {start:.2f} ms\ne2e p50 {w['e2e_p50_ms']:.2f} ms ({w['sum_deviation']:+.1%})",
+                      (start, y_end), textcoords="offset points", xytext=(6, -4), fontsize=8, va="top")
+        k = w["p50_by_kind_ms"]
+        axes.set_title(f"QoS {q['qos']}: bus {k['bus']:.2f} ms, ours "
+                       f"{k['device'] + k['feeder'] + k['display']:.2f} ms (p50s)", fontsize=10)
+        axes.set_xlabel("ms from the trigger (bar: p50, whisker to p99)")
+        axes.grid(True, axis="x", alpha=0.3)
+    axes_row[0].set_yticks(range(len(labels)), labels, fontsize=8)
+    axes_row[0].invert_yaxis()
+    from matplotlib.patches import Patch  # noqa: PLC0415 - only this figure needs it
+
+    axes_row[len(levels) // 2].legend(
+        handles=[Patch(facecolor=c, hatch=h, edgecolor="white", label=k) for k, (c, h) in _KIND_STYLE.items()],
+        loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=len(_KIND_STYLE), fontsize=8, frameon=False)
+    c = result["conditions"]
+    load = c.get("load_average_before")
+    busy = f", load average {load[0]:.1f} before" if load else ""  # a shared machine's figures vary with it
+    return _finish(figure, f"Where the time goes: {c['scenario']} critical path, ×{c['repetitions']}{busy}", result)
 
 
 # -- prioritisation (fmb.bench-prioritization/1) ------------------------------------------------
@@ -647,3 +709,127 @@ def scale_storm(result: ScaleResult) -> Figure:
     right.legend(fontsize=8)
     meters = storms[0]["meters"] if storms else 0
     return _finish(figure, f"Reconnect storm: {meters:,} meters' broker restarted", result)
+
+
+# -- shared against segregated, per bottleneck (fmb.bench-bottleneck/1) ------------------------------
+
+# IEC 61850-5's classes a control command must stay under (DESIGN.md): medium and low speed.
+IEC_LINES_MS = ((100.0, "IEC 61850-5 medium speed (100 ms)"), (500.0, "IEC 61850-5 low speed (500 ms)"))
+_CONFIG_STYLE = {"shared": _SERIES[0], "segregated": _SERIES[1], "segregated+priority": _SERIES[2]}
+BOTTLENECK_TITLES = {"cpu": "CPU-bound (two shared cores)", "broker": "Broker-bound (a broker at its CPU quota)",
+                     "wan": "WAN-bound (a shaped field <-> data-centre link)",
+                     "storm": "Storm-bound (a substation's reconnect storm)"}
+
+
+def bottleneck_caption(result: Result) -> str:
+    """The conditions of one bottleneck document in a line: machine, versions, QoS, TLS, load average."""
+    cond = result.get("conditions") or {}
+    env = result.get("environment") or {}
+    # Each benchmark names its load average as it measured it (before, after, at the end): the first one it has.
+    load_key = next((k for k, v in cond.items() if "load_average" in k and isinstance(v, list) and v), None)
+    load = cond[load_key] if load_key else None
+    reps = cond.get("repetitions")
+    parts = [f"QoS {env.get('qos', cond.get('qos', cond.get('command_qos', '?')))}",
+             str(env.get("tls_version") or cond.get("tls_version") or "TLS ?"),
+             f"mosquitto {env.get('mosquitto') or '?'}",
+             f"{(env.get('machine') or {}).get('cores', '?')} cores"]
+    if isinstance(load, list) and load_key:
+        when = load_key.replace("machine_", "").replace("load_average", "").strip("_").replace("_", " ")
+        parts.append(f"load avg {load[0]}" + (f" ({when})" if when else ""))
+    if reps is not None:
+        parts.append(f"{reps} run(s) per point")
+    if cond.get("note"):
+        parts.append(str(cond["note"]))
+    return " · ".join(parts)
+
+
+def _bottleneck_control(axes: Axes, result: Result) -> None:
+    for curve in result["curves"]:
+        colour, line, marker = _CONFIG_STYLE.get(curve["config"], _SERIES[3])
+        points = curve["points"]
+        xs = [p["load"] for p in points]
+        for key, alpha in (("p99", 1.0), ("p50", 0.35)):
+            ys = [p["control_ms"].get(key, float("nan")) for p in points]
+            axes.plot(xs, ys, color=colour, linestyle=line, marker=marker, alpha=alpha,
+                      markersize=6 if key == "p99" else 4, label=f"{curve['config']} {key}")
+        lossy = [(p["load"], p["control_ms"].get("p99", float("nan"))) for p in points if p["control_ms"].get("lost")]
+        if lossy:
+            axes.plot(*zip(*lossy, strict=True), linestyle="", marker="x", color="black", markersize=9,
+                      label=f"{curve['config']}: commands unacknowledged")
+    for limit, label in IEC_LINES_MS:
+        axes.axhline(limit, color=_GREY, linestyle=":" if limit > 100 else "--", linewidth=1.2, label=label)
+    axes.set_yscale("log")
+    axes.set_xlabel(result["load_unit"] + (" (heavier to the right: axis reversed)"
+                                           if result.get("load_axis") == "falling" else ""))
+    if result.get("load_axis") == "falling":
+        axes.invert_xaxis()
+    axes.set_ylabel("command round trip (ms, log)")
+    axes.grid(True, which="both", alpha=0.3)
+
+
+def _bottleneck_delivery(axes: Axes, result: Result) -> None:
+    for curve in result["curves"]:
+        colour, line, marker = _CONFIG_STYLE.get(curve["config"], _SERIES[3])
+        points = curve["points"]
+        axes.plot([p["load"] for p in points], [p["delivery_rate"] for p in points], color=colour, linestyle=line,
+                  marker=marker, label=curve["config"])
+        saturated = [(p["load"], p["delivery_rate"]) for p in points if p["saturated"]]
+        if saturated:
+            axes.plot(*zip(*saturated, strict=True), linestyle="", marker="o", markersize=11, markerfacecolor="none",
+                      color=colour)
+    if result.get("load_axis") == "falling":
+        axes.invert_xaxis()
+    axes.set_ylim(bottom=0)  # a rate from zero: a short axis would make noise look like a cost
+    axes.set_xlabel(result["load_unit"])
+    axes.set_ylabel("delivery plane carried (msg/s)")
+    axes.grid(True, alpha=0.3)
+
+
+def bottleneck_curves(result: Result) -> Figure:
+    """One bottleneck document: control p99 / p50 against load per configuration (IEC 61850-5 lines
+    drawn), and the delivery plane's rate beside it (saturated points circled)."""
+    figure = _figure(12, 4.8)
+    control, delivery = figure.subplots(1, 2)
+    _bottleneck_control(control, result)
+    figure.legend(*control.get_legend_handles_labels(), loc="outside lower center", ncols=5, fontsize=7)
+    _bottleneck_delivery(delivery, result)
+    delivery.legend(fontsize=8)
+    title = BOTTLENECK_TITLES.get(result.get("bottleneck", ""), str(result.get("bottleneck")))
+    figure.suptitle(f"{title}: shared against segregated", fontsize=13, fontweight="bold")
+    figure.supxlabel(bottleneck_caption(result) + "   ·   " + conditions_caption(result), fontsize=7, color=_GREY)
+    return figure
+
+
+def _panels(results: Sequence[Result], draw: Any, title: str) -> Figure:
+    if not results:
+        raise ValueError("no bottleneck document to draw")
+    columns = 1 if len(results) == 1 else 2
+    rows = (len(results) + columns - 1) // columns
+    figure = _figure(7 * columns, 4.4 * rows)
+    grid = figure.subplots(rows, columns, squeeze=False)
+    for n, result in enumerate(results):
+        axes: Axes = grid[n // columns][n % columns]
+        draw(axes, result)
+        name = str(result["bottleneck"])
+        axes.set_title(BOTTLENECK_TITLES.get(name, name) + "\n" + bottleneck_caption(result), fontsize=8)
+    for n in range(len(results), rows * columns):
+        grid[n // columns][n % columns].set_visible(False)
+    handles: dict[str, Any] = {}
+    for axes in figure.axes:
+        for handle, label in zip(*axes.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    figure.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=4, fontsize=8)
+    figure.suptitle(title, fontsize=13, fontweight="bold")
+    return figure
+
+
+def segregation_control(results: Sequence[Result]) -> Figure:
+    """When does segregation matter: per bottleneck, command p99 (solid) and p50 (faint) against load for
+    each configuration, with IEC 61850-5's medium (100 ms) and low (500 ms) speed classes drawn."""
+    return _panels(results, _bottleneck_control, "Control round trip against load, per bottleneck")
+
+
+def segregation_delivery(results: Sequence[Result]) -> Figure:
+    """Per bottleneck, what the delivery plane carried against load for each configuration (saturated
+    points circled): the throughput a configuration keeps while it protects commands."""
+    return _panels(results, _bottleneck_delivery, "Delivery-plane throughput against load, per bottleneck")

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from testbed.core.results import (
+    BottleneckResult,
     CrashResult,
     LatencyResult,
+    LatencyResultV3,
     PrioritizationResult,
     RecoveryFault,
     RecoveryResult,
@@ -29,11 +31,13 @@ from testbed.core.stats import percentiles
 
 __all__ = [
     "RECOVERY_TIMES",
+    "bottleneck_markdown",
     "conditions_markdown",
     "crash_markdown",
     "failure_reason",
     "format_ms",
     "latency_markdown",
+    "waterfall_markdown",
     "markdown_table",
     "percentiles_line",
     "prioritization_markdown",
@@ -173,7 +177,7 @@ def scenario_markdown(result: ScenarioResultDoc) -> str:
 
 # -- latency (fmb.bench-latency/2) --------------------------------------------------------------
 
-def latency_markdown(result: LatencyResult) -> str:
+def latency_markdown(result: LatencyResult | LatencyResultV3) -> str:
     """Headline table per QoS, then the per-step table (p50 / p90 / p99 / max, ms)."""
     target = result["target_ratio"]
     out = [markdown_table(
@@ -196,6 +200,39 @@ def latency_markdown(result: LatencyResult) -> str:
     rows.append(["–", "display", "–", "–",
                  *(f"{q['display_ms']['p50']:.2f} / {q['display_ms']['p99']:.2f}" for q in levels)])
     out.append(markdown_table(["step", "name", "plane", "traversals", *(f"QoS {q['qos']}" for q in levels)], rows))
+    if result["schema"] == "fmb.bench-latency/3":
+        out.append("\n\n" + waterfall_markdown(result))
+    return "".join(out)
+
+
+def waterfall_markdown(result: LatencyResultV3) -> str:
+    """The critical path's segments, p50 / p99 ms per QoS, then the sums checked against end to end."""
+    levels = result["by_qos"]
+    segments = levels[0]["waterfall"]["segments"]
+    rows = [[s["step"], s["kind"], s["traversals"] or "", s["what"],
+             *(f"{q['waterfall']['segments'][i]['ms'].get('p50', 0.0):.3f} / "
+               f"{q['waterfall']['segments'][i]['ms'].get('p99', 0.0):.3f}" for q in levels)]
+            for i, s in enumerate(segments)]
+    out = ["Waterfall of the critical path (each device's receive and send times, one clock): `bus` is a message "
+           "handed to paho to its arrival in the receiver's handler (1 broker, or 2 over the bridge), `device` a "
+           "device's receive to its send (decode, verify, decide, encode, sign), `feeder` the feeder model's new "
+           "state to the meter, `display` the tablet showing the diagram. p50 / p99 ms:\n\n",
+           markdown_table(["step", "kind", "traversals", "segment", *(f"QoS {q['qos']}" for q in levels)], rows),
+           "\n\nSums of the segments' p50s (ms), against the end-to-end p50 of the same repetitions:\n\n"]
+    kinds = list(levels[0]["waterfall"]["p50_by_kind_ms"])
+    out.append(markdown_table(
+        ["QoS", *kinds, "sum", "e2e p50", "deviation", "within 5 %", "bus ÷ (traversals × one hop)",
+         "complete reps"],
+        [[q["qos"], *(q["waterfall"]["p50_by_kind_ms"][k] for k in kinds), q["waterfall"]["sum_of_p50_ms"],
+          q["waterfall"]["e2e_p50_ms"], f"{q['waterfall']['sum_deviation']:+.1%}",
+          q["waterfall"]["sums_within_tolerance"], q["waterfall"]["bus_over_one_hop"],
+          f"{q['waterfall']['repetitions']} (+{q['waterfall']['incomplete']} incomplete)"] for q in levels]))
+    out.append("\n\nEach device's processing (all its segments on the path), p50 / p99 ms (aim: p50 ≤ 0.5):\n\n")
+    devices = list(levels[0]["waterfall"]["device_ms"])
+    out.append(markdown_table(["device", *(f"QoS {q['qos']}" for q in levels)],
+                              [[d, *(f"{q['waterfall']['device_ms'][d].get('p50', 0.0):.3f} / "
+                                     f"{q['waterfall']['device_ms'][d].get('p99', 0.0):.3f}" for q in levels)]
+                               for d in devices]))
     return "".join(out)
 
 
@@ -444,3 +481,29 @@ def _appendix_a_markdown(result: ScaleResult) -> str:
             + markdown_table(["configuration", "passed", "failed", "e2e p50 ms", "p90 ms", "p99 ms", "max ms",
                               "first failure"], rows)
             + f"\nLoaded ÷ idle, p99: {_cell(a.get('loaded_over_idle_p99'))}.\n")
+
+
+# -- shared against segregated, one bottleneck (fmb.bench-bottleneck/1) ----------------------------
+
+def bottleneck_markdown(result: BottleneckResult) -> str:
+    """Per configuration and load: command round trips, unacknowledged commands, the delivery plane's
+    rate; then the issue's targets as the document computed them."""
+    rows = [[c["config"], p["load"], p["control_ms"].get("p50"), p["control_ms"].get("p99"),
+             p["control_ms"].get("max"), p["control_ms"].get("lost", 0), p["delivery_rate"], p["saturated"]]
+            for c in result["curves"] for p in c["points"]]
+    out = [f"Bottleneck **{result['bottleneck']}**; load in {result['load_unit']}"
+           + (" (smaller is heavier)" if result.get("load_axis") == "falling" else "") + ".\n\n",
+           markdown_table(["configuration", "load", "control p50 ms", "p99", "max", "unacked",
+                           "delivery msg/s", "saturated"], rows),
+           "\nIdle control p99 (ms) and the delivery plane's unsaturated rate (msg/s): "
+           + "; ".join(f"{c['config']} {_cell(c['idle_p99_ms'])}, {_cell(c['unsaturated_rate'])}"
+                       for c in result["curves"]) + ".\n\n"]
+    t = result["targets"]
+    out.append(markdown_table(
+        ["target (at saturation)", "value", "met"],
+        [[f"{t['segregated_config']} p99 / its idle p99 <= 2", t["segregated_saturation_over_idle"],
+          t["met"].get("segregated_saturation_over_idle")],
+         [f"shared p99 / {t['segregated_config']} p99 >= 10", t["shared_over_segregated"],
+          t["met"].get("shared_over_segregated")],
+         ["delivery plane kept >= 0.8 of its unsaturated rate", t["delivery_kept"], t["met"].get("delivery_kept")]]))
+    return "".join(out)
