@@ -103,6 +103,13 @@ CASES: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
         (["compose", "-o", "{tmp}/no-such-dir/docker-compose.yml"], "no directory"),
         (["compose", "-o", "{tmp}/corrupt-state"], "is a directory"),
     ],
+    ("swarm", "stack"): [
+        (["swarm", "stack", "--topology", "{tmp}/broken.toml", "-o", "{tmp}/stack"], "is not valid TOML"),
+        (["swarm", "stack", "-o", "{tmp}/broken.json"], "is a file"),
+    ],
+    ("swarm", "deploy"): [(["swarm", "deploy", "Not A Name", "-o", "{tmp}/stack"], "stack name 'Not A Name'")],
+    ("swarm", "run"): [(["swarm", "run", "fmb"], "cannot reach the Docker engine")],
+    ("swarm", "rm"): [(["swarm", "rm", "fmb;rm"], "stack name 'fmb;rm'")],
     (): [([], "the following arguments are required: COMMAND")],
 }
 

@@ -34,6 +34,7 @@ USAGE = """usage: python -m testbed.cli.containers COMMAND
   feeder ID       run feeder model ID, serving /feeder/ID/feeder.sock
   fleet NAME      run fleet NAME: its meters in one process (devices.fleet)
   scenario NAME   run scenario NAME once on the bus, print the timeline, exit 0 if it passed
+                  (FMB_SUBSTATION=S: on substation S's devices of a large topology)
   runner          serve run requests from the tablets' run buttons on /ui/runner.sock
   request-run NAME --out DIR
                   ask the runner for scenario NAME into DIR (what a tablet's button starts)"""
@@ -66,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             return service.request_run(args[1], Path(args[3]))
         if len(args) == 2 and args[0] == "scenario":
             out = os.environ.get("FMB_OUT")
-            return service.run_scenario(args[1], out=Path(out) if out else None)
+            # FMB_SUBSTATION: one substation of a large topology (the Swarm stack's harness sets it per run)
+            return service.run_scenario(args[1], out=Path(out) if out else None,
+                                        substation=os.environ.get("FMB_SUBSTATION") or None)
     except TestbedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

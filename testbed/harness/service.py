@@ -35,13 +35,14 @@ from testbed.transport.localsock import private_unix_server, unix_request
 __all__ = ["request_run", "run_scenario", "serve_runner"]
 
 
-def run_scenario(name: str, repeat: int = 1, out: Path | None = None) -> int:
-    """Run scenario ``name`` on the Compose bus from inside it; print the timeline; 0 if passed."""
+def run_scenario(name: str, repeat: int = 1, out: Path | None = None, substation: str | None = None) -> int:
+    """Run scenario ``name`` on the Compose bus from inside it (on ``substation``'s devices of a large
+    topology, else the whole topology's); print the timeline; 0 if passed."""
     bus = ContainerBus(container_topology())
     packaged = Path(os.environ.get("FMB_SCENARIO_DIR", "/opt/fmb/scenarios")) / f"{name}.toml"
     scenario = load_scenario(packaged if packaged.exists() else name,
                              {d.id: d.role for d in bus.topology.devices})
-    with ScenarioRunner(bus, scenario) as runner:
+    with ScenarioRunner(bus, scenario, substation=substation) as runner:
         result = runner.run(repeat, out, backend="compose")
     print(summary_table(result), flush=True)
     for device in (d for d in bus.topology.devices if d.role == "tablet"):
