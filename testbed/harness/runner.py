@@ -143,12 +143,19 @@ class ScenarioRunner:
         devices = self.cast.matching(trig.device)
         if not devices:
             raise ScenarioError(f"no device {trig.device!r} in the topology to trigger")
-        path = self.bus.ui_socket(devices[0].id)
+        target = self.cast.stand_in(self.topology, str(trig.args["target"]), "SupplyControlProfile")
+        request = {"op": trig.action, **trig.args, "target": target}
+        # The Compose bus relays the operator's input inside the tablet's container (no root on this host
+        # for the socket on its volume); elsewhere the harness opens the tablet's socket itself.
+        relay = getattr(self.bus, "operator_request", None)
         try:
-            target = self.cast.stand_in(self.topology, str(trig.args["target"]), "SupplyControlProfile")
-            reply = unix_request(path, {"op": trig.action, **trig.args, "target": target}, timeout_s=10)
+            if relay is not None:
+                reply = relay(devices[0].id, request, 10.0)
+            else:
+                path = self.bus.ui_socket(devices[0].id)
+                reply = unix_request(path, request, timeout_s=10)
         except OSError as e:
-            raise ScenarioError(f"cannot reach the UI of {devices[0].id} at {path}: {e}") from None
+            raise ScenarioError(f"cannot reach the UI of {devices[0].id}: {e}") from None
         if not reply.get("ok"):
             raise ScenarioError(f"{devices[0].id} refused the trigger: {reply.get('error')}")
         return int(reply["ts_ns"])

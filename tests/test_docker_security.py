@@ -1,0 +1,185 @@
+"""The NIST CSF functions on the Compose bus: Detect, Respond, Recover and the attacks run there too.
+
+One Compose project for the whole module (a bus up takes a minute or more on two busy cores), under
+a unique name and on free loopback ports, removed with its volumes at the end; the teardown fails
+if anything of it is left. What it proves, on real containers, brokers and TLS:
+
+- the monitor runs as a service that holds only what it needs (its own certificate, every log
+  read-only, no CA, no Docker socket) and raises the attacks' alerts, so the attack scenarios pass on
+  this backend as on the local one, and Appendix A still passes after them;
+- revoke and block cut an identity off (live session evicted, a new handshake refused), with the CA
+  operation in a one-shot container of the ``pki`` volume, timed like ``fmb respond measure``;
+- the ACLs hold for a device's stolen credential (a publish outside its rights is refused, 0x87);
+- ``recover`` brings back a stopped device and Appendix A passes;
+- ``fmb run appendix-a --backend docker`` works for a user who is not root (the operator's input is
+  relayed inside the tablet's container).
+
+Without Docker or the images these skip; with ``CI`` set they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testbed.backends.compose import ComposeProject, DockerBus, device_image
+from testbed.backends.containers import LOGS_DIR, logged
+from testbed.bench.cutoff import measure_cutoff, tls_refused
+from testbed.core.ports import free_port
+from testbed.core.scenario import load_scenario
+from testbed.core.topics import topic
+from testbed.core.topology import load_topology
+from testbed.csf.respond import Responder
+from testbed.harness.runner import ScenarioRunner
+from testbed.pytest_plugin import docker_problem
+from testbed.transport.mqtt import TLSIdentity, connect
+from tests.conftest import require
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+# A representative subset of scenarios/attack-*.toml: one alert from a device's log (the supply refusing a
+# forged signature), one from the messages (a meter's implausible reading). The third, a replay, is refused by
+# the same signature check as the first and alerted the same way.
+ATTACKS = ["attack-forged-command", "attack-false-low-voltage"]
+
+
+@pytest.fixture(scope="module")
+def secbus() -> Iterator[DockerBus]:
+    problem = docker_problem()
+    require(problem is None, f"the Compose bus cannot run here: {problem}")
+    topology = load_topology()
+    project = ComposeProject(f"fmbsec-{os.getpid()}-{secrets.token_hex(3)}",
+                             ports={b.name: free_port() for b in topology.brokers}, ui_port=free_port())
+    bus = None
+    try:
+        services = [s for s in project.compose("config", "--services").split() if s != "scenario"]
+        project.up(services, timeout_s=240)
+        bus = DockerBus(project, topology)
+        yield bus
+    finally:
+        if bus is not None:
+            bus.close()
+        project.down()
+    assert not project.leftovers(), project.leftovers()
+
+
+def _run(bus: DockerBus, name: str, out: Path) -> dict[str, Any]:
+    scenario = load_scenario(name, {d.id: d.role for d in bus.topology.devices})
+    with ScenarioRunner(bus, scenario) as runner:
+        result: dict[str, Any] = dict(runner.run(1, out, backend="docker"))
+    return result
+
+
+def test_the_monitor_holds_only_what_it_needs(secbus: DockerBus) -> None:
+    monitor = secbus.project.container("monitor")
+    assert monitor.attrs["State"]["Health"]["Status"] == "healthy"
+    assert monitor.attrs["Config"]["User"] in ("10001:10001", "10001")
+    mounts = {m["Destination"]: m for m in monitor.attrs["Mounts"]}
+    logs = {d: m for d, m in mounts.items() if d.startswith(f"{LOGS_DIR}/")}
+    assert sorted(logs) == sorted(f"{LOGS_DIR}/{n}" for n in logged(secbus.container_topology))
+    assert all(not m["RW"] for m in logs.values()), "the monitor must read the logs, not write them"
+    assert "/pki" not in mounts and not any("docker.sock" in (m.get("Source") or "") for m in mounts.values())
+    code, out = monitor.exec_run(["ls", "/certs/clients"])
+    assert code == 0 and out.decode().split() == ["monitor.key", "monitor.pem"]
+    # Each log volume has one writer: the broker's own, read-write there.
+    broker = secbus.project.container("dc-control")
+    assert any(m["Destination"] == "/log" and m["RW"] for m in broker.attrs["Mounts"])
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_attack_scenario_is_detected_on_compose(secbus: DockerBus, name: str, tmp_path: Path) -> None:
+    result = _run(secbus, name, tmp_path / name)
+    assert result["passed"], result["failure"]
+    assert result["end"]["device"] == "monitor"
+    # Legitimate devices keep working: Appendix A passes right after the attack.
+    after = _run(secbus, "appendix-a", tmp_path / "appendix-a")
+    assert after["passed"], after["failure"]
+    alerts = secbus.alerts_text()
+    assert result["end"]["profile"] == "AlertProfile" and alerts.strip(), "the alert is also in the monitor's file"
+
+
+def test_a_stolen_device_credential_stays_inside_its_acl(secbus: DockerBus) -> None:
+    """meter-1's own certificate may publish its readings, not a supply command: refused with 0x87."""
+    meter = secbus.identity("meter-1")
+    refused = threading.Event()
+    reasons: list[int] = []
+
+    def on_publish(c: Any, u: Any, mid: int, reason: Any, props: Any) -> None:
+        reasons.append(reason.value)
+        refused.set()
+
+    client = connect("meter-1-stolen", meter, secbus.endpoint("field-control"))
+    client.on_publish = on_publish
+    try:
+        client.publish(topic(secbus.topology.root, "SupplyControlProfile", "supply-1"), b"{}", 1)
+        assert refused.wait(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    assert reasons == [0x87]
+
+
+def test_revoke_and_block_cut_an_identity_off(secbus: DockerBus) -> None:
+    result = measure_cutoff(secbus, actions=("revoke", "block"), repeat=1, backend="docker")
+    assert result["conditions"]["backend"] == "docker"
+    for action in ("revoke", "block"):
+        r = result["results"][action]
+        assert r["not_cut_off"] == 0, (action, r)
+        assert r["cutoff_ms"] is not None and r["cutoff_ms"]["max"] < 60_000
+    assert result["results"]["revoke"]["repetitions"][0]["reconnect_refused"] is True
+
+
+def test_certs_revoke_reaches_every_broker(secbus: DockerBus) -> None:
+    """The CA key stays in the pki volume; the one-shot container revokes, every broker refuses."""
+    name = f"visitor-{secrets.token_hex(3)}"
+    secbus.ca("issue", name)
+    paths = secbus.pki.client(name)
+    ident = TLSIdentity(secbus.pki.ca_cert, paths.cert, paths.key)
+    before = connect(f"{name}-before", ident, secbus.endpoint("dc-delivery"))
+    before.disconnect()
+    before.loop_stop()
+    secbus.revoke_certificate(name)
+    assert secbus.reload_brokers() == len(secbus.topology.brokers)
+    assert all(tls_refused(secbus, name, b.name) for b in secbus.topology.brokers)
+    assert Responder(secbus).evict(name) == [b.name for b in secbus.topology.brokers]
+
+
+def test_recover_restarts_a_stopped_device(secbus: DockerBus, tmp_path: Path) -> None:
+    secbus.project.container("capbank-1").stop(timeout=5)
+    restarted = secbus.recover(timeout_s=180)
+    assert "capbank-1" in restarted
+    result = _run(secbus, "appendix-a", tmp_path / "appendix-a")
+    assert result["passed"], result["failure"]
+
+
+def test_the_harness_needs_no_root(secbus: DockerBus, tmp_path: Path) -> None:
+    """`fmb run appendix-a --backend docker` as uid 10001 in the docker group, on this bus."""
+    if os.geteuid() != 0:  # already not root: the test's own user is the proof
+        argv: list[str] = []
+    else:
+        docker_gid = shutil.which("getent") and subprocess.run(["getent", "group", "docker"], capture_output=True,
+                                                                   text=True).stdout.split(":")[2:3]
+        require(bool(docker_gid), "no docker group to give the unprivileged user")
+        argv = ["setpriv", "--reuid", "10001", "--regid", "10001", f"--groups={docker_gid[0]}", "--"]  # type: ignore[index]
+    out = tmp_path / "nonroot"
+    out.mkdir()
+    out.chmod(0o777)
+    env = {"PATH": os.environ["PATH"], "HOME": str(out), "COMPOSE_PROJECT_NAME": secbus.project.name,
+           "FMB_COMPOSE": "v1" if os.geteuid() == 0 else os.environ.get("FMB_COMPOSE", ""),
+           "FMB_DEVICE_IMAGE": device_image(), "MPLCONFIGDIR": str(out)}
+    env.update({k: v for k, v in os.environ.items() if k.startswith("FMB_") and k.endswith("_PORT")})
+    done = subprocess.run([*argv, sys.executable, "-m", "testbed", "run", "appendix-a", "--backend", "docker",
+                           "--out", str(out / "run")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
+    assert (out / "run" / "result.json").exists()
+    assert (out / "run" / "result.json").stat().st_uid == (10001 if argv else os.geteuid())
