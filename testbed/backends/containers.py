@@ -215,6 +215,8 @@ def _drop_root(volumes: list[Path]) -> None:
     """Give the (root-owned, fresh) volumes to uid 10001, then become uid 10001 for good."""
     for v in volumes:
         v.mkdir(parents=True, exist_ok=True)
+        if v.stat().st_uid == UID:  # handed over by an earlier run (a rerun of init, a CA operation)
+            continue
         os.chmod(v, 0o700)  # before the chown: root without CAP_FOWNER owns it only until then
         os.chown(v, UID, GID)
     os.setgroups([])
