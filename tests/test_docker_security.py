@@ -25,6 +25,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,7 +163,7 @@ def test_recover_restarts_a_stopped_device(secbus: DockerBus, tmp_path: Path) ->
     assert result["passed"], result["failure"]
 
 
-def test_the_harness_needs_no_root(secbus: DockerBus, tmp_path: Path) -> None:
+def test_the_harness_needs_no_root(secbus: DockerBus, request: pytest.FixtureRequest) -> None:
     """`fmb run appendix-a --backend docker` as uid 10001 in the docker group, on this bus."""
     if os.geteuid() != 0:  # already not root: the test's own user is the proof
         argv: list[str] = []
@@ -171,9 +172,9 @@ def test_the_harness_needs_no_root(secbus: DockerBus, tmp_path: Path) -> None:
                                                                    text=True).stdout.split(":")[2:3]
         require(bool(docker_gid), "no docker group to give the unprivileged user")
         argv = ["setpriv", "--reuid", "10001", "--regid", "10001", f"--groups={docker_gid[0]}", "--"]  # type: ignore[index]
-    out = tmp_path / "nonroot"
-    out.mkdir()
+    out = Path(tempfile.mkdtemp(prefix="fmb-nonroot-"))  # not under root's 0700 pytest folder
     out.chmod(0o777)
+    request.addfinalizer(lambda: shutil.rmtree(out, ignore_errors=True))
     env = {"PATH": os.environ["PATH"], "HOME": str(out), "COMPOSE_PROJECT_NAME": secbus.project.name,
            "FMB_COMPOSE": "v1" if os.geteuid() == 0 else os.environ.get("FMB_COMPOSE", ""),
            "FMB_DEVICE_IMAGE": device_image(), "MPLCONFIGDIR": str(out)}
