@@ -375,7 +375,9 @@ class DockerBus:
             if state["Status"] != "running" or state.get("Health", {}).get("Status") == "unhealthy":
                 down.append(service)
         if down:
-            self.project.compose("up", "-d", *down, timeout_s=max(300, timeout_s))
+            # --no-deps: what they depend on and is down is in `down` too (devices reconnect with backoff),
+            # and init, a one-shot whose volumes are filled, need not run again (minutes on a busy machine).
+            self.project.compose("up", "-d", "--no-deps", *down, timeout_s=max(300, timeout_s))
         self.project.wait_healthy(wanted, timeout_s)
         return down
 
