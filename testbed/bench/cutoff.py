@@ -144,7 +144,7 @@ def measure_cutoff(bus: Any, actions: tuple[str, ...] = ("revoke", "block", "blo
                        "eviction": "dynamic-security disableClient", "backend": backend,
                        "reload": ("SIGHUP to each broker container, waited for in `docker logs`" if backend == "docker"
                                   else "SIGHUP, waited for in the log"),
-                       "ca": ("one-shot container of the init service (docker compose run), volumes re-filled"
+                       "ca": ("one-shot container made as init's (Docker engine API), every volume re-filled"
                               if backend == "docker" else "in process, the host's certs/"),
                        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]},
         "environment": {"python": platform.python_version(), "machine": platform.machine(),
