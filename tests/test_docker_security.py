@@ -10,7 +10,8 @@ if anything of it is left. What it proves, on real containers, brokers and TLS:
 - revoke and block cut an identity off (live session evicted, a new handshake refused), with the CA
   operation in a one-shot container of the ``pki`` volume, timed like ``fmb respond measure``;
 - the ACLs hold for a device's stolen credential (a publish outside its rights is refused, 0x87);
-- ``recover`` brings back a stopped device and Appendix A passes;
+- ``recover`` brings back a stopped device and Appendix A passes; a backup of the volumes (PKI, the
+  persistent brokers' data) restores into another project's volumes;
 - ``fmb run appendix-a --backend docker`` works for a user who is not root (the operator's input is
   relayed inside the tablet's container).
 
@@ -19,12 +20,14 @@ Without Docker or the images these skip; with ``CI`` set they fail instead.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -33,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from testbed.backends.compose import ComposeProject, DockerBus, device_image
+from testbed.backends.compose import ComposeProject, DockerBus, device_image, restore_volumes
 from testbed.backends.containers import LOGS_DIR, logged
 from testbed.bench.cutoff import measure_cutoff, tls_refused
 from testbed.core.ports import free_port
@@ -163,6 +166,36 @@ def test_recover_restarts_a_stopped_device(secbus: DockerBus, tmp_path: Path) ->
     assert "capbank-1" in restarted
     result = _run(secbus, "appendix-a", tmp_path / "appendix-a")
     assert result["passed"], result["failure"]
+
+
+def test_backup_and_restore_of_the_volumes(secbus: DockerBus, tmp_path: Path) -> None:
+    """`fmb backup --backend docker` archives volume pki and the persistent brokers' data (mode 0600, the
+    local layout); `fmb restore --backend docker`'s first half puts it into another project's volumes."""
+    archive = tmp_path / "backup.tar.gz"
+    members = secbus.backup(archive)
+    assert archive.stat().st_mode & 0o777 == 0o600
+    assert "certs/ca/ca.key" in members and "certs/crl.pem" in members
+    persistent = [b.name for b in secbus.topology.brokers if b.persistent]
+    assert all(any(m.startswith(f"brokers/{b}/data/") for m in members) for b in persistent), members
+    other = ComposeProject(f"fmbsecrestore-{os.getpid()}-{secrets.token_hex(3)}",
+                           ports={b.name: free_port() for b in secbus.topology.brokers}, ui_port=free_port())
+    try:
+        restored = restore_volumes(other, secbus.container_topology, archive)
+        assert sorted(restored) == sorted(members)
+        box = other.client.containers.create(device_image(), ["true"], network_mode="none",
+                                             volumes={other.volume("pki").name: {"bind": "/pki", "mode": "ro"}})
+        try:
+            stream, _ = box.get_archive("/pki/ca/ca.pem")
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                member = tar.getmember("ca.pem")
+                restored_ca = tar.extractfile(member).read()  # type: ignore[union-attr]
+        finally:
+            box.remove(force=True)
+        assert member.uid == 10001
+        assert restored_ca == secbus.pki.ca_cert.read_bytes()
+    finally:
+        other.down()
+    assert not other.leftovers(), other.leftovers()
 
 
 def test_the_harness_needs_no_root(secbus: DockerBus, request: pytest.FixtureRequest) -> None:
