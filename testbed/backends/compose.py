@@ -10,8 +10,12 @@ the Docker SDK by the project's labels. :class:`DockerBus` is that bus as the sc
 runner sees it (``topology``, ``identity``, ``endpoint``, ``ui_socket``): the harness runs
 on this host and reaches the brokers on the ports they publish on 127.0.0.1 only, with the
 ``recorder`` and ``operator`` identities copied out of the harness's volume into a private
-temporary folder; the tablet's operator input is its Unix socket on the ``ui`` volume.
-Timestamps stay comparable because containers share this host's clock.
+temporary folder (a device's, for a scenario that publishes with a stolen credential, out of that
+device's volume); the tablet's operator input is relayed by a process run in the tablet's own
+container (:meth:`DockerBus.operator_request`), so no step needs root on this host. For Respond and
+Recover it runs CA operations in a one-shot container made as ``init``'s (the only one that mounts
+the CA's volume), SIGHUPs the broker containers, restarts services, and backs up and restores the
+``pki`` and persistence volumes. Timestamps stay comparable because containers share this host's clock.
 """
 
 from __future__ import annotations
