@@ -109,6 +109,8 @@ class Device:
         self.rejected = 0
         self._seq = 0
         self._lock = threading.RLock()  # one message handled at a time, whichever plane
+        self._received_ns: int | None = None  # when the message being handled arrived (under _lock)
+        self._cause = ""  # that message, "<source>/<seq>": what a publish while handling it follows from
         self._stopped = threading.Event()
         self._clients: dict[Plane, paho.Client] = {}
         self.heartbeat = Heartbeat(config.ready_file, self.id)
@@ -237,7 +239,7 @@ class Device:
         client.subscribe(topics)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        self.log.debug("received %s (%d bytes)", msg.topic, len(msg.payload))
+        received_ns = time.time_ns()  # first: what the device adds is measured from here (recv_ns)
         try:
             profile, mrid = parse_topic(self.config.root, msg.topic)
             # A status or reading is published by the device the topic names; a command names
@@ -262,30 +264,46 @@ class Device:
                 set_aside(msg, f"rejected command: {one_line(str(e), 300)}", self.id)
                 return
         with self._lock:
+            self._received_ns, self._cause = received_ns, f"{message.source}/{message.seq}"
             try:
                 self.handle(profile, mrid, message, traceparent)
             except Exception as e:  # a bug in one handler must not take the device off the bus
                 self.log.exception("failed to handle %s from %s", profile.name, message.source)
                 set_aside(msg, one_line(f"handler failed: {type(e).__name__}: {e}", 300), self.id)
+            finally:
+                self._received_ns, self._cause = None, ""
 
     def handle(self, profile: Profile, mrid: str, message: Message, traceparent: str | None) -> None:
         """React to one valid message (called with the device lock held)."""
 
     def publish(self, profile: str, mrid: str, body: dict[str, Any], cause: str | None = None,
-                retain: bool = False) -> Message:
-        """Publish ``body`` on ``profile``/``mrid``, on the profile's plane, in ``cause``'s trace."""
+                retain: bool = False, timing: Mapping[str, int] | None = None) -> Message:
+        """Publish ``body`` on ``profile``/``mrid``, on the profile's plane, in ``cause``'s trace.
+
+        ``timing`` rides in user properties beside the trace context (``recv_ns``: when the cause
+        reached this device; by default, while a message is handled, that message's arrival, and
+        ``cause``, that message as ``<source>/<seq>``; and always ``sent_ns``, the payload encoded and
+        signed, handed to paho), so
+        that ``fmb bench latency`` can tell what the device added from what the bus did. A reader
+        may use them for figures only: they are the publisher's claim, signed by nothing."""
         with self._lock:
             self._seq += 1
             seq = self._seq
+            cause_id = self._cause
+            if timing is None and self._received_ns is not None:
+                timing = {"recv_ns": self._received_ns}
         message = Message(profile, self.id, seq, time.time_ns(), body)
         payload = encode(profile, self.id, seq, body, ts_ns=message.ts_ns)
         name = topic(self.config.root, profile, mrid)
         signer = self.signer if PROFILES[profile].kind == "command" else None  # only commands are signed
-        signature = signer.properties(name, payload) if signer is not None else None
-        props = publish_properties(child_traceparent(cause), signature)
+        extra = signer.properties(name, payload) if signer is not None else []
+        extra += [(key, str(value)) for key, value in (timing or {}).items()]
+        if cause_id:
+            extra.append(("cause", cause_id))
+        extra.append(("sent_ns", str(time.time_ns())))  # encoded and signed: the rest is paho's and the bus's
+        props = publish_properties(child_traceparent(cause), extra)
         client = self._clients[PROFILES[profile].plane]
         info = client.publish(name, payload, self.config.qos, retain=retain, properties=props)
-        self.log.debug("published %s/%s seq %d: rc %s", profile, mrid, seq, info.rc)
         if info.rc != paho.MQTT_ERR_SUCCESS and info.rc != paho.MQTT_ERR_NO_CONN:
             self.log.error("publish of %s failed: %s", profile, paho.error_string(info.rc))
         return message

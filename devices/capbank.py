@@ -29,9 +29,9 @@ class CapBankController(Device):
         if profile.name != "CapBankControlProfile" or mrid != self.id:
             return
         closed = message.body["action"] == "close"
-        self.log.info("%s from %s", message.body["action"], message.source)
         self._report(self.feeder.request(op="set_capbank", closed=closed, traceparent=traceparent),
                      traceparent)
+        self.log.info("%s from %s", message.body["action"], message.source)  # after the work: off the path
 
     def _report(self, state: dict[str, Any], cause: str | None) -> None:
         body = {"state": "closed" if state["capbank_closed"] else "open"}

@@ -56,6 +56,13 @@ class FeederSettings(TypedDict, total=False):
     meter_period_s: float
 
 
+def _actuate(delay_s: float) -> None:
+    """Wait the configured actuation time; none at all for 0 (a sleep(0) still gives up the GIL to
+    the watchers' threads, in the middle of the reply the actuator waits for)."""
+    if delay_s > 0:
+        time.sleep(delay_s)
+
+
 class FeederModel:
     """The state of one feeder and the rule that gives the meter's voltage."""
 
@@ -66,6 +73,7 @@ class FeederModel:
         self.traceparent: str | None = None
         self.changed = threading.Condition()
         self.version = 0
+        self.applied_ns = 0  # when the last change took effect (the meter passes it on: latency waterfall)
 
     @property
     def meter_v(self) -> float:
@@ -74,7 +82,8 @@ class FeederModel:
 
     def state(self) -> dict[str, Any]:
         return {"supply_v": self.supply_v, "capbank_closed": self.capbank_closed,
-                "meter_v": self.meter_v, "traceparent": self.traceparent, "version": self.version}
+                "meter_v": self.meter_v, "traceparent": self.traceparent, "version": self.version,
+                "applied_ns": self.applied_ns}
 
     def apply(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -82,13 +91,13 @@ class FeederModel:
             volts = request.get("volts")
             if not isinstance(volts, int | float) or not 0 <= volts <= 2 * NOMINAL_V:
                 raise ValueError(f"volts must be a number 0-{2 * NOMINAL_V:g}, not {volts!r}")
-            time.sleep(self.settings.get("supply_delay_s", 0.0))
+            _actuate(self.settings.get("supply_delay_s", 0.0))
             update = {"supply_v": float(volts)}
         elif op == "set_capbank":
             closed = request.get("closed")
             if not isinstance(closed, bool):
                 raise ValueError(f"closed must be true or false, not {closed!r}")
-            time.sleep(self.settings.get("capbank_delay_s", 0.0))
+            _actuate(self.settings.get("capbank_delay_s", 0.0))
             update = {"capbank_closed": closed}
         else:
             raise ValueError(f"unknown op {op!r}; use set_supply, set_capbank, state or watch")
@@ -96,6 +105,7 @@ class FeederModel:
             for k, v in update.items():
                 setattr(self, k, v)
             self.traceparent = request.get("traceparent")
+            self.applied_ns = time.time_ns()
             self.version += 1
             self.changed.notify_all()
             return self.state()

@@ -33,22 +33,28 @@ class SmartMeter(Device):
 
     def _watch(self, link: FeederLink) -> None:
         for state in link.watch():
+            received_ns = time.time_ns()
             v = float(state["meter_v"])
             with self._lock:
                 self.measured_v = v
                 if self.reported_v is None or abs(v - self.reported_v) >= self.deadband_v:
-                    self._report("exception", state.get("traceparent"))
+                    # When the feeder model applied the change and when it reached the meter: where the
+                    # latency benchmark splits the physics from the devices on either side of it.
+                    timing = {"recv_ns": received_ns}
+                    if isinstance(state.get("applied_ns"), int):
+                        timing["feeder_ns"] = state["applied_ns"]
+                    self._report("exception", state.get("traceparent"), timing)
 
     def tick(self) -> None:
         with self._lock:
             if hasattr(self, "measured_v") and time.monotonic() >= self.next_periodic:
                 self._report("periodic", None)
 
-    def _report(self, reason: str, cause: str | None) -> None:
+    def _report(self, reason: str, cause: str | None, timing: dict[str, int] | None = None) -> None:
         self.reported_v = self.measured_v
         self.next_periodic = time.monotonic() + self.period_s
         self.publish("MeterReadingProfile", self.id, {"voltage_v": self.measured_v, "reason": reason},
-                     cause)
+                     cause, timing=timing)
 
     def on_reconnected(self, plane: str) -> None:
         if plane == "delivery" and hasattr(self, "measured_v"):

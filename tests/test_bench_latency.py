@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy
 import pytest
 
 from testbed.bench import latency
@@ -39,8 +40,9 @@ def assert_sane_stats(stats: dict[str, Any], what: str) -> None:
 
 
 def assert_latency_result(result: dict[str, Any]) -> None:
-    """The ``fmb.bench-latency/2`` shape, and figures that make sense."""
-    assert result["schema"] == latency.RESULT_SCHEMA == "fmb.bench-latency/2"
+    """The ``fmb.bench-latency/2`` or ``/3`` shape, and figures that make sense (and /3's waterfall)."""
+    assert result["schema"] in ("fmb.bench-latency/2", "fmb.bench-latency/3")
+    assert latency.RESULT_SCHEMA == "fmb.bench-latency/3"
     c = result["conditions"]
     for key in ("scenario", "qos_levels", "repetitions", "warmup_repetitions", "one_hop_messages",
                 "one_hop_payload_bytes", "tls_version"):
@@ -65,6 +67,36 @@ def assert_latency_result(result: dict[str, Any]) -> None:
         assert q["meets_target"] == (q["overhead_ratio"] <= result["target_ratio"])
         # The scenario cannot be faster than its critical path's hops at their fastest.
         assert q["e2e_ms"]["min"] >= path["total"] * q["one_hop_ms"]["min"]
+        if result["schema"] == "fmb.bench-latency/3":
+            assert_waterfall(q, path)
+
+
+def assert_waterfall(q: dict[str, Any], path: dict[str, Any]) -> None:
+    """Every traversal of the critical path is a bus segment, every act a device's, and they add up."""
+    w = q["waterfall"]
+    assert w["paths"]["-".join(map(str, w["path"]))] == w["repetitions"] == max(w["paths"].values())
+    assert w["repetitions"] + w["incomplete"] == q["e2e_ms"]["n"]
+    # The path runs from the trigger to the last step, each step after one the scenario lets it follow.
+    assert w["path"][0] == 1 and w["path"][-1] == len(q["steps"]) and w["path"] == sorted(w["path"])
+    kinds = [s["kind"] for s in w["segments"]]
+    traversals = sum(q["steps"][n - 1]["traversals"] for n in w["path"])
+    assert sum(s["traversals"] for s in w["segments"] if s["kind"] == "bus") == traversals
+    # One act per link, and the supply before the feeder model before the meter where the physics couples them.
+    assert kinds.count("device") == len(path["path"]) + kinds.count("feeder") and kinds[-1] == "display"
+    for s in w["segments"]:
+        assert len(s["samples_ms"]) == s["ms"]["n"] == w["repetitions"], s["key"]
+        assert s["ms"]["p50"] == pytest.approx(float(numpy.percentile(s["samples_ms"], 50)), abs=1e-3)
+        if s["kind"] == "bus":  # a message arrives after it was sent, through one broker at least
+            assert s["ms"]["min"] > 0 and s["traversals"] in (1, 2), s
+    # The segments of each repetition telescope to its end to end: only rounding is left.
+    assert w["max_repetition_residual_ms"] < 0.01
+    assert w["sum_of_p50_ms"] == pytest.approx(sum(s["ms"]["p50"] for s in w["segments"]), abs=1e-3)
+    assert w["sums_within_tolerance"] == (abs(w["sum_deviation"]) <= w["sum_tolerance"] == 0.05)
+    means = sum(w["mean_by_kind_ms"].values())
+    assert means == pytest.approx(sum(s["ms"]["mean"] for s in w["segments"]), abs=1e-3)
+    if w["incomplete"] == 0:  # means add: the segments' means are the end-to-end mean
+        assert means == pytest.approx(q["e2e_ms"]["mean"], abs=0.01)
+    assert set(w["device_ms"]) == {s["who"] for s in w["segments"] if s["kind"] in ("device", "display")}
 
 
 def _assert_png(path: Path) -> None:
@@ -119,7 +151,19 @@ def test_markdown_table() -> None:
 # -- the committed fixtures and fmb report -----------------------------------------------------
 
 def test_latency_fixture_has_the_current_shape() -> None:
-    assert_latency_result(load_result(FIXTURES / "bench-latency.json"))
+    result = load_result(FIXTURES / "bench-latency.json")
+    assert result["schema"] == latency.RESULT_SCHEMA
+    assert_latency_result(result)
+
+
+def test_a_result_of_the_previous_shape_still_renders(tmp_path: Path) -> None:
+    """fmb.bench-latency/2 (no waterfall) is still read: its CDF and steps, and no waterfall section."""
+    shutil.copy(FIXTURES / "bench-latency-v2.json", tmp_path)
+    assert_latency_result(load_result(tmp_path / "bench-latency-v2.json"))
+    report = render_run(tmp_path)
+    assert report.skipped == [] and {p.name for p in report.figures} == {
+        "bench-latency-v2-cdf.png", "bench-latency-v2-steps.png"}
+    assert "Waterfall" not in report.path.read_text()
 
 
 def test_every_fixture_has_a_renderer() -> None:
@@ -140,7 +184,8 @@ def test_render_run_renders_every_result(tmp_path: Path) -> None:
     report = render_run(tmp_path / "run")
     assert report.skipped == []
     assert {p.name for p in report.figures} == {
-        "bench-latency-cdf.png", "bench-latency-steps.png", "bench-prioritization-control.png",
+        "bench-latency-cdf.png", "bench-latency-steps.png", "bench-latency-waterfall.png",
+        "bench-latency-v2-cdf.png", "bench-latency-v2-steps.png", "bench-prioritization-control.png",
         "bench-prioritization-throughput.png", "bench-recovery-times.png", "bench-recovery-autosave.png",
         "bench-wan-control.png", "bench-wan-throughput.png", "bench-ui-cdf.png", "bench-ui-repetitions.png",
         "bench-crash-curve.png", "bench-crash-policies.png", "bench-soak-ledger.png", "bench-soak-timeline.png",
@@ -158,7 +203,7 @@ def test_render_run_lists_what_it_cannot_render(tmp_path: Path) -> None:
     (tmp_path / "bench-future.json").write_text(json.dumps({"schema": "fmb.bench-future/9"}))
     (tmp_path / "bench-broken.json").write_text("{not json")
     report = render_run(tmp_path)
-    assert len(report.figures) == 2
+    assert len(report.figures) == 3
     assert len(report.skipped) == 2
     text = report.path.read_text()
     assert "no renderer for schema 'fmb.bench-future/9'" in text
@@ -173,7 +218,7 @@ def test_render_run_of_an_empty_directory_says_so(tmp_path: Path) -> None:
 def test_fmb_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shutil.copy(FIXTURES / "bench-latency.json", tmp_path)
     assert main(["report", str(tmp_path)]) == 0
-    assert "report.md (2 figures" in capsys.readouterr().out
+    assert "report.md (3 figures" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "missing")]) == 1
 
 
@@ -188,7 +233,7 @@ def test_short_latency_run_on_the_session_bus(bus: Any, appendix_a: Any, tmp_pat
     assert any("repetition 3/3" in line for line in lines)  # progress is shown
     assert f"{result['by_qos'][0]['overhead_ratio']:5.2f}" in latency.summary(result)
     report = render_run(tmp_path)
-    assert report.skipped == [] and len(report.figures) == 2
+    assert report.skipped == [] and len(report.figures) == 3
 
 
 def test_bench_latency_refuses_to_run_beside_a_bus(

@@ -265,12 +265,13 @@ def test_mosquitto_21_sqlite_flushing_every_loop_keeps_what_it_acknowledged(imag
     """2.1.2 loads the sqlite configuration rendered here and, committing every loop, loses to a kill -9
     at most what it acknowledged in the loop the kill interrupted: the PUBACK leaves in the same loop
     iteration that ends with the plugin's commit, so a kill between the two loses those messages (seen
-    in CI: 1 of 390 at 200 msg/s, 5 ms). With the plugin's default 5 s period the same trial loses
-    hundreds, so the bound below tells the two apart (the commit reaches the kernel; fsync is for power
-    loss)."""
+    in CI: 1 of 390 at 200 msg/s; here at load 12: 1 of 178, sent 0.54 s before the kill, as a loaded
+    broker's loop is slow). With the plugin's default 5 s period the same trial loses everything it
+    acknowledged, with 1 s a few hundred, so a count of a few tells the two apart (the commit reaches the
+    kernel; fsync is for power loss)."""
     policy = CrashPolicy("2.1", "sqlite", flush_period_s=0, sync=sync)
     pki = PKI(tmp_path / "pki")
     for _ in range(2):
         t = kill_trial(pki, "fmb", policy, runtime="docker", fill_s=(1.0, 2.0))
         assert t["acked"] > 100 and not t["all_lost"], t
-        assert t["lost"] <= 5 and t["window_s"] <= 0.25, t  # one loop's worth, even on a loaded machine
+        assert t["lost"] <= 5, t  # one loop's worth, even on a loaded machine

@@ -24,6 +24,7 @@ class Placement(TypedDict, total=False):
 
     nice: int
     cpus: set[int]
+    netns: str  # a network namespace (``ip netns``) to run in
 
 
 class Processes:
@@ -34,8 +35,11 @@ class Processes:
         self.records: list[ProcessRecord] = []
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, nice: int = 0,
-              stdout: Path | None = None, cpus: set[int] | None = None) -> ProcessRecord:
-        """Start ``argv`` with its output in ``stdout`` (default ``<logs>/<name>.log``)."""
+              stdout: Path | None = None, cpus: set[int] | None = None, netns: str | None = None) -> ProcessRecord:
+        """Start ``argv`` with its output in ``stdout`` (default ``<logs>/<name>.log``), in network
+        namespace ``netns`` if given (``ip netns exec`` execs ``argv``: the pid is its own)."""
+        if netns:
+            argv = ["ip", "netns", "exec", netns, *argv]
         record = processes.spawn(name, "bench", argv, stdout or self.logs / f"{name}.log", env, nice=nice, cpus=cpus)
         self.records.append(record)
         return record
@@ -80,12 +84,18 @@ def wait_for_log(log: Path, needle: str, record: ProcessRecord, offset: int = 0,
 
 
 def start_broker(procs: Processes, topology: Topology, broker: BrokerSpec, pki: PKI, directory: Path,
-                 extra_acl: str = "", **placement: Unpack[Placement]) -> tuple[ProcessRecord, Endpoint]:
-    """Configure (first time) and start one broker; returns once it accepts connections."""
+                 extra_acl: str = "", bind: str | None = None, extra_conf: str = "",
+                 **placement: Unpack[Placement]) -> tuple[ProcessRecord, Endpoint]:
+    """Configure (first time) and start one broker; returns once it accepts connections.
+    ``bind``: listen there instead of the broker's host (the endpoint returned is still the
+    broker's own: the caller knows where it asked it to listen); ``extra_conf``: appended to its
+    mosquitto.conf (a benchmark's own bridges)."""
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / "mosquitto.log"
-    files = BrokerFiles(certs=pki.directory.resolve(), directory=directory, log=log, user=getpass.getuser())
-    (directory / "mosquitto.conf").write_text(render_conf(topology, broker, files))
+    host = bind or broker.host
+    files = BrokerFiles(certs=pki.directory.resolve(), directory=directory, log=log, user=getpass.getuser(),
+                        bind=host)
+    (directory / "mosquitto.conf").write_text(render_conf(topology, broker, files) + extra_conf)
     (directory / "acl").write_text(render_acl(topology, broker) + extra_acl)
     (directory / "data").mkdir(exist_ok=True)
     offset = log.stat().st_size if log.exists() else 0

@@ -3,10 +3,13 @@
 For each QoS level a fresh bus is started whose devices publish and subscribe at that QoS (the
 caller supplies the buses: :func:`local_buses` starts local processes on free ports). On it,
 after a warm-up, the scenario is repeated and every repetition's end-to-end and per-step times
-are kept; then, on the same running brokers, a plain publish -> broker -> subscriber hop is timed
-(one publisher, one subscriber, one message in flight, TLS, the same QoS, a payload the size of a
-supply command). The overhead ratio is end-to-end p50 / (broker traversals on the critical path x
-one-hop p50): what the devices, the feeder model and the bridge add to the bus itself.
+are kept; between the repetitions, on the same running brokers, a plain publish -> broker ->
+subscriber hop is timed (one publisher, one subscriber, one message in flight, TLS, the same QoS, a
+payload the size of a supply command; a few after each repetition, so that the baseline sees the
+machine's load as the scenario does). Each repetition is also split into its waterfall
+(:mod:`testbed.bench.waterfall`): where the time goes, bus or devices. The overhead ratio is
+end-to-end p50 / (broker traversals on the critical path x one-hop p50): what the devices, the
+feeder model and the bridge add to the bus itself.
 
 The result (``bench-latency.json``, schema :data:`RESULT_SCHEMA`) keeps the raw end-to-end and
 one-hop samples so that CDFs can be drawn from it; nothing is re-measured to draw a figure.
@@ -30,12 +33,13 @@ from typing import Any, Final
 
 from testbed.backends.environment import environment
 from testbed.backends.local import LocalBus
+from testbed.bench import waterfall
 from testbed.core.errors import ScenarioError, TestbedError
 from testbed.core.payloads import encode
 from testbed.core.results import (
     CriticalPath,
-    LatencyByQos,
-    LatencyResult,
+    LatencyByQosV3,
+    LatencyResultV3,
     LatencyStep,
     OneHop,
     Percentiles,
@@ -51,10 +55,13 @@ from testbed.security.pki import PKI
 from testbed.transport.mqtt import connect, publish_properties
 
 __all__ = [
+    "ONE_HOP_WARMUP",
     "PERCENTILES",
+    "OneHopProbe",
     "RESULT_FILE",
     "RESULT_SCHEMA",
     "TARGET_RATIO",
+    "critical_path",
     "critical_path_traversals",
     "local_buses",
     "measure_qos",
@@ -66,10 +73,11 @@ __all__ = [
     "summary",
 ]
 
-RESULT_SCHEMA: Final = "fmb.bench-latency/2"  # the shape: testbed.core.results.LatencyResult
+RESULT_SCHEMA: Final = "fmb.bench-latency/3"  # the shape: testbed.core.results.LatencyResultV3 (/2: LatencyResult)
 RESULT_FILE = "bench-latency.json"
 TARGET_RATIO = 1.3
 PERCENTILES = (50, 90, 99)
+ONE_HOP_WARMUP = 50
 _DIGITS = 4  # 0.1 µs: below the clock's useful resolution for these hops, keeps the JSON small
 
 BusFactory = Callable[[int], AbstractContextManager[Bus]]
@@ -91,47 +99,65 @@ def parse_qos_levels(text: str) -> list[int]:
     return levels
 
 
+class OneHopProbe:
+    """One publisher and one subscriber on ``broker`` at the bus's QoS, timing one message at a time
+    (TLS, a payload the size of a supply command); close it after use."""
+
+    def __init__(self, bus: Bus, broker: str = "field-control") -> None:
+        t = bus.topology
+        self.broker, self.qos = broker, t.qos
+        self.name = topic(t.root, "SupplyControlProfile", "bench-probe")  # no device has this mRID
+        self.payload = encode("SupplyControlProfile", "operator", 0, {"setpoint_v": 120.0})
+        self._received = threading.Event()
+        self._stamps: dict[str, int] = {}
+        subscribed = threading.Event()
+
+        def on_message(c: Any, u: Any, msg: Any) -> None:
+            self._stamps["recv"] = time.perf_counter_ns()
+            self._received.set()
+
+        def on_connect(c: Any) -> None:
+            c.on_subscribe = lambda *a: subscribed.set()
+            c.subscribe(self.name, t.qos)
+
+        self._sub = connect(f"bench-sub-{time.monotonic_ns() % 10**9}", bus.identity("recorder"),
+                            bus.endpoint(broker), on_message=on_message, on_connect=on_connect)
+        self._pub = connect(f"bench-pub-{time.monotonic_ns() % 10**9}", bus.identity("operator"),
+                            bus.endpoint(broker))
+        if not subscribed.wait(10):
+            self.close()
+            raise ScenarioError("the one-hop subscriber could not subscribe in 10 s")
+
+    def sample(self, count: int) -> list[float]:
+        """``count`` hops, one after the other: publish to the subscriber's callback, in ms."""
+        samples = []
+        for i in range(count):
+            self._received.clear()
+            sent = time.perf_counter_ns()
+            self._pub.publish(self.name, self.payload, self.qos, properties=publish_properties(None))
+            if not self._received.wait(5):
+                raise ScenarioError(f"one-hop message {i} on {self.broker} not received in 5 s")
+            samples.append((self._stamps["recv"] - sent) / 1e6)
+        return samples
+
+    def close(self) -> None:
+        for c in (self._sub, self._pub):
+            c.disconnect()
+            c.loop_stop()
+
+
 def one_hop(bus: Bus, count: int, broker: str = "field-control", warmup: int = 50) -> OneHop:
     """Time ``count`` sequential publish -> subscriber hops on ``broker`` at the bus's QoS.
 
     Returns the broker, the payload size, the counts and the raw samples in ms.
     """
-    t = bus.topology
-    name = topic(t.root, "SupplyControlProfile", "bench-probe")  # no device has this mRID
-    received = threading.Event()
-    stamps: dict[str, int] = {}
-
-    def on_message(c: Any, u: Any, msg: Any) -> None:
-        stamps["recv"] = time.perf_counter_ns()
-        received.set()
-
-    subscribed = threading.Event()
-
-    def on_connect(c: Any) -> None:
-        c.on_subscribe = lambda *a: subscribed.set()
-        c.subscribe(name, t.qos)
-
-    sub = connect(f"bench-sub-{time.monotonic_ns() % 10**9}", bus.identity("recorder"), bus.endpoint(broker),
-                  on_message=on_message, on_connect=on_connect)
-    pub = connect(f"bench-pub-{time.monotonic_ns() % 10**9}", bus.identity("operator"), bus.endpoint(broker))
+    probe = OneHopProbe(bus, broker)
     try:
-        if not subscribed.wait(10):
-            raise ScenarioError("the one-hop subscriber could not subscribe in 10 s")
-        samples = []
-        payload = encode("SupplyControlProfile", "operator", 0, {"setpoint_v": 120.0})
-        for i in range(warmup + count):
-            received.clear()
-            sent = time.perf_counter_ns()
-            pub.publish(name, payload, t.qos, properties=publish_properties(None))
-            if not received.wait(5):
-                raise ScenarioError(f"one-hop message {i} on {broker} not received in 5 s")
-            if i >= warmup:
-                samples.append((stamps["recv"] - sent) / 1e6)
+        probe.sample(warmup)
+        samples = probe.sample(count)
     finally:
-        for c in (sub, pub):
-            c.disconnect()
-            c.loop_stop()
-    return {"broker": broker, "payload_bytes": len(payload), "count": count, "warmup": warmup,
+        probe.close()
+    return {"broker": broker, "payload_bytes": len(probe.payload), "count": count, "warmup": warmup,
             "samples_ms": samples}
 
 
@@ -141,13 +167,19 @@ def critical_path_traversals(topology: Topology, scenario: Scenario, steps: list
     A step whose receivers sit at its publisher's site crosses one broker; one whose receivers
     sit at another site crosses two (the local broker and, over the bridge, the remote one).
     """
-    chain, n = [], len(steps)
+    chain = critical_path(scenario)
+    per_step = {str(n): step_traversals(topology, steps[n - 1]) for n in chain}
+    return {"path": chain, "per_step": per_step, "total": sum(per_step.values())}
+
+
+def critical_path(scenario: Scenario) -> list[int]:
+    """The step numbers from the trigger to the last step, following each step's ``after`` back."""
+    chain, n = [], len(scenario.steps)
     while n:
         chain.append(n)
         n = scenario.steps[n - 1].after
     chain.reverse()
-    per_step = {str(n): step_traversals(topology, steps[n - 1]) for n in chain}
-    return {"path": chain, "per_step": per_step, "total": sum(per_step.values())}
+    return chain
 
 
 def step_traversals(topology: Topology, step: ScenarioStep) -> int:
@@ -156,14 +188,18 @@ def step_traversals(topology: Topology, step: ScenarioStep) -> int:
     return 2 if any(topology.device(r).site != here for r in step["receivers"]) else 1
 
 
-def _repetitions(runner: ScenarioRunner, count: int, qos: int, phase: str, log: Log) -> list[Repetition]:
-    """``count`` repetitions; stops at the first failure (a benchmark of a broken bus is no figure)."""
+def _repetitions(runner: ScenarioRunner, count: int, qos: int, phase: str, log: Log,
+                 each: Callable[[Repetition], object] | None = None) -> list[Repetition]:
+    """``count`` repetitions; stops at the first failure (a benchmark of a broken bus is no figure).
+    ``each`` sees every passed repetition at once, while the recorder still holds its messages."""
     reps = []
     every = max(1, count // 10)
     for i in range(1, count + 1):
         rep = runner.run_once(i)
         if not rep["passed"]:
             raise ScenarioError(f"QoS {qos}: {phase} repetition {i} failed: {rep['failure']}")
+        if each is not None:
+            each(rep)
         reps.append(rep)
         if phase == "measured" and (i % every == 0 or i == count):
             so_far = percentiles([r["e2e_ms"] for r in reps if r["e2e_ms"] is not None], (50,))["p50"]
@@ -172,15 +208,34 @@ def _repetitions(runner: ScenarioRunner, count: int, qos: int, phase: str, log: 
 
 
 def measure_qos(bus: Bus, scenario: Scenario, repeat: int, warmup: int, hops: int,
-                log: Log = print) -> LatencyByQos:
-    """One QoS level on one running bus: the scenario repetitions, then the one-hop baseline."""
+                log: Log = print) -> LatencyByQosV3:
+    """One QoS level on one running bus: the scenario repetitions (each split into its waterfall
+    from the recorder's sightings), then the one-hop baseline."""
     qos = bus.topology.qos
-    with ScenarioRunner(bus, scenario) as runner:
-        _repetitions(runner, warmup, qos, "warm-up", log)
-        reps = _repetitions(runner, repeat, qos, "measured", log)
-        tls = runner.recorder.tls_version
-    log(f"  QoS {qos}: one-hop baseline, {hops} messages")
-    hop = one_hop(bus, hops)
+    split: list[tuple[list[int], list[waterfall.Segment]] | str] = []
+    hop_samples: list[float] = []
+    # The baseline is taken between the repetitions, a few hops after each, so that it sees the load
+    # they see: on a shared machine a baseline measured apart moved by 3x from one minute to the next.
+    per_rep = -(-hops // repeat)
+    probe = OneHopProbe(bus)
+    try:
+        with ScenarioRunner(bus, scenario) as runner:
+            _repetitions(runner, warmup, qos, "warm-up", log)
+            probe.sample(ONE_HOP_WARMUP)
+
+            def after_each(rep: Repetition) -> None:
+                try:
+                    split.append(waterfall.split(bus.topology, rep, runner.recorder.snapshot(rep["first_index"])))
+                except waterfall.Incomplete as e:
+                    split.append(str(e))
+                hop_samples.extend(probe.sample(min(per_rep, hops - len(hop_samples))))
+
+            reps = _repetitions(runner, repeat, qos, "measured", log, after_each)
+            tls = runner.recorder.tls_version
+    finally:
+        probe.close()
+    hop: OneHop = {"broker": probe.broker, "payload_bytes": len(probe.payload), "count": hops,
+                   "warmup": ONE_HOP_WARMUP, "samples_ms": hop_samples}
     shown = reps[-1]["steps"]
     traversals = critical_path_traversals(bus.topology, scenario, shown)
     e2e_samples = [r["e2e_ms"] for r in reps if r["e2e_ms"] is not None]  # every one: they all passed
@@ -198,6 +253,10 @@ def measure_qos(bus: Bus, scenario: Scenario, repeat: int, warmup: int, hops: in
     e2e, hop_stats = _stats(e2e_samples), _stats(hop["samples_ms"])
     expected = traversals["total"] * hop_stats["p50"]
     ratio = e2e["p50"] / expected
+    falls = waterfall.summarise(split, e2e_samples, traversals["total"], hop_stats["p50"])
+    if not falls["sums_within_tolerance"]:
+        log(f"  QoS {qos}: the waterfall's p50s sum to {falls['sum_of_p50_ms']:.2f} ms against an end-to-end p50 "
+            f"of {falls['e2e_p50_ms']:.2f} ms ({falls['sum_deviation']:+.1%}): outside the 5 % the issue asks")
     return {
         "qos": qos,
         "tls_version": tls,
@@ -213,6 +272,7 @@ def measure_qos(bus: Bus, scenario: Scenario, repeat: int, warmup: int, hops: in
         "meets_target": ratio <= TARGET_RATIO,
         "samples": {"e2e_ms": [round(v, _DIGITS) for v in e2e_samples],
                     "one_hop_ms": [round(v, _DIGITS) for v in hop["samples_ms"]]},
+        "waterfall": falls,
     }
 
 
@@ -249,7 +309,7 @@ def source_revision() -> str | None:
 
 
 def run_latency(buses: BusFactory, topology: Topology, scenario: Scenario, qos_levels: Iterable[int],
-                repeat: int, warmup: int, hops: int, out: Path, log: Log = print) -> LatencyResult:
+                repeat: int, warmup: int, hops: int, out: Path, log: Log = print) -> LatencyResultV3:
     """The whole benchmark, one fresh bus per QoS level; writes ``out/bench-latency.json``."""
     if repeat < 2:
         raise TestbedError(f"--repeat is {repeat}; percentiles need 2 or more repetitions")
@@ -263,7 +323,7 @@ def run_latency(buses: BusFactory, topology: Topology, scenario: Scenario, qos_l
             by_qos.append(measure_qos(bus, scenario, repeat, warmup, hops, log))
     env = environment(topology, by_qos[0]["tls_version"], "local")
     env["qos"] = levels
-    result: LatencyResult = {
+    result: LatencyResultV3 = {
         "schema": RESULT_SCHEMA,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "conditions": {
@@ -274,7 +334,8 @@ def run_latency(buses: BusFactory, topology: Topology, scenario: Scenario, qos_l
             "one_hop_payload_bytes": by_qos[0]["one_hop"]["payload_bytes"],
             "tls_version": by_qos[0]["tls_version"],
             "bus": "a fresh bus per QoS level (every device at that QoS), on free loopback ports; "
-                   "the one-hop baseline runs on the same brokers right after the repetitions",
+                   "the one-hop baseline runs on the same brokers, interleaved with the repetitions "
+                   "(ceil(hops / repetitions) messages after each, after a warm-up of its own)",
             "client": "paho-mqtt, MQTT v5, TCP_NODELAY, one message in flight",
             "percentile_method": "linear interpolation between closest ranks (numpy 'linear')",
             "duration_s": round(time.monotonic() - started, 1),
@@ -292,7 +353,7 @@ def run_latency(buses: BusFactory, topology: Topology, scenario: Scenario, qos_l
     return result
 
 
-def summary(result: LatencyResult) -> str:
+def summary(result: LatencyResultV3) -> str:
     """The headline table of a latency result, for a terminal."""
     c = result["conditions"]
     lines = [
@@ -309,4 +370,12 @@ def summary(result: LatencyResult) -> str:
             f"{h['p50']:8.3f} {h['p99']:6.3f}  {q['critical_path']['total']:>5}  {q['overhead_ratio']:5.2f}  "
             f"{'met' if q['meets_target'] else 'NOT met'}")
     lines.append("(milliseconds; ratio = e2e p50 / (broker traversals on the critical path x one-hop p50))")
+    for q in result["by_qos"]:
+        w = q["waterfall"]
+        kinds = ", ".join(f"{k} {v:.2f}" for k, v in w["p50_by_kind_ms"].items() if v)
+        devices = ", ".join(f"{d} {s.get('p50', 0.0):.2f}" for d, s in w["device_ms"].items())
+        lines.append(f"QoS {q['qos']} waterfall (p50 sums, ms): {kinds} = {w['sum_of_p50_ms']:.2f} against e2e p50 "
+                     f"{w['e2e_p50_ms']:.2f} ({w['sum_deviation']:+.1%}, "
+                     f"{'within' if w['sums_within_tolerance'] else 'OUTSIDE'} {w['sum_tolerance']:.0%}); "
+                     f"bus {w['bus_over_one_hop']:.2f} x its one-hop share; per device p50: {devices}")
     return "\n".join(lines)

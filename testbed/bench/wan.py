@@ -1,5 +1,7 @@
-"""``fmb bench wan``: control commands across a constrained field <-> data-centre link, with and
-without network-level priority for the control-plane bridge.
+"""``fmb bench wan --backend docker``: control commands across a constrained field <-> data-centre
+link, with and without network-level priority for the control-plane bridge. (The default
+``fmb bench wan``, with the shared case, both directions shaped and a delay, is
+:mod:`testbed.bench.wancurve`.)
 
 The Compose bus (docker backend) with the data-centre -> field direction of the backhaul shaped
 to ``--wan RATE``: the traffic the data-centre brokers send to *both* field brokers (the
@@ -83,8 +85,9 @@ def parse_rate(text: str) -> int:
 
 
 def parse_wan(text: str) -> tuple[int, float]:
-    """``RATE[,DELAY]`` (``1mbit,40ms``) -> (bits/s, delay ms). A delay needs netem, which this
-    kernel lacks: a non-zero delay is refused unless netem is there."""
+    """``RATE[,DELAY]`` (``1mbit,40ms``) -> (bits/s, delay ms). The Compose bench would need netem
+    for a delay, which this kernel lacks (:func:`check_wan` refuses it); the link of
+    ``testbed.bench.wancurve`` delays in user space."""
     rate, _, delay = text.partition(",")
     delay_ms = 0.0
     if delay.strip():

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
 from testbed.backends.compose import compose_bus
 from testbed.backends.local import LocalBus
-from testbed.bench import crash, latency, partition, prioritization, recovery, scale, soak, ui, wan
+from testbed.bench import crash, latency, partition, prioritization, recovery, scale, soak, ui, wan, wancurve
 from testbed.cli.common import ROOT, Commands, paths, stamp
 from testbed.core.errors import TestbedError
 from testbed.core.scenario import load_scenario
@@ -89,10 +90,37 @@ def _bench_ui(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _bench_wan(args: argparse.Namespace, out: Path) -> int:
-    rate_bps, delay_ms = wan.parse_wan(args.wan)
-    wan.check_wan(delay_ms)
     command_rate = args.command_rate if args.command_rate != 50.0 else 10.0  # 50/s would take a third of 1 Mbit/s
+    if args.backend == "docker":
+        return _bench_wan_docker(args, out, command_rate)
+    rate_bps, delay_ms = wan.parse_wan(args.wan or "1mbit,20ms")
+    factors = (0.0, 3.0) if args.quick else wancurve.parse_factors(args.load_factors)
+    seconds, settle_s = (1.0, 1.0) if args.quick else (args.step_seconds, 2.0)
+    _refuse_beside_running_bus(paths(args)[1], "the WAN benchmark")
+    print(f"WAN benchmark on a link of this host: {rate_bps / 1e6:g} Mbit/s both ways, {delay_ms:g} ms each way; "
+          f"flood at {', '.join(f'{f:g}' for f in factors)} x the link's capacity, {seconds:g} s per step", flush=True)
+    # SIGTERM as an exception: the run's namespaces, shaping and processes are removed on the way out.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        result = wancurve.run_wan_curve(rate_bps, delay_ms, out, factors=factors, seconds=seconds,
+                                        settle_s=settle_s, command_rate=command_rate, payload_bytes=args.payload,
+                                        publishers=args.publishers, progress=_say)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(wancurve.summary(result))
+    print(f"result: {out}/{wancurve.RESULT_FILE}")
+    return 0
+
+
+def _bench_wan_docker(args: argparse.Namespace, out: Path, command_rate: float) -> int:
+    """The Compose bus's comparison at one rate, with and without the priority class (dc -> field only)."""
+    rate_bps, delay_ms = wan.parse_wan(args.wan or "1mbit")
+    wan.check_wan(delay_ms)
     print(f"WAN benchmark on the Compose bus: link {rate_bps / 1e6:g} Mbit/s (DC -> field), "
           f"{args.step_seconds:g} s per step", flush=True)
     with compose_bus(topology_path=args.topology) as bus:
@@ -290,12 +318,18 @@ def add_bench(commands: Commands) -> None:
     bench.add_argument("--backend", choices=["local", "docker"], default="local",
                        help="recovery: local processes (default), or field <-> data-centre partitions on the "
                             "Compose bus (started for the run if not up); soak: the local bus (no partition or link "
-                            "loss) or the Compose bus (every fault); wan always runs on docker")
+                            "loss) or the Compose bus (every fault); wan: a link built on this host with network "
+                            "namespaces (default: shared, segregated, segregated+priority over a rising flood, "
+                            "bench-wan-curve.json) or the Compose bus (segregated with and without the class, "
+                            "bench-wan.json)")
     bench.add_argument("--partitions", default="5,30",
                        help="recovery --backend docker: partition lengths in seconds (default 5,30)")
-    bench.add_argument("--wan", default="1mbit",
-                       help="wan: the DC -> field link, RATE[,DELAY] (default 1mbit; a delay needs netem, "
-                            "which this kernel lacks)")
+    bench.add_argument("--wan",
+                       help="wan: the link, RATE[,DELAY each way] (default 1mbit,20ms; --backend docker: the DC -> "
+                            "field direction only, and no delay, which needs netem)")
+    bench.add_argument("--load-factors", default=",".join(f"{f:g}" for f in wancurve.DEFAULT_FACTORS),
+                       help="wan: the flood offered, as multiples of the link's estimated capacity, ascending from 0 "
+                            "(default %(default)s)")
     bench.add_argument("--policies", default=",".join(crash.DEFAULT_POLICIES),
                        help="crash: VERSION/none, /snapshot=S, /changes=N, /usr1=MS, /sqlite=S[,sync=off|normal|full] "
                             "(default: %(default)s)")
@@ -328,7 +362,8 @@ def add_bench(commands: Commands) -> None:
                        help="scale: the meters' reconnect backoff, BASE,CAP seconds (full jitter; default 0.5,20, "
                             "the fleet's own)")
     bench.add_argument("--quick", action="store_true",
-                       help="scale: a smoke of seconds (2 substations x 20 meters, readings every second)")
+                       help="scale: a smoke of seconds (2 substations x 20 meters, readings every second); wan: "
+                            "idle and 3 x the link's capacity, 1 s each (about half a minute)")
     bench.add_argument("--crash-window-s", type=float,
                        help="soak: what a kill -9 of a persistent broker may lose, seconds of traffic (default: "
                             "the window its persistence policy gives, 0.5 s for Appendix A's data centre)")

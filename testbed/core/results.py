@@ -39,11 +39,24 @@ __all__ = [
     "CutoffResult",
     "Environment",
     "LatencyByQos",
+    "LatencyByQosV3",
     "LatencyConditions",
     "LatencyResult",
+    "LatencyResultV3",
     "LatencySamples",
     "LatencyStep",
     "Machine",
+    "ModelAnswers",
+    "ModelBridgePoint",
+    "ModelBrokerFit",
+    "ModelBrokerLoad",
+    "ModelBrokerPoint",
+    "ModelCalibration",
+    "ModelCalibrationConditions",
+    "ModelFlow",
+    "ModelRun",
+    "ModelValidation",
+    "ModelValidationRow",
     "OneHop",
     "OneHopSetup",
     "Percentiles",
@@ -94,6 +107,8 @@ __all__ = [
     "WanPriorityClass",
     "WanResult",
     "WanRow",
+    "Waterfall",
+    "WaterfallSegment",
 ]
 
 
@@ -302,6 +317,56 @@ class LatencyResult(TypedDict):
     conditions: LatencyConditions
     target_ratio: float
     by_qos: list[LatencyByQos]
+    environment: Environment
+
+
+# -- fmb bench latency: bench-latency.json (fmb.bench-latency/3): /2 and the waterfall ------------
+
+class WaterfallSegment(TypedDict):
+    """One part of the critical path (``testbed.bench.waterfall``), over the repetitions."""
+
+    key: str  # stable across repetitions: "3>4 bus", "4 dms-1"
+    step: int  # the step it belongs to; the display leg: the last step + 1
+    kind: str  # "bus", "device", "feeder" or "display"
+    who: str  # the broker, "<from> -> <to>" over a bridge, or the device
+    what: str
+    traversals: int  # brokers a bus segment crosses (1, or 2 over a bridge); 0 for the others
+    ms: Percentiles
+    samples_ms: list[float]  # one per complete repetition, in order
+
+
+class Waterfall(TypedDict):
+    """Where the end-to-end time goes; the segments of one repetition sum to its end to end."""
+
+    path: list[int]  # the steps most repetitions went through (each step to the message it followed)
+    paths: dict[str, int]  # every path taken ("1-3-4-5-6-8-9"): repetitions
+    repetitions: int  # that took ``path``, with every message held
+    incomplete: int  # left out: another path, or the recorder did not hold a message on it
+    incomplete_reasons: list[str]  # why, the first few distinct
+    segments: list[WaterfallSegment]
+    p50_by_kind_ms: dict[str, float]  # sums of the segments' p50s, per kind
+    mean_by_kind_ms: dict[str, float]  # sums of their means (these add up exactly)
+    sum_of_p50_ms: float
+    e2e_p50_ms: float  # over the repetitions of ``path``
+    sum_deviation: float  # (sum_of_p50_ms - e2e_p50_ms) / e2e_p50_ms
+    sums_within_tolerance: bool
+    sum_tolerance: float
+    max_repetition_residual_ms: float  # |e2e - its segments' sum|, worst repetition: 0 but rounding
+    device_ms: dict[str, Percentiles]  # each device's processing segments together
+    bus_p50_ms: float  # the bus segments' p50s
+    bus_over_one_hop: float  # bus_p50_ms / (traversals x one-hop p50)
+
+
+class LatencyByQosV3(LatencyByQos):
+    waterfall: Waterfall
+
+
+class LatencyResultV3(TypedDict):
+    schema: Literal["fmb.bench-latency/3"]
+    created: str
+    conditions: LatencyConditions
+    target_ratio: float
+    by_qos: list[LatencyByQosV3]
     environment: Environment
 
 
@@ -957,6 +1022,10 @@ class BottleneckPoint(TypedDict):
     control_ms: PrioritizationControl  # command round trips at this load
     delivery_rate: float  # what the delivery plane carried end to end (msg/s) at this load
     saturated: bool  # the offered load was more than the bottleneck carried
+    # What shows where the limit was at this point, by name (all numeric; None: not measured). The broker
+    # bench: each broker's CPU in cores against its quota and its fraction of throttled CFS periods, the
+    # flood generators' CPU, publishers, the host's load average. A reader must not count on any key.
+    evidence: NotRequired[dict[str, float | None]]
 
 
 class BottleneckCurve(TypedDict):
@@ -984,3 +1053,140 @@ class BottleneckResult(TypedDict):
     curves: list[BottleneckCurve]
     targets: BottleneckTargets
     environment: Environment
+
+
+# -- the capacity model (testbed/model/) ---------------------------------------------------------------
+
+class ModelBrokerPoint(TypedDict):
+    """One calibration measurement: a real broker's CPU time per message published to it."""
+
+    qos: int
+    payload_bytes: int
+    subscribers: int  # matching subscriptions: each one a delivery of the message
+    messages: int
+    delivered: int  # what the subscribers received in all (messages x subscribers when nothing was lost)
+    cpu_us_per_message: float  # the broker process's user + system CPU (/proc/<pid>/stat) per message
+
+
+class ModelBrokerFit(TypedDict):
+    """cost(qos, bytes, subscribers) = base + per_subscriber x (subscribers - 1) + per_kib x KiB x subscribers,
+    by QoS ("0".."2"): the payload is encrypted and written once per delivery."""
+
+    base_us: dict[str, float]
+    per_subscriber_us: dict[str, float]
+    per_kib_us: dict[str, float]
+
+
+class ModelBridgePoint(TypedDict):
+    """A reading crossing a real bridge (edge delivery broker -> data centre delivery broker, one subscriber)."""
+
+    qos: int
+    payload_bytes: int
+    messages: int
+    delivered: int
+    edge_cpu_us_per_message: float  # the sending broker: the publisher's message and its bridge delivery
+    datacentre_cpu_us_per_message: float  # the receiving broker: the bridge's message and one delivery
+
+
+class ModelCalibrationConditions(TypedDict):
+    messages_per_point: int
+    handshakes: int
+    latency_fixture: str  # where the client overheads and device times were read (a bench-latency/2 file)
+    client: str
+    load_average_before: list[float]
+    load_average_after: list[float]
+    seconds: float
+
+
+class ModelCalibration(TypedDict):
+    """``fmb model calibrate``: the service times the capacity model runs on, measured on real brokers."""
+
+    schema: Literal["fmb.model-calibration/1"]
+    created: str
+    conditions: ModelCalibrationConditions
+    broker_points: list[ModelBrokerPoint]
+    broker_fit: ModelBrokerFit
+    bridge: list[ModelBridgePoint]
+    handshake_us: float  # broker CPU per mutual-TLS connection (connect, CONNACK, disconnect)
+    round_trip_ms: Percentiles  # command -> echo responder -> acknowledgement on the idle broker, QoS 1
+    client_overhead_ms: dict[str, float]  # by QoS: one-hop p50 not spent in the broker (client stacks, loopback)
+    one_hop_ms: dict[str, Percentiles]  # by QoS: the latency fixture's one-hop latencies, whose spread the model draws
+    service_cv: float  # coefficient of variation of a hop's time (one-hop samples), for the service distribution
+    device_ms: dict[str, float]  # by role: a device's own processing (a step's hop less its two broker traversals)
+    environment: Environment
+
+
+class ModelFlow(TypedDict):
+    """One flow's latency in the model (ms) and what it carried."""
+
+    flow: str
+    sent: int
+    delivered: int
+    lost: int
+    latency_ms: PercentilesIfAny
+
+
+class ModelBrokerLoad(TypedDict):
+    broker: str
+    utilisation: float  # busy fraction of the run (after slowdown), at most 1
+    offered_load: float  # work offered over the run's time: above 1, the broker cannot keep up and its queue grows
+    mean_in_system: float  # Little's law: time-averaged messages queued or in service
+    max_queue: int
+    jobs: int
+    dropped: int  # refused while down
+
+
+class ModelRun(TypedDict):
+    """``fmb model run``: the model's metrics for one topology and settings (the benchmarks' names)."""
+
+    schema: Literal["fmb.model-run/1"]
+    created: str
+    topology: str
+    settings: dict[str, float | int | str | bool]
+    simulated_s: float
+    messages: int  # messages the sources sent (each crosses several hops)
+    wall_s: float
+    flows: list[ModelFlow]
+    brokers: list[ModelBrokerLoad]
+    links: list[dict[str, float | int | str]]
+    storm: NotRequired[dict[str, float | int | str | bool | None]]  # a restart's reconnection storm, when asked
+    calibration: str
+
+
+class ModelValidationRow(TypedDict):
+    benchmark: str  # "scale" or "prioritization"
+    point: str  # which load of which configuration
+    metric: str  # "throughput_per_s", "p50_ms", "p99_ms"
+    measured: float
+    predicted: float
+    error: float  # (predicted - measured) / measured
+    target: float  # the issue's bound on |error|
+    met: bool
+
+
+class ModelValidation(TypedDict):
+    """``fmb model validate``: the model's predictions against benchmark results measured here."""
+
+    schema: Literal["fmb.model-validation/1"]
+    created: str
+    calibration: str
+    measurements: list[str]  # the benchmark files, with what they say about themselves (synthetic, load)
+    contention: str  # how the measured runs' CPU contention entered the prediction
+    rows: list[ModelValidationRow]
+    met: int
+    total: int
+
+
+class ModelAnswers(TypedDict):
+    """``fmb model answers``: the utility-scale questions, answered by the model."""
+
+    schema: Literal["fmb.model-answers/1"]
+    created: str
+    calibration: str
+    conditions: dict[str, float | int | str]
+    baseline: dict[str, float | int | str | None]  # 300 substations x 2,000 meters every 60 s
+    sweep: list[dict[str, float | int | None]]  # substations -> dc delivery utilisation, control p99 both ways
+    saturation_substations: int | None
+    storm: list[dict[str, float | int | str | bool | None]]  # with and without jittered backoff
+    wan_per_substation: dict[str, float]
+    wall_s: float

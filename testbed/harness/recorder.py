@@ -43,6 +43,7 @@ DEFAULT_CAPACITY = 20_000  # observations held in memory (a few KB each): about 
 MAX_SIGHTINGS = 64  # per observation: a replayed message's copies are counted, not all kept
 
 _T = TypeVar("_T")
+_TIMING_KEYS = ("recv_ns", "feeder_ns", "sent_ns")
 
 
 @dataclass
@@ -62,6 +63,8 @@ class Observation:
     sightings: list[tuple[str, str, int]] = field(default_factory=list)  # (broker, plane, recv_ns)
     error: str | None = None
     unkept_sightings: int = 0  # sightings beyond MAX_SIGHTINGS (the same bytes replayed), counted only
+    timing: dict[str, int] = field(default_factory=dict)  # the publisher's recv_ns / feeder_ns claims (figures only)
+    cause: str | None = None  # the publisher's claim: the message it was handling, "<source>/<seq>"
 
     @property
     def planes(self) -> set[str]:
@@ -84,7 +87,24 @@ class Observation:
         }
         if self.unkept_sightings:
             doc["unkept_sightings"] = self.unkept_sightings
+        if self.timing:
+            doc["timing"] = self.timing
+        if self.cause:
+            doc["cause"] = self.cause
         return doc
+
+
+def _timing(props: dict[str, str]) -> dict[str, int]:
+    """The timing claims a publisher attached (``devices.base.Device.publish``): nanosecond counts of
+    at most 19 digits; anything else is dropped (a property is input like any other)."""
+    return {k: int(v) for k in _TIMING_KEYS if (v := props.get(k)) is not None and v.isascii() and v.isdigit()
+            and len(v) <= 19}
+
+
+def _cause(props: dict[str, str]) -> str | None:
+    """The ``cause`` a publisher claims, if it looks like one (``<source>/<seq>``, printable, short)."""
+    value = props.get("cause")
+    return value if value and len(value) <= 200 and value.isprintable() and "/" in value else None
 
 
 class Recorder:
@@ -116,6 +136,7 @@ class Recorder:
         self._held: deque[Observation] = deque()
         self._first = 0  # the index of _held[0]
         self._by_key: dict[tuple[str, str, int], Observation] = {}  # of the held observations only
+        self._by_raw: dict[tuple[bytes, bytes], Observation] = {}  # (topic, payload) -> held decoded observation
         self._latest: dict[tuple[str, str], Observation] = {}  # (source, profile) -> newest, known devices only
         self._known = frozenset(topology.client_identities())
         self._spool: IO[str] = tempfile.TemporaryFile(  # noqa: SIM115 (open for the recorder's life)
@@ -174,6 +195,12 @@ class Recorder:
     def on_message(self, broker: str, plane: str, msg: paho.MQTTMessage) -> None:
         """Record one message seen on ``broker`` (the MQTT clients' handler; a test may call it)."""
         now = time.time_ns()
+        raw = bytes(msg.payload)
+        with self._cond:  # the same bytes seen on another broker (the bridge): a sighting, decoded once
+            seen = self._by_raw.get((msg._topic, raw))  # the topic's bytes: .topic raises on bad UTF-8
+            if seen is not None:
+                self._sight(seen, broker, plane, now)
+                return
         message, error, mrid = None, None, ""
         try:
             _, mrid = parse_topic(self.topology.root, msg.topic)
@@ -190,20 +217,25 @@ class Recorder:
             obs = self._by_key.get(key) if key else None
             if obs is None:
                 props = user_properties(msg)
-                obs = Observation(self._first + len(self._held), msg.topic, mrid, message, bytes(msg.payload),
+                obs = Observation(self._first + len(self._held), msg.topic, mrid, message, raw,
                                   props.get("traceparent"), props.get("signer"), msg.qos, bool(msg.retain), now,
-                                  error=error)
+                                  error=error, timing=_timing(props), cause=_cause(props))
                 self._hold(obs, key)
-            if len(obs.sightings) < MAX_SIGHTINGS:
-                obs.sightings.append((broker, plane, now))
-            else:
-                obs.unkept_sightings += 1
-            self._cond.notify_all()
+            self._sight(obs, broker, plane, now)
+
+    def _sight(self, obs: Observation, broker: str, plane: str, now: int) -> None:
+        if len(obs.sightings) < MAX_SIGHTINGS:
+            obs.sightings.append((broker, plane, now))
+        else:
+            obs.unkept_sightings += 1
+        self._cond.notify_all()
 
     def _hold(self, obs: Observation, key: tuple[str, str, int] | None) -> None:
         if len(self._held) >= self.capacity:  # the oldest goes to disk: no more sightings expected of it
             old = self._held.popleft()
             self._first += 1
+            if self._by_raw.get((old.topic.encode(), old.raw)) is old:
+                del self._by_raw[(old.topic.encode(), old.raw)]
             self._spool.write(json.dumps(old.as_json()) + "\n")
             if old.message is not None:
                 old_key = (old.message.source, old.message.profile, old.message.seq)
@@ -211,8 +243,9 @@ class Recorder:
                     del self._by_key[old_key]
         self._held.append(obs)
         m = obs.message
-        if m is None:
+        if m is None:  # each sighting of what did not decode stays an observation of its own, as ever
             return
+        self._by_raw.setdefault((obs.topic.encode(), obs.raw), obs)
         if key is not None:
             self._by_key[key] = obs
         if m.source in self._known:  # a claimed source no certificate has would grow this without bound

@@ -3,8 +3,8 @@
 One function per figure; each takes a loaded result (``bench-*.json``) and returns a matplotlib
 :class:`~matplotlib.figure.Figure` on an Agg canvas, touching no pyplot state, so the same
 function serves ``fmb report`` (saved as PNG), the notebooks (displayed inline) and the tests.
-Sections: latency (``fmb.bench-latency/2``), prioritisation (``fmb.bench-prioritization/1``),
-recovery (``fmb.bench-recovery/1``), crash (``fmb.bench-crash/1``), soak and scale
+Sections: latency (``fmb.bench-latency/2``; ``/3`` adds the waterfall), prioritisation
+(``fmb.bench-prioritization/1``), recovery (``fmb.bench-recovery/1``), crash (``fmb.bench-crash/1``), soak and scale
 (``fmb.bench-scale/1``); the JSON shapes are described in ``testbed/bench/README.md``.
 """
 
@@ -20,6 +20,7 @@ from matplotlib.lines import Line2D
 
 from testbed.core.results import (
     LatencyResult,
+    LatencyResultV3,
     Percentiles,
     PrioritizationResult,
     RecoveryResult,
@@ -41,6 +42,7 @@ __all__ = [
     "ecdf",
     "latency_cdf",
     "latency_steps",
+    "latency_waterfall",
     "prioritization_control_latency",
     "prioritization_throughput",
     "recovery_autosave",
@@ -105,7 +107,7 @@ def _finish(figure: Figure, title: str, result: Result) -> Figure:
 
 # -- latency (fmb.bench-latency/2) ---------------------------------------------------------------
 
-def latency_cdf(result: LatencyResult) -> Figure:
+def latency_cdf(result: LatencyResult | LatencyResultV3) -> Figure:
     """One panel per QoS: the CDF of Appendix A end to end and of one broker hop (log time axis)."""
     levels = result["by_qos"]
     figure = _figure(max(9.5, 4.6 * len(levels)), 4.4)  # room for the legend under one panel
@@ -144,7 +146,7 @@ def latency_cdf(result: LatencyResult) -> Figure:
     return _finish(figure, f"Latency CDF: {c['scenario']} ×{c['repetitions']} vs one broker hop", result)
 
 
-def latency_steps(result: LatencyResult) -> Figure:
+def latency_steps(result: LatencyResult | LatencyResultV3) -> Figure:
     """Per step and QoS: a bar at the p50 of the step's time with a whisker to its p99.
 
     A step's time runs from the publish of the step it follows to its own publish; ``display``
@@ -176,6 +178,60 @@ def latency_steps(result: LatencyResult) -> Figure:
     axes.grid(True, axis="y", alpha=0.3)
     axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=len(levels) + 1, fontsize=9, frameon=False)
     return _finish(figure, "Appendix A per-step latency by QoS", result)
+
+
+# Bus parts in blues, what our Python adds in warm colours: the split the figure is for.
+_KIND_STYLE = {"bus": ("#1f618d", ""), "device": ("#b03a2e", "//"), "feeder": ("#ca6f1e", "xx"),
+               "display": ("#7d3c98", "..")}
+
+
+def latency_waterfall(result: LatencyResultV3) -> Figure:
+    """One panel per QoS: the critical path's segments as a waterfall of their p50s, top to bottom.
+
+    Each bar starts where the previous one ended (the p50s' running sum); its colour says what
+    spends the time (the bus, or ours: device, feeder model, display). A whisker runs to the
+    segment's p99; a tick on a bus bar marks its traversals x the one-hop p50 (the bus alone). The
+    bottom bar is the measured end-to-end p50: where the running sum ends against it is the 5 %
+    check of the waterfall.
+    """
+    levels = result["by_qos"]
+    segments = levels[0]["waterfall"]["segments"]
+    figure = _figure(max(10.0, 5.2 * len(levels)), 0.32 * len(segments) + 2.6)
+    axes_row = figure.subplots(1, len(levels), sharey=True, squeeze=False)[0]
+    labels = [f"{s['key'].split()[0]}: {s['who']}" for s in segments] + ["end to end"]
+    for axes, q in zip(axes_row, levels, strict=True):
+        w = q["waterfall"]
+        start = 0.0
+        for y, s in enumerate(w["segments"]):
+            colour, hatch = _KIND_STYLE.get(s["kind"], (_GREY, ""))
+            p50 = s["ms"].get("p50", 0.0)
+            axes.barh(y, p50, left=start, color=colour, hatch=hatch, edgecolor="white", height=0.7)
+            axes.plot([start + p50, start + s["ms"].get("p99", p50)], [y, y], color="#17202a", linewidth=0.8)
+            if s["kind"] == "bus":
+                axes.plot(start + s["traversals"] * q["one_hop_ms"]["p50"], y, marker="|", markersize=12,
+                          markeredgewidth=2, color="#f4d03f")
+            start += p50
+        y_end = len(w["segments"])
+        axes.barh(y_end, w["e2e_p50_ms"], color=_GREY, height=0.7)
+        axes.axvline(start, color="#17202a", linestyle="--", linewidth=0.8)
+        axes.annotate(f"sum of p50s {start:.2f} ms\ne2e p50 {w['e2e_p50_ms']:.2f} ms ({w['sum_deviation']:+.1%})",
+                      (start, y_end), textcoords="offset points", xytext=(6, -4), fontsize=8, va="top")
+        k = w["p50_by_kind_ms"]
+        axes.set_title(f"QoS {q['qos']}: bus {k['bus']:.2f} ms, ours "
+                       f"{k['device'] + k['feeder'] + k['display']:.2f} ms (p50s)", fontsize=10)
+        axes.set_xlabel("ms from the trigger (bar: p50, whisker to p99)")
+        axes.grid(True, axis="x", alpha=0.3)
+    axes_row[0].set_yticks(range(len(labels)), labels, fontsize=8)
+    axes_row[0].invert_yaxis()
+    from matplotlib.patches import Patch  # noqa: PLC0415 - only this figure needs it
+
+    axes_row[len(levels) // 2].legend(
+        handles=[Patch(facecolor=c, hatch=h, edgecolor="white", label=k) for k, (c, h) in _KIND_STYLE.items()],
+        loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=len(_KIND_STYLE), fontsize=8, frameon=False)
+    c = result["conditions"]
+    load = c.get("load_average_before")
+    busy = f", load average {load[0]:.1f} before" if load else ""  # a shared machine's figures vary with it
+    return _finish(figure, f"Where the time goes: {c['scenario']} critical path, ×{c['repetitions']}{busy}", result)
 
 
 # -- prioritisation (fmb.bench-prioritization/1) ------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 from matplotlib.figure import Figure
 
 from testbed.core.errors import TestbedError
+from testbed.core.results import LatencyResultV3
 from testbed.reporting import plots
 from testbed.reporting.scenario import timeline_figure
 from testbed.reporting.text import (  # re-exported: the notebooks read them from here
@@ -100,6 +101,9 @@ register(Renderer("fmb.scenario-result/1", "Scenario", lambda r: {"timeline": ti
                   scenario_markdown))
 register(Renderer("fmb.bench-latency/2", "Latency benchmark",
                   lambda r: {"cdf": plots.latency_cdf(r), "steps": plots.latency_steps(r)}, latency_markdown))
+register(Renderer[LatencyResultV3]("fmb.bench-latency/3", "Latency benchmark",
+                  lambda r: {"cdf": plots.latency_cdf(r), "steps": plots.latency_steps(r),
+                             "waterfall": plots.latency_waterfall(r)}, latency_markdown))
 register(Renderer("fmb.bench-prioritization/1", "Control-plane prioritisation benchmark",
                   lambda r: {"control": plots.prioritization_control_latency(r),
                              "throughput": plots.prioritization_throughput(r)}, prioritization_markdown))

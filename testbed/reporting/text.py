@@ -15,6 +15,7 @@ from typing import Any, Literal
 from testbed.core.results import (
     CrashResult,
     LatencyResult,
+    LatencyResultV3,
     PrioritizationResult,
     RecoveryFault,
     RecoveryResult,
@@ -34,6 +35,7 @@ __all__ = [
     "failure_reason",
     "format_ms",
     "latency_markdown",
+    "waterfall_markdown",
     "markdown_table",
     "percentiles_line",
     "prioritization_markdown",
@@ -173,7 +175,7 @@ def scenario_markdown(result: ScenarioResultDoc) -> str:
 
 # -- latency (fmb.bench-latency/2) --------------------------------------------------------------
 
-def latency_markdown(result: LatencyResult) -> str:
+def latency_markdown(result: LatencyResult | LatencyResultV3) -> str:
     """Headline table per QoS, then the per-step table (p50 / p90 / p99 / max, ms)."""
     target = result["target_ratio"]
     out = [markdown_table(
@@ -196,6 +198,39 @@ def latency_markdown(result: LatencyResult) -> str:
     rows.append(["–", "display", "–", "–",
                  *(f"{q['display_ms']['p50']:.2f} / {q['display_ms']['p99']:.2f}" for q in levels)])
     out.append(markdown_table(["step", "name", "plane", "traversals", *(f"QoS {q['qos']}" for q in levels)], rows))
+    if result["schema"] == "fmb.bench-latency/3":
+        out.append("\n\n" + waterfall_markdown(result))
+    return "".join(out)
+
+
+def waterfall_markdown(result: LatencyResultV3) -> str:
+    """The critical path's segments, p50 / p99 ms per QoS, then the sums checked against end to end."""
+    levels = result["by_qos"]
+    segments = levels[0]["waterfall"]["segments"]
+    rows = [[s["step"], s["kind"], s["traversals"] or "", s["what"],
+             *(f"{q['waterfall']['segments'][i]['ms'].get('p50', 0.0):.3f} / "
+               f"{q['waterfall']['segments'][i]['ms'].get('p99', 0.0):.3f}" for q in levels)]
+            for i, s in enumerate(segments)]
+    out = ["Waterfall of the critical path (each device's receive and send times, one clock): `bus` is a message "
+           "handed to paho to its arrival in the receiver's handler (1 broker, or 2 over the bridge), `device` a "
+           "device's receive to its send (decode, verify, decide, encode, sign), `feeder` the feeder model's new "
+           "state to the meter, `display` the tablet showing the diagram. p50 / p99 ms:\n\n",
+           markdown_table(["step", "kind", "traversals", "segment", *(f"QoS {q['qos']}" for q in levels)], rows),
+           "\n\nSums of the segments' p50s (ms), against the end-to-end p50 of the same repetitions:\n\n"]
+    kinds = list(levels[0]["waterfall"]["p50_by_kind_ms"])
+    out.append(markdown_table(
+        ["QoS", *kinds, "sum", "e2e p50", "deviation", "within 5 %", "bus ÷ (traversals × one hop)",
+         "complete reps"],
+        [[q["qos"], *(q["waterfall"]["p50_by_kind_ms"][k] for k in kinds), q["waterfall"]["sum_of_p50_ms"],
+          q["waterfall"]["e2e_p50_ms"], f"{q['waterfall']['sum_deviation']:+.1%}",
+          q["waterfall"]["sums_within_tolerance"], q["waterfall"]["bus_over_one_hop"],
+          f"{q['waterfall']['repetitions']} (+{q['waterfall']['incomplete']} incomplete)"] for q in levels]))
+    out.append("\n\nEach device's processing (all its segments on the path), p50 / p99 ms (aim: p50 ≤ 0.5):\n\n")
+    devices = list(levels[0]["waterfall"]["device_ms"])
+    out.append(markdown_table(["device", *(f"QoS {q['qos']}" for q in levels)],
+                              [[d, *(f"{q['waterfall']['device_ms'][d].get('p50', 0.0):.3f} / "
+                                     f"{q['waterfall']['device_ms'][d].get('p99', 0.0):.3f}" for q in levels)]
+                               for d in devices]))
     return "".join(out)
 
 

@@ -26,9 +26,12 @@ from paho.mqtt.properties import Properties
 
 import testbed.transport.guard as guard
 from testbed.core.errors import TestbedError
+from testbed.transport.properties import install, packed_publish_properties
 from testbed.transport.reliable import ReliableClient
 
 __all__ = ["Endpoint", "TLSIdentity", "connect", "publish_properties", "tls_context", "user_properties"]
+
+install()  # paho decodes every received message's properties with testbed.transport.properties
 
 RECONNECT_MIN_S = 0.25  # paho's defaults are 1 s and 120 s: see `fmb bench recovery`
 RECONNECT_MAX_S = 5.0
@@ -143,13 +146,9 @@ def connect(
 
 def publish_properties(traceparent: str | None, extra: list[tuple[str, str]] | None = None) -> Properties:
     """PUBLISH properties: JSON content type, the trace context and ``extra`` as user properties."""
-    props = Properties(PacketTypes.PUBLISH)
-    props.ContentType = "application/json"
     pairs = [("traceparent", traceparent)] if traceparent else []
     pairs += extra or []
-    if pairs:
-        props.UserProperty = pairs
-    return props
+    return packed_publish_properties("application/json", pairs)
 
 
 def user_properties(message: paho.MQTTMessage) -> dict[str, str]:
