@@ -173,6 +173,9 @@ class ScenarioRunner:
         payload = encode(profile, identity, self._operator_seq, args["body"])
         name = topic(self.topology.root, profile, target)
         signature = None
+        # First: on the Compose bus this copies a device's credential (certificate, key and its signing key)
+        # out of its volume, which the signature below needs too.
+        tls = self.bus.identity(identity)
         if PROFILES[profile].kind == "command" and args.get("sign", "valid") != "none":
             if args.get("sign") == "forged":  # right claim, wrong key: what a stolen credential can do
                 sig = Ed25519PrivateKey.generate().sign(name.encode() + b"\n" + payload)
@@ -183,8 +186,7 @@ class ScenarioRunner:
                 if key is None or not key.exists():
                     raise ScenarioError(f"{identity} has no signing key to sign the trigger with")
                 signature = CommandSigner(identity, key).properties(name, payload)
-        client = connect(f"trigger-{identity}-{time.monotonic_ns() % 10**9}", self.bus.identity(identity),
-                         self.bus.endpoint(broker.name))
+        client = connect(f"trigger-{identity}-{time.monotonic_ns() % 10**9}", tls, self.bus.endpoint(broker.name))
         try:
             for _ in range(int(args.get("repeat", 1))):
                 info = client.publish(name, payload, 1, properties=publish_properties(new_traceparent(), signature))
