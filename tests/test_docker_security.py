@@ -60,6 +60,12 @@ ATTACKS = {"attack-forged-command": "command_rejected", "attack-false-low-voltag
 
 @pytest.fixture(scope="module")
 def secbus() -> Iterator[DockerBus]:
+    if shutil.which("docker") and not os.environ.get("FMB_DEVICE_IMAGE"):
+        # The images of this tree (cached: seconds when nothing changed), as tests/test_docker.py builds them: the
+        # monitor, the CA operations and the operator's relay run inside them. With FMB_DEVICE_IMAGE set (an image
+        # built under a tag of one's own, scripts/images with FMB_IMAGE_TAG) that one is used as it is.
+        done = subprocess.run([str(ROOT / "scripts" / "images")], capture_output=True, text=True, timeout=1200)
+        require(done.returncode == 0, f"scripts/images failed: {done.stderr[-500:]}")
     problem = docker_problem()
     require(problem is None, f"the Compose bus cannot run here: {problem}")
     topology = load_topology()
