@@ -64,6 +64,9 @@ class BrokerFiles:
     # plugin (loaded beside the acl_file only to evict live sessions), and the responder's blocks.
     debug_log: bool = False
     dynsec_plugin: PurePath | None = None
+    # Where the plugin keeps its state file, which it rewrites on every change (None: beside the
+    # configuration; a container's configuration is read-only, so it starts from a copy on a tmpfs).
+    dynsec_state: PurePath | None = None
     blocked_identities: tuple[str, ...] = ()
     blocked_topics: tuple[str, ...] = ()
     # > 0: refuse connections beyond this many (Mosquitto's default is no limit but the process's
@@ -132,7 +135,7 @@ def render_conf(topology: Topology, broker: BrokerSpec, files: BrokerFiles) -> s
             "# Loaded beside acl_file, which stays authoritative for access (checked on 2.0.11): the",
             "# plugin only gives the responder `disableClient`, which evicts an identity's live sessions.",
             f"plugin {files.dynsec_plugin}",
-            f"plugin_opt_config_file {here / 'dynamic-security.json'}",
+            f"plugin_opt_config_file {files.dynsec_state or here / 'dynamic-security.json'}",
         ]
     if broker.persistence == "snapshot":
         # autosave_on_changes makes autosave_interval a count of changes instead of seconds.

@@ -21,6 +21,7 @@ Configuration (environment; ``--help`` of any device prints this list):
     FMB_SIGNING_DIR      directory of the signers' public keys (<name>.pub)
     FMB_SIGNERS          comma-separated signers whose commands this device executes
     FMB_LOG_LEVEL        DEBUG, INFO, ...                                 (default INFO)
+    FMB_LOG_FILE         also append the log to this file (a container's log volume, read by the monitor)
     FMB_DEADLETTERS      where messages it could not handle are recorded  (default <id>.deadletters.jsonl
                          beside FMB_READY_FILE; testbed.transport.deadletter)
     FMB_TEST_HOOKS       tests only: kill-loop makes SIGUSR2 end the MQTT network threads
@@ -321,6 +322,11 @@ def main(device_class: type[Device], doc: str = "") -> None:
         stream=sys.stderr, level=os.environ.get("FMB_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    log_file = os.environ.get("FMB_LOG_FILE")
+    if log_file:  # a container's own log volume, which the monitor reads (stderr still goes to `docker logs`)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logging.getLogger().addHandler(handler)
     try:
         device_class(DeviceConfig.from_env(os.environ)).run()
     except TestbedError as e:

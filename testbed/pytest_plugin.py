@@ -174,10 +174,12 @@ def docker_problem() -> str | None:
         compose_command()
     except TestbedError as e:
         return str(e)
+    from testbed.backends.compose import device_image
+
     missing = []
     for image in IMAGES:
         try:
-            client.images.get(f"{image}:latest")
+            client.images.get(device_image() if image == "fmb-device" else f"{image}:latest")
         except Exception:  # docker.errors.ImageNotFound, or the engine went away
             missing.append(image)
     if missing:

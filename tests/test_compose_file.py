@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from testbed.backends.compose import COMPOSE_FILE, compose_command
+from testbed.backends.compose import COMPOSE_FILE, compose_command, device_image
 from testbed.backends.composefile import render_compose
-from testbed.backends.containers import HARNESS
+from testbed.backends.containers import HARNESS, LOG_DIR, LOGS_DIR, MONITOR, RESPONDER, logged
 from testbed.backends.yamltext import Comment, Flow, Note, dump
 from testbed.core.errors import ConfigError, TestbedError
 from testbed.core.topology import DEFAULT_TOPOLOGY, load_topology
@@ -73,7 +73,7 @@ def test_another_topology_is_mounted_into_the_containers_from_beside_the_file(tm
     services = _config(out)["services"]
     readers = {name for name, s in services.items() if s.get("environment", {}).get("FMB_TOPOLOGY")}
     # Every service that runs our code reads it; brokers get rendered files from init instead.
-    assert readers == {name for name, s in services.items() if s["image"] == "fmb-device:latest"}, readers
+    assert readers == {name for name, s in services.items() if s["image"] == device_image()}, readers
     for name in readers:
         assert services[name]["environment"]["FMB_TOPOLOGY"] == "/etc/fmb/topology.toml"
         mount = next(v for v in services[name]["volumes"] if v["target"] == "/etc/fmb/topology.toml")
@@ -104,11 +104,34 @@ def test_what_compose_reads_matches_the_topology() -> None:
         assert set(s["networks"]) == {b.site, f"{b.site}-access", *([site.bridge_to] if site.bridge_to else [])}
         assert any(v["target"] == "/mosquitto/data" for v in s["volumes"]) == b.persistent
     init = {v["target"].removeprefix("/out/") for v in services["init"]["volumes"] if v["target"].startswith("/out/")}
-    assert init == {b.name for b in topology.brokers} | {d.id for d in topology.devices} | {HARNESS}
+    assert init == {b.name for b in topology.brokers} | {d.id for d in topology.devices} | {HARNESS, MONITOR, RESPONDER}
     for d in topology.devices:
         assert set(services[d.id]["networks"]) - {"ui-access"} == {d.site}, d.id
         assert services[d.id]["command"][-2:] == ["device", d.id]
     assert {n for n, net in config["networks"].items() if net.get("internal")} == {s.name for s in topology.sites}
+
+
+def test_each_log_has_one_writer_and_the_monitor_reads_them_all() -> None:
+    """The monitor's least privilege: every log it reads is a volume only its writer may write, mounted
+    read-only in the monitor; the monitor mounts no CA, no Docker socket, nothing else of anyone's."""
+    topology = load_topology()
+    services = _config(COMPOSE_FILE)["services"]
+    names = logged(topology)
+    assert set(names) >= {b.name for b in topology.brokers} | {"supply-1", "capbank-1", "dms-1", "tablet-1"}
+    for name in names:
+        volume = f"log-{name}"
+        users = {s: v for s, svc in services.items() for v in svc.get("volumes", []) if v.get("source") == volume}
+        assert set(users) == {name, MONITOR}, (volume, set(users))
+        assert users[name]["target"] == str(LOG_DIR) and not users[name].get("read_only"), users[name]
+        assert users[MONITOR]["target"] == f"{LOGS_DIR}/{name}" and users[MONITOR]["read_only"], users[MONITOR]
+    monitor = services[MONITOR]
+    assert {v["source"] for v in monitor["volumes"]} == {f"certs-{MONITOR}", *(f"log-{n}" for n in names)}
+    assert monitor["read_only"] and monitor["cap_drop"] == ["ALL"] and "user" not in monitor
+    assert set(monitor["networks"]) == {s.name for s in topology.sites}
+    # The responder's identity lives in a volume no running service mounts: only init (and the host's fmb respond).
+    assert {s for s, svc in services.items() for v in svc.get("volumes", [])
+            if v.get("source") == f"certs-{RESPONDER}"} == {"init"}
+    assert {s for s, svc in services.items() for v in svc.get("volumes", []) if v.get("source") == "pki"} == {"init"}
 
 
 def test_the_yaml_writer_quotes_what_yaml_would_read_as_something_else(tmp_path: Path) -> None:
@@ -159,6 +182,6 @@ def test_a_scale_topology_gets_one_fleet_container_per_substation(tmp_path: Path
         assert services[delivery.name]["ulimits"]["nofile"]["hard"] == budget + FILE_RESERVE
     init = {v["target"].removeprefix("/out/") for v in services["init"]["volumes"] if v["target"].startswith("/out/")}
     solo = {d.id for d in topology.devices if not d.fleet}
-    assert init == {b.name for b in topology.brokers} | solo | set(groups) | {HARNESS}
+    assert init == {b.name for b in topology.brokers} | solo | set(groups) | {HARNESS, MONITOR, RESPONDER}
     assert set(services["scenario"]["networks"]) == {s.name for s in topology.sites}
     _config(out, "v1")

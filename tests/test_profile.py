@@ -7,7 +7,7 @@ import ast
 import json
 from pathlib import Path
 
-from testbed.csf.profile import SUBCATEGORIES, build_profile, render_markdown
+from testbed.csf.profile import COMPOSE_EVIDENCE, SUBCATEGORIES, build_profile, render_markdown
 from testbed.pytest_plugin import require
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +63,7 @@ def _tests_in(path: Path) -> set[str]:
 def test_every_evidence_id_names_a_test_that_exists() -> None:
     """An id is a test file, or a file and the start of a test's name (the profile matches node ids by
     prefix): each must match a test, or the subcategory could never be verified."""
-    ids = sorted({e for s in SUBCATEGORIES for e in s.evidence})
+    ids = sorted({e for s in SUBCATEGORIES for e in s.evidence} | {e for ev in COMPOSE_EVIDENCE.values() for e in ev})
     assert len(ids) > 20  # the profile does name its evidence
     missing = []
     for evidence in ids:
@@ -74,3 +74,23 @@ def test_every_evidence_id_names_a_test_that_exists() -> None:
         elif not any(t.startswith(name) for t in _tests_in(path)):  # name "" (a whole file): any test
             missing.append(f"{evidence}: no test in {file} starts with {name!r}")
     assert missing == [], "evidence in testbed/csf/profile.py that names no test:\n" + "\n".join(missing)
+
+
+def test_the_profile_names_the_evidence_of_both_backends(tmp_path: Path) -> None:
+    """A subcategory proven on the Compose bus too carries that evidence and its own verdict beside the local one."""
+    implemented = {s.name for s in SUBCATEGORIES if s.status == "implemented"}
+    assert set(COMPOSE_EVIDENCE) <= implemented, set(COMPOSE_EVIDENCE) - implemented
+    name = "Revoke lost and/or compromised certificates"
+    results = {node: {"outcome": "passed"} for node in
+               [*next(s.evidence for s in SUBCATEGORIES if s.name == name), *COMPOSE_EVIDENCE[name][:1]]}
+    evidence = tmp_path / "test-results.json"
+    evidence.write_text(json.dumps({"results": results}))
+    row = next(r for r in build_profile(evidence)["subcategories"] if r["subcategory"] == name)
+    assert row["current"] == "implemented and verified"
+    assert row["compose"]["current"] == "not run"  # the second Compose test did not run: not verified there
+    results[COMPOSE_EVIDENCE[name][1]] = {"outcome": "failed"}
+    evidence.write_text(json.dumps({"results": results}))
+    profile = build_profile(evidence)
+    row = next(r for r in profile["subcategories"] if r["subcategory"] == name)
+    assert row["compose"]["current"] == "failing" and row["current"] == "implemented and verified"
+    assert "failing: `tests/test_docker_security.py::" in render_markdown(profile)

@@ -31,18 +31,36 @@ from pathlib import Path
 from typing import Any
 
 from brokers.mosquitto import connection_budget
-from testbed.backends.containers import TOPOLOGY_MOUNT, feeder_dir, feeder_socket, fleet_volume
+from testbed.backends.containers import (
+    DYNSEC_STATE_DIR,
+    LOG_DIR,
+    LOGS_DIR,
+    MONITOR,
+    RESPONDER,
+    TOPOLOGY_MOUNT,
+    feeder_dir,
+    feeder_socket,
+    fleet_volume,
+    log_volume,
+    logged,
+)
 from testbed.backends.yamltext import Alias, Anchor, Comment, Flow, Note, dump
 from testbed.core.errors import ConfigError
 from testbed.core.topology import DEFAULT_TOPOLOGY, BrokerSpec, DeviceSpec, FeederSpec, Topology
 
-__all__ = ["FILE_RESERVE", "image_variable", "is_default", "port_variable", "render_compose", "ui_port_variable"]
+__all__ = ["DEVICE_IMAGE", "FILE_RESERVE", "image_variable", "is_default", "port_variable", "render_compose",
+           "ui_port_variable"]
 
+# The image of every Python container (devices, harness, monitor, init): FMB_DEVICE_IMAGE moves it, e.g. to
+# an image built under a tag of one's own while fmb-device:latest serves others on the same engine.
+DEVICE_IMAGE = "${FMB_DEVICE_IMAGE:-fmb-device:latest}"
 FILE_RESERVE = 64  # open files a broker needs besides its connections: listener, persistence, CRL, log
 CONTAINERS = ["python", "-m", "testbed.cli.containers"]
 FIRST_UI_PORT = 8443
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 _TMPFS_OPTS = {"type": "tmpfs", "device": "tmpfs", "o": "uid=10001,gid=10001,mode=0700"}
+# A log in RAM, bounded: Mosquitto does not rotate its log file, and a full volume stops the log, not the broker.
+_LOG_OPTS = {"type": "tmpfs", "device": "tmpfs", "o": "uid=10001,gid=10001,mode=0700,size=64m"}
 _HEALTHY = Flow({"condition": "service_healthy"})
 
 
@@ -102,7 +120,8 @@ class _Builder:
         self.fleets = topology.fleets
         self.solo = [d for d in topology.devices if not d.fleet]
         self.tablets = [d for d in topology.devices if d.role == "tablet"]
-        reserved = ["init", "scenario", "runner", "pki", "ui", "runs", "ui-access", "harness"]
+        self.logged = logged(topology)
+        reserved = ["init", "scenario", "runner", MONITOR, "pki", "ui", "runs", "ui-access", "harness"]
         _check_names(topology, [*reserved, *(b.name for b in topology.brokers), *(d.id for d in self.solo),
                                 *self.fleets, *(f.id for f in topology.feeders)])
         _check_names(topology, [*(s.name for s in topology.sites), *(f"{s.name}-access" for s in topology.sites),
@@ -165,13 +184,18 @@ class _Builder:
             "<<": Alias("hardened"),
             "image": "fmb-broker:latest",
             "restart": "unless-stopped",
+            Comment("The dynamic-security plugin (evictions by `fmb respond`) rewrites its state file: it starts\n"
+                    "from the read-only configuration's copy on a tmpfs of the container's own."): None,
+            "tmpfs": Flow([f"{DYNSEC_STATE_DIR}:uid=10001,gid=10001,mode=0700"]),
+            "command": Flow(["sh", "-c", f"cp /mosquitto/config/dynamic-security.json {DYNSEC_STATE_DIR}/ && "
+                                         "exec mosquitto-saver /mosquitto/config/mosquitto.conf"]),
             Comment("Mutual-TLS MQTT v5 connection as health-<broker>, an identity with no topic rights."): None,
             "healthcheck": {"test": Flow(["CMD", "/mosquitto/config/healthcheck"]), "interval": "2s",
                             "timeout": "5s", "start_period": "60s", "retries": 10},
         }
         device = {
             "<<": Alias("hardened"),
-            "image": "fmb-device:latest",
+            "image": DEVICE_IMAGE,
             "restart": "unless-stopped",
             "tmpfs": Flow(["/run/fmb:uid=10001,gid=10001,mode=0700", "/tmp:uid=10001,gid=10001,mode=0700"]),
             Comment("The heartbeat the device rewrites every 0.5 s once its connections are up: unhealthy when\n"
@@ -229,6 +253,11 @@ class _Builder:
             for name in site_fleets:
                 services[Comment("")] = None
                 services[name] = self._fleet_service(name, self.fleets[name])
+        services[Comment("\n" + _rule("Detect: the monitor") + "\n"
+                         "Reads every broker's and reading device's log from their own log volumes, read-only\n"
+                         "(each volume has one writer), and every profile its ACL lets it read; publishes its\n"
+                         "alerts as AlertProfile on the control plane. No Docker socket, no CA key.")] = None
+        services[MONITOR] = self._monitor()
         services[Comment("\n" + _rule("the harness: runs Appendix A once and exits with its verdict") + "\n"
                          "A measurement tap on every site network (it forwards nothing), holding only the\n"
                          "recorder's and the operator's identities, and the tablet's operator input.")] = None
@@ -250,10 +279,11 @@ class _Builder:
         volumes = ["pki:/pki", *(f"broker-{b.name}:/out/{b.name}" for b in self.t.brokers),
                    *(f"certs-{d.id}:/out/{d.id}" for d in self.solo),
                    *(f"{fleet_volume(f)}:/out/{f}" for f in self.fleets),
-                   "certs-harness:/out/harness", *self._topology_volume()]
+                   "certs-harness:/out/harness", f"certs-{MONITOR}:/out/{MONITOR}",
+                   f"certs-{RESPONDER}:/out/{RESPONDER}", *self._topology_volume()]
         service: dict[Any, Any] = {
             "<<": Alias("hardened"),
-            "image": "fmb-device:latest",
+            "image": DEVICE_IMAGE,
             "user": "0:0",
             "cap_add": Flow(["CHOWN", "SETUID", "SETGID"]),
             "network_mode": "none",
@@ -273,7 +303,7 @@ class _Builder:
             depends[self.t.broker_for(site.bridge_to, b.plane).name] = _HEALTHY
             networks.append(site.bridge_to)
         networks.append(f"{site.name}-access")
-        volumes = [f"broker-{b.name}:/mosquitto/config:ro"]
+        volumes = [f"broker-{b.name}:/mosquitto/config:ro", f"{log_volume(b.name)}:{LOG_DIR}"]
         if b.persistent:
             volumes.append(f"data-{b.name}:/mosquitto/data")
         return {
@@ -306,6 +336,8 @@ class _Builder:
         service: dict[Any, Any] = {"<<": Alias("device"), "command": Flow([*CONTAINERS, "device", d.id])}
         env = self._topology_env()
         volumes = [f"certs-{d.id}:/certs:ro"]
+        if d.id in self.logged:
+            volumes.append(f"{log_volume(d.id)}:{LOG_DIR}")
         networks = [d.site]
         depends = self._site_brokers(d.site)
         feeder = self.t.feeder_of(d.id)
@@ -348,6 +380,17 @@ class _Builder:
         service["volumes"] = [f"{fleet_volume(name)}:/certs:ro", *(f"{f}:{feeder_dir(f)}" for f in feeders),
                               *self._topology_volume()]
         return service
+
+    def _monitor(self) -> dict[Any, Any]:
+        return {
+            "<<": Alias("device"),
+            "command": Flow([*CONTAINERS, "monitor"]),
+            **({"environment": Flow(self._topology_env())} if self.topology_file else {}),
+            "networks": self._harness_networks(),
+            "depends_on": {b.name: _HEALTHY for b in self.t.brokers},
+            "volumes": [f"certs-{MONITOR}:/certs:ro", *(f"{log_volume(n)}:{LOGS_DIR / n}:ro" for n in self.logged),
+                        *self._topology_volume()],
+        }
 
     def _harness_networks(self) -> list[str]:
         return [s.name for s in sorted(self.t.sites, key=lambda s: s.persistent)]
@@ -399,6 +442,11 @@ class _Builder:
             volumes[fleet_volume(name)] = Note(Flow({}), "each fleet's meters' certificates and keys") \
                 if i == 0 else Flow({})
         volumes["certs-harness"] = Note(Flow({}), "the recorder's and the operator's")
+        volumes[f"certs-{MONITOR}"] = Note(Flow({}), "the monitor's")
+        volumes[f"certs-{RESPONDER}"] = Note(Flow({}), "the responder's (evictions): only `init` mounts it")
+        volumes[Comment("Each broker's and reading device's log, written by it alone, read by the monitor: RAM")] = None
+        for n in self.logged:
+            volumes[log_volume(n)] = {"driver_opts": Flow(_LOG_OPTS)}
         volumes[Comment("Unix sockets shared between running containers: RAM only.")] = None
         for f in self.t.feeders:
             volumes[f.id] = {"driver_opts": Flow(_TMPFS_OPTS)}

@@ -26,20 +26,24 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePath
 
 from brokers.mosquitto import BrokerFiles, connection_budget, render_broker
-from testbed.backends.local import device_environment
+from testbed.backends.local import DYNSEC_PLUGIN, device_environment
 from testbed.core.errors import TestbedError
+from testbed.core.topics import ROLES
 from testbed.core.topology import BrokerSpec, Topology, load_topology
+from testbed.security.blocklist import Blocklist
 from testbed.security.pki import PKI
 from testbed.security.provision import issuers_for
 from testbed.security.signing import SigningKeys
 from testbed.transport.mqtt import Endpoint, TLSIdentity
 
-__all__ = ["TOPOLOGY_MOUNT", "ContainerBus", "container_topology", "device_env", "exec_module", "feeder_dir",
-           "feeder_socket", "fleet_env", "fleet_volume", "health_identity", "init_volumes"]
+__all__ = ["ALERTS_FILE", "CA_ACTIONS", "DYNSEC_STATE_DIR", "LOGS_DIR", "LOG_DIR", "MONITOR", "RESPONDER",
+           "RUNNER_IDENTITIES", "TOPOLOGY_MOUNT", "UI_DIR", "ContainerBus", "ca_operation", "container_topology",
+           "device_env", "exec_module", "feeder_dir", "feeder_socket", "fleet_env", "fleet_volume",
+           "health_identity", "init_volumes", "log_file", "log_volume", "logged", "monitor_env"]
 
 UID = GID = 10001
 PKI_DIR = Path("/pki")  # the CA and every certificate: mounted only in the init service
@@ -59,6 +63,12 @@ HARNESS = "harness"  # the volume of the services that run scenarios (scenario, 
 RUNNER_IDENTITIES = ("recorder", "operator")  # the harness identities those services hold
 TOPOLOGY_MOUNT = Path("/etc/fmb/topology.toml")  # where a Compose file mounts a topology other than the default
 FLEET_FILE = RUN_DIR / "fleet.json"  # written by `fleet NAME` for devices.fleet (a tmpfs)
+MONITOR = "monitor"  # the monitor service's identity and the volume of its certificate
+RESPONDER = "responder"  # the identity that evicts (dynamic-security); its volume only init mounts
+DYNSEC_STATE_DIR = PurePath("/mosquitto/dynsec")  # a broker's tmpfs: the plugin rewrites its state file
+LOG_DIR = Path("/log")  # a broker's or reading device's own log volume, the only writer of it
+LOGS_DIR = Path("/logs")  # /logs/<name>: every such volume, read-only, in the monitor only
+ALERTS_FILE = RUN_DIR / "alerts.jsonl"  # the monitor's alerts (a tmpfs; also published as AlertProfile)
 
 
 def health_identity(broker: str) -> str:
@@ -81,6 +91,24 @@ def feeder_socket(feeder: str) -> Path:
     return feeder_dir(feeder) / "feeder.sock"
 
 
+def log_volume(name: str) -> str:
+    """The volume of ``name``'s log (a broker, or a device that reads): ``log-<name>``."""
+    return f"log-{name}"
+
+
+def log_file(name: str) -> Path:
+    """Where ``name`` writes its log, inside its own container."""
+    return LOG_DIR / f"{name}.log"
+
+
+def logged(topology: Topology) -> list[str]:
+    """Whose logs the monitor reads: every broker, and every device that reads (actuators log the
+    commands they refuse, every reader the payloads it rejects), as on the local bus
+    (:func:`testbed.backends.local.monitor_environment`); a fleet's meters read nothing."""
+    readers = [d.id for d in topology.devices if not d.fleet and ROLES[d.role].reads]
+    return [b.name for b in topology.brokers] + readers
+
+
 def container_topology() -> Topology:
     """The topology the Compose bus runs: ``FMB_TOPOLOGY``, else the packaged Appendix A one."""
     return load_topology(os.environ.get("FMB_TOPOLOGY") or None)
@@ -88,11 +116,14 @@ def container_topology() -> Topology:
 
 # -- the init service -------------------------------------------------------------------------
 
-def init_volumes(topology: Topology, pki_dir: Path = PKI_DIR, out: Path = OUT_DIR) -> list[str]:
-    """Create the PKI if missing and fill every container's volume; returns the PKI's news."""
+def init_volumes(topology: Topology, pki_dir: Path = PKI_DIR, out: Path = OUT_DIR,
+                 operation: Callable[[PKI], list[str]] | None = None) -> list[str]:
+    """Create the PKI if missing, apply ``operation`` to it (a CA operation, :func:`ca_operation`), and
+    fill every container's volume; returns the PKI's news."""
     solo = [d for d in topology.devices if not d.fleet]
     fleet_meters = topology.fleets
-    targets = [b.name for b in topology.brokers] + [d.id for d in solo] + list(fleet_meters) + [HARNESS]
+    targets = ([b.name for b in topology.brokers] + [d.id for d in solo] + list(fleet_meters)
+               + [HARNESS, MONITOR, RESPONDER])
     missing = [t for t in targets if not (out / t).is_dir()]
     if missing:
         raise TestbedError(f"no volume mounted at {out}/{missing[0]}: the Compose file and the "
@@ -106,8 +137,11 @@ def init_volumes(topology: Topology, pki_dir: Path = PKI_DIR, out: Path = OUT_DI
                        topology.client_identities() + health, issuers_for(topology))
     signing = SigningKeys(pki_dir)
     created += [f"signing key {n}" for n in signing.ensure(topology.command_signers())]
+    if operation is not None:
+        created += operation(pki)
+    blocks = Blocklist.load(pki_dir)  # the responder's blocks, kept beside the CA (testbed.csf.respond)
     for broker in topology.brokers:
-        _fill_broker(topology, broker, pki, out / broker.name)
+        _fill_broker(topology, broker, pki, out / broker.name, blocks)
     for device in solo:
         web = [name for name in topology.web_servers() if name == f"{device.id}-ui"]
         _fill(out / device.id, pki, clients=[device.id], servers=web)
@@ -115,9 +149,58 @@ def init_volumes(topology: Topology, pki_dir: Path = PKI_DIR, out: Path = OUT_DI
     for fleet, meters in fleet_meters.items():  # meters read no command: no signing keys
         _fill(out / fleet, pki, clients=[m.id for m in meters])
     _fill(out / HARNESS, pki, clients=list(RUNNER_IDENTITIES))
+    _fill(out / MONITOR, pki, clients=[MONITOR])  # reads every profile (its ACL), publishes alerts, nothing else
+    # The host's tools' identities: the responder's (dynamic-security evictions only), the benchmarks'
+    # (`bench`), and those a CA operation issued for the host (`ca issue`: a benchmark's intruder); no
+    # running service mounts this volume.
+    extra = [p.stem for p in (out / RESPONDER / "clients").glob("*.pem")] if (out / RESPONDER / "clients").is_dir() \
+        else []
+    _fill(out / RESPONDER, pki, clients=sorted({RESPONDER, "bench", *extra}))
     for ident in RUNNER_IDENTITIES:
         _fill_signing(out / HARNESS, signing, ident)
     return created
+
+
+CA_ACTIONS = ("revoke", "issue", "reissue", "rotate", "block", "unblock")
+
+
+def ca_operation(topology: Topology, action: str, names: Sequence[str], pki_dir: Path = PKI_DIR,
+                 out: Path = OUT_DIR) -> list[str]:
+    """One CA operation in the one-shot container that alone mounts the CA (``init``'s volumes), then
+    every volume re-filled: the new CRL, certificates and ACLs reach every container (the brokers
+    take them on SIGHUP, a device on restart). ``revoke|issue|reissue|rotate NAME...``: a client or
+    broker certificate; ``block|unblock TARGET``: an identity or a topic in the blocklist kept in the
+    pki volume. Returns one line per thing done."""
+    if action not in CA_ACTIONS:
+        raise TestbedError(f"CA action {action!r}: use one of {', '.join(CA_ACTIONS)}")
+    if not names:
+        raise TestbedError(f"`ca {action}` needs at least one name")
+
+    def operate(pki: PKI) -> list[str]:
+        done = []
+        for name in names:
+            if action == "revoke":
+                done.append(f"revoked {name} serial {pki.revoke(name):x}")
+            elif action in ("issue", "reissue"):
+                pki.issue_client(name)
+                if action == "issue":  # for the host: into the responder's volume, which nothing runs with
+                    _fill(out / RESPONDER, pki, clients=[name])
+                done.append(f"issued {name}")
+            elif action == "rotate":
+                old, new = pki.rotate(name)
+                done.append(f"rotated {name} serial {old:x} -> {new:x}")
+            else:
+                blocks = Blocklist.load(pki_dir)
+                bucket = blocks.topics if "/" in name else blocks.identities
+                if action == "block" and name not in bucket:
+                    bucket.append(name)
+                if action == "unblock" and name in bucket:
+                    bucket.remove(name)
+                blocks.save(pki_dir)
+                done.append(f"{action}ed {name}")
+        return done
+
+    return init_volumes(topology, pki_dir, out, operation=operate)
 
 
 def _fill_signing(target: Path, signing: SigningKeys, name: str) -> None:
@@ -132,6 +215,8 @@ def _drop_root(volumes: list[Path]) -> None:
     """Give the (root-owned, fresh) volumes to uid 10001, then become uid 10001 for good."""
     for v in volumes:
         v.mkdir(parents=True, exist_ok=True)
+        if v.stat().st_uid == UID:  # handed over by an earlier run (a rerun of init, a CA operation)
+            continue
         os.chmod(v, 0o700)  # before the chown: root without CAP_FOWNER owns it only until then
         os.chown(v, UID, GID)
     os.setgroups([])
@@ -150,16 +235,24 @@ def _fill(target: Path, pki: PKI, clients: Sequence[str] = (), servers: Sequence
             _copy(paths.key, target / kind / f"{name}.key", 0o600)
 
 
-def _fill_broker(topology: Topology, broker: BrokerSpec, pki: PKI, target: Path) -> None:
+def _fill_broker(topology: Topology, broker: BrokerSpec, pki: PKI, target: Path, blocks: Blocklist) -> None:
     bridges = [b.name for b in topology.bridges
                if any(topology.bridge_endpoints(b, way)[0] == broker.name for way in topology.bridge_connections(b))]
     _fill(target / "certs", pki, clients=[*bridges, health_identity(broker.name)],
           servers=[broker.name])
     # max_connections below the open-files limit the Compose file gives the container (ulimits).
-    files = BrokerFiles(certs=CONFIG_DIR / "certs", directory=CONFIG_DIR, log=None, bind="0.0.0.0",
+    # The log goes to the broker's own log volume, which the monitor mounts read-only, and still to
+    # stderr (`docker logs`). Debug logging on the control plane only, as on the local bus: it is how
+    # Mosquitto reports denied and oversize publishes (testbed/csf/README-monitor.md).
+    files = BrokerFiles(certs=CONFIG_DIR / "certs", directory=CONFIG_DIR, log=log_file(broker.name), bind="0.0.0.0",
                         peer_hosts={b.name: b.name for b in topology.brokers},
-                        data=DATA_DIR, max_connections=connection_budget(topology, broker))
+                        data=DATA_DIR, max_connections=connection_budget(topology, broker),
+                        debug_log=broker.plane == "control", dynsec_plugin=PurePath(DYNSEC_PLUGIN),
+                        dynsec_state=DYNSEC_STATE_DIR / "dynamic-security.json",
+                        blocked_identities=tuple(blocks.identities), blocked_topics=tuple(blocks.topics))
     for name, text in render_broker(topology, broker, files).items():
+        if name == "mosquitto.conf":
+            text += "log_dest stderr\n"
         _write(target / name, text.encode(), 0o644)
     ident = health_identity(broker.name)
     certs = CONFIG_DIR / "certs"
@@ -197,6 +290,8 @@ def device_env(topology: Topology, device_id: str) -> dict[str, str]:
     env = device_environment(topology, device, CERTS_DIR, RUN_DIR,
                              hosts={b.name: b.name for b in topology.brokers})
     env["FMB_READY_FILE"] = str(RUN_DIR / "ready")  # the container's health check looks here
+    if device.id in logged(topology):
+        env["FMB_LOG_FILE"] = str(log_file(device.id))  # its log volume, which the monitor reads
     feeder = topology.feeder_of(device.id)
     if feeder is not None:
         env["FMB_FEEDER_SOCKET"] = str(feeder_socket(feeder.id))
@@ -235,6 +330,24 @@ def fleet_env(topology: Topology, fleet: str, fleet_file: Path = FLEET_FILE) -> 
         "FMB_DELIVERY": f"{delivery.name}:{delivery.port}",  # the service name
         "FMB_CA": str(CERTS_DIR / "ca" / "ca.pem"),
         "FMB_FLEET_FILE": str(fleet_file),
+        "FMB_READY_FILE": str(RUN_DIR / "ready"),  # the container's health check looks here
+    }
+
+
+def monitor_env(topology: Topology) -> dict[str, str]:
+    """The ``FMB_*`` environment of the monitor service (:mod:`testbed.csf.monitor`): every broker by
+    its service name, every log of :func:`logged` from its volume under :data:`LOGS_DIR` (read-only),
+    its own certificate, alerts on its tmpfs. No response policy: the monitor in a container holds no
+    CA key and no Docker socket, so it detects; ``fmb respond --backend docker`` acts."""
+    return {
+        "FMB_DEVICE_ID": MONITOR,
+        "FMB_BROKERS": json.dumps({b.name: f"{b.name}:{b.port}" for b in topology.brokers}),
+        "FMB_CA": str(CERTS_DIR / "ca" / "ca.pem"),
+        "FMB_CERT": str(CERTS_DIR / "clients" / f"{MONITOR}.pem"),
+        "FMB_KEY": str(CERTS_DIR / "clients" / f"{MONITOR}.key"),
+        "FMB_TOPOLOGY": topology.path,
+        "FMB_MONITOR_LOGS": json.dumps({n: f"file:{LOGS_DIR / n / log_file(n).name}" for n in logged(topology)}),
+        "FMB_MONITOR_ALERTS": str(ALERTS_FILE),
         "FMB_READY_FILE": str(RUN_DIR / "ready"),  # the container's health check looks here
     }
 

@@ -120,7 +120,7 @@ def run_scenario(args: argparse.Namespace, scenario_name: str) -> int:
 def verify(args: argparse.Namespace, what: str) -> int:
     """Recovery is verified, not assumed: run Appendix A once and say whether it passed (on the
     first substation, where the topology has several)."""
-    args.repeat, args.out, args.backend = 1, None, "local"
+    args.repeat, args.out, args.backend = 1, None, getattr(args, "backend", None) or "local"
     running = LocalBus.attach(paths(args)[1])
     substations = (running.topology if running else load_topology(args.topology)).substations
     args.substation = substations[0].name if len(substations) > 1 else None

@@ -7,16 +7,19 @@ like every other error, and the running bus. Each group module adds its commands
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from testbed.backends.compose import compose_bus
 from testbed.backends.local import LocalBus
 from testbed.core.errors import TestbedError
 
-__all__ = ["DEFAULT_UI_PORT", "ROOT", "Commands", "Parser", "paths", "running", "stamp"]
+__all__ = ["DEFAULT_UI_PORT", "ROOT", "Commands", "Parser", "add_backend", "paths", "running", "running_bus",
+           "stamp"]
 
 _SOURCE_ROOT = Path(__file__).resolve().parents[2]
 # In a source checkout, generated material lives beside the code (and is git-ignored);
@@ -63,6 +66,23 @@ def running(args: argparse.Namespace) -> LocalBus:
     if bus is None:
         raise TestbedError(f"no bus running from {state}; start one with `fmb up`")
     return bus
+
+
+def add_backend(parser: argparse.ArgumentParser) -> None:
+    """``--backend local|docker`` for a command that acts on a running bus."""
+    parser.add_argument("--backend", choices=["local", "docker"], default="local",
+                        help="the running bus: local processes (default), or the Compose bus (the project "
+                             "$COMPOSE_PROJECT_NAME or fmb, which must be up)")
+
+
+@contextlib.contextmanager
+def running_bus(args: argparse.Namespace) -> Iterator[Any]:
+    """The running bus of ``--backend``: the local one of the state directory, or the Compose project."""
+    if getattr(args, "backend", "local") == "docker":
+        with compose_bus(topology_path=args.topology, start=False) as bus:
+            yield bus
+    else:
+        yield running(args)
 
 
 def stamp() -> str:

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from testbed.backends.compose import restore_compose
 from testbed.backends.local import LocalBus
 from testbed.bench.cutoff import measure_cutoff, write_result
 from testbed.cli.bus import verify
-from testbed.cli.common import ROOT, Commands, paths, running, stamp
+from testbed.cli.common import ROOT, Commands, add_backend, paths, running, running_bus, stamp
 from testbed.core.errors import TestbedError
 from testbed.core.topology import load_topology
 from testbed.csf.inventory import build_inventory, plot_data_flows
@@ -63,9 +64,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    bus = running(args)
-    path = bus.state_dir / "alerts.jsonl"
-    alerts = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    if args.backend == "docker":
+        with running_bus(args) as bus:
+            text, where = bus.alerts_text(), "the monitor service's /run/fmb/alerts.jsonl (docker compose logs monitor)"
+    else:
+        local = running(args)
+        path = local.state_dir / "alerts.jsonl"
+        text = path.read_text() if path.exists() else ""
+        where = f"{path} (monitor log: {local.log_dir / 'monitor.log'})"
+    alerts = [json.loads(line) for line in text.splitlines() if line.strip()]
     alerts = [a for a in alerts if not args.kind or a["kind"] == args.kind][-args.last:]
     for a in alerts:
         who = a.get("identity") or a.get("address") or "-"
@@ -73,13 +80,14 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         response = f"  -> {r.get('action')} {r.get('error', 'done')}" if r else ""
         print(f"{a['time']}  {a['kind']:20} {who:16} {a.get('broker') or '-':15} "
               f"{json.dumps(a['evidence'])[:100]}{response}")
-    print(f"{len(alerts)} alerts shown; all in {path} (monitor log: {bus.log_dir / 'monitor.log'})")
+    print(f"{len(alerts)} alerts shown; all in {where}")
     return 0
 
 
 def cmd_respond(args: argparse.Namespace) -> int:
     if args.action == "measure":
-        result = measure_cutoff(running(args), repeat=args.repeat)
+        with running_bus(args) as bus:
+            result = measure_cutoff(bus, repeat=args.repeat, backend=args.backend)
         path = write_result(result, Path(args.out) if args.out else ROOT / "runs" / f"bench-respond-{stamp()}")
         for action, r in result["results"].items():
             c = r["cutoff_ms"]
@@ -89,16 +97,22 @@ def cmd_respond(args: argparse.Namespace) -> int:
         return 0
     if not args.target:
         raise TestbedError(f"`fmb respond {args.action}` needs a target: an identity (e.g. meter-1) or a topic")
-    responder = Responder(running(args))
-    actions: dict[str, Callable[[str], dict[str, Any]]] = {
-        "revoke": responder.revoke, "block": responder.block, "unblock": responder.unblock,
-        "evict": lambda t: {"action": "evict", "identity": t, "evicted_on": responder.evict(t)}}
-    outcome = actions[args.action](args.target)
+    with running_bus(args) as bus:
+        responder = Responder(bus)
+        actions: dict[str, Callable[[str], dict[str, Any]]] = {
+            "revoke": responder.revoke, "block": responder.block, "unblock": responder.unblock,
+            "evict": lambda t: {"action": "evict", "identity": t, "evicted_on": responder.evict(t)}}
+        outcome = actions[args.action](args.target)
     print(json.dumps(outcome, indent=2))
     return 0
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
+    if args.backend == "docker":
+        with running_bus(args) as bus:
+            restarted = bus.recover()
+        print(f"restarted: {', '.join(restarted)}" if restarted else "every service was running and healthy")
+        return verify(args, "recovery")
     certs, state = paths(args)
     bus = LocalBus.attach(state)
     if bus is None:
@@ -118,12 +132,22 @@ def cmd_recover(args: argparse.Namespace) -> int:
 def cmd_backup(args: argparse.Namespace) -> int:
     certs, state = paths(args)
     archive = Path(args.file) if args.file else ROOT / "var" / "backups" / f"fmb-backup-{stamp()}.tar.gz"
+    if args.backend == "docker":
+        with running_bus(args) as bus:
+            members = bus.backup(archive)
+        print(f"backed up {len(members)} files (volume pki and the brokers' persistence volumes) to {archive} "
+              "(mode 0600: it holds keys)")
+        return 0
     members = backup(certs, state, archive, LocalBus.attach(state))
     print(f"backed up {len(members)} files (PKI and broker persistence) to {archive} (mode 0600: it holds keys)")
     return 0
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    if args.backend == "docker":
+        restored = restore_compose(Path(args.file), args.topology)
+        print(f"restored {len(restored)} files into the Compose project's volumes pki and data-*; bus started")
+        return verify(args, "restore")
     certs, state = paths(args)
     restored = restore(Path(args.file), certs, state)
     print(f"restored {len(restored)} files into {certs} and {state / 'brokers'}")
@@ -143,18 +167,22 @@ def add_inventory(commands: Commands) -> None:
 
 
 def add_recover(commands: Commands) -> None:
-    commands.add("recover", cmd_recover,
-                 "restart what is down (or the whole recorded bus), then verify with Appendix A")
+    add_backend(commands.add("recover", cmd_recover,
+                             "restart what is down (or the whole recorded bus), then verify with Appendix A"))
 
 
 def add_backup(commands: Commands) -> None:
     backup_p = commands.add("backup", cmd_backup, "archive the PKI and the brokers' persistence")
     backup_p.add_argument("--file", help="archive path (default var/backups/fmb-backup-<time>.tar.gz)")
+    add_backend(backup_p)
 
 
 def add_restore(commands: Commands) -> None:
     restore_p = commands.add("restore", cmd_restore, "bring back a backup (bus down), then verify with Appendix A")
     restore_p.add_argument("file", help="archive made by `fmb backup`")
+    restore_p.add_argument("--backend", choices=["local", "docker"], default="local",
+                           help="restore into the local state (bus down), or into the Compose project's volumes "
+                                "($COMPOSE_PROJECT_NAME or fmb; stopped, restored, started again)")
 
 
 def add_respond(commands: Commands) -> None:
@@ -166,9 +194,11 @@ def add_respond(commands: Commands) -> None:
     respond.add_argument("target", nargs="?", help="an identity (certificate CN) or, for block, a topic")
     respond.add_argument("--repeat", type=int, default=5, help="measure: repetitions per action (default 5)")
     respond.add_argument("--out", help="measure: result directory (default runs/bench-respond-<time>)")
+    add_backend(respond)
 
 
 def add_monitor(commands: Commands) -> None:
     monitor = commands.add("monitor", cmd_monitor, "Detect: the monitor's alerts on the running bus")
     monitor.add_argument("--kind", help="only alerts of this kind (e.g. topic_scan)")
     monitor.add_argument("--last", type=int, default=50, help="show the last N alerts (default 50)")
+    add_backend(monitor)

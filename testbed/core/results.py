@@ -693,6 +693,9 @@ class CutoffConditions(TypedDict):
     topology: str
     eviction: str
     reload: str
+    backend: NotRequired[str]  # local (processes) or docker (the Compose bus); absent in older documents: local
+    ca: NotRequired[str]  # where the CA operation ran (docker: a one-shot container of the pki volume)
+    load_average: NotRequired[list[float]]  # 1-minute load average before and after the measurement
 
 
 class CutoffEnvironment(TypedDict):

@@ -19,7 +19,7 @@ from typing import Any
 
 from testbed.core.errors import TestbedError
 
-__all__ = ["PROFILE_SCHEMA", "SUBCATEGORIES", "Subcategory", "build_profile", "render_markdown"]
+__all__ = ["COMPOSE_EVIDENCE", "PROFILE_SCHEMA", "SUBCATEGORIES", "Subcategory", "build_profile", "render_markdown"]
 
 PROFILE_SCHEMA = "fmb.profile/1"
 IMPLEMENTED, OUT_OF_SCOPE, GAP = "implemented", "out of scope", "gap"
@@ -241,6 +241,23 @@ SUBCATEGORIES: tuple[Subcategory, ...] = (
 )
 
 
+D = T + "test_docker_security.py::"
+# The same subcategories proven on the Compose bus (containers, the monitor as a service, the CA in its
+# volume): the profile names the evidence of both backends, each with its own last outcome.
+COMPOSE_EVIDENCE: dict[str, tuple[str, ...]] = {
+    "Suspicious behavior detection": (D + "test_attack_scenario_is_detected_on_compose",),
+    "Authorization of Clients by the Server": (D + "test_a_stolen_device_credential_stays_inside_its_acl",),
+    "Authentication of Clients by the Server": (D + "test_certs_revoke_reaches_every_broker",),
+    "Revoke lost and/or compromised certificates": (D + "test_certs_revoke_reaches_every_broker",
+                                                    D + "test_revoke_and_block_cut_an_identity_off"),
+    "Disconnect suspicious or compromised end-devices": (D + "test_revoke_and_block_cut_an_identity_off",),
+    "Dynamic Access Control Listing (e.g. IP address or Client ID)": (D + "test_revoke_and_block_cut_an_identity_off",),
+    "Perform information system recovery (e.g. restart broker, create new telemetry channels, etc.)":
+        (D + "test_recover_restarts_a_stopped_device",),
+    "Client availability verification": (D + "test_the_monitor_holds_only_what_it_needs",),
+}
+
+
 def _outcome(evidence: tuple[str, ...], results: dict[str, dict[str, str]]) -> tuple[str, list[dict[str, str]]]:
     """(verified | failing | not run, the matching test results) for one subcategory."""
     found: list[dict[str, str]] = []
@@ -272,6 +289,10 @@ def build_profile(results_file: Path) -> dict[str, Any]:
             verdict, found = _outcome(s.evidence, results)
             row["current"] = "implemented and verified" if verdict == "verified" else f"implemented, {verdict}"
             row["evidence"] = found or list(s.evidence)
+            compose = COMPOSE_EVIDENCE.get(s.name)
+            if compose:  # on the Compose bus too: its own verdict, beside the local one
+                verdict, found = _outcome(compose, results)
+                row["compose"] = {"current": verdict, "evidence": found or list(compose)}
         else:
             row["current"] = s.status
         rows.append(row)
@@ -305,15 +326,19 @@ def render_markdown(profile: dict[str, Any]) -> str:
         f"**Implementation tier supported by the evidence: {t['level']} ({t['name']}).** {t['why']}.", "",
         f"{s['verified']} of {s['technical']} technical subcategories implemented and verified; "
         f"{len(s['gaps'])} gaps; {s['out_of_scope']} out of scope for a testbed.", "",
-        "| function | category | subcategory | CSF 2.0 | current | target | how / why | evidence |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| function | category | subcategory | CSF 2.0 | current | target | how / why | evidence "
+        "| on the Compose bus |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in profile["subcategories"]:
         ev = r.get("evidence") or []
         evidence = "<br>".join(f"`{e['test']}` {e['outcome']}" if isinstance(e, dict) else f"`{e}` not run"
                                for e in ev[:4]) + (f"<br>(+{len(ev) - 4} more)" if len(ev) > 4 else "")
+        compose = r.get("compose")
+        on_compose = "" if not compose else f"{compose['current']}: " + "<br>".join(
+            f"`{e['test']}` {e['outcome']}" if isinstance(e, dict) else f"`{e}`" for e in compose["evidence"][:3])
         lines.append(f"| {r['function']} | {r['category']} | {r['subcategory']} | {r['csf2']} | {r['current']} | "
-                     f"{r['target']} | {r['how']} | {evidence} |")
+                     f"{r['target']} | {r['how']} | {evidence} | {on_compose} |")
     if s["not_verified"]:
         lines += ["", "Implemented but not verified by the last test run: " + "; ".join(s["not_verified"]) + "."]
     return "\n".join(lines) + "\n"

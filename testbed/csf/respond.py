@@ -14,6 +14,12 @@ the ``responder`` identity, whose only right is the plugin's control topic, send
   restarted broker keeps them; :meth:`Responder.unblock` lifts one.
 
 Each action returns a dict of what was done and how long each step took.
+
+On the Compose bus (:class:`~testbed.backends.compose.DockerBus`) the same actions run with the
+CA key where it lives, in the ``pki`` volume: the bus runs the CA operation (revoke, block) in a
+one-shot container that alone mounts it and re-fills every container's volume (CRL, ACLs), then
+SIGHUPs the broker containers and waits for their logs to say they reloaded; the eviction is the
+same dynamic-security message, sent as ``responder`` to the brokers' published ports.
 """
 
 from __future__ import annotations
@@ -37,17 +43,19 @@ __all__ = ["Responder"]
 
 
 class Responder:
-    """The actions, on a running :class:`~testbed.backends.local.LocalBus`."""
+    """The actions, on a running :class:`~testbed.backends.local.LocalBus` or Compose bus."""
 
-    def __init__(self, bus: Any) -> None:  # a LocalBus; Any keeps this module free of the process code
+    def __init__(self, bus: Any) -> None:  # a LocalBus or DockerBus; Any keeps this module free of the process code
         self.bus = bus
         self.topology = bus.topology
+        # The Compose bus does its CA and ACL work in a one-shot container (its `ca` method).
+        self.containers = callable(getattr(bus, "ca", None))
 
     # -- actions ------------------------------------------------------------------------------
 
     def revoke(self, identity: str) -> dict[str, Any]:
         t0 = time.perf_counter()
-        serial = self.bus.pki.revoke(identity)  # idempotent
+        serial = self.bus.revoke_certificate(identity) if self.containers else self.bus.pki.revoke(identity)
         t1 = time.perf_counter()
         reloaded = self.reload()
         t2 = time.perf_counter()
@@ -59,15 +67,18 @@ class Responder:
 
     def block(self, target: str) -> dict[str, Any]:
         t0 = time.perf_counter()
-        blocks = Blocklist.load(self.bus.state_dir)
         is_topic = "/" in target
         if not is_topic and target not in self.topology.client_identities() and not _issued(self.bus, target):
             raise TestbedError(f"{target!r} is neither an identity of the bus nor a topic (a topic has a '/')")
-        bucket = blocks.topics if is_topic else blocks.identities
-        if target not in bucket:
-            bucket.append(target)
-        blocks.save(self.bus.state_dir)
-        self.write_acls(blocks)
+        if self.containers:
+            self.bus.ca("block", target)  # the blocklist beside the CA, the ACLs re-rendered into each broker's volume
+        else:
+            blocks = Blocklist.load(self.bus.state_dir)
+            bucket = blocks.topics if is_topic else blocks.identities
+            if target not in bucket:
+                bucket.append(target)
+            blocks.save(self.bus.state_dir)
+            self.write_acls(blocks)
         t1 = time.perf_counter()
         reloaded = self.reload()
         t2 = time.perf_counter()
@@ -78,6 +89,9 @@ class Responder:
                                               "total": _ms(t0, t3)}}
 
     def unblock(self, target: str) -> dict[str, Any]:
+        if self.containers:
+            self.bus.ca("unblock", target)
+            return {"action": "unblock", "target": target, "brokers_reloaded": self.reload()}
         blocks = Blocklist.load(self.bus.state_dir)
         blocks.identities = [i for i in blocks.identities if i != target]
         blocks.topics = [t for t in blocks.topics if t != target]
@@ -96,6 +110,8 @@ class Responder:
 
     def reload(self, timeout_s: float = 5.0) -> int:
         """SIGHUP every running broker and wait until each has logged that it reloaded."""
+        if self.containers:
+            return int(self.bus.reload_brokers(timeout_s))
         brokers = [p for p in self.bus.processes if p.kind == "broker" and self.bus.alive(p.name)]
         offsets = {p.name: Path(p.log).stat().st_size for p in brokers}
         for p in brokers:

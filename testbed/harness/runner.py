@@ -143,12 +143,19 @@ class ScenarioRunner:
         devices = self.cast.matching(trig.device)
         if not devices:
             raise ScenarioError(f"no device {trig.device!r} in the topology to trigger")
-        path = self.bus.ui_socket(devices[0].id)
+        target = self.cast.stand_in(self.topology, str(trig.args["target"]), "SupplyControlProfile")
+        request = {"op": trig.action, **trig.args, "target": target}
+        # The Compose bus relays the operator's input inside the tablet's container (no root on this host
+        # for the socket on its volume); elsewhere the harness opens the tablet's socket itself.
+        relay = getattr(self.bus, "operator_request", None)
         try:
-            target = self.cast.stand_in(self.topology, str(trig.args["target"]), "SupplyControlProfile")
-            reply = unix_request(path, {"op": trig.action, **trig.args, "target": target}, timeout_s=10)
+            if relay is not None:
+                reply = relay(devices[0].id, request, 10.0)
+            else:
+                path = self.bus.ui_socket(devices[0].id)
+                reply = unix_request(path, request, timeout_s=10)
         except OSError as e:
-            raise ScenarioError(f"cannot reach the UI of {devices[0].id} at {path}: {e}") from None
+            raise ScenarioError(f"cannot reach the UI of {devices[0].id}: {e}") from None
         if not reply.get("ok"):
             raise ScenarioError(f"{devices[0].id} refused the trigger: {reply.get('error')}")
         return int(reply["ts_ns"])
@@ -166,6 +173,9 @@ class ScenarioRunner:
         payload = encode(profile, identity, self._operator_seq, args["body"])
         name = topic(self.topology.root, profile, target)
         signature = None
+        # First: on the Compose bus this copies a device's credential (certificate, key and its signing key)
+        # out of its volume, which the signature below needs too.
+        tls = self.bus.identity(identity)
         if PROFILES[profile].kind == "command" and args.get("sign", "valid") != "none":
             if args.get("sign") == "forged":  # right claim, wrong key: what a stolen credential can do
                 sig = Ed25519PrivateKey.generate().sign(name.encode() + b"\n" + payload)
@@ -176,8 +186,7 @@ class ScenarioRunner:
                 if key is None or not key.exists():
                     raise ScenarioError(f"{identity} has no signing key to sign the trigger with")
                 signature = CommandSigner(identity, key).properties(name, payload)
-        client = connect(f"trigger-{identity}-{time.monotonic_ns() % 10**9}", self.bus.identity(identity),
-                         self.bus.endpoint(broker.name))
+        client = connect(f"trigger-{identity}-{time.monotonic_ns() % 10**9}", tls, self.bus.endpoint(broker.name))
         try:
             for _ in range(int(args.get("repeat", 1))):
                 info = client.publish(name, payload, 1, properties=publish_properties(new_traceparent(), signature))
