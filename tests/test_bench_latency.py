@@ -17,6 +17,7 @@ from typing import Any
 import numpy
 import pytest
 
+import testbed.model.plots  # noqa: F401  (registers the capacity model's renderers, as fmb report does)
 from testbed.bench import latency
 from testbed.bench.latency import critical_path_traversals, parse_qos_levels, run_latency, step_traversals
 from testbed.cli.fmb import main
@@ -189,7 +190,9 @@ def test_render_run_renders_every_result(tmp_path: Path) -> None:
         "bench-prioritization-throughput.png", "bench-recovery-times.png", "bench-recovery-autosave.png",
         "bench-wan-control.png", "bench-wan-throughput.png", "bench-ui-cdf.png", "bench-ui-repetitions.png",
         "bench-crash-curve.png", "bench-crash-policies.png", "bench-soak-ledger.png", "bench-soak-timeline.png",
-        "bench-scale-ramp.png", "bench-scale-steady.png", "bench-scale-storm.png", "result-timeline.png"}
+        "bench-scale-ramp.png", "bench-scale-steady.png", "bench-scale-storm.png", "result-timeline.png",
+        "bench-broker-curves.png", "bench-cpu-curves.png", "bench-storm-curves.png", "bench-wan-curve-curves.png",
+        "model-validation-validation.png", "model-answers-sweep.png", "model-answers-storm.png"}
     for png in report.figures:
         _assert_png(png)
     text = report.path.read_text()

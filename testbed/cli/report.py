@@ -13,6 +13,7 @@ __all__ = ["add_report"]
 
 def cmd_report(args: argparse.Namespace) -> int:
     # Deliberately here: rendering loads matplotlib, which only this command and the benchmarks need.
+    import testbed.model.plots  # noqa: F401  (registers the capacity model's renderers)
     from testbed.bench import segregation
     from testbed.reporting.render import render_run
 

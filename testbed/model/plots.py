@@ -11,10 +11,19 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from testbed.core.results import ModelAnswers, ModelValidation
+from testbed.core.results import ModelAnswers, ModelCalibration, ModelValidation
+from testbed.reporting.render import Renderer, markdown_table, register
 
-__all__ = ["answer_plots", "storm_figure", "sweep_figure", "validation_figure", "validation_plot",
-           "validation_table"]
+__all__ = [
+    "answer_plots",
+    "answers_markdown",
+    "calibration_markdown",
+    "storm_figure",
+    "sweep_figure",
+    "validation_figure",
+    "validation_plot",
+    "validation_table",
+]
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -110,3 +119,33 @@ def answer_plots(doc: ModelAnswers, out: Path) -> list[Path]:
     sweep_figure(doc).savefig(paths[0], dpi=110)
     storm_figure(doc).savefig(paths[1], dpi=110)
     return paths
+
+
+# -- fmb report: the model's documents beside the benchmarks' ------------------------------------
+
+def calibration_markdown(doc: ModelCalibration) -> str:
+    """The measured service times the model runs on, with the load they were measured at."""
+    fit, c = doc["broker_fit"], doc["conditions"]
+    rows = [[q, fit["base_us"][q], fit["per_subscriber_us"][q], fit["per_kib_us"][q]] for q in sorted(fit["base_us"])]
+    rt = doc["round_trip_ms"]
+    return (markdown_table(["QoS", "broker CPU µs per message", "per extra subscriber µs", "per KiB µs"], rows)
+            + f"\n\nTLS handshake: {doc['handshake_us']:g} µs of broker CPU per connection; idle command round trip "
+            f"p50 {rt.get('p50', float('nan')):g} ms, p99 {rt.get('p99', float('nan')):g} ms. Measured with "
+            f"{c['messages_per_point']} messages per point, load average {c['load_average_before']} → "
+            f"{c['load_average_after']}.\n")
+
+
+def answers_markdown(doc: ModelAnswers) -> str:
+    base = doc["baseline"]
+    return ("Baseline (300 substations x 2,000 meters every 60 s): "
+            + ", ".join(f"{k} {v}" for k, v in base.items())
+            + f".\n\nData-centre delivery broker saturates at {doc['saturation_substations']} substations. "
+            f"WAN per substation: " + ", ".join(f"{k} {v:g}" for k, v in doc["wan_per_substation"].items()) + ".\n")
+
+
+register(Renderer("fmb.model-calibration/1", "Capacity model: calibration", lambda r: {}, calibration_markdown))
+register(Renderer("fmb.model-validation/1", "Capacity model: validation against the benchmarks",
+                  lambda r: {"validation": validation_figure(r)},
+                  lambda r: "```\n" + validation_table(r) + "\n```\n"))
+register(Renderer("fmb.model-answers/1", "Capacity model: the utility-scale questions",
+                  lambda r: {"sweep": sweep_figure(r), "storm": storm_figure(r)}, answers_markdown))

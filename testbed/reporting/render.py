@@ -142,7 +142,7 @@ class RunReport:
 
 def _result_files(run_dir: Path) -> list[Path]:
     return sorted(p for p in run_dir.rglob("*.json")
-                  if p.name == "result.json" or (p.name.startswith("bench-") and p.suffix == ".json"))
+                  if p.name == "result.json" or p.name.startswith(("bench-", "model-")))
 
 
 def render_run(run_dir: Path) -> RunReport:
@@ -152,7 +152,7 @@ def render_run(run_dir: Path) -> RunReport:
         raise TestbedError(f"{run_dir} is not a directory; give the directory a run or benchmark wrote")
     files = _result_files(run_dir)
     if not files:
-        raise TestbedError(f"no result JSON (result.json, bench-*.json) under {run_dir}")
+        raise TestbedError(f"no result JSON (result.json, bench-*.json, model-*.json) under {run_dir}")
     report = RunReport(run_dir / REPORT_FILE)
     sections = [f"# Results in `{run_dir.name}`\n\nRendered {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC "
                 "from the JSON files below by `fmb report`; nothing was re-measured.\n"]
