@@ -91,7 +91,7 @@ def test_the_stack_file_holds_only_what_swarm_honours(tmp_path: Path) -> None:
         assert services[b.name]["ulimits"]["nofile"]["soft"] == budget + FILE_RESERVE
     for name, service in services.items():  # every process writes only to RAM
         tmpfs = {v["target"] for v in service.get("volumes", []) if v["type"] == "tmpfs"}
-        assert name.endswith(("delivery", "control")) or tmpfs == {"/run/fmb", "/tmp"}, (name, tmpfs)
+        assert name.endswith(("delivery", "control")) or tmpfs == {"/run/fmb", "/tmp", "/log"}, (name, tmpfs)
     for name in (s.name for s in topology.sites):
         assert stack["networks"][name]["internal"] is True and stack["networks"][name]["attachable"] is True
     # Each broker only on its own site's network and (an edge broker's bridges) its data centre's.

@@ -53,7 +53,7 @@ from typing import Any
 
 from brokers.mosquitto import BrokerFiles, connection_budget, render_broker
 from testbed.backends.composefile import FILE_RESERVE, is_default
-from testbed.backends.containers import TOPOLOGY_MOUNT, feeder_dir, feeder_socket, health_identity
+from testbed.backends.containers import LOG_DIR, TOPOLOGY_MOUNT, feeder_dir, feeder_socket, health_identity
 from testbed.backends.yamltext import Comment, Flow, Note, dump
 from testbed.core.errors import ConfigError, TestbedError
 from testbed.core.topology import BrokerSpec, DeviceSpec, Topology
@@ -311,8 +311,10 @@ class _Stack:
     @staticmethod
     def _ram(*extra: str) -> list[Any]:
         """The service's writable places: tmpfs mounts (the long syntax: Swarm drops the ``tmpfs`` key
-        without a word) and named volumes ``extra``."""
-        return [*(Flow({"type": "tmpfs", "target": t}) for t in ("/run/fmb", "/tmp")), *extra]
+        without a word) and named volumes ``extra``. ``/log`` is where a broker or a reading device of
+        the Compose bus also writes its log for the monitor (``containers.log_file``); the stack has no
+        monitor, so there it is RAM the task alone sees (the log still goes to ``docker service logs``)."""
+        return [*(Flow({"type": "tmpfs", "target": t}) for t in ("/run/fmb", "/tmp", str(LOG_DIR))), *extra]
 
     def _device_base(self, site: str) -> dict[str, Any]:
         return {
