@@ -108,13 +108,15 @@ def test_validation_against_the_committed_fixtures_gives_every_row_its_error() -
     doc = validate(CAL, "fixture", [FIXTURES / "bench-scale.json"], [FIXTURES / "bench-prioritization.json"],
                    duration_s=2.0)
     points = {(r["benchmark"], r["point"]) for r in doc["rows"]}
-    assert len({p for b, p in points if b == "prioritization"}) == 9  # 3 configurations x 3 loads, "max" included
+    source = json.loads((FIXTURES / "bench-prioritization.json").read_text())
+    steps = sum(len(rows) for rows in source["results"].values())  # every configuration's loads, "max" included
+    assert len({p for b, p in points if b == "prioritization"}) == steps >= 9
     assert len({p for b, p in points if b == "scale"}) == 2
     for r in doc["rows"]:
-        assert r["error"] == pytest.approx((r["predicted"] - r["measured"]) / r["measured"], abs=1e-3)
+        assert r["error"] == pytest.approx((r["predicted"] - r["measured"]) / r["measured"], rel=1e-3, abs=1e-3)
         assert r["met"] == (abs(r["error"]) <= r["target"])
     assert doc["total"] == len(doc["rows"]) and 0 <= doc["met"] <= doc["total"]
-    assert "SYNTHETIC" in " ".join(doc["measurements"])  # the prioritization fixture says what it is; so do we
+    assert any("quick" in m for m in doc["measurements"])  # a measured file says what kind of run it was
     assert "slowdown" in doc["contention"]
     table = validation_table(doc)
     assert table.count("\n") == len(doc["rows"]) + 2

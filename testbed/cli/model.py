@@ -60,8 +60,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     except (OSError, json.JSONDecodeError) as e:
         raise TestbedError(f"--latency {latency_path}: cannot read it as JSON ({e}); give a bench-latency result") \
             from None
-    if not isinstance(latency, dict) or latency.get("schema") != "fmb.bench-latency/2":
-        raise TestbedError(f"--latency {latency_path}: not an fmb.bench-latency/2 result")
+    # /3 is /2 with each QoS level's waterfall added: what the calibration reads is in both.
+    if not isinstance(latency, dict) or latency.get("schema") not in ("fmb.bench-latency/2", "fmb.bench-latency/3"):
+        raise TestbedError(f"--latency {latency_path}: not an fmb.bench-latency/2 or /3 result")
     certs, _ = paths(args)
     out = _out(args, "calibration")
     print(f"calibration: real brokers, {args.messages} messages per point, {args.handshakes} handshakes")

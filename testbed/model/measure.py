@@ -12,7 +12,7 @@ between runs while a broker's CPU per message does not (the crash benchmark meas
 * a TLS handshake: ``handshakes`` connections opened and closed one after another;
 * a command's round trip on the idle broker through the benchmarks' echo responder (its own process),
   which gives the responder's own processing time;
-* from a ``bench-latency/2`` result (the committed fixture by default): the part of a one-hop
+* from a ``bench-latency/2`` or ``/3`` result (the committed fixture by default): the part of a one-hop
   latency not spent in the broker, its spread (the one-hop percentiles), and each device's own
   processing time.
 """
