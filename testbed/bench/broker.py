@@ -41,18 +41,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any, Final
 
-from brokers.mosquitto import BrokerFiles, render_acl, render_conf
+from brokers.mosquitto import render_acl
 from testbed.backends.compose import docker_client
 from testbed.backends.environment import environment
 from testbed.backends.processes import ProcessRecord
 from testbed.bench.bottleneck import RESULT_SCHEMA, targets
 from testbed.bench.common import (
+    CONTAINER_DIR,
     Commander,
     Processes,
     bench_topology,
+    container_broker_files,
     file_size,
     mosquitto_pub_version,
     sent_count,
@@ -74,8 +76,7 @@ RESULT_FILE: Final = "bench-broker.json"
 CONFIGS: Final[tuple[BottleneckConfig, ...]] = ("shared", "segregated", "segregated+priority")
 IMAGE: Final = "fmb-broker:latest"
 SITE: Final = "bench-broker"  # brokers bench-broker-delivery and bench-broker-control
-CONTAINER: Final = PurePath("/mosquitto")
-IMAGE_UID: Final = 10001  # the fmb-broker image's user (compose/images/broker/Dockerfile)
+CONTAINER: Final = CONTAINER_DIR  # where its directory is mounted
 # The brokers' cgroup parent: a group of their own beside Docker's. Under the default (/docker) every other
 # container on the machine shares one weight with them, and a busy Compose bus next door starved a 0.1-core
 # broker to 0.02 cores; here they compete for the host like any one process, and their quota binds first.
@@ -158,25 +159,7 @@ class QuotaBroker:
                  address: str, extra_acl: str = "") -> None:
         self.client, self.image, self.spec, self.address, self.directory = client, image, spec, address, directory
         self.log = directory / "log" / "mosquitto.log"
-        config, certs = directory / "config", directory / "config" / "certs"
-        for sub in ("ca/ca.pem", "crl.pem", f"servers/{spec.name}.pem", f"servers/{spec.name}.key"):
-            (certs / sub).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            shutil.copy(pki.directory / sub, certs / sub)
-            os.chmod(certs / sub, 0o600)
-        files = BrokerFiles(certs=CONTAINER / "config" / "certs", directory=CONTAINER / "config",
-                            log=CONTAINER / "log" / "mosquitto.log", data=CONTAINER / "data", bind=address)
-        (config / "mosquitto.conf").write_text(render_conf(topology, spec, files))
-        (config / "acl").write_text(render_acl(topology, spec) + extra_acl)
-        os.chmod(config / "acl", 0o600)
-        for sub in ("data", "log"):
-            (directory / sub).mkdir(exist_ok=True)
-        # As the caller, who owns these files; root's go to the image's user (a broker started as root
-        # would drop to a user that cannot read the 0600 key).
-        self.user = f"{os.getuid()}:{os.getgid()}"
-        if os.getuid() == 0:
-            self.user = f"{IMAGE_UID}:{IMAGE_UID}"
-            for path in [directory, *directory.rglob("*")]:
-                os.chown(path, IMAGE_UID, IMAGE_UID)
+        self.user = container_broker_files(topology, spec, pki, directory, bind=address, extra_acl=extra_acl)
         self.id: str | None = None
         self.quota = 0.0
 

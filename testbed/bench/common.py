@@ -7,11 +7,12 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Final, TypedDict, Unpack
 
 from brokers.mosquitto import BrokerFiles, mosquitto_binary, render_acl, render_conf
@@ -26,9 +27,25 @@ from testbed.core.waiting import WaitTimeout, wait_until
 from testbed.security.pki import PKI
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect
 
-__all__ = ["ACK_TIMEOUT_S", "Commander", "Placement", "Processes", "bench_topology", "file_size",
-           "mosquitto_pub_version", "sent_count", "start_broker", "start_flood", "start_flood_subscriber",
-           "start_responder", "wait_for_ack", "wait_for_log"]
+__all__ = [
+    "ACK_TIMEOUT_S",
+    "CONTAINER_DIR",
+    "Commander",
+    "IMAGE_UID",
+    "Placement",
+    "Processes",
+    "bench_topology",
+    "container_broker_files",
+    "file_size",
+    "mosquitto_pub_version",
+    "sent_count",
+    "start_broker",
+    "start_flood",
+    "start_flood_subscriber",
+    "start_responder",
+    "wait_for_ack",
+    "wait_for_log",
+]
 
 ACK_TIMEOUT_S: Final = 2.0  # a command unacknowledged this long after its window is counted lost
 
@@ -273,3 +290,35 @@ def start_flood_subscriber(procs: Processes, name: str, endpoint: Endpoint, iden
         "mosquitto_sub", "-V", "5", "-h", endpoint.host, "-p", str(endpoint.port), "--cafile", str(identity.ca),
         "--cert", str(identity.cert), "--key", str(identity.key), "-q", str(qos), "-i", name,
         "-t", topic(root, "BenchFloodProfile", "+"), "-F", "x"], stdout=log, **(place or {}))
+
+
+# -- a broker in a container of the local image, its files bind-mounted ------------------------------
+
+CONTAINER_DIR: Final = PurePath("/mosquitto")  # where the broker containers mount their directory
+IMAGE_UID: Final = 10001  # the fmb-broker images' user (compose/images/broker*/Dockerfile)
+
+
+def container_broker_files(topology: Topology, spec: BrokerSpec, pki: PKI, directory: Path, bind: str = "127.0.0.1",
+                           extra_acl: str = "") -> str:
+    """Write ``spec``'s configuration, ACL (0600: 2.1 warns it will refuse a world-readable one) and
+    certificates under ``directory`` for a container mounting it at :data:`CONTAINER_DIR`; return the
+    ``uid:gid`` the container must run as: the caller, who owns these files, or the images' own uid
+    when the caller is root (a broker started as root would drop to a user that cannot read the 0600
+    key), the files then handed to that uid."""
+    config, certs = directory / "config", directory / "config" / "certs"
+    for sub in ("ca/ca.pem", "crl.pem", f"servers/{spec.name}.pem", f"servers/{spec.name}.key"):
+        (certs / sub).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.copy(pki.directory / sub, certs / sub)
+        os.chmod(certs / sub, 0o600)
+    files = BrokerFiles(certs=CONTAINER_DIR / "config" / "certs", directory=CONTAINER_DIR / "config",
+                        log=CONTAINER_DIR / "log" / "mosquitto.log", data=CONTAINER_DIR / "data", bind=bind)
+    (config / "mosquitto.conf").write_text(render_conf(topology, spec, files))
+    (config / "acl").write_text(render_acl(topology, spec) + extra_acl)
+    os.chmod(config / "acl", 0o600)
+    for sub in ("data", "log"):
+        (directory / sub).mkdir(exist_ok=True)
+    if os.getuid() != 0:
+        return f"{os.getuid()}:{os.getgid()}"
+    for path in [directory, *directory.rglob("*")]:
+        os.chown(path, IMAGE_UID, IMAGE_UID)
+    return f"{IMAGE_UID}:{IMAGE_UID}"

@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any, Final
 
 from brokers.mosquitto import BrokerFiles, mosquitto_binary, render_acl, render_conf
@@ -48,7 +48,13 @@ from testbed.backends.compose import docker_client
 from testbed.backends.environment import environment
 from testbed.backends.processes import ProcessRecord
 from testbed.backends.saver import broker_argv
-from testbed.bench.common import Processes, bench_topology, wait_for_log
+from testbed.bench.common import (
+    CONTAINER_DIR,
+    Processes,
+    bench_topology,
+    container_broker_files,
+    wait_for_log,
+)
 from testbed.bench.recovery import Producer
 from testbed.core.errors import BenchmarkError, TestbedError
 from testbed.core.ports import free_port
@@ -81,8 +87,7 @@ DEFAULT_POLICIES = ("2.0/none", "2.0/snapshot=60", "2.0/snapshot=1", "2.0/change
                     "2.1/none", "2.1/sqlite=5", "2.1/sqlite=1", "2.1/sqlite=0", "2.1/sqlite=0,sync=full")
 QOS = 1
 SESSION_EXPIRY_S = 3600
-CONTAINER = PurePath("/mosquitto")
-IMAGE_UID = 10001  # the fmb-broker images' user (compose/images/broker*/Dockerfile)
+CONTAINER = CONTAINER_DIR  # where a broker container mounts its directory
 
 
 @dataclass(frozen=True)
@@ -256,25 +261,7 @@ class DockerBroker:
                  directory: Path) -> None:
         self.client, self.image, self.directory = client, image, directory
         self.log = directory / "log" / "mosquitto.log"
-        config, certs = directory / "config", directory / "config" / "certs"
-        for sub in ("ca/ca.pem", "crl.pem", f"servers/{spec.name}.pem", f"servers/{spec.name}.key"):
-            (certs / sub).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            shutil.copy(pki.directory / sub, certs / sub)
-            os.chmod(certs / sub, 0o600)
-        files = BrokerFiles(certs=CONTAINER / "config" / "certs", directory=CONTAINER / "config",
-                            log=CONTAINER / "log" / "mosquitto.log", data=CONTAINER / "data")
-        (config / "mosquitto.conf").write_text(render_conf(topology, spec, files))
-        (config / "acl").write_text(render_acl(topology, spec))
-        os.chmod(config / "acl", 0o600)  # 2.1 warns that it will refuse a world-readable ACL file
-        for sub in ("data", "log"):
-            (directory / sub).mkdir(exist_ok=True)
-        # As the caller, who owns these files; root's files go to the images' own uid instead (a
-        # broker started as root would drop to a user that cannot read the 0600 key).
-        self.user = f"{os.getuid()}:{os.getgid()}"
-        if os.getuid() == 0:
-            self.user = f"{IMAGE_UID}:{IMAGE_UID}"
-            for path in [directory, *directory.rglob("*")]:
-                os.chown(path, IMAGE_UID, IMAGE_UID)
+        self.user = container_broker_files(topology, spec, pki, directory)
         self.container: Any = None
 
     def start(self) -> None:
