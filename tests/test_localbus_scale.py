@@ -101,6 +101,8 @@ def test_the_cast_of_one_substation() -> None:
     assert cast.stand_in(t, "operator", "SupplyControlProfile") == "operator"
     assert Cast.of(t).stand_in(t, "supply-1", "SupplyControlProfile") == "supply-1"  # the whole bus: as written
     assert len(Cast.of(t).devices) == len(t.devices)
+    assert cast.topics_of(t) == ["dms-1", "sub-002-f1", "sub-002-f1-capbank", "sub-002-f1-m0001",
+                                 "sub-002-f1-supply", "sub-002-tablet"]  # the DMS's diagrams: the feeder's topic
     for bad in ("dc", "sub-9", ""):
         with pytest.raises(ScenarioError, match="no substation of .*use one of: sub-001, sub-002, sub-003"):
             Cast.of(t, bad)
@@ -182,7 +184,15 @@ def test_appendix_a_runs_on_one_substation(small_bus: tuple[LocalBus, float], tm
     scenario = load_scenario("appendix-a", {d.id: d.role for d in topology.devices})
     with ScenarioRunner(bus, scenario, substation="sub-002") as runner:
         result = runner.run(1, tmp_path / "run")
+        seen = runner.recorder.snapshot()
     assert result["passed"], result["failure"]
+    # The recorder subscribed to the cast's topics on the cast's sites only: the feeder's other 49
+    # meters read by exception as the voltage moved, and none of that reached it.
+    assert {b.site for b in runner.recorder.brokers} == {"dc", "sub-002"}
+    assert {o.mrid for o in seen} <= set(runner.cast.topics_of(topology)), sorted({o.mrid for o in seen})
+    assert runner.recorder.ignored == 0
+    readings = [json.loads(line) for line in (tmp_path / "run" / "messages.jsonl").read_text().splitlines()]
+    assert not [r for r in readings if r["topic"].endswith("sub-002-f1-m0002")]
     devices = {s["device"] for s in result["steps"]}
     assert devices == {"sub-002-tablet", "sub-002-f1-supply", "sub-002-f1-m0001", "dms-1", "sub-002-f1-capbank"}
     assert result["lanes"] == ["sub-002-tablet", "sub-002-f1-supply", "sub-002-f1-m0001", "dms-1",

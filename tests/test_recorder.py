@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
+from testbed.core.errors import TestbedError
 from testbed.core.payloads import encode
 from testbed.harness.recorder import Observation, Recorder
 from tests.test_acl import _publish_as
@@ -60,3 +63,9 @@ def test_one_message_on_two_brokers_is_one_observation_and_others_are_not(bus, r
     first = next(o for o in found if _key(o) == keys[0])
     assert recorder.wait_for(lambda _: len(first.sightings) == 4, 10), first.as_json()
     assert sorted(_key(o) for o in ours(recorder.snapshot())) == sorted(keys)
+
+
+def test_topics_of_takes_mrids_only(bus) -> None:  # type: ignore[no-untyped-def]
+    for bad in ([], ["meter-1", "fmb/#"], ["+"], [""]):
+        with pytest.raises(TestbedError, match="give one or more mRIDs without"):
+            Recorder(bus.topology, bus.identity("recorder"), {}, topics_of=bad)

@@ -49,6 +49,13 @@ class Cast:
         devices += [d for site in shared for d in topology.devices_at(site) if not d.external]
         return cls(tuple(devices), frozenset([substation, *shared]), substation)
 
+    def topics_of(self, topology: Topology) -> list[str]:
+        """The mRIDs whose topics a scenario on this cast reads: its devices' and their feeders'
+        (the DMS's diagrams are on the feeder's topic)."""
+        ids = {d.id for d in self.devices}
+        feeders = [f.id for f in topology.feeders if ids & {f.supply, f.capbank, *f.meters}]
+        return sorted(ids | set(feeders))
+
     def matching(self, name: str) -> list[DeviceSpec]:
         """Cast devices whose id or role is ``name``."""
         return [d for d in self.devices if name in (d.id, d.role)]

@@ -32,7 +32,7 @@ import paho.mqtt.client as paho
 
 from testbed.core.errors import BrokerError, TestbedError
 from testbed.core.payloads import Message, PayloadError, decode
-from testbed.core.topics import parse_topic, subscriptions
+from testbed.core.topics import Plane, parse_topic, subscriptions
 from testbed.core.topology import BrokerSpec, Topology
 from testbed.transport.health import current
 from testbed.transport.mqtt import Endpoint, TLSIdentity, connect, user_properties
@@ -112,13 +112,17 @@ class Recorder:
 
     ``capacity`` observations stay in memory (older ones are on disk only); ``devices``, if
     given, keeps only messages about those devices (on their topic or sent by them); ``sites``,
-    if given, subscribes only on those sites' brokers; ``spool_dir`` is where the spool file of
+    if given, subscribes only on those sites' brokers; ``topics_of``, if given, subscribes only to
+    the topics of those mRIDs (devices and feeders) instead of every mRID, so that the brokers do
+    not send what would be dropped (a substation's 1,000 meters reading by exception at once kept
+    a whole-tree recorder seconds behind the scenario); ``spool_dir`` is where the spool file of
     observations that left memory lives (an unnamed temporary file; default the system's).
     """
 
     def __init__(self, topology: Topology, identity: TLSIdentity, endpoints: dict[str, Endpoint], *,
                  capacity: int = DEFAULT_CAPACITY, devices: Collection[str] | None = None,
-                 sites: Collection[str] | None = None, spool_dir: Path | None = None) -> None:
+                 sites: Collection[str] | None = None, topics_of: Collection[str] | None = None,
+                 spool_dir: Path | None = None) -> None:
         if capacity < 1:
             raise TestbedError(f"recorder capacity {capacity} must be >= 1 (observations held in memory)")
         unknown = sorted(set(sites or ()) - {s.name for s in topology.sites})
@@ -131,6 +135,10 @@ class Recorder:
         self.capacity = capacity
         self.devices = frozenset(devices) if devices is not None else None
         self.brokers = [b for b in topology.brokers if sites is None or b.site in sites]
+        self.topics_of = sorted(set(topics_of)) if topics_of is not None else None
+        if self.topics_of is not None and (not self.topics_of or any(
+                not m or any(c in m for c in "+#/") for m in self.topics_of)):
+            raise TestbedError(f"recorder topics_of {self.topics_of!r}: give one or more mRIDs without '/', '+' or '#'")
         self.tls_version: str | None = None
         self.ignored = 0  # messages about devices outside ``devices``, not recorded
         self._held: deque[Observation] = deque()
@@ -146,7 +154,7 @@ class Recorder:
 
     def start(self) -> None:
         for broker in self.brokers:
-            subs = subscriptions(self.topology.root, "recorder", "recorder", broker.plane)
+            subs = self._subscriptions(broker.plane)
             subscribed = threading.Event()
 
             def on_connect(c: paho.Client, subs: list[tuple[str, int]] = subs,
@@ -173,6 +181,13 @@ class Recorder:
             sock = client.socket()
             if self.tls_version is None and sock is not None and hasattr(sock, "version"):
                 self.tls_version = sock.version()
+
+    def _subscriptions(self, plane: Plane) -> list[tuple[str, int]]:
+        subs = subscriptions(self.topology.root, "recorder", "recorder", plane)
+        if self.topics_of is None:
+            return subs
+        return [(f"{t[:-1]}{mrid}", q) if t.endswith("/+") else (t, q)
+                for t, q in subs for mrid in (self.topics_of if t.endswith("/+") else [""])]
 
     def stop(self) -> None:
         heartbeat = current()

@@ -73,7 +73,12 @@ class ScenarioRunner:
         self.scenario = scenario
         self.cast = Cast.of(self.topology, substation)  # who plays the scenario's roles
         endpoints = {b.name: bus.endpoint(b.name) for b in self.topology.brokers}
-        self.recorder = Recorder(self.topology, bus.identity("recorder"), endpoints)
+        # On one substation of a large bus the recorder takes only the cast's and its feeders' topics
+        # from the cast's sites: the other meters' readings would cost it more than the scenario does.
+        narrow = substation is not None
+        self.recorder = Recorder(
+            self.topology, bus.identity("recorder"), endpoints, sites=self.cast.sites if narrow else None,
+            topics_of=self.cast.topics_of(self.topology) if narrow else None)
         self._operator: dict[str, paho.Client] = {}
         # Starts at the time in microseconds: two runners on one bus (the Compose `scenario` and the
         # tablet's button, say) never reuse each other's numbers, and a trigger published under a
