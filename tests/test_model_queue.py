@@ -17,7 +17,7 @@ import random
 import pytest
 import simpy
 
-from testbed.model.sim import Broker, ResourceBroker
+from testbed.model.sim import Broker, Host, ResourceBroker, level
 
 MU = 1000.0  # services per second: a 1 ms mean service time
 
@@ -102,3 +102,51 @@ def test_a_restarted_broker_refuses_work_until_it_is_back() -> None:
 def test_a_broker_refuses_a_slowdown_below_one() -> None:
     with pytest.raises(ValueError, match="slowdown"):
         Broker(simpy.Environment(), "x", slowdown=0.5)
+
+
+# -- a host's cores shared by its processes -------------------------------------------------------
+
+
+def test_the_fair_share_of_a_core_is_the_water_level() -> None:
+    assert level([0.3, 0.3], 1) == 1.0  # they fit: nobody is slowed
+    assert level([0.75, 0.75], 1) == pytest.approx(0.5)  # two busy threads on one core: half each
+    assert level([1, 1, 1], 2) == pytest.approx(2 / 3)
+    assert level([0.1, 0.9, 0.9, 0.9], 2) == pytest.approx(0.6333, abs=1e-4)  # the light one keeps its 0.1
+    assert level([5.0, 0.2], 1) == pytest.approx(0.8)  # a thread wants at most one core
+    assert level([], 2) == 1.0
+
+
+def _offered(host: Host | None, processes: int, work_s: float, gap_s: float, seconds: float) -> tuple[int, float]:
+    """``processes`` threads each given a job of ``work_s`` every ``gap_s`` for ``seconds``: (jobs done by
+    then, the last one's completion)."""
+    env = simpy.Environment()
+    threads = [Broker(env, f"p{i}", host=host) for i in range(processes)]
+    done: list[float] = []
+
+    def feed() -> simpy.events.ProcessGenerator:
+        while env.now < seconds:
+            for t in threads:
+                finish = t.take(work_s)
+                assert finish is not None
+                done.append(finish)
+            yield env.timeout(gap_s)
+
+    env.process(feed())
+    env.run()
+    return sum(1 for d in done if d <= seconds), max(done)
+
+
+def test_two_busy_processes_on_one_core_share_it() -> None:
+    # Each offers 0.75 of a core (0.75 ms of work every ms) for 10 s: alone on its own core each does
+    # all 10,000 jobs; on one shared core the two together can do one core's worth, 13,333 jobs.
+    alone, _ = _offered(None, 2, 0.00075, 0.001, 10.0)
+    shared_host = Host("one-core", 1)
+    shared, _ = _offered(shared_host, 2, 0.00075, 0.001, 10.0)
+    assert alone == pytest.approx(20_000, abs=2)
+    assert shared == pytest.approx(13_333, rel=0.03)
+    assert shared_host.offered_load(10.0) == pytest.approx(1.5, rel=0.01)  # one core did 1.0 of it
+    # 0.3 of a core each fits on one core: nothing is stretched.
+    fits, last = _offered(Host("fits", 1), 2, 0.0003, 0.001, 10.0)
+    assert fits == pytest.approx(20_000, abs=2) and last < 10.0 + 0.001
+    with pytest.raises(ValueError, match="give 1 or more"):
+        Host("none", 0)

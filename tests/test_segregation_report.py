@@ -65,7 +65,7 @@ def test_fmb_report_renders_the_report_from_the_fixtures(tmp_path: Path, capsys:
     assert [r["recommendation"] for r in table["rows"]] == [r["recommendation"] for r in segregation.recommend(docs)]
     for row in table["rows"]:
         assert f"**{row['recommendation']}**" in text
-    assert "CPU-bound" in text and "SYNTHETIC" in text  # the converted fixture says what it is
+    assert "CPU-bound" in text  # the converted fixture says what it is
     assert "bench-cpu-curves.png" in (tmp_path / "report.md").read_text()  # and each document on its own
 
 
@@ -74,14 +74,23 @@ def test_the_recommendation_follows_the_data() -> None:
     row = _row(doc)
     reach = {r["config"]: r for r in row["reach"]}
     shared, segregated = _curve(doc, "shared"), _curve(doc, "segregated")
-    # Read off the fixture: shared misses 100 ms at the unthrottled flood (or loses commands there).
+    # Read off the fixture (a quiet run on two shared cores): every configuration kept every command's
+    # p99 under 100 ms at every flood its publishers could send, so the simplest, shared, is enough.
     last_shared = shared["points"][-1]["control_ms"]
-    assert last_shared["p99"] > 100 or last_shared["lost"] > 0
-    assert reach["shared"]["medium_all"] is False
-    assert reach["shared"]["medium_up_to"] == shared["points"][-2]["load"]
+    assert max(p["control_ms"]["p99"] for p in shared["points"]) <= 100 and reach["shared"]["medium_all"]
     assert reach["segregated"]["medium_all"] and max(p["control_ms"]["p99"] for p in segregated["points"]) <= 100
-    assert row["choose"] == "segregated" and row["recommendation"].startswith("segregated: holds p99 <= 100 ms")
-    assert f"shared only up to {shared['points'][-2]['load']:,.0f} msg/s" in row["recommendation"]
+    assert row["choose"] == "shared" and "not needed" in row["recommendation"]
+
+    # Shared past 100 ms at its heaviest load: segregated is chosen, and how far shared holds is read off.
+    busy = copy.deepcopy(doc)
+    _curve(busy, "shared")["points"][-1]["control_ms"]["p99"] = 250.0
+    busy_row = _row(busy)
+    busy_reach = {r["config"]: r for r in busy_row["reach"]}
+    assert busy_reach["shared"]["medium_all"] is False
+    assert busy_reach["shared"]["medium_up_to"] == shared["points"][-2]["load"]
+    assert busy_row["choose"] == "segregated"
+    assert busy_row["recommendation"].startswith("segregated: holds p99 <= 100 ms")
+    assert f"shared only up to {shared['points'][-2]['load']:,.0f} msg/s" in busy_row["recommendation"]
 
     # Shared keeps every command fast: shared is enough, and the table says so.
     calm = copy.deepcopy(doc)
@@ -100,8 +109,9 @@ def test_the_recommendation_follows_the_data() -> None:
     assert slow_row["choose"] == expected
     assert slow_row["recommendation"].startswith(f"no configuration holds 100 ms at every load; {expected}: holds")
 
-    # A command lost at the lightest load: that configuration holds nothing, whatever its p99.
-    lossy = copy.deepcopy(doc)
+    # A command lost at the lightest load: that configuration holds nothing, whatever its p99 (with
+    # shared past 100 ms, as above, the choice moves past segregated to segregated+priority).
+    lossy = copy.deepcopy(busy)
     first = _curve(lossy, "segregated")["points"][0]["control_ms"]
     first.update(acked=first["sent"] - 1, lost=1)
     lossy_reach = {r["config"]: r for r in _row(lossy)["reach"]}
@@ -170,11 +180,14 @@ def test_the_cpu_document_is_the_prioritization_fixture_converted() -> None:
     assert {k: v for k, v in converted.items() if k != "created"} == {
         k: v for k, v in committed.items() if k != "created"}
     assert committed["bottleneck"] == "cpu" and "CPU-bound" in committed["conditions"]["label"]
-    # The unthrottled step is the one saturated point of each curve, at the rate it achieved.
+    # Each step at the rate its publishers sent, ordered by it; the unthrottled step the one saturated point.
     for config, rows in source["results"].items():
         curve = _curve(committed, config)
-        assert [p["saturated"] for p in curve["points"]] == [r["offered_rate"] == "max" for r in rows]
-        assert curve["points"][-1]["load"] == curve["points"][-1]["delivery_rate"] == rows[-1]["achieved_rate"]
+        points = {p["load"]: p for p in curve["points"]}
+        assert sorted(points) == [p["load"] for p in curve["points"]] == sorted(r["sent_rate"] for r in rows)
+        for r in rows:
+            assert points[r["sent_rate"]]["saturated"] == (r["offered_rate"] == "max")
+            assert points[r["sent_rate"]]["delivery_rate"] == r["achieved_rate"]
         assert curve["idle_p99_ms"] == rows[0]["control_ms"]["p99"]
 
 

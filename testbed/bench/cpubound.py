@@ -54,7 +54,12 @@ def _point(row: Mapping[str, Any], where: str) -> BottleneckPoint:
             or not (offered == "max" or isinstance(offered, int | float)):
         raise TestbedError(f"{where}: a step without offered_rate, achieved_rate and control_ms: {dict(row)!r}")
     saturated = offered == "max"
-    return BottleneckPoint(load=float(achieved if saturated else offered), control_ms=control,  # type: ignore[typeddict-item]
+    sent = row.get("sent_rate")  # what the publishers really sent, where the result counted it
+    if isinstance(sent, int | float) and not isinstance(sent, bool) and sent >= 0:
+        load = float(sent)
+    else:
+        load = float(achieved if saturated else offered)
+    return BottleneckPoint(load=load, control_ms=control,  # type: ignore[typeddict-item]
                            delivery_rate=float(achieved), saturated=saturated)
 
 
@@ -85,8 +90,9 @@ def from_prioritization(doc: Mapping[str, Any], source: str = "bench-prioritizat
         "label": "CPU-bound: every broker and client on this machine's two shared cores; the contended resource "
                  "is the CPU, not a broker's queue (issue 4)",
         "converted_from": f"{source} ({SOURCE_SCHEMA}, created {doc.get('created')})",
-        "load": "offered flood rate on the delivery plane (msg/s); the unthrottled ('max') step at the rate it "
-                "achieved, the one saturated point",
+        "load": "the flood's rate on the delivery plane (msg/s): what its publishers sent where the result counted "
+                "it (sent_rate), else the rate asked (the unthrottled 'max' step: the rate it achieved); the "
+                "unthrottled step is the one marked saturated",
         "unsaturated_rate": "the most any configuration's unthrottled flood carried (msg/s): below saturation each "
                             "carries what it is offered",
     }

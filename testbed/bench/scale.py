@@ -745,6 +745,33 @@ def run_scale(topology_path: Path, certs: Path, options: ScaleOptions, out: Path
     return result
 
 
+def steady_point(topology_path: Path, certs: Path, meters: int, interval_s: float, duration_s: float,
+                 say: Callable[[str], None]) -> ScaleSteady:
+    """One steady state of one substation's fleet as the benchmark measures it (its brokers, the data
+    centre's, the fleet and the DMS-side subscriber in this process): ``fmb model calibrate`` takes the
+    clients' CPU per reading from it."""
+    options = ScaleOptions(substations=1, meters=meters, intervals_s=(interval_s,), duration_s=duration_s)
+    options.check()
+    work = Path(tempfile.mkdtemp(prefix="fmb-steady-"))
+    try:
+        topology = scale_topology(topology_path, options, work)
+        bus = _Bus(topology, certs, work, interval_s, options, say)
+        readings: Readings | None = None
+        try:
+            bus.start_brokers()
+            readings = Readings(bus.identity("recorder"), bus.endpoints[f"{_datacentre(topology).name}-delivery"],
+                                topology.root, topology.qos)
+            bus.start_fleets()
+            _wait_all_connected(bus, max(120.0, 3 * meters / options.connect_rate + 60))
+            return _steady(bus, readings, interval_s, duration_s, say)
+        finally:
+            if readings is not None:
+                readings.close()
+            bus.procs.stop(timeout_s=15)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 @dataclass(frozen=True)
 class StormRun:
     """What :func:`run_storms` measured: the storms in order, and what a result needs to state them."""

@@ -52,6 +52,7 @@ __all__ = [
     "ModelBrokerLoad",
     "ModelBrokerPoint",
     "ModelCalibration",
+    "ModelClientCosts",
     "ModelCalibrationConditions",
     "ModelFlow",
     "ModelRun",
@@ -386,8 +387,11 @@ class PrioritizationControl(PercentilesIfAny):
 
 class PrioritizationRow(TypedDict):
     offered_rate: float | Literal["max"]  # "max": publishers unthrottled
-    achieved_rate: float
+    achieved_rate: float  # what the flood's subscriber received, msg/s
     control_ms: PrioritizationControl
+    sent_rate: NotRequired[float]  # what the flood's publishers sent (their -d log), msg/s; added for the model
+    # CPU over the window of "publishers" (the flood's), "flood_subscriber", "brokers"; added for the model
+    cpu: NotRequired[dict[str, "ScaleCpu"]]
 
 
 class PrioritizationHeadline(TypedDict):
@@ -423,6 +427,7 @@ class PrioritizationConditions(TypedDict):
     commander: str
     placement: str
     note: NotRequired[str]  # synthetic fixtures say so here
+    flood_counted: NotRequired[str]  # how sent_rate was counted (absent: not counted)
 
 
 class PrioritizationResult(TypedDict):
@@ -1105,6 +1110,17 @@ class ModelCalibrationConditions(TypedDict):
     seconds: float
 
 
+class ModelClientCosts(TypedDict):
+    """CPU of the client processes per message, measured as the brokers' is (``/proc/<pid>/stat``): what a
+    model of one machine's shared cores needs besides the brokers' costs."""
+
+    fleet_us_per_reading: float  # a gmqtt fleet process (devices/fleet.py), per reading it published
+    subscriber_us_per_message: float  # the DMS side (the scale benchmark's paho subscriber), per reading received
+    flood_publisher_us_per_message: float  # mosquitto_pub (-d, QoS 0, 256 B), per message sent
+    flood_subscriber_us_per_message: float  # mosquitto_sub, per message received
+    conditions: str
+
+
 class ModelCalibration(TypedDict):
     """``fmb model calibrate``: the service times the capacity model runs on, measured on real brokers."""
 
@@ -1121,6 +1137,7 @@ class ModelCalibration(TypedDict):
     service_cv: float  # coefficient of variation of a hop's time (one-hop samples), for the service distribution
     device_ms: dict[str, float]  # by role: a device's own processing (a step's hop less its two broker traversals)
     environment: Environment
+    clients: NotRequired[ModelClientCosts]  # added for the host's shared cores (absent: not measured)
 
 
 class ModelFlow(TypedDict):
@@ -1157,6 +1174,7 @@ class ModelRun(TypedDict):
     brokers: list[ModelBrokerLoad]
     links: list[dict[str, float | int | str]]
     storm: NotRequired[dict[str, float | int | str | bool | None]]  # a restart's reconnection storm, when asked
+    host: NotRequired[dict[str, float | int]]  # with cores set: {"cores", "offered_load"} of the shared machine
     calibration: str
 
 

@@ -32,7 +32,7 @@ from testbed.core.results import ModelBrokerLoad, ModelCalibration, ModelFlow, M
 from testbed.core.stats import percentiles, rounded
 from testbed.core.topology import Topology
 from testbed.model.calibration import Costs
-from testbed.model.sim import Broker, Hop, Link, Recorder, Route, periodic_fleet, poisson_source
+from testbed.model.sim import Broker, Hop, Host, Link, Recorder, Route, periodic_fleet, poisson_source
 
 __all__ = ["RUN_SCHEMA", "Settings", "from_topology", "parse_settings", "run_model"]
 
@@ -80,6 +80,7 @@ class Settings:
     partition_at_s: float = 0.0
     partition_s: float = 0.0
     slowdown: float = 1.0  # every broker's work x this: CPU contention (1 = a core to itself)
+    cores: int = 0  # 0: every process a core of its own; N: brokers and clients share one machine's N cores
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -103,6 +104,7 @@ class Settings:
             ("accept_backlog", self.accept_backlog >= 1, "1 or more"), ("storm_cohort", self.storm_cohort >= 1, ">= 1"),
             ("storm_limit_s", self.storm_limit_s > 0, "> 0"),
             ("partition_s", self.partition_s >= 0, ">= 0"), ("slowdown", self.slowdown >= 1, "1 or more"),
+            ("cores", 0 <= self.cores <= 1024, "0 (a core per process) to 1024"),
         ]
         for key, fine, want in checks:
             if not fine:
@@ -261,9 +263,14 @@ def run_model(s: Settings, calibration: ModelCalibration, topology: str = "(sett
     env = simpy.Environment()
     rng = random.Random(s.seed)
     costs = Costs(calibration, rng)
-    rec = Recorder(warmup_s=s.warmup_s)
-    dc_d = Broker(env, "dc-delivery", s.slowdown)
-    dc_c = dc_d if s.control == "shared" else Broker(env, "dc-control", s.slowdown)
+    rec = Recorder(warmup_s=s.warmup_s, end_s=s.duration_s if not s.restart else float("inf"))
+    # One machine's cores shared by every process, clients included: the meters' fleets and the DMS
+    # side cost CPU per reading too (calibrated), and each is a single thread of its own.
+    host = Host("machine", s.cores) if s.cores else None
+    fleet_s = costs.client_mean_s("fleet") if host else 0.0
+    dms_side = Broker(env, "dms-side", host=host) if host else None
+    dc_d = Broker(env, "dc-delivery", s.slowdown, host)
+    dc_c = dc_d if s.control == "shared" else Broker(env, "dc-control", s.slowdown, host)
     brokers = [dc_d] + ([] if dc_c is dc_d else [dc_c])
     reading_topic = 45  # fmb/metermodule/MeterReadingProfile/sub-001-f1-m0001
     reading_wire = s.payload_bytes + reading_topic + WIRE_OVERHEAD_BYTES
@@ -284,8 +291,8 @@ def run_model(s: Settings, calibration: ModelCalibration, topology: str = "(sett
     draw = costs.draw
     for k in range(s.substations):
         name = f"sub-{k + 1:03d}"
-        edge_d = Broker(env, f"{name}-delivery", s.slowdown)
-        edge_c = edge_d if s.control == "shared" else Broker(env, f"{name}-control", s.slowdown)
+        edge_d = Broker(env, f"{name}-delivery", s.slowdown, host)
+        edge_c = edge_d if s.control == "shared" else Broker(env, f"{name}-control", s.slowdown, host)
         brokers += [edge_d] + ([] if edge_c is edge_d else [edge_c])
         up = Link(env, f"{name}-uplink", s.wan_bps, s.wan_delay_s, s.bridge_queue)
         down = Link(env, f"{name}-downlink", s.wan_bps, s.wan_delay_s, s.bridge_queue)
@@ -294,6 +301,10 @@ def run_model(s: Settings, calibration: ModelCalibration, topology: str = "(sett
                         if s.direct else
                         [Hop(broker=edge_d, service_s=edge_s), Hop(link=up, size_bytes=reading_wire),
                          Hop(broker=dc_d, service_s=dc_s)])
+        if host is not None and dms_side is not None:
+            fleet = Broker(env, f"{name}-fleet", host=host)
+            reading_hops = [Hop(broker=fleet, service_s=fleet_s), *reading_hops,
+                            Hop(broker=dms_side, service_s=costs.client_mean_s("subscriber"))]
         readings.append(Route(env, "reading", reading_hops, rec, 0.0, draw, reading_clients))
         cmd_wire = COMMAND_BYTES + 40 + WIRE_OVERHEAD_BYTES
         commands.append(Route(env, "control round trip", [
@@ -345,8 +356,13 @@ def run_model(s: Settings, calibration: ModelCalibration, topology: str = "(sett
         commands[rng.randrange(s.substations)].send()
     env.process(poisson_source(env, s.command_rate, command, rng, until))
     if s.flood_rate > 0:
-        flood = Route(env, "flood", [Hop(broker=dc_d, service_s=costs.message_mean_s(
-            s.flood_qos, s.flood_payload_bytes, 1))], rec, 0.0, draw, lambda: costs.clients_draw_s(s.flood_qos) * slow)
+        flood_hops = [Hop(broker=dc_d, service_s=costs.message_mean_s(s.flood_qos, s.flood_payload_bytes, 1))]
+        if host is not None:  # its publisher and its subscriber on the same cores
+            flood_hops = [Hop(broker=Broker(env, "flood-publisher", host=host),
+                              service_s=costs.client_mean_s("flood_publisher")), *flood_hops,
+                          Hop(broker=Broker(env, "flood-subscriber", host=host),
+                              service_s=costs.client_mean_s("flood_subscriber"))]
+        flood = Route(env, "flood", flood_hops, rec, 0.0, draw, lambda: costs.clients_draw_s(s.flood_qos) * slow)
 
         def flood_one() -> None:
             messages[0] += 1
@@ -376,6 +392,8 @@ def run_model(s: Settings, calibration: ModelCalibration, topology: str = "(sett
                 "dropped": link.dropped} for link in links[:4]],
         calibration=calibration_name)
     del measured
+    if host is not None:
+        result["host"] = {"cores": host.cores, "offered_load": round(host.offered_load(elapsed), 4)}
     if storm is not None:
         back = sorted(storm.reconnect_s)
         result["storm"] = {

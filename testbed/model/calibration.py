@@ -123,7 +123,19 @@ def load_calibration(path: Path | str | None = None) -> ModelCalibration:
         _number(file, devices, role, where="device_ms.")
     if not isinstance(doc.get("environment"), dict) or not isinstance(doc.get("conditions"), dict):
         raise _fail(file, "environment and conditions", "are missing; a figure needs its conditions")
+    if "clients" in doc:  # optional: older calibrations have no clients' costs
+        clients = doc["clients"]
+        if not isinstance(clients, dict):
+            raise _fail(file, "clients", "is not an object of the clients' CPU per message")
+        for key in CLIENT_KEYS.values():
+            if _number(file, clients, key, where="clients.") <= 0:
+                raise _fail(file, f"clients.{key}", "is 0; a client spends more than nothing on a message")
     return cast(ModelCalibration, doc)
+
+
+CLIENT_KEYS: Final = {"fleet": "fleet_us_per_reading", "subscriber": "subscriber_us_per_message",
+                      "flood_publisher": "flood_publisher_us_per_message",
+                      "flood_subscriber": "flood_subscriber_us_per_message"}
 
 
 class Costs:
@@ -187,6 +199,15 @@ class Costs:
         cond, cores = self.cal["conditions"], self.cal["environment"]["machine"]["cores"] or 1
         loads = [cond["load_average_before"][0], cond["load_average_after"][0]]
         return max(1.0, sum(loads) / len(loads) / cores)
+
+    def client_mean_s(self, client: str) -> float:
+        """A client process's mean CPU per message (``fleet``, ``subscriber``, ``flood_publisher``,
+        ``flood_subscriber``), for a model of one machine's shared cores."""
+        clients = self.cal.get("clients")
+        if clients is None:
+            raise TestbedError("the calibration has no clients' CPU costs, which a model with cores needs; run "
+                               "`fmb model calibrate` again (it measures them now) or leave cores out")
+        return float(clients[CLIENT_KEYS[client]]) * 1e-6  # type: ignore[literal-required]
 
     def handshake_mean_s(self) -> float:
         return self.cal["handshake_us"] * 1e-6

@@ -12,6 +12,10 @@ between runs while a broker's CPU per message does not (the crash benchmark meas
 * a TLS handshake: ``handshakes`` connections opened and closed one after another;
 * a command's round trip on the idle broker through the benchmarks' echo responder (its own process),
   which gives the responder's own processing time;
+* the clients' CPU (for the model of one machine's shared cores): one substation's gmqtt fleet reading
+  through its broker and the bridge to a paho subscriber at the data centre (``fmb bench scale``'s own
+  steady state: fleet CPU per reading published, the subscriber's per reading received), and a
+  ``mosquitto_pub`` flood at QoS 0 into a ``mosquitto_sub`` (as ``fmb bench prioritization`` floods);
 * from a ``bench-latency/2`` or ``/3`` result (the committed fixture by default): the part of a one-hop
   latency not spent in the broker, its spread (the one-hop percentiles), and each device's own
   processing time.
@@ -33,7 +37,16 @@ from typing import Any, Final
 import numpy
 
 from testbed.backends.environment import environment
-from testbed.bench.common import Processes, bench_topology, start_broker
+from testbed.bench.common import (
+    Processes,
+    bench_topology,
+    file_size,
+    sent_count,
+    start_broker,
+    start_flood,
+    start_flood_subscriber,
+)
+from testbed.bench.scale import steady_point
 from testbed.core.errors import TestbedError
 from testbed.core.ports import free_port
 from testbed.core.results import (
@@ -44,6 +57,7 @@ from testbed.core.results import (
     ModelBrokerPoint,
     ModelCalibration,
     ModelCalibrationConditions,
+    ModelClientCosts,
     Percentiles,
 )
 from testbed.core.stats import percentiles, rounded
@@ -150,6 +164,56 @@ def _broker_point(pid: int, identity: TLSIdentity, endpoint: Endpoint, root: str
         counter.close()
     return ModelBrokerPoint(qos=qos, payload_bytes=payload_bytes, subscribers=subscribers, messages=messages,
                             delivered=delivered, cpu_us_per_message=round(cpu / messages * 1e6, 3))
+
+
+def _flood_costs(procs: Processes, pki: PKI, identity: TLSIdentity, endpoint: Endpoint, root: str, work: Path,
+                 rate: float = 3000.0, seconds: float = 5.0) -> tuple[float, float, float, float]:
+    """A QoS 0, 256-byte ``mosquitto_pub`` flood of ``rate`` msg/s (two publishers, ``-d`` as the benchmarks
+    count them) into a ``mosquitto_sub``: (publisher us per message sent, subscriber us per message
+    received, sent/s, received/s)."""
+    log = work / "flood-sub.out"
+    subscriber = start_flood_subscriber(procs, "calibration-flood-sub", endpoint, identity, root, 0, log)
+    flood = start_flood(procs, pki, endpoint, root, rate, seconds + 3, 256, 0, 2, {}, "calibration", count_sent=True)
+    try:
+        time.sleep(1.5)  # connected and running
+        offsets: dict[int, tuple[int, int]] = {}
+        sent0, got0 = sent_count(flood, offsets), file_size(log)
+        pub0, sub0, t0 = sum(_cpu_s(r.pid) for r in flood), _cpu_s(subscriber.pid), time.monotonic()
+        time.sleep(seconds)
+        sent, got = sent_count(flood, offsets) - sent0, (file_size(log) - got0) // 2  # "x\n" a message
+        elapsed = time.monotonic() - t0
+        pub, sub = sum(_cpu_s(r.pid) for r in flood) - pub0, _cpu_s(subscriber.pid) - sub0
+    finally:
+        procs.stop([*flood, subscriber])
+    if sent < 100 or got < 100:
+        raise TestbedError(f"calibration: the flood sent {sent} and delivered {got} messages in {seconds:g} s; see the "
+                           f"logs in {procs.logs}")
+    return round(pub / sent * 1e6, 2), round(sub / got * 1e6, 2), round(sent / elapsed, 1), round(got / elapsed, 1)
+
+
+def _client_costs(procs: Processes, pki: PKI, identity: TLSIdentity, endpoint: Endpoint, root: str, certs: Path,
+                  work: Path, progress: Callable[[str], None], meters: int = 400,
+                  interval_s: float = 0.5, seconds: float = 10.0) -> ModelClientCosts:
+    publisher, subscriber, sent, got = _flood_costs(procs, pki, identity, endpoint, root, work)
+    progress(f"  flood clients: mosquitto_pub {publisher} us per message sent ({sent:.0f}/s), mosquitto_sub "
+             f"{subscriber} us per message received ({got:.0f}/s)")
+    point = steady_point(BRIDGE_TOPOLOGY, certs, meters, interval_s, seconds, lambda line: None)
+    published = point["published_per_s"] * point["duration_s"]
+    received = point["delivered_per_s"] * point["duration_s"]
+    if published < 100 or received < 100:
+        raise TestbedError(f"calibration: the fleet published {published:.0f} and the subscriber received "
+                           f"{received:.0f} readings in {seconds:g} s; too few to measure")
+    fleet = round(point["cpu"]["fleets"]["seconds"] / published * 1e6, 2)
+    dms = round(point["cpu"]["harness"]["seconds"] / received * 1e6, 2)
+    progress(f"  fleet: {fleet} us per reading published ({meters} meters every {interval_s:g} s, gmqtt); the "
+             f"DMS-side subscriber {dms} us per reading received (paho)")
+    return ModelClientCosts(
+        fleet_us_per_reading=fleet, subscriber_us_per_message=dms, flood_publisher_us_per_message=publisher,
+        flood_subscriber_us_per_message=subscriber,
+        conditions=f"fleet: one substation of {BRIDGE_TOPOLOGY.name} with {meters} meters every {interval_s:g} s for "
+                   f"{seconds:g} s, {point['delivered_per_s']:.0f} readings/s, CPU seconds of the fleet process / "
+                   f"readings published and of this process (the subscriber) / readings received; flood: 2 "
+                   f"mosquitto_pub -d at {sent:.0f} msg/s, QoS 0, 256 B, into one mosquitto_sub, for 5 s")
 
 
 def _fit(points: list[ModelBrokerPoint]) -> ModelBrokerFit:
@@ -319,6 +383,7 @@ def calibrate(certs: Path, work: Path, latency: LatencyResult, latency_source: s
                     points.append(point)
         handshake = _handshakes(record.pid, identity, endpoint, handshakes)
         progress(f"  TLS handshake: {handshake} us broker CPU per connection")
+        clients = _client_costs(procs, pki, identity, endpoint, topology.root, certs, work, progress)
         # Commands are control-plane profiles: the round trip runs on the site's control broker.
         _, control = start_broker(procs, topology, topology.broker("bench-control"), pki, work / "control")
         trips = _round_trips(procs, pki, identity, control, topology.root, 200)
@@ -339,12 +404,12 @@ def calibrate(certs: Path, work: Path, latency: LatencyResult, latency_source: s
         "messages_per_point": messages, "handshakes": handshakes, "latency_fixture": latency_source,
         "client": "paho-mqtt, MQTT v5, TCP_NODELAY, mutual TLS; publisher and subscribers in this process",
         "load_average_before": load_before, "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "seconds": round(time.monotonic() - started, 1)}, environment(topology, "TLSv1.3", "local"))
+        "seconds": round(time.monotonic() - started, 1)}, environment(topology, "TLSv1.3", "local"), clients)
 
 
 def derive(points: list[ModelBrokerPoint], bridge: list[ModelBridgePoint], handshake_us: float,
            round_trip: Percentiles, latency: LatencyResult, conditions: ModelCalibrationConditions,
-           env: Environment) -> ModelCalibration:
+           env: Environment, clients: ModelClientCosts | None = None) -> ModelCalibration:
     """The calibration document from what was measured: the broker fit, and what the latency result adds."""
     fit = _fit(points)
 
@@ -356,8 +421,11 @@ def derive(points: list[ModelBrokerPoint], bridge: list[ModelBridgePoint], hands
     # The echo responder's own time: the round trip less its two one-hop traversals (broker and client stacks).
     hop_ms = fit["base_us"]["1"] / 1000 + overhead["1"]
     device_ms["responder"] = round(max(round_trip.get("p50", 0.0) - 2 * hop_ms, 0.0), 4)
-    return ModelCalibration(
+    result = ModelCalibration(
         schema=CALIBRATION_SCHEMA, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         conditions=conditions, broker_points=points, broker_fit=fit, bridge=bridge, handshake_us=handshake_us,
         round_trip_ms=round_trip, client_overhead_ms=overhead, one_hop_ms=one_hops, service_cv=cv,
         device_ms=device_ms, environment=env)
+    if clients is not None:
+        result["clients"] = clients
+    return result

@@ -10,6 +10,16 @@ event for it, which is what makes a million simulated messages take seconds rath
 A bridge (or a WAN link) is a :class:`Link`: a FIFO server whose service time is the message's
 bytes over the link's rate, a propagation delay, a queue limit, and partitions during which its
 messages wait at the sending broker. Every time is in seconds of simulated time.
+
+On one machine every process also needs a core. A :class:`Host` is the machine's cores, shared by
+every broker and client process placed on it, as the kernel shares them: fairly among the processes
+that want CPU. Each process's demand is its CPU work offered over the last ``window_s`` (at most a
+core: every process here is one thread); when the demands add up to more than the cores, each
+process gets the same share ``level`` of a core (max-min fair, water-filling: ``sum(min(demand,
+level)) == cores``) and every job on the host takes ``1 / level`` times its CPU time. That is
+processor sharing as a fluid over the window, not slice by slice: right in throughput and in where
+saturation starts, blind to the queueing a busy but unsaturated machine adds. Without a host every
+process has a core of its own (a data centre's brokers).
 """
 
 from __future__ import annotations
@@ -23,16 +33,67 @@ from typing import Any
 
 import simpy
 
-__all__ = ["Broker", "Hop", "Link", "Recorder", "ResourceBroker", "Route", "periodic_fleet", "poisson_source"]
+__all__ = ["Broker", "Hop", "Host", "Link", "Recorder", "ResourceBroker", "Route", "level", "periodic_fleet",
+           "poisson_source"]
+
+
+class Host:
+    """A machine's ``cores`` shared fairly by the processes placed on it: :meth:`stretch` records a job's
+    CPU work and gives the factor its time is stretched by (1 while the demands fit the cores)."""
+
+    def __init__(self, name: str, cores: int, window_s: float = 0.25) -> None:
+        if cores < 1:
+            raise ValueError(f"host {name}: {cores} cores; give 1 or more")
+        self.name, self.cores, self.window_s = name, cores, window_s
+        self.offered_s = 0.0  # CPU work the processes asked for (what they got is at most cores x time)
+        self._recent: dict[str, deque[tuple[float, float]]] = {}  # process -> (time, work) in the window
+        self._sums: dict[str, float] = {}
+        self._factor, self._until = 1.0, -1.0  # the factor, recomputed at most every window / 20
+
+    def stretch(self, process: str, now: float, work: float) -> float:
+        self.offered_s += work
+        recent = self._recent.setdefault(process, deque())
+        recent.append((now, work))
+        self._sums[process] = self._sums.get(process, 0.0) + work
+        if now >= self._until:
+            horizon = now - self.window_s
+            for name, jobs in self._recent.items():
+                while jobs and jobs[0][0] < horizon:
+                    self._sums[name] -= jobs.popleft()[1]
+            span = min(max(now, 1e-9), self.window_s)
+            self._factor = 1.0 / level([v / span for v in self._sums.values()], self.cores)
+            self._until = now + self.window_s / 20
+        return self._factor
+
+    def offered_load(self, elapsed_s: float) -> float:
+        """CPU work asked for over ``elapsed_s``, in cores' worth (above 1: more than the cores can do)."""
+        return self.offered_s / elapsed_s / self.cores if elapsed_s > 0 else 0.0
+
+
+def level(demands: Sequence[float], cores: float) -> float:
+    """The share of a core each process gets when processes wanting ``demands`` cores (each at most one:
+    single-threaded) share ``cores`` fairly: 1 when they fit, else the water level L with
+    ``sum(min(d, L)) == cores``."""
+    wants = sorted(min(max(d, 0.0), 1.0) for d in demands)
+    if sum(wants) <= cores:
+        return 1.0
+    left, n = float(cores), len(wants)
+    for i, d in enumerate(wants):
+        share = left / (n - i)
+        if d >= share:
+            return share
+        left -= d
+    return 1.0
 
 
 class Broker:
-    """One Mosquitto process: a single server, first come, first served; may be down (a restart)."""
+    """One single-threaded process (a Mosquitto, or a client's thread): a single server, first come,
+    first served, on a core of its own or on a :class:`Host`'s; may be down (a restart)."""
 
-    def __init__(self, env: simpy.Environment, name: str, slowdown: float = 1.0) -> None:
+    def __init__(self, env: simpy.Environment, name: str, slowdown: float = 1.0, host: Host | None = None) -> None:
         if slowdown < 1.0:
             raise ValueError(f"broker {name}: slowdown is {slowdown}; give 1.0 (a core of its own) or more")
-        self.env, self.name, self.slowdown = env, name, slowdown
+        self.env, self.name, self.slowdown, self.host = env, name, slowdown, host
         self.free_at = 0.0  # when the thread finishes the work it already has
         self.busy_s = 0.0
         self.jobs = self.dropped = 0
@@ -49,6 +110,8 @@ class Broker:
             return None
         work = service_s * self.slowdown
         free_at = self.free_at
+        if self.host is not None:
+            work *= self.host.stretch(self.name, now, service_s)
         done = (free_at if free_at > now else now) + work
         self.free_at = done
         self.busy_s += work
@@ -145,6 +208,7 @@ class Recorder:
     """Latencies per flow, and what was lost, from ``warmup_s`` on (earlier messages fill the queues)."""
 
     warmup_s: float = 0.0
+    end_s: float = float("inf")  # messages that would arrive after this are still in flight: not delivered
     latencies: dict[str, list[float]] = field(default_factory=dict)
     lost: dict[str, int] = field(default_factory=dict)
     sent: dict[str, int] = field(default_factory=dict)
@@ -204,7 +268,8 @@ class Route:
             if i == len(hops):  # the last hop's completion is known now: no event needed for it
                 if born >= self.recorder.warmup_s:
                     extra = self.outside() if self.outside is not None else 0.0
-                    self._latencies.append(done - born + self.fixed_s + extra)
+                    if done + self.fixed_s + extra <= self.recorder.end_s:
+                        self._latencies.append(done - born + self.fixed_s + extra)
                 return
             if done > env.now:  # the next hop must see this message when it arrives, in time order
                 event = env.timeout(done - env.now)
