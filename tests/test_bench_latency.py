@@ -191,6 +191,8 @@ def test_render_run_renders_every_result(tmp_path: Path) -> None:
         "bench-wan-control.png", "bench-wan-throughput.png", "bench-ui-cdf.png", "bench-ui-repetitions.png",
         "bench-crash-curve.png", "bench-crash-policies.png", "bench-soak-ledger.png", "bench-soak-timeline.png",
         "bench-scale-ramp.png", "bench-scale-steady.png", "bench-scale-storm.png", "result-timeline.png",
+        "bench-scale-utility-ramp.png", "bench-scale-utility-steady.png", "bench-scale-utility-storm.png",
+        "bench-scale-validation-ramp.png", "bench-scale-validation-steady.png", "bench-scale-validation-storm.png",
         "bench-broker-curves.png", "bench-cpu-curves.png", "bench-storm-curves.png", "bench-wan-curve-curves.png",
         "model-validation-validation.png", "model-answers-sweep.png", "model-answers-storm.png"}
     for png in report.figures:

@@ -472,7 +472,9 @@ def test_wan_benchmark_smoke_shapes_the_bridge_link(docker_bus, tmp_path: Path) 
         assert [r["step"] for r in rows] == ["idle", "flood"]
         idle, flood = rows
         assert idle["offered_rate"] == 0 and flood["offered_rate"] > 0
-        assert 0 < sum(flood["link_bits_per_s"].values()) <= 1_100_000  # the link is the limit
+        # The link is the limit. CI once read 1,167,099 bit/s on this 1 Mbit/s link over a 1 s step: the
+        # counters are read around a window, and HTB's bucket and GSO segments overshoot a short one.
+        assert 0 < sum(flood["link_bits_per_s"].values()) <= 1_250_000
         for row in rows:
             c = row["control_ms"]
             assert c["sent"] == 10 and c["received"] + c["missing"] == c["sent"] and c["received"] >= 9

@@ -83,6 +83,9 @@ def test_service_times_are_drawn_with_the_calibrated_mean_and_spread() -> None:
     (lambda d: d.pop("environment"), "environment"),
     (lambda d: d["client_overhead_ms"].update({"0": True}), "client_overhead_ms.0"),
     (lambda d: d.update(clients=[]), "clients"),
+    (lambda d: d["clients"].update(fleet_curve=[[3200, 180], [800, 230]]), "clients.fleet_curve"),
+    (lambda d: d["clients"].update(subscriber_curve=[[800, 0]]), "clients.subscriber_curve"),
+    (lambda d: d["clients"].update(fleet_curve="fast"), "clients.fleet_curve"),
     (lambda d: d["clients"].pop("fleet_us_per_reading"), "clients.fleet_us_per_reading"),
     (lambda d: d["clients"].update(subscriber_us_per_message=0), "clients.subscriber_us_per_message"),
 ], ids=lambda x: x if isinstance(x, str) else "")
@@ -109,3 +112,16 @@ def test_a_file_that_is_no_calibration_fails_in_one_line(tmp_path: Path, content
 def test_a_missing_calibration_says_how_to_make_one(tmp_path: Path) -> None:
     with pytest.raises(TestbedError, match="no such file.*fmb model calibrate"):
         load_calibration(tmp_path / "none.json")
+
+
+def test_a_clients_cost_follows_its_curve_in_log_rate() -> None:
+    cal = copy.deepcopy(GOOD)
+    cal["clients"].update(fleet_us_per_reading=230.0, fleet_curve=[[800.0, 230.0], [3200.0, 180.0]])
+    costs = Costs(cal, random.Random(0))
+    assert costs.client_mean_s("fleet") == pytest.approx(230e-6)  # no rate: the flat figure
+    assert costs.client_mean_s("fleet", 800) == pytest.approx(230e-6)
+    assert costs.client_mean_s("fleet", 1600) == pytest.approx(205e-6)  # half-way in log rate
+    assert costs.client_mean_s("fleet", 100) == pytest.approx(230e-6)  # flat beyond the measured ends
+    assert costs.client_mean_s("fleet", 10_000) == pytest.approx(180e-6)
+    cal["clients"].pop("fleet_curve")
+    assert Costs(cal, random.Random(0)).client_mean_s("fleet", 3200) == pytest.approx(230e-6)

@@ -1119,6 +1119,9 @@ class ModelClientCosts(TypedDict):
     flood_publisher_us_per_message: float  # mosquitto_pub (-d, QoS 0, 256 B), per message sent
     flood_subscriber_us_per_message: float  # mosquitto_sub, per message received
     conditions: str
+    # [[messages/s, us per message], ...] at rising rates: a busier process batches, and pays less per message
+    fleet_curve: NotRequired[list[list[float]]]
+    subscriber_curve: NotRequired[list[list[float]]]
 
 
 class ModelCalibration(TypedDict):

@@ -267,7 +267,7 @@ def run_model(s: Settings, calibration: ModelCalibration, topology: str = "(sett
     # One machine's cores shared by every process, clients included: the meters' fleets and the DMS
     # side cost CPU per reading too (calibrated), and each is a single thread of its own.
     host = Host("machine", s.cores) if s.cores else None
-    fleet_s = costs.client_mean_s("fleet") if host else 0.0
+    fleet_s = costs.client_mean_s("fleet", s.meters / s.interval_s) if host else 0.0
     dms_side = Broker(env, "dms-side", host=host) if host else None
     dc_d = Broker(env, "dc-delivery", s.slowdown, host)
     dc_c = dc_d if s.control == "shared" else Broker(env, "dc-control", s.slowdown, host)
@@ -304,7 +304,8 @@ def run_model(s: Settings, calibration: ModelCalibration, topology: str = "(sett
         if host is not None and dms_side is not None:
             fleet = Broker(env, f"{name}-fleet", host=host)
             reading_hops = [Hop(broker=fleet, service_s=fleet_s), *reading_hops,
-                            Hop(broker=dms_side, service_s=costs.client_mean_s("subscriber"))]
+                            Hop(broker=dms_side, service_s=costs.client_mean_s(
+                                "subscriber", s.substations * s.meters / s.interval_s))]
         readings.append(Route(env, "reading", reading_hops, rec, 0.0, draw, reading_clients))
         cmd_wire = COMMAND_BYTES + 40 + WIRE_OVERHEAD_BYTES
         commands.append(Route(env, "control round trip", [

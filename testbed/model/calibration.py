@@ -12,6 +12,7 @@ times are gamma-distributed with the mean of the fit and that coefficient of var
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -130,6 +131,14 @@ def load_calibration(path: Path | str | None = None) -> ModelCalibration:
         for key in CLIENT_KEYS.values():
             if _number(file, clients, key, where="clients.") <= 0:
                 raise _fail(file, f"clients.{key}", "is 0; a client spends more than nothing on a message")
+        for key in ("fleet_curve", "subscriber_curve"):
+            curve = clients.get(key, [[1.0, 1.0]])
+            if not isinstance(curve, list) or not curve or not all(
+                    isinstance(pt, list) and len(pt) == 2 and all(
+                        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                        for v in pt) for pt in curve) or [pt[0] for pt in curve] != sorted(pt[0] for pt in curve):
+                raise _fail(file, f"clients.{key}", "must be [[messages/s, us per message], ...] at rising rates, "
+                                                    "every number > 0")
     return cast(ModelCalibration, doc)
 
 
@@ -200,14 +209,25 @@ class Costs:
         loads = [cond["load_average_before"][0], cond["load_average_after"][0]]
         return max(1.0, sum(loads) / len(loads) / cores)
 
-    def client_mean_s(self, client: str) -> float:
+    def client_mean_s(self, client: str, rate: float | None = None) -> float:
         """A client process's mean CPU per message (``fleet``, ``subscriber``, ``flood_publisher``,
-        ``flood_subscriber``), for a model of one machine's shared cores."""
+        ``flood_subscriber``), for a model of one machine's shared cores; at ``rate`` messages/s where the
+        calibration has that client's cost curve (linear between its points in log rate, flat beyond)."""
         clients = self.cal.get("clients")
         if clients is None:
             raise TestbedError("the calibration has no clients' CPU costs, which a model with cores needs; run "
                                "`fmb model calibrate` again (it measures them now) or leave cores out")
-        return float(clients[CLIENT_KEYS[client]]) * 1e-6  # type: ignore[literal-required]
+        curve = clients.get(f"{client}_curve") if rate is not None and rate > 0 else None
+        if not curve:
+            return float(clients[CLIENT_KEYS[client]]) * 1e-6  # type: ignore[literal-required]
+        points = [(math.log(r), us) for r, us in curve]  # type: ignore[attr-defined]
+        x = math.log(rate)  # type: ignore[arg-type]
+        if x <= points[0][0]:
+            return float(points[0][1]) * 1e-6
+        for (x0, y0), (x1, y1) in itertools.pairwise(points):
+            if x <= x1:
+                return float(y0 + (y1 - y0) * (x - x0) / (x1 - x0)) * 1e-6 if x1 > x0 else float(y1) * 1e-6
+        return float(points[-1][1]) * 1e-6
 
     def handshake_mean_s(self) -> float:
         return self.cal["handshake_us"] * 1e-6
