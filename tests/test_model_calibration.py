@@ -45,10 +45,10 @@ def test_the_fit_reproduces_the_measured_points_it_was_fitted_on() -> None:
     costs = Costs(cal, random.Random(0))
     for p in cal["broker_points"]:
         fitted = costs.message_mean_s(p["qos"], p["payload_bytes"], p["subscribers"]) * 1e6
-        # The committed quiet run: within 2.5 % with 4 subscribers and QoS 0; up to 10 % on the single-
-        # subscriber QoS 1 and 2 points, where 150 B measured dearer than 4 KiB (86.7 vs 74.0 us at QoS 1:
-        # the machine, not the payload; the fit's per-KiB term absorbs it).
-        assert fitted == pytest.approx(p["cpu_us_per_message"], rel=0.11), p
+        # Quiet runs: within 1 % of every 4-subscriber point; the single-subscriber points scatter by up to
+        # 12 % between 150 B and 4 KiB from run to run (QoS 1: 86.7 vs 74.0 us in one, 67.3 vs 92.7 in the
+        # next: the machine, not the payload), which the fit's per-KiB term cannot follow.
+        assert fitted == pytest.approx(p["cpu_us_per_message"], rel=0.15), p
 
 
 def test_more_subscribers_and_higher_qos_cost_the_broker_more() -> None:
