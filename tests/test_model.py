@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,6 +158,26 @@ def test_validation_on_the_machines_cores_drives_the_generators_at_what_they_sen
     # target (the model's Poisson flood over 4.5 simulated seconds: a few per cent of noise).
     carried = [r for r in doc["rows"] if r["benchmark"] == "prioritization" and r["metric"] == "throughput_per_s"]
     assert len(carried) == 12 and all(r["met"] for r in carried), carried
+
+
+@pytest.mark.parametrize(("fixture", "kind", "change"), [
+    ("bench-prioritization.json", "prioritization", lambda d: d["results"]["shared"][1].update(sent_rate="x")),
+    ("bench-prioritization.json", "prioritization", lambda d: d["results"]["shared"][1].update(cpu=[1])),
+    ("bench-prioritization.json", "prioritization", lambda d: d["results"]["shared"][1].pop("offered_rate")),
+    ("bench-scale.json", "scale", lambda d: d["steady"][0].update(published_per_s="fast")),
+    ("bench-scale.json", "scale", lambda d: d.update(steady=[{}])),
+])
+def test_a_broken_result_file_fails_validation_in_one_line(tmp_path: Path, fixture: str, kind: str,
+                                                           change: Any) -> None:
+    doc = json.loads((FIXTURES / fixture).read_text())
+    change(doc)
+    path = tmp_path / fixture
+    path.write_text(json.dumps(doc))
+    files: dict[str, list[Path]] = {"scale": [], "prioritization": []}
+    files[kind].append(path)
+    with pytest.raises(TestbedError, match="a field is missing or of the wrong type") as caught:
+        validate(CAL, "fixture", files["scale"], files["prioritization"], duration_s=2.0)
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)
 
 
 def test_validation_refuses_a_file_of_another_benchmark(tmp_path: Path) -> None:

@@ -22,11 +22,12 @@ back to the load-average slowdown (every broker's work x load / cores), and the 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import random
 from collections import deque
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -56,6 +57,17 @@ def _read(path: Path, schema: str) -> dict[str, Any]:
         got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
         raise TestbedError(f"validate: {path}: schema {got!r}, not {schema!r}; give that benchmark's result file")
     return doc
+
+
+@contextlib.contextmanager
+def _fields_of(path: Path, schema: str) -> Iterator[None]:
+    """A result file whose fields are missing or of the wrong type (edited, truncated, hostile) is one
+    line naming the file, not a traceback from deep in the model."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+        raise TestbedError(f"validate: {path}: a field is missing or of the wrong type ({type(e).__name__}: "
+                           f"{e}); give the {schema} result the benchmark wrote") from None
 
 
 def _row(bench: str, point: str, metric: str, measured: float | None,
@@ -277,16 +289,18 @@ def validate(calibration: ModelCalibration, calibration_name: str, scale: Sequen
     notes: list[str] = []
     for path in scale:
         doc = _read(path, "fmb.bench-scale/1")
-        got, note = _scale_rows(doc, calibration, contention, duration_s, seed)
-        rows += got
-        notes.append(note)
-        sources.append(f"{path} ({len(doc.get('steady', []))} steady loads"
-                       f"{', quick' if doc['conditions'].get('quick') else ''})")
+        with _fields_of(path, "fmb.bench-scale/1"):
+            got, note = _scale_rows(doc, calibration, contention, duration_s, seed)
+            rows += got
+            notes.append(note)
+            sources.append(f"{path} ({len(doc.get('steady', []))} steady loads"
+                           f"{', quick' if doc['conditions'].get('quick') else ''})")
     for path in prioritization:
         doc = _read(path, "fmb.bench-prioritization/1")
-        rows += _prioritization_rows(doc, calibration, min(duration_s, 10.0), seed, contention)
-        note = doc["conditions"].get("note", "")
-        sources.append(f"{path}{f' ({note})' if note else ''}")
+        with _fields_of(path, "fmb.bench-prioritization/1"):
+            rows += _prioritization_rows(doc, calibration, min(duration_s, 10.0), seed, contention)
+            note = doc["conditions"].get("note", "")
+            sources.append(f"{path}{f' ({note})' if note else ''}")
     if contention and "clients" in calibration:
         notes.append("prioritization: commander, responder, brokers, flood publishers (at their sent rate and "
                      "measured CPU per message) and flood subscriber share the machine's cores; with priority the "
